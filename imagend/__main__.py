@@ -1,0 +1,5 @@
+import sys
+
+from imagend.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The backend protocol. Two shapes, one per way of generating:
+
+- `GeneratingBackend` makes images in this process (`local`, `placeholder`): the
+  generator claims rows, calls `generate` on a batch, and writes the results.
+- `RemoteBackend` hands work to a service (`fusionbrain`): the generator `submit`s,
+  the processor `poll`s until the image is ready.
+
+Both `validate` a request first; a `BadInput` there fails the row before any work.
+Every backend passes the conformance suite in tests/conformance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from imagend.rows import RemoteTask
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One image to make: a claimed row, validated, with the daemon's defaults applied."""
+
+    id: int
+    prompt: str
+    negative_prompt: str | None
+    style: str | None
+    width: int
+    height: int
+    seed: int | None
+    steps: int | None
+    guidance: float | None
+    scheduler: str | None
+    params: dict[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A finished image. `seed` is the seed really used (written back to the row)."""
+
+    png: bytes
+    seed: int | None = None
+    generation_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A remote task was accepted: poll it after `poll_after_seconds`."""
+
+    task_id: str
+    poll_after_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The remote task is still running: poll again after `poll_after_seconds`."""
+
+    poll_after_seconds: float
+
+
+class Heartbeat(Protocol):
+    """Called by a generating backend whenever work really advances (each diffusion step).
+
+    It extends the batch's leases and writes progress (throttled), and raises
+    `Cancelled` when a producer asked to cancel, or `Interrupted` when the daemon is
+    stopping or the rows are no longer ours. Backends let both propagate.
+    """
+
+    def __call__(self, progress: float | None = None) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    # How many rows one claim takes for this backend (one `generate` call, or one
+    # round of concurrent submissions).
+    max_batch: int
+
+    def validate(self, request: Request) -> Request:
+        """Raise BadInput for what this backend cannot make; may normalise (e.g. round sizes)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class GeneratingBackend(Backend, Protocol):
+    def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:
+        """One image per request, in order. Raise a RowError subclass for the whole batch."""
+        ...
+
+
+@runtime_checkable
+class RemoteBackend(Backend, Protocol):
+    def submit(self, request: Request) -> Submission:
+        """Start a task. Raise QueueClosed (not the row's fault), RetryableError or PermanentError."""
+        ...
+
+    def poll(self, task: RemoteTask) -> Image | Pending:
+        """Check a task once. Never re-poll a task after it returned an Image (results are one-shot)."""
+        ...

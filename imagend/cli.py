@@ -1,0 +1,104 @@
+"""`imagend`: the Go service's flags (-generator, -processor, -cron, -verbose) and a few more.
+
+Exit codes: 0 done; 1 the database could not be reached; 2 bad flags or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from imagend import __version__
+from imagend.backends import create_backends
+from imagend.config import Settings, load_settings
+from imagend.daemon import Daemon, daemon_identity
+from imagend.db import apply_schema, database_url, open_pool
+from imagend.errors import ConfigError, DatabaseUnavailable
+from imagend.logs import configure, get_logger
+from imagend.repository import Repository
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagend",
+        description="Postgres-polled image generation daemon. Producers INSERT INTO images (prompt) VALUES (...).",
+        allow_abbrev=False,
+    )
+    # Single-dash long flags, as the Go service had; the double-dash spellings work too.
+    parser.add_argument(
+        "-generator", "--generator", action="store_true", help="claim and generate/submit once, then exit"
+    )
+    parser.add_argument(
+        "-processor",
+        "--processor",
+        action="store_true",
+        help="rescue expired leases and poll remote tasks once, then exit",
+    )
+    parser.add_argument(
+        "-cron", "--cron", action="store_true", help="run as a daemon (interval jobs + LISTEN wake-ups)"
+    )
+    parser.add_argument("-verbose", "--verbose", action="store_true", help="debug logs with file and line")
+    parser.add_argument("-status", "--status", action="store_true", help="print the queue status view as JSON and exit")
+    parser.add_argument("-env-file", "--env-file", default=".env", metavar="PATH", help="the .env file (default: .env)")
+    parser.add_argument("-version", "--version", action="version", version=f"imagend {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not (args.generator or args.processor or args.cron or args.status):
+        parser.print_usage(sys.stderr)
+        print("imagend: say what to run: -cron, -generator, -processor or -status", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(env_file=args.env_file)
+    except ConfigError as exc:
+        print(f"imagend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure(verbose=args.verbose, secrets=settings.secrets())
+    log = get_logger()
+    try:
+        return _run(args, settings)
+    except ConfigError as exc:
+        log.error("configuration_error", error=str(exc))
+        print(f"imagend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except DatabaseUnavailable as exc:
+        log.error("database_unavailable", error=str(exc))
+        return 1
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    url = database_url(settings)
+    apply_schema(url)
+    with open_pool(url, settings) as pool:
+        repo = Repository(
+            pool,
+            daemon_identity(),
+            lease_seconds=settings.lease_seconds,
+            default_backend=settings.default_backend,
+            default_max_attempts=settings.default_max_attempts,
+        )
+        if args.status:
+            print(json.dumps(repo.queue_status(), default=str, indent=2))
+            return 0
+        backends = create_backends(settings)
+        try:
+            daemon = Daemon(settings, repo, backends, listen_url=url)
+            if args.cron:
+                return daemon.run_forever()
+            if args.generator:
+                daemon.run_generator_once()
+            if args.processor:
+                daemon.run_processor_once()
+            return 0
+        finally:
+            for backend in backends.values():
+                backend.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

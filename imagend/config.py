@@ -1,0 +1,265 @@
+"""Settings: one frozen object, built once in main() from the environment and `.env`.
+
+The Go service's variable names work verbatim; new settings are `IMAGEND_*`. Every
+error names the variable. Backend-specific settings are read by each backend with
+the same `Env` reader when the daemon starts, so a bad value still stops the start.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from imagend.errors import ConfigError
+
+BACKEND_NAMES = ("local", "fusionbrain", "placeholder")
+REMOTE_BACKENDS = ("fusionbrain",)
+
+# Ancestor defaults (the Go service), then imagend's own.
+DEFAULT_IMAGE_SIDE_PX = 1024
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_GENERATION_TIMEOUT_SECONDS = 300.0
+DEFAULT_CHECK_INTERVAL_SECONDS = 2.0
+GENERATOR_INTERVAL_SECONDS = 300.0
+PROCESSOR_INTERVAL_SECONDS = 600.0
+LEASE_SECONDS = 60.0
+DRAIN_SECONDS = 30.0
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 600.0
+PROMPT_MAX_CHARS = 999
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Secret:
+    """A value that must never be printed: repr and str show stars."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Env:
+    """Typed reads of one environment mapping; every error names the variable."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.values.get(name, "").strip()
+        return value if value else default
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = (self.str(name) or default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    def int(self, name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        _check_range(name, value, minimum, maximum)
+        return value
+
+    def float(self, name: str, default: float, minimum: float | None = None) -> float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        _check_range(name, value, minimum, None)
+        return value
+
+    def seconds(self, name: str, default: float, minimum: float = 0.0) -> float:
+        """Seconds as a number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms')."""
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            matches = _GO_DURATION.findall(raw)
+            if not matches or "".join(n + u for n, u in matches) != raw:
+                raise ConfigError(f"{name}={raw!r} is not a duration (seconds, or like 30s, 5m, 1h)") from None
+            value = sum(float(n) * _GO_UNIT_SECONDS[u] for n, u in matches)
+        _check_range(name, value, minimum, None)
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+    def secret(self, name: str) -> Secret | None:
+        value = self.str(name)
+        return Secret(value) if value else None
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} is above the maximum {maximum}")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imagend"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Database: DATABASE_URL, else the ancestor's DB_*, else the embedded Postgres.
+    database_url: Secret | None
+    db_pool_max: int
+    db_pool_min: int
+    db_conn_max_lifetime_seconds: float
+    data_dir: Path
+    # Generation defaults applied where a row has NULL (ancestor names).
+    default_width: int
+    default_height: int
+    default_style: str | None
+    default_negative_prompt: str | None
+    default_max_attempts: int
+    generation_timeout_seconds: float
+    check_interval_seconds: float
+    # Daemon.
+    default_backend: str
+    served_backends: tuple[str, ...]
+    lease_seconds: float
+    generator_interval_seconds: float
+    processor_interval_seconds: float
+    drain_seconds: float
+    max_batch: int
+    output_dir: Path | None
+    placeholder_delay_seconds: float
+    # Fusion Brain credentials (ancestor names); read by the backend, hidden from logs.
+    fusion_brain_api_key: Secret | None
+    fusion_brain_secret_key: Secret | None
+    env: Env = field(repr=False, compare=False)
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log redactor."""
+        found = [s.reveal() for s in (self.database_url, self.fusion_brain_api_key, self.fusion_brain_secret_key) if s]
+        password = self.env.str("DB_PASSWORD")
+        return [*found, *([password] if password else [])]
+
+
+def load_environment(env_file: str | Path | None = ".env", environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment over the `.env` file (the environment wins, as with Go's godotenv)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def _database_url(env: Env) -> Secret | None:
+    url = env.str("DATABASE_URL")
+    if url:
+        return Secret(url)
+    parts = {
+        "host": env.str("DB_HOST"),
+        "port": env.str("DB_PORT"),
+        "user": env.str("DB_USER"),
+        "password": env.str("DB_PASSWORD"),
+        "dbname": env.str("DB_NAME"),
+        "sslmode": env.str("DB_SSL_MODE"),
+    }
+    if not (parts["host"] or parts["dbname"]):
+        return None
+    if parts["port"] is not None:
+        env.int("DB_PORT", 5432, minimum=1, maximum=65535)
+    from psycopg.conninfo import make_conninfo
+
+    return Secret(make_conninfo(**{k: v for k, v in parts.items() if v is not None}))
+
+
+def _served_backends(env: Env, default_backend: str, has_fusion_keys: bool) -> tuple[str, ...]:
+    raw = env.str("IMAGEND_BACKENDS")
+    if raw is None:
+        served = {default_backend, "placeholder"} | ({"fusionbrain"} if has_fusion_keys else set())
+        return tuple(name for name in BACKEND_NAMES if name in served)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    unknown = [n for n in names if n not in BACKEND_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"IMAGEND_BACKENDS={raw!r}: each name must be one of {', '.join(BACKEND_NAMES)}")
+    return names
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    env = Env(load_environment(env_file, environ))
+    num_images = env.int("DEFAULT_NUM_IMAGES", 1, minimum=1)
+    if num_images != 1:
+        raise ConfigError(f"DEFAULT_NUM_IMAGES={num_images}: one image per row is all imagend (and Fusion Brain) makes")
+    api_key = env.secret("FUSION_BRAIN_API_KEY")
+    secret_key = env.secret("FUSION_BRAIN_SECRET_KEY")
+    default_backend = env.choice("IMAGEND_BACKEND", "local", BACKEND_NAMES)
+    output_dir = env.str("IMAGEND_OUTPUT_DIR")
+    pool_max = env.int("DB_MAX_OPEN_CONNS", 10, minimum=2)
+    return Settings(
+        database_url=_database_url(env),
+        db_pool_max=pool_max,
+        db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 2, minimum=1), pool_max),
+        db_conn_max_lifetime_seconds=env.seconds("DB_CONN_MAX_LIFETIME", 3600.0, minimum=1.0),
+        data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
+        default_width=env.int("DEFAULT_IMAGE_WIDTH", DEFAULT_IMAGE_SIDE_PX, minimum=1),
+        default_height=env.int("DEFAULT_IMAGE_HEIGHT", DEFAULT_IMAGE_SIDE_PX, minimum=1),
+        default_style=env.str("DEFAULT_STYLE"),
+        default_negative_prompt=env.str("DEFAULT_NEGATIVE_PROMPT"),
+        default_max_attempts=env.int("DEFAULT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1),
+        generation_timeout_seconds=env.seconds(
+            "DEFAULT_GENERATION_TIMEOUT", DEFAULT_GENERATION_TIMEOUT_SECONDS, minimum=1.0
+        ),
+        check_interval_seconds=env.seconds("DEFAULT_CHECK_INTERVAL", DEFAULT_CHECK_INTERVAL_SECONDS, minimum=0.05),
+        default_backend=default_backend,
+        served_backends=_served_backends(env, default_backend, api_key is not None and secret_key is not None),
+        lease_seconds=env.seconds("IMAGEND_LEASE_SECONDS", LEASE_SECONDS, minimum=1.0),
+        generator_interval_seconds=env.seconds("IMAGEND_GENERATOR_INTERVAL", GENERATOR_INTERVAL_SECONDS, minimum=0.1),
+        processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
+        drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),
+        max_batch=env.int("IMAGEND_MAX_BATCH", 1, minimum=1, maximum=64),
+        output_dir=Path(output_dir).expanduser() if output_dir else None,
+        placeholder_delay_seconds=env.seconds("IMAGEND_PLACEHOLDER_DELAY", 0.0),
+        fusion_brain_api_key=api_key,
+        fusion_brain_secret_key=secret_key,
+        env=env,
+    )

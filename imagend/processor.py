@@ -1,0 +1,88 @@
+"""The processor pass: rescue rows whose lease ran out, and poll remote tasks that are due."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+from imagend.backends.base import Backend, Pending, RemoteBackend
+from imagend.config import Settings
+from imagend.errors import LostOwnership, RetryableError, RowError
+from imagend.logs import get_logger
+from imagend.outcomes import Outcomes, PassCounts
+from imagend.repository import Repository
+from imagend.rows import RemoteTask
+
+log = get_logger()
+
+
+class Processor:
+    def __init__(
+        self,
+        repo: Repository,
+        backends: Mapping[str, Backend],
+        settings: Settings,
+        *,
+        stopping: threading.Event,
+        io_pool: ThreadPoolExecutor,
+    ) -> None:
+        self.repo = repo
+        self.remote = {name: b for name, b in backends.items() if isinstance(b, RemoteBackend)}
+        self.settings = settings
+        self.stopping = stopping
+        self.io_pool = io_pool
+        self.outcomes = Outcomes(repo, settings)
+
+    def run_once(self) -> PassCounts:
+        counts = PassCounts()
+        for image_id, status in self.repo.rescue_expired():
+            counts.rescued += 1
+            if status == "Failed":
+                counts.failed += 1
+            else:
+                counts.due("retry_due", 0.0)
+            log.info("lease_expired", id=image_id, status=status)
+        for name, backend in self.remote.items():
+            # Each due task is polled once per pass: a pending one is pushed into the future.
+            while not self.stopping.is_set():
+                tasks = self.repo.claim_polls([name], backend.max_batch)
+                if not tasks:
+                    break
+                for one in self.io_pool.map(lambda task, b=backend: self._poll(b, task), tasks):
+                    counts.merge(one)
+        return counts
+
+    def _poll(self, backend: RemoteBackend, task: RemoteTask) -> PassCounts:
+        counts = PassCounts(polled=1)
+        try:
+            outcome = backend.poll(task)
+        except RowError as exc:
+            self.outcomes.fail(task.id, task.attempts, exc, counts)
+            return counts
+        except Exception as exc:
+            log.exception("backend_error", id=task.id, backend=backend.name)
+            self.outcomes.fail(
+                task.id,
+                task.attempts,
+                RetryableError(f"internal error in {backend.name}: {type(exc).__name__}"),
+                counts,
+            )
+            return counts
+        if not isinstance(outcome, Pending):
+            self.outcomes.done([(task.id, task.attempts, outcome)], counts)
+            return counts
+        age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
+        if age > self.settings.generation_timeout_seconds:
+            limit = self.settings.generation_timeout_seconds
+            error = RetryableError(f"no result after {age:.0f} s (DEFAULT_GENERATION_TIMEOUT={limit:g} s)")
+            self.outcomes.fail(task.id, task.attempts, error, counts)
+            return counts
+        try:
+            self.repo.poll_later(task.id, outcome.poll_after_seconds)
+        except LostOwnership:
+            counts.lost += 1
+            return counts
+        counts.due("poll_due", outcome.poll_after_seconds)
+        return counts

@@ -1,0 +1,120 @@
+-- imagend schema. Idempotent: the daemon applies it at every start, and
+-- `psql -f imagend/sql/schema.sql` does the same by hand. An ancestor (Go service)
+-- table is upgraded in place: its columns and rows are kept, new columns added.
+BEGIN;
+
+-- Two daemons starting together must not race on CREATE/ALTER.
+SELECT pg_advisory_xact_lock(hashtext('imagend.schema'));
+
+-- The ancestor's table, unchanged.
+CREATE TABLE IF NOT EXISTS images (
+    id         SERIAL PRIMARY KEY,
+    prompt     TEXT NOT NULL,
+    uuid       TEXT,
+    status     TEXT NOT NULL DEFAULT 'ReadyToGenerate',
+    base64     TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- What a producer may write (all optional; NULL means "the daemon's default").
+ALTER TABLE images ADD COLUMN IF NOT EXISTS negative_prompt   TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS style             TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS width             INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS height            INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS seed              BIGINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS steps             INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS guidance          DOUBLE PRECISION;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS scheduler         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS backend           TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS priority          INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS params            JSONB;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS max_attempts      INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS cancel_requested  BOOLEAN NOT NULL DEFAULT false;
+-- What the daemon writes.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS run_after         TIMESTAMPTZ NOT NULL DEFAULT now();
+ALTER TABLE images ADD COLUMN IF NOT EXISTS attempts          INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS error             TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS warning           TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS progress          REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS locked_by         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS lease_until       TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS submitted_at      TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS started_at        TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS finished_at       TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS generation_seconds DOUBLE PRECISION;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS output_path       TEXT;
+
+-- Ancestor rows caught mid-flight by the upgrade: only Fusion Brain rows ever had a
+-- task uuid, so they are resumed by polling instead of being lost.
+UPDATE images SET backend = 'fusionbrain'
+WHERE status = 'Generate' AND uuid IS NOT NULL AND backend IS NULL;
+
+-- NOT VALID: an upgraded ancestor table may hold odd historic values; new writes are checked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'images_status_known') THEN
+        ALTER TABLE images ADD CONSTRAINT images_status_known
+            CHECK (status IN ('ReadyToGenerate', 'Generate', 'ReadyToPublish', 'Failed')) NOT VALID;
+    END IF;
+END $$;
+
+-- Serves the claim: only waiting rows are indexed, so finished rows cost nothing.
+CREATE INDEX IF NOT EXISTS images_ready_idx
+    ON images (priority DESC, id) WHERE status = 'ReadyToGenerate';
+-- Serves lease expiry, remote polling and the next wake-up time.
+CREATE INDEX IF NOT EXISTS images_lease_idx
+    ON images (lease_until) WHERE status = 'Generate';
+
+CREATE OR REPLACE FUNCTION imagend_touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_touch_updated_at
+    BEFORE UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagend_touch_updated_at();
+
+-- Channel `imagend_new`: once per inserting statement, no payload. Daemons LISTEN
+-- and claim at once instead of waiting for the next interval run.
+CREATE OR REPLACE FUNCTION imagend_notify_new() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imagend_new', '');
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_new
+    AFTER INSERT ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+
+-- Channel `imagend_done`: payload {"id": …, "status": "ReadyToPublish"|"Failed"} on
+-- every terminal transition, so producers can LISTEN instead of polling.
+CREATE OR REPLACE FUNCTION imagend_notify_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imagend_done',
+                      json_build_object('id', NEW.id, 'status', NEW.status)::text);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_done
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION imagend_notify_done();
+
+-- Operators' view of the queue: one line per (status, backend).
+CREATE OR REPLACE VIEW images_queue_status AS
+SELECT status,
+       backend,
+       count(*)                                                     AS rows,
+       max(now() - created_at) FILTER (WHERE status = 'ReadyToGenerate') AS oldest_waiting,
+       avg(generation_seconds)                                       AS avg_generation_seconds
+FROM images
+GROUP BY status, backend
+ORDER BY status, backend;
+
+COMMIT;
