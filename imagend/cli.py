@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-verbose", "--verbose", action="store_true", help="debug logs with file and line")
     parser.add_argument("-status", "--status", action="store_true", help="print the queue status view as JSON and exit")
+    parser.add_argument(
+        "-make-tiny-model",
+        "--make-tiny-model",
+        metavar="DIR",
+        help="write a miniature random-weights SDXL pipeline (it makes noise) to DIR and exit",
+    )
     parser.add_argument("-env-file", "--env-file", default=".env", metavar="PATH", help="the .env file (default: .env)")
     parser.add_argument("-version", "--version", action="version", version=f"imagend {__version__}")
     return parser
@@ -49,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.make_tiny_model:
+        from imagend.backends.tiny_model import write_tiny_model
+
+        write_tiny_model(args.make_tiny_model)
+        print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")
+        return 0
     if not (args.generator or args.processor or args.cron or args.status):
         parser.print_usage(sys.stderr)
         print("imagend: say what to run: -cron, -generator, -processor or -status", file=sys.stderr)
