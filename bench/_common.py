@@ -58,8 +58,9 @@ def daemon(db_url: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
         "IMAGEND_BACKEND": "placeholder",
         **env,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "imagend", "-cron"], env=full_env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imagend", "-cron"], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         yield proc
     finally:

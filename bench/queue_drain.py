@@ -15,9 +15,10 @@ import time
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from _common import daemon, fresh_database, parser, postgres, wait_until
 
 from imagend.db import apply_schema
+
+from _common import daemon, fresh_database, parser, postgres, wait_until
 
 
 def drain_imagend(server_url: str, rows: int) -> float:
@@ -45,9 +46,15 @@ async def _drain_pgqueuer(db: str, driver: str, rows: int, workers: int, batch: 
     async def connect() -> object:
         if driver == "asyncpg":
             params = conninfo_to_dict(db)
-            return AsyncpgDriver(await asyncpg.connect(
-                host=params.get("host"), port=params.get("port"), user=params.get("user"),
-                password=params.get("password"), database=params.get("dbname")))
+            return AsyncpgDriver(
+                await asyncpg.connect(
+                    host=params.get("host"),
+                    port=params.get("port"),
+                    user=params.get("user"),
+                    password=params.get("password"),
+                    database=params.get("dbname"),
+                )
+            )
         return PsycopgDriver(await psycopg.AsyncConnection.connect(db, autocommit=True))
 
     setup = Queries(await connect())  # type: ignore[arg-type]
