@@ -53,7 +53,7 @@ def main() -> None:
     with postgres(args.database_url) as server:
         small = claim_latencies_ms(server, args.small, args.claims)
         large = claim_latencies_ms(server, args.large, args.claims)
-    where = args.database_url or "embedded Postgres"
+    where = "the given server" if args.database_url else "embedded Postgres"
     print(f"claim latency (one row, {args.claims} claims each), {where}")
     for name, values in ((f"{args.small:,} finished rows", small), (f"{args.large:,} finished rows", large)):
         print(f"  {name:<26} median {statistics.median(values):.3f} ms   p99 {percentile(values, 99):.3f} ms")

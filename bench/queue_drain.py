@@ -98,7 +98,7 @@ def main() -> None:
             "pgqueuer 1.6 (psycopg)": drain_pgqueuer(server, "psycopg", args.rows, args.pgq_workers, args.pgq_batch),
             "imagend -cron (placeholder)": drain_imagend(server, args.rows),
         }
-    print(f"queue drain, {args.rows} rows, {'embedded Postgres' if not args.database_url else args.database_url}")
+    print(f"queue drain, {args.rows} rows, {'embedded Postgres' if not args.database_url else 'the given server'}")
     for name, rate in figures.items():
         print(f"  {name:<30} {rate:>10,.0f} rows/s")
     best_pgq = max(figures["pgqueuer 1.6 (asyncpg)"], figures["pgqueuer 1.6 (psycopg)"])
