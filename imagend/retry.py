@@ -16,7 +16,8 @@ T = TypeVar("T")
 
 def backoff_seconds(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_MAX_SECONDS) -> float:
     """Exponential in the attempt number, with full jitter in [0.5, 1.5) so retries spread out."""
-    return min(cap, base * 2 ** max(attempt - 1, 0)) * random.uniform(0.5, 1.5)
+    exponential: float = base * 2.0 ** max(attempt - 1, 0)
+    return min(cap, exponential) * random.uniform(0.5, 1.5)
 
 
 def retry_database(call: Callable[[], T], budget_seconds: float) -> T:

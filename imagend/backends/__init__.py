@@ -15,11 +15,13 @@ def create_backend(name: str, settings: Settings) -> Backend:
     if name == "fusionbrain":
         from imagend.backends.fusionbrain import FusionBrainBackend
 
-        return FusionBrainBackend.from_settings(settings)
+        remote: Backend = FusionBrainBackend.from_settings(settings)
+        return remote
     if name == "local":
         from imagend.backends.local import LocalBackend
 
-        return LocalBackend.from_settings(settings)
+        local: Backend = LocalBackend.from_settings(settings)
+        return local
     raise ValueError(f"no backend named {name!r}")
 
 
