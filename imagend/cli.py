@@ -102,10 +102,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             daemon = Daemon(settings, repo, backends, listen_url=url)
             if args.cron:
                 return daemon.run_forever()
-            if args.generator:
-                daemon.run_generator_once()
-            if args.processor:
-                daemon.run_processor_once()
+            try:
+                if args.generator:
+                    daemon.run_generator_once()
+                if args.processor:
+                    daemon.run_processor_once()
+            except KeyboardInterrupt:
+                daemon.release_owned_rows()
+                return 130
             return 0
         finally:
             for backend in backends.values():

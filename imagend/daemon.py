@@ -152,20 +152,32 @@ class Daemon:
         log.info("daemon_stopping", drain_seconds=self.settings.drain_seconds)
         self.stopping.set()
         scheduler.pause()
-        if not self.job_lock.acquire(timeout=self.settings.drain_seconds):
+        idle = self.job_lock.acquire(timeout=self.settings.drain_seconds)
+        if not idle:
             log.warning("drain_timeout", action="interrupting work in flight")
             self.aborting.set()
-            self.job_lock.acquire(timeout=INTERRUPT_GRACE_SECONDS)
-        try:
-            released = self.repo.release(None)
-            if released:
-                log.info("rows_released", ids=released, status="ReadyToGenerate")
-        except DatabaseUnavailable:
-            log.warning("rows_not_released", reason="database unavailable; their leases will expire")
+            idle = self.job_lock.acquire(timeout=INTERRUPT_GRACE_SECONDS)
+        self.release_owned_rows()
         scheduler.shutdown(wait=False)
         self.io_pool.shutdown(wait=False, cancel_futures=True)
+        if not idle:
+            # A backend call that ignores interruption (a hung CUDA kernel) would keep the
+            # interpreter from exiting; its rows are released and its late write is guarded.
+            log.error("daemon_stopped", outcome="work did not stop; exiting without it")
+            os._exit(0)
+        self.job_lock.release()  # jobs still waiting for the lock see `stopping` and return
         log.info("daemon_stopped")
         return 0
+
+    def release_owned_rows(self) -> None:
+        """Give back every row this daemon still holds (attempt not counted)."""
+        try:
+            released = self.repo.release(None)
+        except DatabaseUnavailable:
+            log.warning("rows_not_released", reason="database unavailable; their leases will expire")
+            return
+        if released:
+            log.info("rows_released", ids=released, status="ReadyToGenerate")
 
     # -- jobs -----------------------------------------------------------------------------
 

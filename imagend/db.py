@@ -17,6 +17,7 @@ from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.sql import schema
 
 POOL_OPEN_TIMEOUT_SECONDS = 30.0
+POOL_WAIT_SECONDS = 5.0
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -55,6 +56,8 @@ def open_pool(url: str, settings: Settings) -> ConnectionPool:
         kwargs={"autocommit": True},
         # A connection broken by a Postgres restart is replaced instead of failing a query.
         check=ConnectionPool.check_connection,
+        # Fail a query fast while Postgres is down; the daemon backs off and retries.
+        timeout=POOL_WAIT_SECONDS,
         open=False,
         name="imagend",
     )
