@@ -1,0 +1,127 @@
+"""Helpers for the core suite: in-process generator/processor, daemons in subprocesses, waiting.
+
+Kept out of conftest.py so that other suites' conftests are untouched; tests import it
+as `core_support` (pytest puts tests/ on sys.path, see pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from imagend.backends.base import Backend
+from imagend.backends.placeholder import PlaceholderBackend
+from imagend.config import Settings
+from imagend.generator import Generator
+from imagend.processor import Processor
+from imagend.repository import Repository
+
+TERMINAL = ("ReadyToPublish", "Failed")
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class InProcess:
+    """A generator and a processor wired as the daemon wires them, without the scheduler."""
+
+    def __init__(self, repo: Repository, settings: Settings, backends: Mapping[str, Backend] | None = None) -> None:
+        self.stopping = threading.Event()
+        self.aborting = threading.Event()
+        self.wake = threading.Event()
+        self.io_pool = ThreadPoolExecutor(max_workers=4)
+        if backends is None:
+            backends = {"placeholder": PlaceholderBackend(settings.placeholder_delay_seconds, settings.max_batch)}
+        self.generator = Generator(
+            repo,
+            backends,
+            settings,
+            stopping=self.stopping,
+            aborting=self.aborting,
+            wake=self.wake,
+            io_pool=self.io_pool,
+        )
+        self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool)
+
+    def close(self) -> None:
+        self.io_pool.shutdown(wait=True)
+
+
+class DaemonProcess:
+    """`python -m imagend …` as a user runs it, with stderr going to a file (a pipe nobody reads
+    fills up and blocks a long-running daemon)."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_dir: Path | None = None) -> None:
+        full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
+        log_dir = log_dir or Path(tempfile.mkdtemp(prefix="imagend-daemon-log-"))
+        self.log_path = Path(tempfile.mkstemp(prefix="imagend-", suffix=".log", dir=log_dir)[1])
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imagend", *args],
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tempfile.gettempdir(),
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def owner_pattern(self) -> str:
+        """A LIKE pattern matching the `locked_by` of rows this process owns (host:pid:random)."""
+        return f"%:{self.pid}:%"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.flush()
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not go."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode

@@ -1,0 +1,150 @@
+"""Settings from the environment: the Go service's names verbatim, Go durations, errors that name
+the variable, where the database is, and secrets that never print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from imagend.config import Secret, load_settings
+from imagend.errors import ConfigError
+
+
+def settings(**env: str):
+    return load_settings(environ=env, env_file=None)
+
+
+def test_defaults_are_the_ancestors():
+    s = settings()
+    assert (s.default_width, s.default_height) == (1024, 1024)
+    assert s.default_max_attempts == 3
+    assert s.generator_interval_seconds == 300.0  # the Go service: generator every 5 minutes
+    assert s.processor_interval_seconds == 600.0  # processor every 10 minutes
+    assert s.default_backend == "local"  # the placeholder is never the default
+    assert s.database_url is None and s.embedded_database
+
+
+def test_ancestor_variable_names_work_verbatim():
+    s = settings(
+        FUSION_BRAIN_API_KEY="fb-api-key-1234",
+        FUSION_BRAIN_SECRET_KEY="fb-secret-key-5678",
+        DEFAULT_IMAGE_WIDTH="512",
+        DEFAULT_IMAGE_HEIGHT="768",
+        DEFAULT_NUM_IMAGES="1",
+        DEFAULT_STYLE="ANIME",
+        DEFAULT_NEGATIVE_PROMPT="blurry",
+        DEFAULT_GENERATION_TIMEOUT="5m",
+        DEFAULT_CHECK_INTERVAL="500ms",
+        DEFAULT_MAX_ATTEMPTS="7",
+        DB_MAX_OPEN_CONNS="12",
+        DB_MAX_IDLE_CONNS="3",
+        DB_CONN_MAX_LIFETIME="1h30m",
+    )
+    assert s.fusion_brain_api_key == Secret("fb-api-key-1234")
+    assert s.fusion_brain_secret_key == Secret("fb-secret-key-5678")
+    assert (s.default_width, s.default_height) == (512, 768)
+    assert s.default_style == "ANIME"
+    assert s.default_negative_prompt == "blurry"
+    assert s.generation_timeout_seconds == 300.0
+    assert s.check_interval_seconds == pytest.approx(0.5)
+    assert s.default_max_attempts == 7
+    assert (s.db_pool_max, s.db_pool_min) == (12, 3)
+    assert s.db_conn_max_lifetime_seconds == 5400.0
+    # Both Fusion Brain keys present: that backend is served too.
+    assert "fusionbrain" in s.served_backends
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("300", 300.0), ("0.5", 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0), ("1h30m", 5400.0),
+     ("1m30s", 90.0), ("250ms", 0.25), ("1.5h", 5400.0)],
+)
+def test_durations_accept_seconds_and_go_durations(raw, seconds):
+    assert settings(IMAGEND_GENERATOR_INTERVAL=raw).generator_interval_seconds == pytest.approx(seconds)
+
+
+def test_go_durations_work_for_ancestor_and_new_names_alike():
+    s = settings(IMAGEND_LEASE_SECONDS="2m", DEFAULT_GENERATION_TIMEOUT="1h", IMAGEND_DRAIN_SECONDS="45s")
+    assert (s.lease_seconds, s.generation_timeout_seconds, s.drain_seconds) == (120.0, 3600.0, 45.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("IMAGEND_LEASE_SECONDS", "abc"),
+        ("IMAGEND_LEASE_SECONDS", "5 minutes"),
+        ("IMAGEND_LEASE_SECONDS", "0.2"),  # below the one-second minimum
+        ("DEFAULT_GENERATION_TIMEOUT", "5x"),
+        ("DEFAULT_CHECK_INTERVAL", "-1s"),
+        ("DB_CONN_MAX_LIFETIME", "forever"),
+        ("DEFAULT_IMAGE_WIDTH", "wide"),
+        ("DEFAULT_IMAGE_HEIGHT", "0"),
+        ("DEFAULT_MAX_ATTEMPTS", "0"),
+        ("DEFAULT_NUM_IMAGES", "4"),
+        ("DB_MAX_OPEN_CONNS", "1"),
+        ("DB_PORT", "not-a-port"),
+        ("IMAGEND_BACKEND", "dalle"),
+        ("IMAGEND_BACKENDS", "placeholder,dalle"),
+        ("IMAGEND_MAX_BATCH", "1000"),
+        ("IMAGEND_PLACEHOLDER_DELAY", "soon"),
+        ("IMAGEND_GENERATOR_INTERVAL", "0"),
+    ],
+)
+def test_a_bad_value_raises_config_error_naming_the_variable(name, value):
+    env = {name: value}
+    if name == "DB_PORT":
+        env["DB_HOST"] = "db.example"
+    with pytest.raises(ConfigError) as caught:
+        settings(**env)
+    assert name in str(caught.value)
+    assert value in str(caught.value) or name in ("DEFAULT_IMAGE_HEIGHT", "DEFAULT_MAX_ATTEMPTS", "DB_MAX_OPEN_CONNS")
+
+
+def test_database_url_wins_over_db_variables():
+    s = settings(DATABASE_URL="postgresql://app:pw@primary.example/images", DB_HOST="other.example", DB_NAME="x")
+    assert s.database_url is not None
+    assert s.database_url.reveal() == "postgresql://app:pw@primary.example/images"
+    assert not s.embedded_database
+
+
+def test_db_variables_build_a_connection_string():
+    s = settings(DB_HOST="db.example", DB_PORT="5433", DB_USER="imagend", DB_PASSWORD="p@ss word",
+                 DB_NAME="images", DB_SSL_MODE="require")
+    assert s.database_url is not None
+    params = conninfo_to_dict(s.database_url.reveal())
+    assert params == {"host": "db.example", "port": "5433", "user": "imagend", "password": "p@ss word",
+                      "dbname": "images", "sslmode": "require"}
+
+
+def test_no_database_configured_means_the_embedded_postgres(tmp_path):
+    s = settings(DB_USER="only-a-user", IMAGEND_DATA_DIR=str(tmp_path / "data"))
+    assert s.database_url is None and s.embedded_database
+    assert s.data_dir == tmp_path / "data"
+
+
+def test_secrets_never_print():
+    s = settings(FUSION_BRAIN_API_KEY="fb-api-key-1234", FUSION_BRAIN_SECRET_KEY="fb-secret-key-5678",
+                 DB_HOST="db.example", DB_PASSWORD="hunter2-db-password")
+    text = repr(s) + str(s)
+    for secret in ("fb-api-key-1234", "fb-secret-key-5678", "hunter2-db-password"):
+        assert secret not in text
+        assert secret in s.secrets()  # ...but the log redactor gets every one of them
+    assert "Secret('***')" in text
+    assert repr(Secret("x-very-secret")) == "Secret('***')" == str(Secret("x-very-secret"))
+
+
+def test_env_file_is_read_and_the_environment_wins(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DEFAULT_IMAGE_WIDTH=640\nDEFAULT_IMAGE_HEIGHT=480\nIMAGEND_BACKEND=placeholder\n")
+    s = load_settings(environ={"DEFAULT_IMAGE_HEIGHT": "360"}, env_file=env_file)
+    assert (s.default_width, s.default_height) == (640, 360)
+    assert s.default_backend == "placeholder"
+
+
+def test_bad_value_in_env_file_names_the_variable(tmp_path: Path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("IMAGEND_LEASE_SECONDS=abc\n")
+    with pytest.raises(ConfigError, match="IMAGEND_LEASE_SECONDS"):
+        load_settings(environ={}, env_file=env_file)

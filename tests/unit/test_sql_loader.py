@@ -1,0 +1,51 @@
+"""The SQL loader: queries.sql parsed once into {name: statement}, names noun-first."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+from imagend import repository
+from imagend.sql import queries, schema
+
+EXPECTED = {
+    "images_claim_batch", "images_mark_done", "images_fail_attempt", "images_release", "images_extend_lease",
+    "images_set_warning", "images_rescue_expired", "images_claim_polls", "images_mark_submitted",
+    "images_poll_later", "images_next_due", "images_queue_status",
+}
+
+
+def test_every_named_block_is_loaded():
+    assert set(queries()) == EXPECTED
+
+
+def test_statements_are_whole_and_clean():
+    for name, statement in queries().items():
+        assert statement, name
+        assert not statement.endswith(";"), name
+        assert "-- name:" not in statement, name  # a block never swallows the next one
+        # One statement per block: no semicolon outside comments.
+        code = "\n".join(line.split("--", 1)[0] for line in statement.splitlines())
+        assert ";" not in code, name
+
+
+def test_names_start_with_the_noun():
+    assert all(re.fullmatch(r"images_[a-z_]+", name) for name in queries())
+
+
+def test_queries_are_parsed_once():
+    assert queries() is queries()
+
+
+def test_every_query_the_repository_runs_exists():
+    used = set(re.findall(r'"(images_[a-z_]+)"', inspect.getsource(repository)))
+    assert used, "the repository names its queries"
+    assert used <= set(queries())
+
+
+def test_schema_is_one_transaction_under_an_advisory_lock():
+    text = schema()
+    assert text.lstrip().splitlines()[0].startswith("--")
+    assert "BEGIN;" in text and text.rstrip().endswith("COMMIT;")
+    assert "pg_advisory_xact_lock" in text
+    assert "CREATE TABLE IF NOT EXISTS images" in text
