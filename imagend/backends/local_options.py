@@ -1,0 +1,129 @@
+"""The local backend's settings, schedulers and styles: plain data, no torch.
+
+Every setting is an `IMAGEND_*` variable read with the core's `Env`, so a bad value
+stops the daemon at start with an error naming the variable. docs/local.md lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagend.config import Settings
+from imagend.errors import ConfigError
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # SDXL's own VAE overflows in fp16
+VAE_FROM_MODEL = "model"  # IMAGEND_VAE=model keeps the checkpoint's own VAE
+DEFAULT_MAX_SIDE_PX = 2048
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 5.0  # diffusers' SDXL default
+DEFAULT_SCHEDULER = "euler"  # SDXL base ships EulerDiscreteScheduler
+OOM_RETRIES = 3
+OOM_RETRY_SECONDS = 10.0
+IMAGE_TIMEOUT_SECONDS = 600.0
+SIDE_MULTIPLE_PX = 8  # the VAE downscales by 8
+OFFLOAD_MODES = ("none", "model", "sequential")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+# name -> (diffusers scheduler class, config overrides, the A1111 sampler name for PNG metadata)
+SCHEDULERS: dict[str, tuple[str, dict[str, object], str]] = {
+    "euler": ("EulerDiscreteScheduler", {}, "Euler"),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}, "Euler a"),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, "DPM++ 2M"),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        "DPM++ 2M Karras",
+    ),
+    "ddim": ("DDIMScheduler", {}, "DDIM"),
+}
+
+# Fusion Brain's style names, so producers moving between backends keep working. Each is a
+# prompt template ({prompt}) and words added to the negative prompt. DEFAULT (or NULL)
+# leaves the prompt as written.
+STYLES: dict[str, tuple[str, str]] = {
+    "DEFAULT": ("{prompt}", ""),
+    "UHD": (
+        "{prompt}, ultra detailed, 8k, sharp focus, high dynamic range, professional photograph",
+        "blurry, lowres, jpeg artifacts",
+    ),
+    "ANIME": ("anime artwork, {prompt}, anime style, key visual, vibrant, studio anime", "photo, photorealistic"),
+    "KANDINSKY": ("{prompt}, abstract painting in the style of Wassily Kandinsky, bold geometric shapes", "photo"),
+}
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    model: str
+    vae: str | None  # None: the checkpoint's own VAE
+    device: str
+    dtype: str  # "float16", "bfloat16" or "float32"
+    offload: str
+    vae_slicing: bool
+    vae_tiling: bool
+    compile_unet: bool
+    compile_mode: str
+    model_variant: str | None
+    max_side: int
+    default_steps: int
+    default_guidance: float
+    default_scheduler: str
+    oom_retries: int
+    oom_retry_seconds: float
+    image_timeout_seconds: float
+    lock_dir: Path
+    warmup_size: tuple[int, int]  # (width, height) of the compile warm-up: the daemon's default size
+
+    @classmethod
+    def from_settings(cls, settings: Settings, cuda_available: bool) -> LocalSettings:
+        env = settings.env
+        device = env.str("IMAGEND_DEVICE") or ("cuda" if cuda_available else "cpu")
+        if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") or device == "mps"):
+            raise ConfigError(f"IMAGEND_DEVICE={device!r} is not cpu, cuda, cuda:N or mps")
+        if device.startswith("cuda") and not cuda_available:
+            raise ConfigError(f"IMAGEND_DEVICE={device!r} but torch sees no CUDA device; set IMAGEND_DEVICE=cpu")
+        on_gpu = device != "cpu"
+        dtype = env.choice("IMAGEND_DTYPE", "auto", DTYPES)
+        if dtype == "auto":
+            dtype = "float16" if on_gpu else "float32"
+        vae = env.str("IMAGEND_VAE")
+        if vae is None:
+            vae = DEFAULT_FP16_VAE if dtype == "float16" else VAE_FROM_MODEL
+        scheduler = env.choice("IMAGEND_DEFAULT_SCHEDULER", DEFAULT_SCHEDULER, tuple(SCHEDULERS))
+        max_side = env.int("IMAGEND_MAX_SIDE", DEFAULT_MAX_SIDE_PX, minimum=SIDE_MULTIPLE_PX, maximum=8192)
+        return cls(
+            model=env.str("IMAGEND_MODEL", DEFAULT_MODEL) or DEFAULT_MODEL,
+            vae=None if vae.lower() == VAE_FROM_MODEL else vae,
+            device=device,
+            dtype=dtype,
+            offload=env.choice("IMAGEND_CPU_OFFLOAD", "none", OFFLOAD_MODES),
+            vae_slicing=env.bool("IMAGEND_VAE_SLICING", True),
+            vae_tiling=env.bool("IMAGEND_VAE_TILING", False),
+            compile_unet=env.bool("IMAGEND_COMPILE", False),
+            compile_mode=env.choice("IMAGEND_COMPILE_MODE", "default", COMPILE_MODES),
+            model_variant=env.str("IMAGEND_MODEL_VARIANT"),
+            max_side=max_side,
+            default_steps=env.int("IMAGEND_DEFAULT_STEPS", DEFAULT_STEPS, minimum=1, maximum=200),
+            default_guidance=env.float("IMAGEND_DEFAULT_GUIDANCE", DEFAULT_GUIDANCE, minimum=0.0),
+            default_scheduler=scheduler,
+            oom_retries=env.int("IMAGEND_OOM_RETRIES", OOM_RETRIES, minimum=0, maximum=20),
+            oom_retry_seconds=env.seconds("IMAGEND_OOM_RETRY_SECONDS", OOM_RETRY_SECONDS),
+            image_timeout_seconds=env.seconds("IMAGEND_IMAGE_TIMEOUT", IMAGE_TIMEOUT_SECONDS, minimum=0.001),
+            lock_dir=Path(env.str("IMAGEND_LOCK_DIR") or settings.data_dir / "locks").expanduser(),
+            warmup_size=(_round_side(settings.default_width, max_side), _round_side(settings.default_height, max_side)),
+        )
+
+
+def _round_side(side: int, max_side: int) -> int:
+    return max(SIDE_MULTIPLE_PX, min(side, max_side) // SIDE_MULTIPLE_PX * SIDE_MULTIPLE_PX)
+
+
+def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple[str, str | None]:
+    """Apply a style template; the style must already be validated (upper-cased key of STYLES)."""
+    template, extra_negative = STYLES[style or "DEFAULT"]
+    styled = template.replace("{prompt}", prompt)
+    if extra_negative:
+        negative = f"{negative}, {extra_negative}" if negative else extra_negative
+    return styled, negative

@@ -1,0 +1,161 @@
+"""Loading and driving the diffusers SDXL pipeline: torch lives here and in local.py only.
+
+- `load_pipeline`: from_pretrained once (hub id or folder; the HF cache, HF_HUB_OFFLINE
+  and HF_HOME are honoured by huggingface_hub), the fp16-fix VAE on CUDA, placement or
+  CPU offload, VAE slicing/tiling, optional torch.compile of the UNet.
+- `PromptEncoder`: compel's CompelForSDXL, one row at a time, so a row's conditioning is
+  the same whatever else is in its batch (see docs/local.md, reproducibility).
+- `make_scheduler`: a fresh scheduler per job from the checkpoint's own config.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imagend.backends.local_options import SCHEDULERS, LocalSettings
+from imagend.errors import ConfigError
+from imagend.logs import get_logger
+
+log = get_logger()
+
+TINY_MODEL_HINT = "for a trial without weights, `imagend -make-tiny-model DIR` writes a miniature (noise-making) model"
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """One row's compel output: [1, tokens, dim] embeddings and [1, dim] pooled, for both sides."""
+
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    negative_embeds: torch.Tensor
+    negative_pooled: torch.Tensor
+
+    @property
+    def tokens(self) -> int:
+        return int(self.embeds.shape[1])
+
+
+def _looks_like_folder(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
+
+
+def load_pipeline(options: LocalSettings) -> Any:
+    """The pipeline, ready on its device. Any failure is a ConfigError naming IMAGEND_MODEL or IMAGEND_VAE."""
+    diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
+    dtype = getattr(torch, options.dtype)
+    model = options.model
+    if _looks_like_folder(model) and not (Path(model).expanduser() / "model_index.json").is_file():
+        raise ConfigError(
+            f"IMAGEND_MODEL={model}: no SDXL pipeline there (no model_index.json). Set IMAGEND_MODEL to a folder "
+            f"written by save_pretrained or to a hub id such as stabilityai/stable-diffusion-xl-base-1.0; "
+            f"{TINY_MODEL_HINT}"
+        )
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if options.model_variant:
+        kwargs["variant"] = options.model_variant  # e.g. fp16: the half-size weight files of a hub repo
+    if options.vae is not None:
+        try:
+            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
+                str(Path(options.vae).expanduser()) if _looks_like_folder(options.vae) else options.vae, dtype=dtype
+            )
+        except Exception as exc:  # any failure to load is a start-up configuration problem
+            raise ConfigError(
+                f"IMAGEND_VAE={options.vae}: cannot load this VAE ({type(exc).__name__}: {_first_line(exc)}). "
+                f"Set IMAGEND_VAE to a folder or a cached hub id, or IMAGEND_VAE=model to keep the model's own"
+            ) from exc
+    source = str(Path(model).expanduser()) if _looks_like_folder(model) else model
+    try:
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+    except Exception as exc:
+        raise ConfigError(
+            f"IMAGEND_MODEL={model}: cannot load an SDXL pipeline ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Set IMAGEND_MODEL to a local folder with model_index.json or a hub id already in the Hugging Face "
+            f"cache (or reachable); {TINY_MODEL_HINT}"
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    place(pipe, options)
+    if options.vae_slicing:
+        pipe.vae.enable_slicing()
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    if options.compile_unet:
+        # fullgraph=False: diffusers' UNet has a few graph breaks across versions; compile still wins.
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.unet = torch.compile(pipe.unet, mode=options.compile_mode)
+    return pipe
+
+
+def place(pipe: Any, options: LocalSettings, offload: str | None = None) -> None:
+    """Move the pipeline to its device, or hand placement to accelerate's CPU offload hooks."""
+    offload = options.offload if offload is None else offload
+    if offload != "none" and not options.device.startswith("cuda"):
+        log.warning("cpu_offload_ignored", device=options.device, reason="offload only applies to CUDA devices")
+        offload = "none"
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=options.device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=options.device)
+    else:
+        pipe.to(options.device)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+class PromptEncoder:
+    """compel for SDXL's two text encoders: weighting syntax, and no 77-token truncation."""
+
+    def __init__(self, pipe: Any) -> None:
+        from compel import CompelForSDXL
+
+        self.pipe = pipe
+        self.compel = CompelForSDXL(pipe, device=str(pipe._execution_device))
+        # diffusers' own rule: with no negative prompt, the unconditional side is zeros.
+        self.zero_empty_negative = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+
+    @torch.no_grad()
+    def encode(self, prompt: str, negative: str | None) -> Conditioning:
+        out = self.compel(main_prompt=prompt, negative_prompt=negative or "")
+        negative_embeds, negative_pooled = out.negative_embeds, out.negative_pooled_embeds
+        if not negative and self.zero_empty_negative:
+            negative_embeds, negative_pooled = torch.zeros_like(negative_embeds), torch.zeros_like(negative_pooled)
+        return Conditioning(out.embeds, out.pooled_embeds, negative_embeds, negative_pooled)
+
+
+def stack(conditionings: list[Conditioning]) -> dict[str, torch.Tensor]:
+    """The pipeline's embedding arguments for a batch whose rows all have the same token length."""
+    return {
+        "prompt_embeds": torch.cat([c.embeds for c in conditionings]),
+        "pooled_prompt_embeds": torch.cat([c.pooled for c in conditionings]),
+        "negative_prompt_embeds": torch.cat([c.negative_embeds for c in conditionings]),
+        "negative_pooled_prompt_embeds": torch.cat([c.negative_pooled for c in conditionings]),
+    }
+
+
+def make_scheduler(pipe: Any, name: str) -> Any:
+    """A fresh scheduler of the named kind from the checkpoint's scheduler config (no state shared between jobs)."""
+    diffusers: Any = importlib.import_module("diffusers")
+    class_name, overrides, _ = SCHEDULERS[name]
+    scheduler_class = getattr(diffusers, class_name)
+    return scheduler_class.from_config(pipe.scheduler.config, **overrides)
+
+
+def free_memory(device: str) -> None:
+    """After an abort or an OOM: drop unreachable tensors and return cached blocks to the driver."""
+    gc.collect()
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.ipc_collect()  # type: ignore[no-untyped-call]
+
+
+def device_generator(seed: int) -> torch.Generator:
+    """A CPU generator: diffusers draws the initial noise on it, so a seed gives the same noise on any GPU."""
+    return torch.Generator("cpu").manual_seed(seed)
