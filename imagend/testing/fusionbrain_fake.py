@@ -186,7 +186,9 @@ class FusionBrainFake:
         server.fake = self
         self._server = server
         self.port = server.server_address[1]
-        self._thread = threading.Thread(target=server.serve_forever, name="fusionbrain-fake", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fusionbrain-fake", daemon=True
+        )
         self._thread.start()
         return self
 
