@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
 
 from imagend import __version__
 from imagend.backends.base import Image, Pending, Request, Submission
@@ -379,7 +386,8 @@ class FusionBrainBackend:
         retrying = Retrying(
             retry=retry_if_exception_type((httpx.TransportError, _TransientStatus)),
             stop=stop_after_attempt(self.config.http_attempts),
-            wait=wait_exponential_jitter(initial=wait, max=RETRY_WAIT_MAX_SECONDS, jitter=wait),
+            # Exponential with jitter (spelled so that tenacity 8 and 9 both accept it).
+            wait=wait_exponential(multiplier=wait, max=RETRY_WAIT_MAX_SECONDS) + wait_random(0, wait),
             before_sleep=before_sleep,
             reraise=True,
         )
