@@ -45,8 +45,19 @@ def _looks_like_folder(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().exists()
 
 
+def quiet_libraries() -> None:
+    """tqdm bars would break the JSON log lines; transformers warns on every prompt compel chunks past 77 tokens."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def load_pipeline(options: LocalSettings) -> Any:
     """The pipeline, ready on its device. Any failure is a ConfigError naming IMAGEND_MODEL or IMAGEND_VAE."""
+    quiet_libraries()
     diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
     dtype = getattr(torch, options.dtype)
     model = options.model

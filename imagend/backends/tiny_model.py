@@ -155,6 +155,9 @@ def write_tiny_model(directory: str | Path) -> Path:
     """Write the miniature pipeline to `directory` (created); returns its path. No network."""
     from transformers import CLIPTokenizer
 
+    from imagend.backends.sdxl import quiet_libraries
+
+    quiet_libraries()
     diffusers: Any = importlib.import_module("diffusers")
 
     folder = Path(directory).expanduser().resolve()
