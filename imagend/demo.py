@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 DEMO_DIR = Path(".imagend-demo")
@@ -50,7 +51,10 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
         {"prompt": "a (red)++ fox in the (snow)-", "negative_prompt": "blurry, lowres, watermark"},
     ),
     ("fixed seed 42, euler_a", {"prompt": "a bowl of ramen, studio photo", "seed": 42, "scheduler": "euler_a"}),
-    ("style ANIME, dpmpp_2m_karras", {"prompt": "a girl on a bicycle", "style": "ANIME", "scheduler": "dpmpp_2m_karras"}),
+    (
+        "style ANIME, dpmpp_2m_karras",
+        {"prompt": "a girl on a bicycle", "style": "ANIME", "scheduler": "dpmpp_2m_karras"},
+    ),
     ("bad row: width not a multiple of 8", {"prompt": "this row must fail", "width": 100}),
 ]
 
@@ -82,9 +86,10 @@ def insert_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     ids = []
     for label, columns in ROWS:
         values = {"width": SIDE_PX, "height": SIDE_PX, "steps": STEPS, **columns}
-        names = ", ".join(values)
-        marks = ", ".join(["%s"] * len(values))
-        row = conn.execute(f"INSERT INTO images ({names}) VALUES ({marks}) RETURNING id", list(values.values())).fetchone()
+        query = sql.SQL("INSERT INTO images ({}) VALUES ({}) RETURNING id").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)), sql.SQL(", ").join(sql.Placeholder() * len(values))
+        )
+        row = conn.execute(query, list(values.values())).fetchone()
         assert row is not None
         ids.append(int(row["id"]))
         say(f"  row {row['id']}: {label}")

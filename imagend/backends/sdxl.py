@@ -47,12 +47,11 @@ def _looks_like_folder(model: str) -> bool:
 
 def quiet_libraries() -> None:
     """tqdm bars would break the JSON log lines; transformers warns on every prompt compel chunks past 77 tokens."""
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    diffusers_logging: Any = importlib.import_module("diffusers.utils.logging")
+    transformers_logging: Any = importlib.import_module("transformers.utils.logging")
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def load_pipeline(options: LocalSettings) -> Any:
