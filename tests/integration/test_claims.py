@@ -1,0 +1,95 @@
+"""Claiming: many owners at once never share a row, and the claim uses the partial index."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+from imagend.sql import queries
+
+from conftest import insert_image
+
+ROWS = 2000
+OWNERS = 8
+
+
+def test_concurrent_claims_never_hand_one_row_to_two_owners(conn, make_settings, make_repo):
+    conn.execute("INSERT INTO images (prompt) SELECT 'prompt ' || n FROM generate_series(1, %s) AS n", [ROWS])
+    settings = make_settings(DB_MAX_OPEN_CONNS="2", DB_MAX_IDLE_CONNS="1")
+    repos = [make_repo(settings, owner=f"owner-{n}") for n in range(OWNERS)]
+    claimed: dict[str, list[int]] = {repo.owner: [] for repo in repos}
+    start = threading.Barrier(OWNERS)
+    errors: list[BaseException] = []
+
+    def worker(repo) -> None:
+        try:
+            start.wait()
+            batch = 1
+            while rows := repo.claim_batch("placeholder", batch):
+                claimed[repo.owner].extend(row.id for row in rows)
+                batch = batch % 7 + 1  # vary the batch size: 1..7
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(repo,)) for repo in repos]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    everything = [image_id for ids in claimed.values() for image_id in ids]
+    counts = Counter(everything)
+    assert [image_id for image_id, n in counts.items() if n > 1] == []  # no row handed out twice
+    table = conn.execute("SELECT id, status, locked_by, attempts, lease_until FROM images").fetchall()
+    assert set(counts) == {row["id"] for row in table}  # every row claimed exactly once
+    assert len(everything) == ROWS
+    owner_of = {image_id: owner for owner, ids in claimed.items() for image_id in ids}
+    for row in table:
+        assert row["status"] == "Generate"
+        assert row["locked_by"] == owner_of[row["id"]]  # the row records the owner that got it
+        assert row["attempts"] == 1
+        assert row["lease_until"] is not None
+    # Real contention: more than one owner got work.
+    assert sum(1 for ids in claimed.values() if ids) > 1
+
+
+def test_claim_takes_priority_then_age(conn, make_settings, make_repo):
+    low = insert_image(conn, "low", priority=0)
+    high = insert_image(conn, "high", priority=5)
+    later_high = insert_image(conn, "later high", priority=5)
+    repo = make_repo(make_settings())
+    assert [r.id for r in repo.claim_batch("placeholder", 1)] == [high]
+    assert [r.id for r in repo.claim_batch("placeholder", 1)] == [later_high]
+    assert [r.id for r in repo.claim_batch("placeholder", 1)] == [low]
+    assert repo.claim_batch("placeholder", 1) == []
+
+
+def test_claim_leaves_rows_for_other_backends_and_future_rows(conn, make_settings, make_repo):
+    mine = insert_image(conn, "null backend: the default")
+    explicit = insert_image(conn, "explicit", backend="placeholder")
+    insert_image(conn, "for the gpu", backend="local")
+    insert_image(conn, "for the api", backend="fusionbrain")
+    insert_image(conn, "later", run_after="2999-01-01T00:00:00Z")
+    unknown = insert_image(conn, "unknown backend: claimed so that it fails", backend="dalle")
+    repo = make_repo(make_settings())
+    rows = repo.claim_batch("placeholder", 100)
+    assert sorted(r.id for r in rows) == sorted([mine, explicit, unknown])
+    assert {r.id: r.backend for r in rows}[mine] == "placeholder"  # the default is stamped on the row
+
+
+def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
+    conn.execute(
+        """INSERT INTO images (prompt, status, base64, finished_at)
+           SELECT 'done ' || n, CASE WHEN n % 10 = 0 THEN 'Failed' ELSE 'ReadyToPublish' END, 'iVBOR', now()
+           FROM generate_series(1, 100000) AS n"""
+    )
+    conn.execute("INSERT INTO images (prompt) SELECT 'waiting ' || n FROM generate_series(1, 20) AS n")
+    conn.execute("ANALYZE images")
+    params = {"now": None, "default_backend": "placeholder", "skip_backends": ["local", "fusionbrain"],
+              "limit": 10, "owner": "explainer", "lease_seconds": 30.0}
+    plan = "\n".join(row["QUERY PLAN"] for row in conn.execute(
+        "EXPLAIN " + queries()["images_claim_batch"], params).fetchall())
+    assert "images_ready_idx" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    # And it is a plan, not a dry claim: nothing changed.
+    assert conn.execute("SELECT count(*) AS n FROM images WHERE status = 'Generate'").fetchone()["n"] == 0
