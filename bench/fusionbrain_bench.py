@@ -48,8 +48,9 @@ def run_daemon(server_url: str, fake: FusionBrainFake, rows: int) -> tuple[float
         with daemon(db, **env):
             wait_until(published, timeout=900, interval=0.02)
             finished = time.monotonic()
-        failed = conn.execute("SELECT count(*) FROM images WHERE status = 'Failed'").fetchone()
-        assert failed is not None and failed[0] == 0, f"{failed[0]} rows failed"
+        row = conn.execute("SELECT count(*) FROM images WHERE status = 'Failed'").fetchone()
+        failed = row[0] if row is not None else None
+        assert failed == 0, f"{failed} rows failed"
     assert fake.first_run_at is not None
     after = fake.calls()
     return finished - fake.first_run_at, {k: after.get(k, 0) - before.get(k, 0) for k in after}
