@@ -1,0 +1,63 @@
+"""Helpers for the local backend's tests (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from imagend.backends.base import Request
+
+# diffusers' schedulers call np.array(torch_tensor) and torch's Tensor.__array__ lacks numpy 2's `copy`
+# keyword. A mark, because `pytest -W error` on the command line outranks pyproject's filterwarnings.
+TORCH_NUMPY_COPY_WARNING = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+SIDE_PX = 64  # tiny sizes keep each image at tens of milliseconds on a CPU
+STEPS = 3
+
+
+def request(image_id: int = 1, prompt: str = "a red fox in the snow", **fields: Any) -> Request:
+    values: dict[str, Any] = {
+        "negative_prompt": None,
+        "style": None,
+        "width": SIDE_PX,
+        "height": SIDE_PX,
+        "seed": None,
+        "steps": STEPS,
+        "guidance": None,
+        "scheduler": None,
+    }
+    values.update(fields)
+    return Request(id=image_id, prompt=prompt, **values)
+
+
+class RecordingHeartbeat:
+    """A Heartbeat for backend-only tests: records progress, optionally raises at a given call."""
+
+    def __init__(self, raise_at: int | None = None, error: BaseException | None = None) -> None:
+        self.progress: list[float | None] = []
+        self.raise_at = raise_at
+        self.error = error
+
+    def __call__(self, progress: float | None = None) -> None:
+        self.progress.append(progress)
+        if self.raise_at is not None and len(self.progress) >= self.raise_at and self.error is not None:
+            raise self.error
+
+
+def in_process_generator(repo: Any, backend: Any, settings: Any) -> Any:
+    """The daemon's generator pass wired as the daemon wires it, for one backend."""
+    from imagend.generator import Generator
+
+    return Generator(
+        repo,
+        {backend.name: backend},
+        settings,
+        stopping=threading.Event(),
+        aborting=threading.Event(),
+        wake=threading.Event(),
+        io_pool=ThreadPoolExecutor(max_workers=1),
+    )
