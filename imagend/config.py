@@ -176,6 +176,7 @@ class Settings:
     max_batch: int
     output_dir: Path | None
     placeholder_delay_seconds: float
+    retry_base_seconds: float
     # Fusion Brain credentials (ancestor names); read by the backend, hidden from logs.
     fusion_brain_api_key: Secret | None
     fusion_brain_secret_key: Secret | None
@@ -268,6 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         max_batch=env.int("IMAGEND_MAX_BATCH", 1, minimum=1, maximum=64),
         output_dir=Path(output_dir).expanduser() if output_dir else None,
         placeholder_delay_seconds=env.seconds("IMAGEND_PLACEHOLDER_DELAY", 0.0),
+        retry_base_seconds=env.seconds("IMAGEND_RETRY_BACKOFF", BACKOFF_BASE_SECONDS),
         fusion_brain_api_key=api_key,
         fusion_brain_secret_key=secret_key,
         env=env,

@@ -92,7 +92,7 @@ class Outcomes:
         message = redact(str(error))
         if retryable is None:
             retryable = isinstance(error, RowError) and error.retryable
-        backoff = backoff_seconds(attempt) if retryable else 0.0
+        backoff = backoff_seconds(attempt, self.settings.retry_base_seconds) if retryable else 0.0
         try:
             status = retry_database(
                 lambda: self.repo.fail_attempt(image_id, message, retryable=retryable, backoff_seconds=backoff),

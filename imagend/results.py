@@ -10,12 +10,17 @@ from imagend.backends.base import Image
 from imagend.repository import Finished
 
 
-def write_output_file(output_dir: Path, image_id: int, png: bytes) -> str:
-    """Write `<id>.png` atomically (a reader never sees half a file); returns the path."""
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def write_output_file(output_dir: Path, image_id: int, data: bytes) -> str:
+    """Write `<id>.png` (or `.jpg`: the legacy Fusion Brain API returns JPEG) atomically,
+    so a reader never sees half a file; returns the path."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{image_id}.png"
-    partial = path.with_suffix(f".png.{os.getpid()}.part")
-    partial.write_bytes(png)
+    suffix = ".jpg" if data.startswith(JPEG_MAGIC) else ".png"
+    path = output_dir / f"{image_id}{suffix}"
+    partial = path.with_suffix(f"{suffix}.{os.getpid()}.part")
+    partial.write_bytes(data)
     partial.replace(path)
     return str(path.resolve())
 
