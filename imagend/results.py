@@ -9,7 +9,6 @@ from pathlib import Path
 from imagend.backends.base import Image
 from imagend.repository import Finished
 
-
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
