@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from local_helpers import SIDE_PX, STEPS
 
 from imagend.config import load_settings
+from local.local_helpers import SIDE_PX, STEPS
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from local_helpers import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 from PIL import Image as PILImage
 
 from imagend.backends.png_metadata import read_parameters
 from imagend.errors import BadInput, Cancelled
+from local.local_helpers import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 import torch
-from local_helpers import TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 
 from imagend.errors import Cancelled, RetryableError
+from local.local_helpers import TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 
