@@ -99,13 +99,11 @@ class DaemonProcess:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._log.flush()
+        return self.proc.wait(timeout)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def kill(self) -> None:
