@@ -77,7 +77,9 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
     """A fresh database with the schema applied, for this test only."""
     name = f"imagend_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
+        )
     yield _with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -139,7 +141,8 @@ def insert_image(conn: psycopg.Connection[Any], prompt: str | None = "a beautifu
         sql.SQL(", ").join(map(sql.Identifier, values)),
         sql.SQL(", ").join(sql.Placeholder() * len(values)),
     )
-    row = conn.execute(query, [psycopg.types.json.Jsonb(v) if k == "params" else v for k, v in values.items()]).fetchone()
+    params = [psycopg.types.json.Jsonb(v) if k == "params" else v for k, v in values.items()]
+    row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row["id"] if isinstance(row, Mapping) else row[0])
 

@@ -123,3 +123,44 @@ class DaemonProcess:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+
+AUDIT_SQL = """
+CREATE TABLE IF NOT EXISTS images_audit (
+    image_id     INTEGER NOT NULL,
+    old_status   TEXT,
+    new_status   TEXT NOT NULL,
+    old_owner    TEXT,
+    old_lease    TIMESTAMPTZ,
+    error        TEXT,
+    at           TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION images_audit_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO images_audit (image_id, old_status, new_status, old_owner, old_lease, error)
+    VALUES (NEW.id, OLD.status, NEW.status, OLD.locked_by, OLD.lease_until, NEW.error);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER images_audit_status
+    AFTER UPDATE ON images
+    FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status
+          OR OLD.status IN ('ReadyToPublish', 'Failed')
+          OR NEW.status IN ('ReadyToPublish', 'Failed'))
+    EXECUTE FUNCTION images_audit_record();
+"""
+
+
+def install_audit(conn: Any) -> None:
+    """Record every status change, and every write to a finished row, in `images_audit`."""
+    conn.execute(AUDIT_SQL)
+
+
+def terminal_writes(conn: Any) -> dict[int, int]:
+    """{image id: how many times an UPDATE left it (or found it) ReadyToPublish / Failed}."""
+    rows = conn.execute(
+        "SELECT image_id, count(*) FROM images_audit WHERE new_status IN ('ReadyToPublish', 'Failed') "
+        "OR old_status IN ('ReadyToPublish', 'Failed') GROUP BY image_id"
+    ).fetchall()
+    return {row[0] if isinstance(row, tuple) else row["image_id"]: row[1] if isinstance(row, tuple) else row["count"]
+            for row in rows}

@@ -6,8 +6,9 @@ import json
 import time
 
 import pytest
-from conftest import base_env, fetch_image, insert_image, run_imagend
 from core_support import DaemonProcess, wait_until
+
+from conftest import base_env, fetch_image, insert_image, run_imagend
 
 
 def expired_row(conn, prompt: str = "orphaned by a dead daemon") -> int:

@@ -1,4 +1,4 @@
-from conftest import fetch_image, insert_image, run_imagend, base_env
+from conftest import base_env, fetch_image, insert_image, run_imagend
 
 
 def test_generator_flag_finishes_a_plain_ancestor_insert(db_url, conn):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import time
 
-from conftest import base_env, insert_image, run_imagend
 from core_support import TERMINAL, DaemonProcess, wait_until
+
+from conftest import base_env, insert_image, run_imagend
 
 
 def owned_by(conn, daemon: DaemonProcess) -> list[dict]:
