@@ -73,6 +73,10 @@ class Daemon:
         self._running: dict[str, bool] = {GENERATOR: False, PROCESSOR: False}
         self._pending: dict[str, datetime] = {}
         self._db_failures = 0
+        # time.monotonic() when the processor is next due. Tracked here, not read from APScheduler:
+        # while the generator holds the job lock the processor job sits blocked on it, and
+        # APScheduler skips its later runs and moves next_run_time on, so that never looks due.
+        self._processor_due = time.monotonic()
         self.generator = Generator(
             repo,
             backends,
@@ -189,6 +193,7 @@ class Daemon:
 
     def _processor_pass_locked(self) -> PassCounts:
         counts = self.processor.run_once()
+        self._processor_due = time.monotonic() + self.settings.processor_interval_seconds
         self._schedule_processor_for_next_due()
         return counts
 
@@ -223,7 +228,8 @@ class Daemon:
     def _processor_if_due(self) -> None:
         """Between generator batches (job lock held): run the processor if it is due."""
         job = self.scheduler.get_job(PROCESSOR) if self.scheduler else None
-        if job is not None and job.next_run_time is not None and job.next_run_time <= datetime.now(UTC):
+        due = job is not None and job.next_run_time is not None and job.next_run_time <= datetime.now(UTC)
+        if due or time.monotonic() >= self._processor_due:
             counts = self._processor_pass_locked()
             self._after_pass(counts)
 
@@ -250,6 +256,9 @@ class Daemon:
         if self.scheduler is None:
             return
         at = datetime.now(UTC) + timedelta(seconds=max(seconds_from_now, 0.0))
+        if job_id == PROCESSOR:
+            soonest = time.monotonic() + max(seconds_from_now, MIN_RESCHEDULE_SECONDS)
+            self._processor_due = min(self._processor_due, soonest)
         with self._schedule_lock:
             if self._running[job_id]:
                 # APScheduler would skip a run of a job still running and fall back to the
