@@ -229,7 +229,7 @@ class Daemon:
         """Between generator batches (job lock held): run the processor if it is due."""
         job = self.scheduler.get_job(PROCESSOR) if self.scheduler else None
         due = job is not None and job.next_run_time is not None and job.next_run_time <= datetime.now(UTC)
-        if due or time.monotonic() >= self._processor_due:
+        if job is not None and (due or time.monotonic() >= self._processor_due):  # -cron only, not -generator
             counts = self._processor_pass_locked()
             self._after_pass(counts)
 
