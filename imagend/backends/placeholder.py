@@ -19,6 +19,7 @@ from imagend.errors import BadInput
 PLACEHOLDER_SIDE_PX = 16
 STYLES = ("DEFAULT", "KANDINSKY", "UHD", "ANIME")  # Fusion Brain's, so producers can test style handling
 CLAIM_BATCH_WITHOUT_DELAY = 1000
+MAX_SIDE_PX = 2048  # the placeholder stands in for real backends, so it keeps a real-looking limit
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -57,6 +58,9 @@ class PlaceholderBackend:
         return cls(settings.placeholder_delay_seconds, settings.max_batch)
 
     def validate(self, request: Request) -> Request:
+        for name, side in (("width", request.width), ("height", request.height)):
+            if side > MAX_SIDE_PX:
+                raise BadInput(f"{name} must be at most {MAX_SIDE_PX} pixels for the placeholder backend, got {side}")
         if request.style is not None and request.style.upper() not in STYLES:
             raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLES)}")
         return request
