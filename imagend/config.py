@@ -218,6 +218,10 @@ def _database_url(env: Env) -> Secret | None:
         return None
     if parts["port"] is not None:
         env.int("DB_PORT", 5432, minimum=1, maximum=65535)
+    if parts["sslmode"] is not None:  # libpq's modes; otherwise the first connect fails without naming it
+        parts["sslmode"] = env.choice(
+            "DB_SSL_MODE", "prefer", ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+        )
     from psycopg.conninfo import make_conninfo
 
     return Secret(make_conninfo(**{k: v for k, v in parts.items() if v is not None}))

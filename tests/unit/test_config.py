@@ -85,6 +85,7 @@ def test_go_durations_work_for_ancestor_and_new_names_alike():
         ("DEFAULT_NUM_IMAGES", "4"),
         ("DB_MAX_OPEN_CONNS", "1"),
         ("DB_PORT", "not-a-port"),
+        ("DB_SSL_MODE", "bogus"),
         ("IMAGEND_BACKEND", "dalle"),
         ("IMAGEND_BACKENDS", "placeholder,dalle"),
         ("IMAGEND_MAX_BATCH", "1000"),
@@ -94,7 +95,7 @@ def test_go_durations_work_for_ancestor_and_new_names_alike():
 )
 def test_a_bad_value_raises_config_error_naming_the_variable(name, value):
     env = {name: value}
-    if name == "DB_PORT":
+    if name.startswith("DB_"):
         env["DB_HOST"] = "db.example"
     with pytest.raises(ConfigError) as caught:
         settings(**env)
