@@ -97,10 +97,15 @@ def load_pipeline(options: LocalSettings) -> Any:
     if options.vae_tiling:
         pipe.vae.enable_tiling()
     if options.compile_unet:
-        # fullgraph=False: diffusers' UNet has a few graph breaks across versions; compile still wins.
-        pipe.unet.to(memory_format=torch.channels_last)
-        pipe.unet = torch.compile(pipe.unet, mode=options.compile_mode)
+        compile_unet(pipe, options.compile_mode)
     return pipe
+
+
+def compile_unet(pipe: Any, mode: str) -> None:
+    """torch.compile the UNet (channels-last). Compiles on the first call: see LocalBackend.warm_up."""
+    # fullgraph=False: diffusers' UNet has a few graph breaks across versions; compile still wins.
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.unet = torch.compile(pipe.unet, mode=mode, dynamic=False)  # one static graph per shape, made at warm-up
 
 
 def place(pipe: Any, options: LocalSettings, offload: str | None = None) -> None:
