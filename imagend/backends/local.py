@@ -40,7 +40,7 @@ from imagend.backends.sdxl import (
 )
 from imagend.backends.tiny_model import is_tiny_model
 from imagend.config import Settings
-from imagend.errors import BadInput, RetryableError
+from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
 from imagend.logs import get_logger
 
 log = get_logger()
@@ -158,7 +158,9 @@ class LocalBackend:
             except torch.OutOfMemoryError as exc:
                 remaining = [job for job in remaining if job.request.id not in images]
                 exc_text = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
-                del exc  # its traceback holds the aborted call's tensors
+                exc.__traceback__ = None  # it holds the failed call's frames, and so its tensors
+                if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
+                    self.pipe.maybe_free_model_hooks()
                 free_memory(self.options.device)
                 retries += 1
                 if retries > self.options.oom_retries:
@@ -235,6 +237,7 @@ class LocalBackend:
         assert first.scheduler is not None
         self.pipe.scheduler = make_scheduler(self.pipe, first.scheduler)
         conditionings = [job.conditioning for job in group if job.conditioning is not None]
+        aborted: BaseException | None = None
         try:
             output = self.pipe(
                 **stack(conditionings),
@@ -245,18 +248,18 @@ class LocalBackend:
                 generator=[device_generator(job.seed) for job in group],
                 callback_on_step_end=on_step_end,
             )
-        except ImageTimeout:
-            self._after_abort()
-            raise RetryableError(
+        except ImageTimeout as exc:
+            exc.__traceback__ = None
+            aborted = RetryableError(
                 f"image timed out after {self.options.image_timeout_seconds:g} s per image (IMAGEND_IMAGE_TIMEOUT)"
-            ) from None
-        except torch.OutOfMemoryError:
-            raise
-        except BaseException as exc:
-            # Cancelled / Interrupted from the heartbeat, or a library error: drop the aborted
-            # call's frames (they pin its tensors) before the GPU is handed on.
+            )
+        except (Cancelled, Interrupted) as exc:
+            aborted = exc.with_traceback(None)
+        if aborted is not None:
+            # An abort's traceback holds the pipeline's frames and so its tensors: dropped above,
+            # so that this frees them before the device is handed on.
             self._after_abort()
-            raise exc.with_traceback(None) from None
+            raise aborted from None
         return list(output.images)
 
     def _after_abort(self) -> None:

@@ -3,7 +3,9 @@ seeds, PNG metadata, the device lock. The model has random weights: images are n
 
 from __future__ import annotations
 
+import gc
 import io
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -154,19 +156,22 @@ def test_progress_rises_to_just_below_one_over_the_batch(backend: Any) -> None:
 
 
 def test_cancel_from_the_heartbeat_aborts_and_frees_the_device(backend: Any) -> None:
-    forward_calls = 0
+    latents: list[weakref.ref[torch.Tensor]] = []
     original = backend.pipe.unet.forward
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        nonlocal forward_calls
-        forward_calls += 1
-        return original(*args, **kwargs)
+    def counting(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        latents.append(weakref.ref(sample))
+        return original(sample, *args, **kwargs)
 
     backend.pipe.unet.forward = counting
     heartbeat = RecordingHeartbeat(raise_at=2, error=Cancelled())
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled) as raised:
         backend.generate([backend.validate(request(steps=20))], heartbeat)
-    assert forward_calls == 2  # stopped at the step after the cancel, not after 20
+    assert len(latents) == 2  # stopped at the step after the cancel, not after 20
     assert not backend.lock.is_held_elsewhere()
+    # The aborted call's tensors are gone even while its exception is still held (on a GPU: its memory).
+    assert raised.value is not None
+    gc.collect()
+    assert all(ref() is None for ref in latents)
     del backend.pipe.unet.forward
     assert backend.generate([backend.validate(request(seed=3))], RecordingHeartbeat())[0].seed == 3
