@@ -136,6 +136,11 @@ class LocalBackend:
         style = (request.style or "DEFAULT").strip().upper()
         if style not in STYLES:
             raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLES)} (or NULL)")
+        prompt, negative = style_prompts(style, request.prompt, request.negative_prompt)
+        for column, text in (("prompt", prompt), ("negative_prompt", negative)):
+            error = self.encoder.syntax_error(text) if text else None
+            if error:
+                raise BadInput(f"{column}: compel cannot parse it ({error}); see the weighting syntax in docs/local.md")
         return dataclasses.replace(
             request,
             steps=request.steps if request.steps is not None else opts.default_steps,

@@ -142,8 +142,18 @@ class PromptEncoder:
         parse = functools.lru_cache(maxsize=PARSED_PROMPTS_KEPT)(PromptParser().parse_conjunction)
         for compel in (self.compel.compel_1, self.compel.compel_2):
             compel.parse_prompt_string = parse
+        self._parse = parse
+        self._parse_error: type[Exception] = PromptParser.ParsingException
         # diffusers' own rule: with no negative prompt, the unconditional side is zeros.
         self.zero_empty_negative = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
+
+    def syntax_error(self, text: str) -> str | None:
+        """Why compel cannot parse `text` (e.g. a blend with more weights than prompts), or None."""
+        try:
+            self._parse(text)
+        except self._parse_error as exc:
+            return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return None
 
     @torch.no_grad()
     def encode(self, prompt: str, negative: str | None) -> Conditioning:

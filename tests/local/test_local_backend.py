@@ -46,6 +46,8 @@ def test_validate_fills_defaults_and_normalises(backend: Any) -> None:
         ({"height": 4096}, "height 4096 is above this daemon's limit of 2048 (IMAGEND_MAX_SIDE)"),
         ({"scheduler": "plms"}, "unknown scheduler 'plms'; use one of: euler, euler_a, dpmpp_2m, dpmpp_2m_karras"),
         ({"style": "cubism"}, "unknown style 'cubism'; use one of: DEFAULT, UHD, ANIME, KANDINSKY (or NULL)"),
+        ({"prompt": '("a cat", "a dog").blend(0.7)'}, "prompt: compel cannot parse it (while parsing Blend"),
+        ({"negative_prompt": '("x", "y").blend(1, 2, 3)'}, "negative_prompt: compel cannot parse it (while parsing"),
     ],
 )
 def test_validate_rejects_with_a_readable_message(backend: Any, fields: dict[str, Any], message: str) -> None:
