@@ -16,6 +16,7 @@ wake-ups, and a clean stop on SIGTERM.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -49,6 +50,14 @@ MIN_RESCHEDULE_SECONDS = 0.25  # floor for "run again at <due>" so a due-now row
 SKIPPED_RUN_RETRY_SECONDS = 0.02
 LISTEN_CHANNEL = "imagend_new"
 INTERRUPT_GRACE_SECONDS = 5.0
+
+
+class _HandledSkipFilter(logging.Filter):
+    """APScheduler warns when a run is skipped because the job is still running; the daemon
+    handles that case itself (see _on_run_skipped), so the warning would only alarm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
 
 
 def daemon_identity() -> str:
@@ -128,6 +137,7 @@ class Daemon:
             seconds=self.settings.processor_interval_seconds,
         )
         scheduler.add_listener(self._on_run_skipped, EVENT_JOB_MAX_INSTANCES)
+        logging.getLogger("apscheduler.scheduler").addFilter(_HandledSkipFilter())
         self.scheduler = scheduler
         scheduler.start()
         listener = threading.Thread(target=self._listen, name="imagend-listen", daemon=True)

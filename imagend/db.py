@@ -7,9 +7,11 @@ on a Unix socket only, and stops when the last imagend process using it exits.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from imagend.config import Settings
@@ -38,11 +40,25 @@ def database_url(settings: Settings) -> str:
     return embedded_database_url(settings.data_dir)
 
 
+def schema_marker() -> str:
+    """What the `images` table's comment says once this exact schema.sql has been applied."""
+    return "imagend schema sha256:" + hashlib.sha256(schema().encode()).hexdigest()[:16]
+
+
 def apply_schema(url: str) -> None:
-    """Create or upgrade the schema; safe to run from many daemons at once (advisory lock inside)."""
+    """Create or upgrade the schema; safe to run from many daemons at once (advisory lock inside).
+
+    Skipped when the table's comment shows this exact schema was applied already: ALTER TABLE
+    takes an exclusive lock on `images`, which a restart should not queue behind a producer's
+    long transaction."""
+    marker = schema_marker()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT obj_description(to_regclass('images'), 'pg_class')").fetchone()
+            if row is not None and row[0] == marker:
+                return
             conn.execute(schema().encode())
+            conn.execute(sql.SQL("COMMENT ON TABLE images IS {}").format(sql.Literal(marker)))
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(f"cannot apply the schema: {type(exc).__name__}") from exc
 
