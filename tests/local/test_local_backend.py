@@ -82,6 +82,25 @@ def test_compel_weighting_changes_the_conditioning(backend: Any) -> None:
     assert not torch.allclose(plain.embeds, weighted.embeds)
 
 
+@pytest.mark.parametrize(
+    ("prompt", "negative"),
+    [("a red fox", None), ("a high-quality photo, 4.5 stars", "blurry"), ("a cat. a dog", "low-res, ugly")],
+)
+def test_plain_prompts_take_the_short_way_to_exactly_compels_result(
+    backend: Any, prompt: str, negative: str | None
+) -> None:
+    assert backend.encoder.is_plain(prompt)
+    short = backend.encoder.encode(prompt, negative)
+    compel = backend.encoder.encode_with_compel(prompt, negative)
+    for name in ("embeds", "pooled", "negative_embeds", "negative_pooled"):
+        assert torch.equal(getattr(short, name), getattr(compel, name)), name
+
+
+@pytest.mark.parametrize("prompt", ["a red+ fox", "a (red)1.2 fox", '("a", "b").blend(1, 1)', LONG_PROMPT])
+def test_weighted_or_long_prompts_are_not_plain(backend: Any, prompt: str) -> None:
+    assert not backend.encoder.is_plain(prompt)
+
+
 def test_no_negative_prompt_means_zero_unconditional_embeddings(backend: Any) -> None:
     none = backend.encoder.encode("a fox", None)
     some = backend.encoder.encode("a fox", "blurry")
