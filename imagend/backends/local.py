@@ -31,10 +31,10 @@ from imagend.backends.png_metadata import GenerationParameters, encode_png
 from imagend.backends.sdxl import (
     Conditioning,
     PromptEncoder,
+    Schedulers,
     device_generator,
     free_memory,
     load_pipeline,
-    make_scheduler,
     place,
     stack,
 )
@@ -86,7 +86,7 @@ class LocalBackend:
         self.sleep = sleep
         self.lock = DeviceLock(options.lock_dir, options.device)
         self.encoder = PromptEncoder(pipe)
-        self.base_scheduler_config = pipe.scheduler.config
+        self.schedulers = Schedulers(pipe.scheduler.config)  # the checkpoint's, before any job replaced it
         self.model_label = Path(options.model).name if Path(options.model).expanduser().exists() else options.model
         self.oom_fallback = 0  # 0 none; 1 VAE tiling; 2 model CPU offload; 3 sequential offload (CUDA only)
         self.tiny = is_tiny_model(options.model)
@@ -240,7 +240,7 @@ class LocalBackend:
             return tensors
 
         assert first.scheduler is not None
-        self.pipe.scheduler = make_scheduler(self.pipe, first.scheduler)
+        self.pipe.scheduler = self.schedulers.fresh(first.scheduler)
         conditionings = [job.conditioning for job in group if job.conditioning is not None]
         aborted: BaseException | None = None
         try:

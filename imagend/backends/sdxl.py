@@ -5,11 +5,12 @@
   CPU offload, VAE slicing/tiling, optional torch.compile of the UNet.
 - `PromptEncoder`: compel's CompelForSDXL, one row at a time, so a row's conditioning is
   the same whatever else is in its batch (see docs/local.md, reproducibility).
-- `make_scheduler`: a fresh scheduler per job from the checkpoint's own config.
+- `Schedulers`: a fresh scheduler per job, from the checkpoint's own scheduler config.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import gc
 import importlib
@@ -139,7 +140,9 @@ class PromptEncoder:
         from compel.prompt_parser import PromptParser
 
         self.pipe = pipe
-        self.compel = CompelForSDXL(pipe, device=str(pipe._execution_device))
+        # Read once: the property walks every module of the pipeline (milliseconds per call).
+        self.device = pipe._execution_device
+        self.compel = CompelForSDXL(pipe, device=str(self.device))
         # compel builds its pyparsing grammar anew for every string it parses, and both of SDXL's
         # encoders parse the same strings: one parser built once, and its (read-only) results
         # remembered, parse the same way for a fraction of the time. Only the lock holder encodes.
@@ -200,7 +203,7 @@ class PromptEncoder:
 
     def _encode_plain(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
-            text, device=self.pipe._execution_device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            text, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return embeds, pooled
 
@@ -215,12 +218,23 @@ def stack(conditionings: list[Conditioning]) -> dict[str, torch.Tensor]:
     }
 
 
-def make_scheduler(pipe: Any, name: str) -> Any:
-    """A fresh scheduler of the named kind from the checkpoint's scheduler config (no state shared between jobs)."""
-    diffusers: Any = importlib.import_module("diffusers")
-    class_name, overrides, _ = SCHEDULERS[name]
-    scheduler_class = getattr(diffusers, class_name)
-    return scheduler_class.from_config(pipe.scheduler.config, **overrides)
+class Schedulers:
+    """A fresh scheduler per job, of the named kind, from the checkpoint's scheduler config.
+
+    from_config inspects signatures (milliseconds); a deep copy of a pristine instance made
+    once per kind is the same fresh object, no state shared between jobs, for much less.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.pristine: dict[str, Any] = {}
+
+    def fresh(self, name: str) -> Any:
+        if name not in self.pristine:
+            diffusers: Any = importlib.import_module("diffusers")
+            class_name, overrides, _ = SCHEDULERS[name]
+            self.pristine[name] = getattr(diffusers, class_name).from_config(self.config, **overrides)
+        return copy.deepcopy(self.pristine[name])
 
 
 def free_memory(device: str) -> None:
