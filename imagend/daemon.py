@@ -196,7 +196,12 @@ class Daemon:
     # -- jobs -----------------------------------------------------------------------------
 
     def _generator_job(self) -> None:
-        self._job(GENERATOR, self.generator.run_once)
+        self._job(GENERATOR, self._generator_pass_locked)
+
+    def _generator_pass_locked(self) -> PassCounts:
+        counts = self.generator.run_once()
+        self._schedule_generator_for_next_retry()
+        return counts
 
     def _processor_job(self) -> None:
         self._job(PROCESSOR, self._processor_pass_locked)
@@ -253,7 +258,14 @@ class Daemon:
     def _schedule_processor_for_next_due(self) -> None:
         due = self.repo.next_due()
         if due is not None:
-            self._request_run(PROCESSOR, (due - datetime.now(UTC)).total_seconds())
+            self._request_run(PROCESSOR, due)
+
+    def _schedule_generator_for_next_retry(self) -> None:
+        """A pass reports only its earliest backoff; rows backed off later (or by a daemon that
+        died since) are found here, so no row waits for the interval run."""
+        due = self.repo.next_retry()
+        if due is not None:
+            self._request_run(GENERATOR, due)
 
     # -- scheduling -------------------------------------------------------------------------
 

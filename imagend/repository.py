@@ -186,10 +186,18 @@ class Repository:
         if not rows:
             raise LostOwnership(image_id, "poll_later")
 
-    def next_due(self) -> datetime | None:
-        """When the earliest lease runs out or remote poll falls due, if any row is in Generate."""
-        rows = self._rows("images_next_due", {"lease_seconds": self.lease_seconds})
-        return rows[0][0] if rows else None
+    def next_due(self) -> float | None:
+        """Seconds until the earliest lease runs out or remote poll falls due; None if nothing is in Generate."""
+        return self._seconds("images_next_due", {"lease_seconds": self.lease_seconds})
+
+    def next_retry(self) -> float | None:
+        """Seconds until the earliest backed-off row may be claimed; None if none waits."""
+        return self._seconds("images_next_retry", {})
+
+    def _seconds(self, name: str, params: dict[str, Any]) -> float | None:
+        # Computed by the database against its own clock, so host clock skew cannot shift wake-ups.
+        rows = self._rows(name, params)
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
 
     def queue_status(self) -> list[dict[str, Any]]:
         with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:

@@ -176,10 +176,18 @@ WHERE id = %(id)s
 RETURNING id;
 
 -- name: images_next_due
--- When the earliest lease runs out or remote poll falls due: the daemon wakes then.
-SELECT min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s)))
+-- Seconds (by the database's clock) until the earliest lease runs out or remote poll
+-- falls due: the processor wakes then. NULL when no row is in Generate.
+SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s))) - now())
 FROM images
 WHERE status = 'Generate';
+
+-- name: images_next_retry
+-- Seconds until the earliest backed-off row may be claimed: the generator wakes then.
+SELECT extract(epoch FROM min(run_after) - now())
+FROM images
+WHERE status = 'ReadyToGenerate'
+  AND run_after > now();
 
 -- name: images_queue_status
 SELECT status, backend, rows, oldest_waiting, avg_generation_seconds

@@ -11,7 +11,7 @@ from imagend.sql import queries, schema
 EXPECTED = {
     "images_claim_batch", "images_mark_done", "images_fail_attempt", "images_release", "images_extend_lease",
     "images_set_warning", "images_rescue_expired", "images_claim_polls", "images_mark_submitted",
-    "images_poll_later", "images_next_due", "images_queue_status",
+    "images_poll_later", "images_next_due", "images_next_retry", "images_queue_status",
 }
 
 
