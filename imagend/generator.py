@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 
-from imagend.backends.base import Backend, GeneratingBackend, RemoteBackend, Request
+from imagend.backends.base import Backend, GeneratingBackend, Image, RemoteBackend, Request
 from imagend.config import Settings
 from imagend.errors import (
     BadInput,
@@ -38,12 +38,22 @@ def batch_key(request: Request) -> Hashable:
 
 
 class LeaseKeeper:
-    """The Heartbeat handed to a generating backend for one batch (see backends/base.py)."""
+    """The Heartbeat handed to a generating backend for one batch (see backends/base.py).
 
-    def __init__(self, repo: Repository, ids: Sequence[int], aborting: threading.Event) -> None:
+    It also keeps the leases of rows claimed ahead (`held`), which wait for this batch:
+    their progress, cancellation and loss are theirs to report when their turn comes."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        ids: Sequence[int],
+        aborting: threading.Event,
+        held: Callable[[], list[int]] = list,
+    ) -> None:
         self.repo = repo
         self.ids = list(ids)
         self.aborting = aborting
+        self.held = held
         self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
         self.last_write = time.monotonic()
         self.cancelled: set[int] = set()
@@ -56,13 +66,13 @@ class LeaseKeeper:
             return
         self.last_write = now
         try:
-            owned = self.repo.extend_lease(self.ids, progress)
+            owned = self.repo.extend_lease([*self.ids, *self.held()], progress, progress_ids=self.ids)
         except DatabaseUnavailable:
             log.warning("lease_not_extended", ids=self.ids, reason="database unavailable")
             return
-        if not owned:
+        if not owned.keys() & set(self.ids):
             raise Interrupted("rows are no longer ours")
-        self.cancelled = {image_id for image_id, cancel in owned.items() if cancel}
+        self.cancelled = {image_id for image_id in self.ids if owned.get(image_id)}
         if self.cancelled:
             raise Cancelled()
 
@@ -89,18 +99,39 @@ class Generator:
         self.io_pool = io_pool
         self.between_batches = between_batches
         self.outcomes = Outcomes(repo, settings)
+        # The write that ends the previous batch runs while the next one is claimed and
+        # generated; at most one is in flight, and a pass waits for it before it returns.
+        self._finishing: Future[PassCounts] | None = None
+        # The next batch of a generating backend is claimed while this one generates, so the
+        # claim's round trip is hidden behind the GPU work (its rows' leases ride on the heartbeat).
+        self._claimed_ahead: dict[str, Future[list[ClaimedRow]]] = {}
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()
+        try:
+            self._claim_until_empty(counts)
+        finally:
+            self._release_claimed_ahead(counts)
+            self._wait_for_finishing(counts)
+        return counts
+
+    def _claim_until_empty(self, counts: PassCounts) -> None:
+        exhausted: set[str] = set()  # backends whose claim came back empty: no new rows until a wake-up
         while not self.stopping.is_set():
             # Cleared before the claim: a NOTIFY that arrives after it makes us look again.
-            self.wake.clear()
+            if self.wake.is_set():
+                self.wake.clear()
+                exhausted.clear()
             claimed_any = False
             for name, backend in self.backends.items():
                 if self.stopping.is_set():
                     break
-                rows = self.repo.claim_batch(name, backend.max_batch)
+                if name in exhausted:
+                    continue
+                ahead = self._claimed_ahead.pop(name, None)
+                rows = ahead.result() if ahead is not None else self.repo.claim_batch(name, backend.max_batch)
                 if not rows:
+                    exhausted.add(name)
                     continue
                 claimed_any = True
                 counts.claimed += len(rows)
@@ -109,11 +140,12 @@ class Generator:
                     self._submit(backend, requests, counts)
                 else:
                     assert isinstance(backend, GeneratingBackend)
+                    if not self.stopping.is_set():
+                        self._claimed_ahead[name] = self.io_pool.submit(self.repo.claim_batch, name, backend.max_batch)
                     self._generate_all(backend, requests, counts)
                 self.between_batches()
             if not claimed_any and not self.wake.is_set():
                 break
-        return counts
 
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
@@ -147,7 +179,7 @@ class Generator:
         if not batch:
             return
         ids = [r.id for r in batch]
-        keeper = LeaseKeeper(self.repo, ids, self.aborting)
+        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=self._held_ahead)
         log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
         try:
             images = backend.generate(batch, keeper)
@@ -177,7 +209,42 @@ class Generator:
                     counts,
                 )
         else:
-            self.outcomes.done([(r.id, r.attempt, image) for r, image in zip(batch, images, strict=True)], counts)
+            self._finish_in_background(
+                [(r.id, r.attempt, image) for r, image in zip(batch, images, strict=True)], counts
+            )
+
+    def _finish_in_background(self, results: list[tuple[int, int, Image]], counts: PassCounts) -> None:
+        self._wait_for_finishing(counts)
+
+        def finish() -> PassCounts:
+            own = PassCounts()
+            self.outcomes.done(results, own)
+            return own
+
+        self._finishing = self.io_pool.submit(finish)
+
+    def _held_ahead(self) -> list[int]:
+        return [
+            row.id
+            for ahead in self._claimed_ahead.values()
+            if ahead.done() and ahead.exception() is None
+            for row in ahead.result()
+        ]
+
+    def _release_claimed_ahead(self, counts: PassCounts) -> None:
+        """Rows claimed ahead but not reached (the daemon is stopping): back to the queue, attempt not counted."""
+        for ahead in self._claimed_ahead.values():
+            try:
+                rows = ahead.result()
+            except DatabaseUnavailable:
+                continue  # their leases will bring them back
+            self.outcomes.release([row.id for row in rows], counts)
+        self._claimed_ahead.clear()
+
+    def _wait_for_finishing(self, counts: PassCounts) -> None:
+        if self._finishing is not None:
+            finishing, self._finishing = self._finishing, None
+            counts.merge(finishing.result())
 
     def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
         def submit_one(request: Request) -> PassCounts:

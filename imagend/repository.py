@@ -131,11 +131,20 @@ class Repository:
         )
         return [row[0] for row in rows]
 
-    def extend_lease(self, ids: Sequence[int], progress: float | None = None) -> dict[int, bool]:
-        """Renew leases (and progress); returns {id: cancel_requested} for the rows still ours."""
+    def extend_lease(
+        self, ids: Sequence[int], progress: float | None = None, progress_ids: Sequence[int] | None = None
+    ) -> dict[int, bool]:
+        """Renew leases, and the progress of `progress_ids` (default: all of `ids`);
+        returns {id: cancel_requested} for the rows still ours."""
         rows = self._rows(
             "images_extend_lease",
-            {"ids": list(ids), "progress": progress, "lease_seconds": self.lease_seconds, "owner": self.owner},
+            {
+                "ids": list(ids),
+                "progress": progress,
+                "progress_ids": list(ids if progress_ids is None else progress_ids),
+                "lease_seconds": self.lease_seconds,
+                "owner": self.owner,
+            },
         )
         return {row[0]: bool(row[1]) for row in rows}
 

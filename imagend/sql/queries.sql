@@ -98,7 +98,7 @@ RETURNING id;
 -- returned are no longer ours; cancel_requested tells the worker to stop.
 UPDATE images
 SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
-    progress    = COALESCE(%(progress)s, progress)
+    progress    = CASE WHEN id = ANY (%(progress_ids)s::int[]) THEN COALESCE(%(progress)s, progress) ELSE progress END
 WHERE id = ANY (%(ids)s::int[])
   AND status = 'Generate'
   AND locked_by = %(owner)s
