@@ -277,7 +277,7 @@ class Generator:
             )
             return
         try:
-            self.repo.mark_submitted(request.id, submission.task_id, submission.poll_after_seconds)
+            self.repo.mark_submitted(request.id, request.attempt, submission.task_id, submission.poll_after_seconds)
         except LostOwnership:
             counts.lost += 1
             log.warning("submission_dropped", id=request.id, attempt=request.attempt)

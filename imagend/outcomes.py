@@ -64,7 +64,7 @@ class Outcomes:
         """results: (id, attempt, image). The image and the status are written in one statement."""
         if not results:
             return
-        rows = [finished(image_id, image, self.settings.output_dir) for image_id, _, image in results]
+        rows = [finished(image_id, attempt, image, self.settings.output_dir) for image_id, attempt, image in results]
         written = retry_database(lambda: self.repo.mark_done(rows), self.settings.lease_seconds)
         counts.done += len(written)
         for image_id, attempt, image in results:
@@ -95,7 +95,9 @@ class Outcomes:
         backoff = backoff_seconds(attempt, self.settings.retry_base_seconds) if retryable else 0.0
         try:
             status = retry_database(
-                lambda: self.repo.fail_attempt(image_id, message, retryable=retryable, backoff_seconds=backoff),
+                lambda: self.repo.fail_attempt(
+                    image_id, message, retryable=retryable, backoff_seconds=backoff, attempt=attempt
+                ),
                 self.settings.lease_seconds,
             )
         except LostOwnership:

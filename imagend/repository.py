@@ -33,6 +33,7 @@ class Finished:
     seed: int | None
     output_path: str | None
     generation_seconds: float | None
+    attempt: int | None = None  # the claim's attempt: see the fence in queries.sql
 
 
 class Repository:
@@ -92,6 +93,7 @@ class Repository:
             "images_mark_done",
             {
                 "ids": [r.id for r in results],
+                "attempts": [r.attempt for r in results],
                 "base64s": [r.base64 for r in results],
                 "seeds": [r.seed for r in results],
                 "output_paths": [r.output_path for r in results],
@@ -101,8 +103,11 @@ class Repository:
         )
         return {row[0] for row in rows}
 
-    def fail_attempt(self, image_id: int, error: str, *, retryable: bool, backoff_seconds: float) -> str:
-        """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed)."""
+    def fail_attempt(
+        self, image_id: int, error: str, *, retryable: bool, backoff_seconds: float, attempt: int | None = None
+    ) -> str:
+        """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed).
+        `attempt` fences the write to that claim of the row (see queries.sql)."""
         rows = self._rows(
             "images_fail_attempt",
             {
@@ -110,6 +115,7 @@ class Repository:
                 "error": error,
                 "retryable": retryable,
                 "backoff_seconds": backoff_seconds,
+                "attempt": attempt,
                 "default_max_attempts": self.default_max_attempts,
                 "owner": self.owner,
             },
@@ -180,10 +186,16 @@ class Repository:
         )
         return [RemoteTask(*row) for row in rows]
 
-    def mark_submitted(self, image_id: int, task_id: str, poll_after_seconds: float) -> None:
+    def mark_submitted(self, image_id: int, attempt: int, task_id: str, poll_after_seconds: float) -> None:
         rows = self._rows(
             "images_mark_submitted",
-            {"id": image_id, "uuid": task_id, "poll_after_seconds": poll_after_seconds, "owner": self.owner},
+            {
+                "id": image_id,
+                "attempt": attempt,
+                "uuid": task_id,
+                "poll_after_seconds": poll_after_seconds,
+                "owner": self.owner,
+            },
         )
         if not rows:
             raise LostOwnership(image_id, "mark_submitted")

@@ -24,9 +24,10 @@ def write_output_file(output_dir: Path, image_id: int, data: bytes) -> str:
     return str(path.resolve())
 
 
-def finished(image_id: int, image: Image, output_dir: Path | None) -> Finished:
+def finished(image_id: int, attempt: int, image: Image, output_dir: Path | None) -> Finished:
     return Finished(
         id=image_id,
+        attempt=attempt,
         base64=base64.b64encode(image.png).decode("ascii"),
         seed=image.seed,
         output_path=write_output_file(output_dir, image_id, image.png) if output_dir else None,

@@ -1,7 +1,10 @@
 -- Every statement the daemon runs. Blocks are named `-- name: <noun>_<verb>` and
 -- loaded once into a dict by imagend/sql/__init__.py; imagend/repository.py gives each
 -- one a typed function. Every status change is guarded by the status and owner it
--- expects, so a write for a row someone else owns now matches nothing.
+-- expects, so a write for a row someone else owns now matches nothing. Writes that end
+-- a claim also carry its attempt number: a fence, so that the late result of an earlier
+-- claim of the same row by this same daemon (the producer re-queued it meanwhile) can
+-- never overwrite the current one.
 -- %(now)s is NULL in production (the database clock) and a fixed time in tests.
 
 -- name: images_claim_batch
@@ -44,12 +47,13 @@ SET status             = 'ReadyToPublish',
     finished_at        = now(),
     locked_by          = NULL,
     lease_until        = NULL
-FROM unnest(%(ids)s::int[], %(base64s)s::text[], %(seeds)s::bigint[],
+FROM unnest(%(ids)s::int[], %(attempts)s::int[], %(base64s)s::text[], %(seeds)s::bigint[],
             %(output_paths)s::text[], %(generation_seconds)s::float8[])
-     AS d(id, base64, seed, output_path, generation_seconds)
+     AS d(id, attempt, base64, seed, output_path, generation_seconds)
 WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
+  AND (d.attempt IS NULL OR i.attempts = d.attempt)
 RETURNING i.id;
 
 -- name: images_fail_attempt
@@ -74,6 +78,7 @@ FROM (SELECT CASE
 WHERE images.id = %(id)s
   AND images.status = 'Generate'
   AND images.locked_by = %(owner)s
+  AND (%(attempt)s::int IS NULL OR images.attempts = %(attempt)s::int)
 RETURNING images.status;
 
 -- name: images_release
@@ -164,6 +169,7 @@ SET uuid         = %(uuid)s,
 WHERE id = %(id)s
   AND status = 'Generate'
   AND locked_by = %(owner)s
+  AND attempts = %(attempt)s
 RETURNING id;
 
 -- name: images_poll_later
