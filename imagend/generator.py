@@ -150,6 +150,9 @@ class Generator:
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
         for row in rows:
+            if row.cancel_requested:  # cancelled while it waited: nothing to start
+                self.outcomes.fail(row.id, row.attempts, Cancelled(), counts)
+                continue
             try:
                 validated = validate_row(row, self.settings)
                 request = backend.validate(validated.request)

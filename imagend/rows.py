@@ -25,6 +25,7 @@ class ClaimedRow:
     params: Any
     attempts: int
     max_attempts: int | None
+    cancel_requested: bool = False
 
 
 @dataclass(frozen=True, slots=True)

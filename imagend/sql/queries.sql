@@ -32,7 +32,7 @@ SET status       = 'Generate',
 FROM picked
 WHERE i.id = picked.id
 RETURNING i.id, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed, i.steps,
-          i.guidance, i.scheduler, i.backend, i.params, i.attempts, i.max_attempts;
+          i.guidance, i.scheduler, i.backend, i.params, i.attempts, i.max_attempts, i.cancel_requested;
 
 -- name: images_mark_done
 -- Ends a whole batch in one statement; returns the ids that were still ours.
