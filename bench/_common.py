@@ -50,25 +50,32 @@ def fresh_database(server_url: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def daemon(db_url: str, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`imagend -cron` as a user runs it; stopped with SIGTERM on exit."""
-    full_env = {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "IMAGEND_BACKEND": "placeholder",
-        **env,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "imagend", "-cron"], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
+def daemon(db_url: str, log_path: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`imagend -cron` as a user runs it (no .env read), up once it logged `daemon_started`;
+    stopped with SIGTERM on exit. Its log goes to `log_path` (default: a temporary file)."""
+    full_env = {**os.environ, "DATABASE_URL": db_url, "IMAGEND_BACKEND": "placeholder", **env}
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="imagend-bench-log-"))
+            log_path = Path(log_dir) / "daemon.log"
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
+                env=full_env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            wait_until(lambda: b'"daemon_started"' in log_path.read_bytes() or proc.poll() is not None, timeout=120)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the daemon exited: {log_path.read_text()[-2000:]}")
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.05) -> None:

@@ -58,8 +58,9 @@ def run_daemon(server_url: str, fake: FusionBrainFake, rows: int) -> tuple[float
 
 def run_sequential(fake: FusionBrainFake, sample: int, poll_every: float) -> tuple[float, dict[str, int]]:
     """The ancestor's way: submit one task, poll it every `poll_every` s until done, then the next."""
-    backend = FusionBrainBackend(FusionBrainConfig(base_url=fake.url, styles_url=None), DEFAULT_API_KEY,
-                                 DEFAULT_SECRET_KEY)
+    backend = FusionBrainBackend(
+        FusionBrainConfig(base_url=fake.url, styles_url=None), DEFAULT_API_KEY, DEFAULT_SECRET_KEY
+    )
     before = fake.calls()
     started = time.monotonic()
     try:
@@ -86,27 +87,38 @@ def main() -> None:
     p.add_argument("--poll-every", type=float, default=1.0, help="the sequential loop's poll interval")
     args = p.parse_args()
     configure(verbose=False, json=False)  # the in-process baseline's debug lines would drown the figures
-    fake = FusionBrainFake(latency_seconds=args.latency, generation_seconds=args.generation,
-                           status_time=round(args.generation))
+    fake = FusionBrainFake(
+        latency_seconds=args.latency, generation_seconds=args.generation, status_time=round(args.generation)
+    )
     with fake, postgres(args.database_url) as server_url:
         daemon_seconds, daemon_calls = run_daemon(server_url, fake, args.rows)
         sequential_seconds, sequential_calls = run_sequential(fake, args.sample, args.poll_every)
     per_image = sequential_seconds / args.sample
     extrapolated = per_image * args.rows
     calls_per_image = daemon_calls["total"] / args.rows
-    print(f"fusionbrain bench: {args.rows} rows; fake: {args.latency * 1000:.0f} ms per HTTP call, "
-          f"tasks DONE {args.generation:g} s after submission, status_time {round(args.generation)} s")
-    print(f"  daemon (one `imagend -cron`): {daemon_seconds:.2f} s from first submission to all ReadyToPublish "
-          f"({args.rows / daemon_seconds:.0f} images/s)")
-    print(f"  daemon HTTP calls: {calls_per_image:.2f} per image "
-          f"(run {daemon_calls.get('run', 0)}, status {daemon_calls.get('status', 0)}, "
-          f"pipelines {daemon_calls.get('pipelines', 0)})")
-    print(f"  sequential submit-then-poll (poll every {args.poll_every:g} s): measured on {args.sample} rows, "
-          f"{sequential_seconds:.2f} s = {per_image:.2f} s per image "
-          f"({sequential_calls.get('total', 0) / args.sample:.2f} calls per image)")
+    print(
+        f"fusionbrain bench: {args.rows} rows; fake: {args.latency * 1000:.0f} ms per HTTP call, "
+        f"tasks DONE {args.generation:g} s after submission, status_time {round(args.generation)} s"
+    )
+    print(
+        f"  daemon (one `imagend -cron`): {daemon_seconds:.2f} s from first submission to all ReadyToPublish "
+        f"({args.rows / daemon_seconds:.0f} images/s)"
+    )
+    print(
+        f"  daemon HTTP calls: {calls_per_image:.2f} per image "
+        f"(run {daemon_calls.get('run', 0)}, status {daemon_calls.get('status', 0)}, "
+        f"pipelines {daemon_calls.get('pipelines', 0)})"
+    )
+    print(
+        f"  sequential submit-then-poll (poll every {args.poll_every:g} s): measured on {args.sample} rows, "
+        f"{sequential_seconds:.2f} s = {per_image:.2f} s per image "
+        f"({sequential_calls.get('total', 0) / args.sample:.2f} calls per image)"
+    )
     print(f"  sequential, extrapolated to {args.rows} rows: {extrapolated:.0f} s ({extrapolated / 60:.1f} min)")
-    print(f"  speed-up: {extrapolated / daemon_seconds:.0f}x (target >= 20x); "
-          f"calls per image {calls_per_image:.2f} (target <= 4)")
+    print(
+        f"  speed-up: {extrapolated / daemon_seconds:.0f}x (target >= 20x); "
+        f"calls per image {calls_per_image:.2f} (target <= 4)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import psycopg
 
 from imagend.db import apply_schema
 
-from _common import fresh_database, parser, postgres, wait_until
+from _common import daemon, fresh_database, parser, postgres, wait_until
 
 
 def bare_loop(model: Path, rows: int, side: int, steps: int, compel: bool) -> float:
@@ -87,8 +86,6 @@ def bare_in_subprocess(model: Path, rows: int, side: int, steps: int, compel: bo
 def local_daemon(db: str, model: Path, batch: int, workdir: Path) -> Iterator[Path]:
     log_path = workdir / f"daemon-batch{batch}.log"
     env = {
-        **os.environ,
-        "DATABASE_URL": db,
         "IMAGEND_BACKEND": "local",
         "IMAGEND_BACKENDS": "local",
         "IMAGEND_MODEL": str(model),
@@ -97,24 +94,8 @@ def local_daemon(db: str, model: Path, batch: int, workdir: Path) -> Iterator[Pa
         "IMAGEND_DATA_DIR": str(workdir / "data"),
         "HF_HUB_OFFLINE": "1",
     }
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_until(lambda: b'"daemon_started"' in log_path.read_bytes() or proc.poll() is not None, timeout=120)
-        if proc.poll() is not None:
-            raise RuntimeError(f"the daemon exited: {log_path.read_text()[-2000:]}")
+    with daemon(db, log_path, **env):
         yield log_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def through_daemon(server_url: str, model: Path, rows: int, side: int, steps: int, batch: int, workdir: Path) -> float:
