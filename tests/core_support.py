@@ -11,18 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from imagend.backends.base import Backend
 from imagend.backends.placeholder import PlaceholderBackend
 from imagend.config import Settings
-from imagend.generator import Generator
-from imagend.processor import Processor
+from imagend.daemon import Daemon
 from imagend.repository import Repository
 
 TERMINAL = ("ReadyToPublish", "Failed")
@@ -44,25 +41,14 @@ class InProcess:
     """A generator and a processor wired as the daemon wires them, without the scheduler."""
 
     def __init__(self, repo: Repository, settings: Settings, backends: Mapping[str, Backend] | None = None) -> None:
-        self.stopping = threading.Event()
-        self.aborting = threading.Event()
-        self.wake = threading.Event()
-        self.io_pool = ThreadPoolExecutor(max_workers=4)
         if backends is None:
             backends = {"placeholder": PlaceholderBackend(settings.placeholder_delay_seconds, settings.max_batch)}
-        self.generator = Generator(
-            repo,
-            backends,
-            settings,
-            stopping=self.stopping,
-            aborting=self.aborting,
-            wake=self.wake,
-            io_pool=self.io_pool,
-        )
-        self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool)
+        self.daemon = Daemon(settings, repo, backends, listen_url="unused")
+        self.generator = self.daemon.generator
+        self.processor = self.daemon.processor
 
     def close(self) -> None:
-        self.io_pool.shutdown(wait=True)
+        self.daemon.io_pool.shutdown(wait=True)
 
 
 class DaemonProcess:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -50,14 +48,6 @@ class RecordingHeartbeat:
 
 def in_process_generator(repo: Any, backend: Any, settings: Any) -> Any:
     """The daemon's generator pass wired as the daemon wires it, for one backend."""
-    from imagend.generator import Generator
+    from core_support import InProcess
 
-    return Generator(
-        repo,
-        {backend.name: backend},
-        settings,
-        stopping=threading.Event(),
-        aborting=threading.Event(),
-        wake=threading.Event(),
-        io_pool=ThreadPoolExecutor(max_workers=1),
-    )
+    return InProcess(repo, settings, {backend.name: backend}).generator
