@@ -103,13 +103,13 @@ class Daemon:
     def run_generator_once(self) -> PassCounts:
         with self.job_lock:
             counts = self.generator.run_once()
-        log.info("generator_pass", **_summary(counts))
+        log.info("generator_pass", **counts.summary())
         return counts
 
     def run_processor_once(self) -> PassCounts:
         with self.job_lock:
             counts = self.processor.run_once()
-        log.info("processor_pass", **_summary(counts))
+        log.info("processor_pass", **counts.summary())
         return counts
 
     # -- the long-running daemon (-cron) --------------------------------------------------
@@ -223,7 +223,7 @@ class Daemon:
             self._db_failures = 0
             self._after_pass(counts)
             if counts.claimed or counts.polled or counts.rescued or counts.lost:
-                log.info(f"{job_id}_pass", **_summary(counts))
+                log.info(f"{job_id}_pass", **counts.summary())
         except DatabaseUnavailable as exc:
             self._db_failures += 1
             retry_in = min(30.0, 0.5 * 2 ** min(self._db_failures, 6))
@@ -320,11 +320,3 @@ class Daemon:
                 log.warning("listen_connection_lost", error=type(exc).__name__, retry_in_seconds=backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
-
-
-def _summary(counts: PassCounts) -> dict[str, int]:
-    return {
-        name: getattr(counts, name)
-        for name in ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost")
-        if getattr(counts, name)
-    }

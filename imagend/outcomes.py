@@ -22,6 +22,9 @@ from imagend.retry import backoff_seconds, retry_database
 log = get_logger()
 
 
+COUNT_FIELDS = ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost")
+
+
 @dataclass
 class PassCounts:
     """What one generator or processor pass did; tests assert on it."""
@@ -41,11 +44,15 @@ class PassCounts:
     poll_due: float | None = None
 
     def merge(self, other: PassCounts) -> None:
-        for name in ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost"):
+        for name in COUNT_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("retry_due", "poll_due"):
             if getattr(other, name) is not None:
                 self.due_at(name, getattr(other, name))
+
+    def summary(self) -> dict[str, int]:
+        """The non-zero counts, for a log line."""
+        return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name)}
 
     def due(self, field: str, seconds_from_now: float) -> None:
         self.due_at(field, time.monotonic() + seconds_from_now)
