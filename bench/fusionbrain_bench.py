@@ -33,9 +33,7 @@ def run_daemon(server_url: str, fake: FusionBrainFake, rows: int) -> tuple[float
     env = {
         "IMAGEND_BACKEND": "fusionbrain",
         "IMAGEND_BACKENDS": "fusionbrain",
-        "FUSION_BRAIN_URL": fake.url,
-        "FUSION_BRAIN_API_KEY": DEFAULT_API_KEY,
-        "FUSION_BRAIN_SECRET_KEY": DEFAULT_SECRET_KEY,
+        **fake.client_env(),
     }
     before = fake.calls()
     with psycopg.connect(db, autocommit=True) as conn:

@@ -30,10 +30,10 @@ def fb_env(fake: FusionBrainFake, **overrides: str) -> dict[str, str]:
     env = {
         "IMAGEND_BACKEND": "fusionbrain",
         "IMAGEND_BACKENDS": "fusionbrain",
-        "FUSION_BRAIN_URL": fake.url,
+        **fake.client_env(),
+        # The client keeps the default keys even when a test changes the ones the fake expects.
         "FUSION_BRAIN_API_KEY": DEFAULT_API_KEY,
         "FUSION_BRAIN_SECRET_KEY": DEFAULT_SECRET_KEY,
-        "IMAGEND_FUSIONBRAIN_STYLES_URL": fake.url + "static/styles/key",
         "IMAGEND_FUSIONBRAIN_TIMEOUT": "1",
         "IMAGEND_FUSIONBRAIN_HTTP_ATTEMPTS": "3",
         "IMAGEND_FUSIONBRAIN_RETRY_WAIT": "0.01",
@@ -57,8 +57,9 @@ class Rig:
 
 
 @contextmanager
-def rig(make_settings: Any, make_repo: Any, fake: FusionBrainFake, owner: str = "daemon-a",
-        **overrides: str) -> Iterator[Rig]:
+def rig(
+    make_settings: Any, make_repo: Any, fake: FusionBrainFake, owner: str = "daemon-a", **overrides: str
+) -> Iterator[Rig]:
     settings = make_settings(**fb_env(fake, **overrides))
     repo = make_repo(settings, owner=owner)
     backends = create_backends(settings)
@@ -82,8 +83,9 @@ def statuses(conn: psycopg.Connection[Any], ids: Sequence[int]) -> list[str]:
     return [row["status"] if isinstance(row, dict) else row[0] for row in rows]
 
 
-def drive(the_rig: Rig, conn: psycopg.Connection[Any], fake: FusionBrainFake, ids: Sequence[int],
-          rounds: int = 12) -> None:
+def drive(
+    the_rig: Rig, conn: psycopg.Connection[Any], fake: FusionBrainFake, ids: Sequence[int], rounds: int = 12
+) -> None:
     """Generator pass, let the fake's tasks finish, processor pass; repeat until every row is terminal."""
     for _ in range(rounds):
         the_rig.generate()

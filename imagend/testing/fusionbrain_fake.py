@@ -212,6 +212,15 @@ class FusionBrainFake:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
+    def client_env(self) -> dict[str, str]:
+        """The variables that point imagend's fusionbrain backend at this fake."""
+        return {
+            "FUSION_BRAIN_URL": self.url,
+            "FUSION_BRAIN_API_KEY": self.api_key,
+            "FUSION_BRAIN_SECRET_KEY": self.secret_key,
+            "IMAGEND_FUSIONBRAIN_STYLES_URL": self.url + "static/styles/key",
+        }
+
     # -- control and inspection -------------------------------------------------------
 
     def now(self) -> float:
@@ -689,9 +698,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     print(f"fusionbrain fake listening on {fake.url} (stats: {fake.url}_fake/stats)", flush=True)
-    print(f"  FUSION_BRAIN_URL={fake.url}", flush=True)
-    print(f"  FUSION_BRAIN_API_KEY={fake.api_key}", flush=True)
-    print(f"  FUSION_BRAIN_SECRET_KEY={fake.secret_key}", flush=True)
+    for name, value in fake.client_env().items():
+        print(f"  {name}={value}", flush=True)
     stop.wait()
     fake.stop()
     return 0

@@ -45,8 +45,6 @@ def fake() -> Iterator[Any]:
 
 
 def _env(name: str, tmp: Path, tiny_model: Path, fake: Any) -> dict[str, str]:
-    from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY
-
     env = {
         "IMAGEND_BACKEND": name,
         "IMAGEND_DATA_DIR": str(tmp),
@@ -54,14 +52,7 @@ def _env(name: str, tmp: Path, tiny_model: Path, fake: Any) -> dict[str, str]:
         "DEFAULT_IMAGE_HEIGHT": str(SIDE_PX),
     }
     if name == "fusionbrain":
-        env.update(
-            {
-                "FUSION_BRAIN_URL": fake.url,
-                "FUSION_BRAIN_API_KEY": DEFAULT_API_KEY,
-                "FUSION_BRAIN_SECRET_KEY": DEFAULT_SECRET_KEY,
-                "IMAGEND_FUSIONBRAIN_STYLES_URL": fake.url + "static/styles/key",
-            }
-        )
+        env.update(fake.client_env())
     if name == "local":
         env.update(
             {
