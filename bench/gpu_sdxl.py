@@ -115,7 +115,7 @@ def build_sdxl(tokenizer_dir: Path, device: str, dtype: Any) -> Any:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from imagend.backends.tiny_model import write_tokenizer
+    from imagend.testing.tiny_model import write_tokenizer
 
     write_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -183,7 +183,7 @@ def measure(name: str, images: int, body: Callable[[], None], device: str) -> Re
 
 def imagend_backend(pipe: Any, device: str, batch: int, side: int, steps: int, lock_dir: Path) -> Any:
     from imagend.backends.local import LocalBackend
-    from imagend.backends.local_options import LocalSettings
+    from imagend.backends.local.options import LocalSettings
     from imagend.config import load_settings
 
     settings = load_settings(
@@ -208,7 +208,7 @@ def run(args: argparse.Namespace, device: str, pipe: Any, workdir: Path) -> list
     import torch
 
     from imagend.backends.base import Request
-    from imagend.backends.sdxl import compile_unet
+    from imagend.backends.local.sdxl import compile_unet
 
     side, steps, n = args.side, args.steps, args.images
 
@@ -281,7 +281,7 @@ def main() -> int:
 
     import torch
 
-    from imagend.backends.sdxl import quiet_libraries
+    from imagend.backends.local.sdxl import quiet_libraries
 
     quiet_libraries()
     with tempfile.TemporaryDirectory(prefix="imagend-gpu-bench-") as tmp:
@@ -294,7 +294,7 @@ def main() -> int:
             )
             from diffusers import StableDiffusionXLPipeline
 
-            from imagend.backends.tiny_model import write_tiny_model
+            from imagend.testing.tiny_model import write_tiny_model
 
             pipe = StableDiffusionXLPipeline.from_pretrained(
                 str(write_tiny_model(workdir / "tiny")), dtype=torch.float32

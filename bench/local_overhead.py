@@ -137,7 +137,7 @@ def main() -> None:
         print(json.dumps({"images_per_second": rate}))
         return
 
-    from imagend.backends.tiny_model import write_tiny_model
+    from imagend.testing.tiny_model import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="imagend-bench-local-") as tmp, postgres(args.database_url) as server:
         workdir = Path(tmp)

@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.make_tiny_model:
-        from imagend.backends.tiny_model import write_tiny_model
+        from imagend.testing.tiny_model import write_tiny_model
 
         write_tiny_model(args.make_tiny_model)
         print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")

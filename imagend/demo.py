@@ -72,7 +72,8 @@ def start_database() -> str:
 
 
 def build_model() -> None:
-    from imagend.backends.tiny_model import is_tiny_model, write_tiny_model
+    from imagend.backends.local.options import is_tiny_model
+    from imagend.testing.tiny_model import write_tiny_model
 
     if is_tiny_model(str(MODEL_DIR)) and (MODEL_DIR / "model_index.json").is_file():
         say(f"  miniature model already at {MODEL_DIR}/ (random weights: it makes noise)")

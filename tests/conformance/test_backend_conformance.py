@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.backends.tiny_model import write_tiny_model
+    from imagend.testing.tiny_model import write_tiny_model
 
     return Path(write_tiny_model(tmp_path_factory.mktemp("conformance-tiny-sdxl")))
 

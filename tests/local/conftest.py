@@ -15,7 +15,7 @@ from local.local_helpers import SIDE_PX, STEPS
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.backends.tiny_model import write_tiny_model
+    from imagend.testing.tiny_model import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from imagend.backends.png_metadata import read_parameters
+from imagend.backends.local.png_metadata import read_parameters
 from imagend.errors import BadInput, Cancelled
 from local.local_helpers import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from PIL import Image as PILImage
 
-from imagend.backends.png_metadata import read_parameters
+from imagend.backends.local.png_metadata import read_parameters
 from local.local_helpers import TORCH_NUMPY_COPY_WARNING, in_process_generator
 
 from conftest import base_env, fetch_image, insert_image, run_imagend
@@ -101,7 +101,8 @@ def test_an_unreadable_model_folder_names_the_setting(
 
 def test_importing_imagend_and_other_backends_never_imports_torch() -> None:
     code = (
-        "import sys, imagend.cli, imagend.backends, imagend.backends.local_options, imagend.backends.gpu_lock; "
+        "import sys, imagend.cli, imagend.backends, imagend.backends.local, imagend.backends.local.options, "
+        "imagend.backends.local.gpu_lock, imagend.backends.local.png_metadata; "
         "from imagend.backends import create_backend; "
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'"
     )

@@ -11,6 +11,10 @@ with no model download.
 The tokenizer is byte-level BPE with no merges, whose vocab.json and merges.txt are
 written here: every character is a token, so ordinary prompts pass 77 tokens quickly
 and compel's chunking of long prompts is exercised.
+
+It is for tests, benchmarks, the demo and `imagend -make-tiny-model`; production code never
+imports it. The local backend recognises such a folder by the marker file written here
+(`imagend.backends.local.options.is_tiny_model`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import importlib
 import json
 from pathlib import Path
 from typing import Any
+
+from imagend.backends.local.options import TINY_MODEL_MARKER_FILE, TINY_MODEL_MARKER_TEXT
 
 TOKENIZER_MAX_TOKENS = 77  # as in SDXL's CLIP tokenizers
 TINY_MODEL_SEED = 20240601  # the weights are random but the same on every machine
@@ -35,7 +41,7 @@ runs on a CPU in milliseconds per step -- and every image it makes is noise.
 Use it for tests, benchmarks and demos only. For real images set IMAGEND_MODEL to
 stabilityai/stable-diffusion-xl-base-1.0 (or another SDXL checkpoint).
 """
-MARKER_FILE = "README.txt"
+assert TINY_MODEL_MARKER_TEXT in README_TEXT  # what is_tiny_model looks for
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -155,7 +161,7 @@ def write_tiny_model(directory: str | Path) -> Path:
     """Write the miniature pipeline to `directory` (created); returns its path. No network."""
     from transformers import CLIPTokenizer
 
-    from imagend.backends.sdxl import quiet_libraries
+    from imagend.backends.local.sdxl import quiet_libraries
 
     quiet_libraries()
     diffusers: Any = importlib.import_module("diffusers")
@@ -171,14 +177,5 @@ def write_tiny_model(directory: str | Path) -> Path:
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=True, **components
     )
     pipe.save_pretrained(folder, safe_serialization=True)
-    (folder / MARKER_FILE).write_text(README_TEXT, encoding="utf-8")
+    (folder / TINY_MODEL_MARKER_FILE).write_text(README_TEXT, encoding="utf-8")
     return folder
-
-
-def is_tiny_model(model: str) -> bool:
-    """True when IMAGEND_MODEL points at a folder written by write_tiny_model (it makes noise)."""
-    marker = Path(model).expanduser() / MARKER_FILE
-    try:
-        return marker.is_file() and "RANDOM WEIGHTS" in marker.read_text(encoding="utf-8")
-    except OSError:
-        return False

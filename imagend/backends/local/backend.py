@@ -25,10 +25,17 @@ from typing import Any
 import torch
 
 from imagend.backends.base import Heartbeat, Image, Request
-from imagend.backends.gpu_lock import DeviceLock
-from imagend.backends.local_options import SCHEDULERS, SIDE_MULTIPLE_PX, STYLES, LocalSettings, style_prompts
-from imagend.backends.png_metadata import GenerationParameters, encode_png
-from imagend.backends.sdxl import (
+from imagend.backends.local.gpu_lock import DeviceLock
+from imagend.backends.local.options import (
+    SCHEDULERS,
+    SIDE_MULTIPLE_PX,
+    STYLES,
+    LocalSettings,
+    is_tiny_model,
+    style_prompts,
+)
+from imagend.backends.local.png_metadata import GenerationParameters, encode_png
+from imagend.backends.local.sdxl import (
     Conditioning,
     PromptEncoder,
     Schedulers,
@@ -38,7 +45,6 @@ from imagend.backends.sdxl import (
     place,
     stack,
 )
-from imagend.backends.tiny_model import is_tiny_model
 from imagend.config import Settings
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
 from imagend.logs import get_logger

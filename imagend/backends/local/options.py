@@ -26,6 +26,9 @@ SIDE_MULTIPLE_PX = 8  # the VAE downscales by 8
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# imagend.testing.tiny_model writes this file, containing these words, into a miniature model's folder.
+TINY_MODEL_MARKER_FILE = "README.txt"
+TINY_MODEL_MARKER_TEXT = "RANDOM WEIGHTS"
 
 # name -> (diffusers scheduler class, config overrides, the A1111 sampler name for PNG metadata)
 SCHEDULERS: dict[str, tuple[str, dict[str, object], str]] = {
@@ -127,3 +130,12 @@ def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple
     if extra_negative:
         negative = f"{negative}, {extra_negative}" if negative else extra_negative
     return styled, negative
+
+
+def is_tiny_model(model: str) -> bool:
+    """True when IMAGEND_MODEL points at a folder written by imagend.testing.tiny_model (it makes noise)."""
+    marker = Path(model).expanduser() / TINY_MODEL_MARKER_FILE
+    try:
+        return marker.is_file() and TINY_MODEL_MARKER_TEXT in marker.read_text(encoding="utf-8")
+    except OSError:
+        return False

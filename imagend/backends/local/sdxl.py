@@ -1,4 +1,4 @@
-"""Loading and driving the diffusers SDXL pipeline: torch lives here and in local.py only.
+"""Loading and driving the diffusers SDXL pipeline: torch lives here and in backend.py only.
 
 - `load_pipeline`: from_pretrained once (hub id or folder; the HF cache, HF_HUB_OFFLINE
   and HF_HOME are honoured by huggingface_hub), the fp16-fix VAE on CUDA, placement or
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from imagend.backends.local_options import SCHEDULERS, LocalSettings
+from imagend.backends.local.options import SCHEDULERS, LocalSettings
 from imagend.errors import ConfigError
 from imagend.logs import get_logger
 
