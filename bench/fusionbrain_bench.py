@@ -21,7 +21,6 @@ from imagend.backends.base import Image, Request
 from imagend.backends.fusionbrain import FusionBrainBackend, FusionBrainConfig
 from imagend.db import apply_schema
 from imagend.logs import configure
-from imagend.rows import RemoteTask
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
 from _common import daemon, fresh_database, parser, postgres, wait_until
@@ -65,10 +64,9 @@ def run_sequential(fake: FusionBrainFake, sample: int, poll_every: float) -> tup
         for i in range(sample):
             request = Request(i, f"sequential prompt {i}", None, None, 1024, 1024, None, None, None, None)
             submission = backend.submit(request)
-            task = RemoteTask(i, submission.task_id, None, "fusionbrain", 1, None)
             while True:
                 time.sleep(poll_every)
-                if isinstance(backend.poll(task), Image):
+                if isinstance(backend.poll(submission.task_id), Image):
                     break
     finally:
         backend.close()

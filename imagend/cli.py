@@ -93,22 +93,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             lease_seconds=settings.lease_seconds,
             default_backend=settings.default_backend,
             default_max_attempts=settings.default_max_attempts,
+            dead_after_seconds=settings.dead_after_seconds,
+            max_crashes=settings.max_crashes,
         )
         if args.status:
             print(json.dumps(repo.queue_status(), default=str, indent=2))
             return 0
         backends = create_backends(settings)
         try:
-            daemon = Daemon(settings, repo, backends, listen_url=url)
+            listen_url = settings.listen_url.reveal() if settings.listen_url else url
+            daemon = Daemon(settings, repo, backends, listen_url=listen_url)
             if args.cron:
                 return daemon.run_forever()
             try:
-                if args.generator:
-                    daemon.run_generator_once()
-                if args.processor:
-                    daemon.run_processor_once()
+                daemon.run_once(generator=args.generator, processor=args.processor)
             except KeyboardInterrupt:
-                daemon.release_owned_rows()
                 return 130
             return 0
         finally:

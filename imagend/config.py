@@ -16,10 +16,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
+from imagend.backends.registry import BACKEND_NAMES
 from imagend.errors import ConfigError
-
-BACKEND_NAMES = ("local", "fusionbrain", "placeholder")
-REMOTE_BACKENDS = ("fusionbrain",)
 
 # Ancestor defaults (the Go service), then imagend's own.
 DEFAULT_IMAGE_SIDE_PX = 1024
@@ -29,6 +27,9 @@ DEFAULT_CHECK_INTERVAL_SECONDS = 2.0
 GENERATOR_INTERVAL_SECONDS = 300.0
 PROCESSOR_INTERVAL_SECONDS = 600.0
 LEASE_SECONDS = 60.0
+DEAD_AFTER_SECONDS = 10.0
+MAX_CRASHES = 3
+POLL_SECONDS = 2.0
 DRAIN_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
@@ -157,6 +158,8 @@ class Settings:
     db_pool_max: int
     db_pool_min: int
     db_conn_max_lifetime_seconds: float
+    # Where LISTEN goes: straight to Postgres when DATABASE_URL is a transaction pooler.
+    listen_url: Secret | None
     data_dir: Path
     # Generation defaults applied where a row has NULL (ancestor names).
     default_width: int
@@ -170,6 +173,9 @@ class Settings:
     default_backend: str
     served_backends: tuple[str, ...]
     lease_seconds: float
+    dead_after_seconds: float
+    max_crashes: int
+    poll_seconds: float
     generator_interval_seconds: float
     processor_interval_seconds: float
     drain_seconds: float
@@ -188,7 +194,11 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every secret value, for the log redactor."""
-        found = [s.reveal() for s in (self.database_url, self.fusion_brain_api_key, self.fusion_brain_secret_key) if s]
+        found = [
+            s.reveal()
+            for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key)
+            if s
+        ]
         password = self.env.str("DB_PASSWORD")
         return [*found, *([password] if password else [])]
 
@@ -254,6 +264,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         db_pool_max=pool_max,
         db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 2, minimum=1), pool_max),
         db_conn_max_lifetime_seconds=env.seconds("DB_CONN_MAX_LIFETIME", 3600.0, minimum=1.0),
+        listen_url=env.secret("IMAGEND_LISTEN_URL"),
         data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
         default_width=env.int("DEFAULT_IMAGE_WIDTH", DEFAULT_IMAGE_SIDE_PX, minimum=1),
         default_height=env.int("DEFAULT_IMAGE_HEIGHT", DEFAULT_IMAGE_SIDE_PX, minimum=1),
@@ -267,6 +278,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         default_backend=default_backend,
         served_backends=_served_backends(env, default_backend, api_key is not None and secret_key is not None),
         lease_seconds=env.seconds("IMAGEND_LEASE_SECONDS", LEASE_SECONDS, minimum=1.0),
+        # The liveness thread beats every dead_after/10 s and a peer is "alive" within 3 beats:
+        # below 1 s that is too tight for a busy 2-core host.
+        dead_after_seconds=env.seconds("IMAGEND_DEAD_AFTER", DEAD_AFTER_SECONDS, minimum=1.0),
+        max_crashes=env.int("IMAGEND_MAX_CRASHES", MAX_CRASHES, minimum=1),
+        poll_seconds=env.seconds("IMAGEND_POLL_SECONDS", POLL_SECONDS, minimum=0.05),
         generator_interval_seconds=env.seconds("IMAGEND_GENERATOR_INTERVAL", GENERATOR_INTERVAL_SECONDS, minimum=0.1),
         processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
         drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),

@@ -53,7 +53,7 @@ def apply_schema(url: str) -> None:
     long transaction."""
     marker = schema_marker()
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
             row = conn.execute("SELECT obj_description(to_regclass('images'), 'pg_class')").fetchone()
             if row is not None and row[0] == marker:
                 return
@@ -69,7 +69,9 @@ def open_pool(url: str, settings: Settings) -> ConnectionPool:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         max_lifetime=settings.db_conn_max_lifetime_seconds,
-        kwargs={"autocommit": True},
+        # prepare_threshold=None: no server-side prepared statements, which break behind a
+        # transaction pooler (PgBouncer): the next transaction may run on another server connection.
+        kwargs={"autocommit": True, "prepare_threshold": None},
         # A connection broken by a Postgres restart is replaced instead of failing a query.
         check=ConnectionPool.check_connection,
         # Fail a query fast while Postgres is down; the daemon backs off and retries.

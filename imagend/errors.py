@@ -65,3 +65,16 @@ class QueueClosed(ImagendError):
     def __init__(self, reason: str, retry_after_seconds: float) -> None:
         super().__init__(reason)
         self.retry_after_seconds = retry_after_seconds
+
+
+UNEXPECTED_TEXT_MAX_CHARS = 300
+
+
+def unexpected(backend: str, exc: BaseException) -> RetryableError:
+    """The one way a backend's unexpected exception (a bug, a library error) reaches a row:
+    another attempt, with the exception's type and (cut, and redacted on the way to the row)
+    text, so the producer and the operator see the same thing."""
+    text = str(exc)
+    if len(text) > UNEXPECTED_TEXT_MAX_CHARS:
+        text = text[:UNEXPECTED_TEXT_MAX_CHARS] + "…"
+    return RetryableError(f"internal error in {backend}: {type(exc).__name__}" + (f": {text}" if text else ""))

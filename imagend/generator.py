@@ -1,5 +1,9 @@
 """The generator pass: claim waiting rows, check them, then generate (local backends) or
-submit (remote backends). Loops until nothing is left to claim or the daemon stops."""
+submit (remote backends). Loops until nothing is left to claim, the daemon stops, or the
+processor falls due (then it returns early with `more` set, and the pacer runs it again).
+
+A claimed row is only *begun* (progress 0) right before work on it starts: a row claimed
+ahead or waiting its turn in a batch goes back uncharged if this daemon dies."""
 
 from __future__ import annotations
 
@@ -20,11 +24,12 @@ from imagend.errors import (
     QueueClosed,
     RetryableError,
     RowError,
+    unexpected,
 )
 from imagend.logs import get_logger
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
-from imagend.rows import ClaimedRow
+from imagend.rows import Claim, ClaimedRow
 from imagend.validation import validate_row
 
 log = get_logger()
@@ -88,7 +93,7 @@ class Generator:
         aborting: threading.Event,
         wake: threading.Event,
         io_pool: ThreadPoolExecutor,
-        between_batches: Callable[[], None] = lambda: None,
+        processor_due: Callable[[], bool] = lambda: False,
     ) -> None:
         self.repo = repo
         self.backends = backends
@@ -97,13 +102,14 @@ class Generator:
         self.aborting = aborting
         self.wake = wake
         self.io_pool = io_pool
-        self.between_batches = between_batches
+        self.processor_due = processor_due
         self.outcomes = Outcomes(repo, settings)
         # The write that ends the previous batch runs while the next one is claimed and
         # generated; at most one is in flight, and a pass waits for it before it returns.
         self._finishing: Future[PassCounts] | None = None
         # The next batch of a generating backend is claimed while this one generates, so the
         # claim's round trip is hidden behind the GPU work (its rows' leases ride on the heartbeat).
+        # Kept across a pass that returns early for the processor.
         self._claimed_ahead: dict[str, Future[list[ClaimedRow]]] = {}
 
     def run_once(self) -> PassCounts:
@@ -111,7 +117,8 @@ class Generator:
         try:
             self._claim_until_empty(counts)
         finally:
-            self._release_claimed_ahead(counts)
+            if not counts.more or self.stopping.is_set():
+                self._release_claimed_ahead(counts)
             self._wait_for_finishing(counts)
         return counts
 
@@ -143,7 +150,9 @@ class Generator:
                     if not self.stopping.is_set():
                         self._claimed_ahead[name] = self.io_pool.submit(self.repo.claim_batch, name, backend.max_batch)
                     self._generate_all(backend, requests, counts)
-                self.between_batches()
+                if self.processor_due():
+                    counts.more = True
+                    return
             if not claimed_any and not self.wake.is_set():
                 break
 
@@ -151,38 +160,47 @@ class Generator:
         requests = []
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
-                self.outcomes.fail(row.id, row.attempts, Cancelled(), counts)
+                self.outcomes.fail(row.claim, Cancelled(), counts)
                 continue
             try:
                 validated = validate_row(row, self.settings)
                 request = backend.validate(validated.request)
             except BadInput as exc:
-                self.outcomes.fail(row.id, row.attempts, exc, counts)
+                self.outcomes.fail(row.claim, exc, counts)
                 continue
             if validated.warning:
                 self.repo.set_warning(row.id, validated.warning)
             requests.append(request)
         return requests
 
+    def _begin(self, batch: list[Request], waiting: Sequence[int], counts: PassCounts) -> list[Request]:
+        """Mark `batch` begun (renewing the leases of the rows still `waiting` their turn); returns
+        the requests to work on: rows lost meanwhile are skipped, rows cancelled meanwhile fail."""
+        owned = self.repo.begin_work([r.id for r in batch], waiting)
+        for request in batch:
+            if owned.get(request.id):
+                self.outcomes.fail(request.claim, Cancelled(), counts)
+        return [r for r in batch if r.id in owned and not owned[r.id]]
+
     def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
         requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
         groups = [list(group) for _, group in groupby(requests, key=batch_key)]
-        for index, group in enumerate(groups):
+        size = backend.max_batch
+        chunks = [group[start : start + size] for group in groups for start in range(0, len(group), size)]
+        for index, chunk in enumerate(chunks):
             if self.stopping.is_set():
-                self.outcomes.release([r.id for r in requests_of(groups[index:])], counts)
+                self.outcomes.release([r.id for r in requests_of(chunks[index:])], counts)
                 return
-            if index:
-                # The rows still waiting their turn keep their leases; any we lost are skipped.
-                still_ours = self.repo.extend_lease([r.id for r in requests_of(groups[index:])])
-                group = [r for r in group if r.id in still_ours]
-            for chunk_start in range(0, len(group), backend.max_batch):
-                self._generate(backend, group[chunk_start : chunk_start + backend.max_batch], counts)
+            waiting = [r.id for r in requests_of(chunks[index + 1 :])]
+            self._generate(backend, self._begin(chunk, waiting, counts), waiting, counts)
 
-    def _generate(self, backend: GeneratingBackend, batch: list[Request], counts: PassCounts) -> None:
+    def _generate(
+        self, backend: GeneratingBackend, batch: list[Request], waiting: list[int], counts: PassCounts
+    ) -> None:
         if not batch:
             return
         ids = [r.id for r in batch]
-        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=self._held_ahead)
+        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()])
         log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
         try:
             images = backend.generate(batch, keeper)
@@ -192,31 +210,24 @@ class Generator:
             cancelled = keeper.cancelled or set(ids)
             for request in batch:
                 if request.id in cancelled:
-                    self.outcomes.fail(request.id, request.attempt, Cancelled(), counts)
+                    self.outcomes.fail(request.claim, Cancelled(), counts)
             self.outcomes.release([i for i in ids if i not in cancelled], counts, reason=None)
         except Interrupted as exc:
             log.info("batch_interrupted", ids=ids, reason=str(exc))
             self.outcomes.release(ids, counts)
         except RowError as exc:
             for request in batch:
-                self.outcomes.fail(request.id, request.attempt, exc, counts)
+                self.outcomes.fail(request.claim, exc, counts)
         except DatabaseUnavailable:
             raise
         except Exception as exc:  # a bug or an unexpected library error: the row gets another attempt
             log.exception("backend_error", ids=ids, backend=backend.name)
             for request in batch:
-                self.outcomes.fail(
-                    request.id,
-                    request.attempt,
-                    RetryableError(f"internal error in {backend.name}: {type(exc).__name__}: {exc}"),
-                    counts,
-                )
+                self.outcomes.fail(request.claim, unexpected(backend.name, exc), counts)
         else:
-            self._finish_in_background(
-                [(r.id, r.attempt, image) for r, image in zip(batch, images, strict=True)], counts
-            )
+            self._finish_in_background([(r.claim, image) for r, image in zip(batch, images, strict=True)], counts)
 
-    def _finish_in_background(self, results: list[tuple[int, int, Image]], counts: PassCounts) -> None:
+    def _finish_in_background(self, results: list[tuple[Claim, Image]], counts: PassCounts) -> None:
         self._wait_for_finishing(counts)
 
         def finish() -> PassCounts:
@@ -240,7 +251,7 @@ class Generator:
             try:
                 rows = ahead.result()
             except DatabaseUnavailable:
-                continue  # their leases will bring them back
+                continue  # their leases (or this daemon's liveness) will bring them back
             self.outcomes.release([row.id for row in rows], counts)
         self._claimed_ahead.clear()
 
@@ -250,6 +261,10 @@ class Generator:
             counts.merge(finishing.result())
 
     def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
+        if not requests:
+            return
+        requests = self._begin(requests, (), counts)
+
         def submit_one(request: Request) -> PassCounts:
             counts = PassCounts()  # one per thread, merged below
             self._submit_one(backend, request, counts)
@@ -268,25 +283,19 @@ class Generator:
             self.outcomes.release([request.id], counts, delay_seconds=exc.retry_after_seconds, reason=str(exc))
             return
         except RowError as exc:
-            self.outcomes.fail(request.id, request.attempt, exc, counts)
+            self.outcomes.fail(request.claim, exc, counts)
             return
         except Exception as exc:
             log.exception("backend_error", id=request.id, backend=backend.name)
-            self.outcomes.fail(
-                request.id,
-                request.attempt,
-                RetryableError(f"internal error in {backend.name}: {type(exc).__name__}"),
-                counts,
-            )
+            self.outcomes.fail(request.claim, unexpected(backend.name, exc), counts)
             return
         try:
-            self.repo.mark_submitted(request.id, request.attempt, submission.task_id, submission.poll_after_seconds)
+            self.repo.mark_submitted(request.claim, submission.task_id, submission.poll_after_seconds)
         except LostOwnership:
             counts.lost += 1
             log.warning("submission_dropped", id=request.id, attempt=request.attempt)
             return
         counts.submitted += 1
-        counts.due("poll_due", submission.poll_after_seconds)
         log.debug("image_submitted", id=request.id, status="Generate", attempt=request.attempt)
 
 

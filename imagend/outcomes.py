@@ -1,13 +1,12 @@
 """How a pass ends rows: done, failed (or back for another attempt), released.
 
 Shared by the generator and the processor so that both write, count and log the same
-way. Every write is guarded (see repository.py); a write that lost its guard is
-counted as `lost` and logged, and the result is dropped.
+way. Every write is guarded by the row's claim (see repository.py); a write that lost
+its guard is counted as `lost` and logged, and the result is dropped.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from imagend.logs import get_logger, redact
 from imagend.repository import Repository
 from imagend.results import finished
 from imagend.retry import backoff_seconds, retry_database
+from imagend.rows import Claim
 
 log = get_logger()
 
@@ -38,28 +38,17 @@ class PassCounts:
     polled: int = 0
     rescued: int = 0
     lost: int = 0
-    # time.monotonic() at which rows this pass put back (backoff) or handed to the
-    # processor (first poll) fall due; the daemon wakes the right loop then.
-    retry_due: float | None = None
-    poll_due: float | None = None
+    # The pass stopped early, with work left, because the other pass fell due.
+    more: bool = False
 
     def merge(self, other: PassCounts) -> None:
         for name in COUNT_FIELDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-        for name in ("retry_due", "poll_due"):
-            if getattr(other, name) is not None:
-                self.due_at(name, getattr(other, name))
+        self.more = self.more or other.more
 
     def summary(self) -> dict[str, int]:
         """The non-zero counts, for a log line."""
         return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name)}
-
-    def due(self, field: str, seconds_from_now: float) -> None:
-        self.due_at(field, time.monotonic() + seconds_from_now)
-
-    def due_at(self, field: str, at: float) -> None:
-        current = getattr(self, field)
-        setattr(self, field, at if current is None else min(current, at))
 
 
 class Outcomes:
@@ -67,61 +56,56 @@ class Outcomes:
         self.repo = repo
         self.settings = settings
 
-    def done(self, results: Sequence[tuple[int, int, Image]], counts: PassCounts) -> None:
-        """results: (id, attempt, image). The image and the status are written in one statement."""
+    def done(self, results: Sequence[tuple[Claim, Image]], counts: PassCounts) -> None:
+        """The image and the status are written in one statement, fenced by each claim."""
         if not results:
             return
-        rows = [finished(image_id, attempt, image, self.settings.output_dir) for image_id, attempt, image in results]
+        rows = [finished(claim, image, self.settings.output_dir) for claim, image in results]
         written = retry_database(lambda: self.repo.mark_done(rows), self.settings.lease_seconds)
         counts.done += len(written)
-        for image_id, attempt, image in results:
-            if image_id in written:
+        for claim, image in results:
+            if claim.id in written:
                 log.debug(
                     "image_done",
-                    id=image_id,
+                    id=claim.id,
                     status="ReadyToPublish",
-                    attempt=attempt,
+                    attempt=claim.attempt,
                     seconds=image.generation_seconds,
                 )
             else:
                 counts.lost += 1
                 log.warning(
                     "result_dropped",
-                    id=image_id,
+                    id=claim.id,
                     status="Generate",
-                    attempt=attempt,
+                    attempt=claim.attempt,
                     reason="row is no longer ours (lease expired, or the producer changed it)",
                 )
 
-    def fail(
-        self, image_id: int, attempt: int, error: RowError | str, counts: PassCounts, *, retryable: bool | None = None
-    ) -> None:
+    def fail(self, claim: Claim, error: RowError | str, counts: PassCounts, *, retryable: bool | None = None) -> None:
         message = redact(str(error))
         if retryable is None:
             retryable = isinstance(error, RowError) and error.retryable
-        backoff = backoff_seconds(attempt, self.settings.retry_base_seconds) if retryable else 0.0
+        backoff = backoff_seconds(claim.attempt, self.settings.retry_base_seconds) if retryable else 0.0
         try:
             status = retry_database(
-                lambda: self.repo.fail_attempt(
-                    image_id, message, retryable=retryable, backoff_seconds=backoff, attempt=attempt
-                ),
+                lambda: self.repo.fail_attempt(claim, message, retryable=retryable, backoff_seconds=backoff),
                 self.settings.lease_seconds,
             )
         except LostOwnership:
             counts.lost += 1
-            log.warning("failure_dropped", id=image_id, status="Generate", attempt=attempt, error=message)
+            log.warning("failure_dropped", id=claim.id, status="Generate", attempt=claim.attempt, error=message)
             return
         if status == "Failed":
             counts.failed += 1
-            log.info("image_failed", id=image_id, status=status, attempt=attempt, error=message)
+            log.info("image_failed", id=claim.id, status=status, attempt=claim.attempt, error=message)
         else:
             counts.retried += 1
-            counts.due("retry_due", backoff)
             log.info(
                 "image_retry_later",
-                id=image_id,
+                id=claim.id,
                 status=status,
-                attempt=attempt,
+                attempt=claim.attempt,
                 error=message,
                 backoff_seconds=round(backoff, 1),
             )
@@ -135,6 +119,5 @@ class Outcomes:
             lambda: self.repo.release(ids, delay_seconds=delay_seconds, reason=reason), self.settings.lease_seconds
         )
         counts.released += len(released)
-        counts.due("retry_due", delay_seconds)
         for image_id in released:
-            log.info("image_released", id=image_id, status="ReadyToGenerate", reason=reason or "daemon stopping")
+            log.info("image_released", id=image_id, reason=reason or "daemon stopping")

@@ -1,4 +1,5 @@
-"""The processor pass: rescue rows whose lease ran out, and poll remote tasks that are due."""
+"""The processor pass: rescue rows of dead daemons and rows whose lease ran out, and poll
+remote tasks that are due."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import structlog
+
 from imagend.backends.base import Backend, Pending, RemoteBackend
 from imagend.config import Settings
-from imagend.errors import LostOwnership, RetryableError, RowError
+from imagend.errors import LostOwnership, RetryableError, RowError, unexpected
 from imagend.logs import get_logger
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
+from imagend.retry import crash_backoffs
 from imagend.rows import RemoteTask
 
 log = get_logger()
@@ -37,13 +41,7 @@ class Processor:
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()
-        for image_id, status in self.repo.rescue_expired():
-            counts.rescued += 1
-            if status == "Failed":
-                counts.failed += 1
-            else:
-                counts.due("retry_due", 0.0)
-            log.info("lease_expired", id=image_id, status=status)
+        self.rescue(counts)
         for name, backend in self.remote.items():
             # Each due task is polled once per pass: a pending one is pushed into the future.
             while not self.stopping.is_set():
@@ -54,35 +52,42 @@ class Processor:
                     counts.merge(one)
         return counts
 
+    def rescue(self, counts: PassCounts) -> None:
+        for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
+            counts.rescued += 1
+            counts.failed += row.status == "Failed"
+            if not row.begun:
+                log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,
+                         reason="its daemon is gone; it had not begun, so nothing is charged")
+            elif row.crashed:
+                log.warning("daemon_died_generating", id=row.id, status=row.status, owner=row.old_owner,
+                            crashes=row.crashes, error=row.error)
+            else:
+                log.info("lease_expired", id=row.id, status=row.status, owner=row.old_owner, error=row.error)
+
     def _poll(self, backend: RemoteBackend, task: RemoteTask) -> PassCounts:
         counts = PassCounts(polled=1)
-        try:
-            outcome = backend.poll(task)
-        except RowError as exc:
-            self.outcomes.fail(task.id, task.attempts, exc, counts)
-            return counts
-        except Exception as exc:
-            log.exception("backend_error", id=task.id, backend=backend.name)
-            self.outcomes.fail(
-                task.id,
-                task.attempts,
-                RetryableError(f"internal error in {backend.name}: {type(exc).__name__}"),
-                counts,
-            )
-            return counts
+        with structlog.contextvars.bound_contextvars(id=task.id):
+            try:
+                outcome = backend.poll(task.task_id)
+            except RowError as exc:
+                self.outcomes.fail(task.claim, exc, counts)
+                return counts
+            except Exception as exc:
+                log.exception("backend_error", backend=backend.name)
+                self.outcomes.fail(task.claim, unexpected(backend.name, exc), counts)
+                return counts
         if not isinstance(outcome, Pending):
-            self.outcomes.done([(task.id, task.attempts, outcome)], counts)
+            self.outcomes.done([(task.claim, outcome)], counts)
             return counts
         age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
         if age > self.settings.generation_timeout_seconds:
             limit = self.settings.generation_timeout_seconds
             error = RetryableError(f"no result after {age:.0f} s (DEFAULT_GENERATION_TIMEOUT={limit:g} s)")
-            self.outcomes.fail(task.id, task.attempts, error, counts)
+            self.outcomes.fail(task.claim, error, counts)
             return counts
         try:
-            self.repo.poll_later(task.id, outcome.poll_after_seconds)
+            self.repo.poll_later(task.claim, outcome.poll_after_seconds)
         except LostOwnership:
             counts.lost += 1
-            return counts
-        counts.due("poll_due", outcome.poll_after_seconds)
         return counts

@@ -1,9 +1,10 @@
-"""The only place that talks to the `images` table: one typed function per named query.
+"""The only place that talks to the database: one typed function per named query.
 
-Every status change is guarded by the status and owner it expects. A guarded write
-that matches nothing raises LostOwnership: another daemon owns the row now, and the
-caller drops its result instead of writing over theirs. Database faults surface as
-DatabaseUnavailable so loops can back off without knowing psycopg.
+Every status change is guarded by the status, owner and attempt it expects. A guarded
+write that matches nothing raises LostOwnership: another daemon owns the row now, and
+the caller drops its result instead of writing over theirs. Database faults surface as
+DatabaseUnavailable so loops can back off without knowing psycopg. Rows come back bound
+by column name (psycopg's class_row) into the types of rows.py.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import RowFactory, class_row, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from imagend.config import BACKEND_NAMES, REMOTE_BACKENDS
+from imagend.backends.registry import BACKEND_NAMES, REMOTE_BACKENDS
 from imagend.errors import DatabaseUnavailable, LostOwnership
-from imagend.rows import ClaimedRow, RemoteTask
+from imagend.rows import Claim, ClaimedRow, RemoteTask
 from imagend.sql import queries
 
 
@@ -28,12 +29,44 @@ from imagend.sql import queries
 class Finished:
     """One result for images_mark_done."""
 
-    id: int
+    claim: Claim
     base64: str
     seed: int | None
     output_path: str | None
     generation_seconds: float | None
-    attempt: int | None = None  # the claim's attempt: see the fence in queries.sql
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """One row images_rescue took back from a dead or stuck owner."""
+
+    id: int
+    status: str
+    old_owner: str | None
+    begun: bool  # work on it had begun (otherwise nothing was charged)
+    crashed: bool  # its owner died while generating it: a crash, not an attempt
+    crashes: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeups:
+    """Seconds from now until the next generator / processor work (negative: due already)."""
+
+    generator: float | None
+    processor: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """What a daemon says of itself in imagend_daemons."""
+
+    host: str
+    pid: int
+    version: str
+    backends: list[str]
+    device: str | None = None
+    model: str | None = None
 
 
 class Repository:
@@ -45,24 +78,33 @@ class Repository:
         lease_seconds: float,
         default_backend: str,
         default_max_attempts: int,
+        dead_after_seconds: float = 10.0,
+        max_crashes: int = 3,
     ) -> None:
         self.pool = pool
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.default_backend = default_backend
         self.default_max_attempts = default_max_attempts
+        self.dead_after_seconds = dead_after_seconds
+        self.max_crashes = max_crashes
         self._sql = queries()
 
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the liveness thread beats: ten beats before a daemon counts as dead."""
+        return self.dead_after_seconds / 10
+
     @contextmanager
-    def _cursor(self) -> Iterator[psycopg.Cursor[Any]]:
+    def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
         try:
-            with self.pool.connection() as conn, conn.cursor() as cur:
+            with self.pool.connection() as conn, conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
                 yield cur
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
 
-    def _rows(self, name: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
-        with self._cursor() as cur:
+    def _rows(self, name: str, params: dict[str, Any], row_factory: RowFactory[Any] | None = None) -> list[Any]:
+        with self._cursor(row_factory) as cur:
             cur.execute(self._sql[name], params)
             return cur.fetchall() if cur.description else []
 
@@ -72,7 +114,7 @@ class Repository:
         """Claim up to `limit` waiting rows for `backend`. Rows naming an unknown backend are
         claimed too (by whichever backend asks first) so that they fail instead of waiting forever."""
         skip = [name for name in BACKEND_NAMES if name != backend]
-        rows = self._rows(
+        rows: list[ClaimedRow] = self._rows(
             "images_claim_batch",
             {
                 "now": now,
@@ -82,8 +124,19 @@ class Repository:
                 "owner": self.owner,
                 "lease_seconds": self.lease_seconds,
             },
+            class_row(ClaimedRow),
         )
-        return sorted((ClaimedRow(*row) for row in rows), key=lambda r: r.id)
+        return sorted(rows, key=lambda r: r.id)
+
+    def begin_work(self, ids: Sequence[int], waiting_ids: Sequence[int] = ()) -> dict[int, bool]:
+        """Work on `ids` begins (a crash from now on counts against them); renews the leases of
+        `waiting_ids` too. Returns {id: cancel_requested} for the rows still ours."""
+        rows = self._rows(
+            "images_begin_work",
+            {"ids": list(ids), "waiting_ids": list(waiting_ids), "lease_seconds": self.lease_seconds,
+             "owner": self.owner},
+        )
+        return {row[0]: bool(row[1]) for row in rows}
 
     def mark_done(self, results: Sequence[Finished]) -> set[int]:
         """End rows ReadyToPublish with their image in one statement; returns the ids still ours."""
@@ -92,8 +145,8 @@ class Repository:
         rows = self._rows(
             "images_mark_done",
             {
-                "ids": [r.id for r in results],
-                "attempts": [r.attempt for r in results],
+                "ids": [r.claim.id for r in results],
+                "attempts": [r.claim.attempt for r in results],
                 "base64s": [r.base64 for r in results],
                 "seeds": [r.seed for r in results],
                 "output_paths": [r.output_path for r in results],
@@ -103,25 +156,22 @@ class Repository:
         )
         return {row[0] for row in rows}
 
-    def fail_attempt(
-        self, image_id: int, error: str, *, retryable: bool, backoff_seconds: float, attempt: int | None = None
-    ) -> str:
-        """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed).
-        `attempt` fences the write to that claim of the row (see queries.sql)."""
+    def fail_attempt(self, claim: Claim, error: str, *, retryable: bool, backoff_seconds: float) -> str:
+        """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed)."""
         rows = self._rows(
             "images_fail_attempt",
             {
-                "id": image_id,
+                "id": claim.id,
+                "attempt": claim.attempt,
                 "error": error,
                 "retryable": retryable,
                 "backoff_seconds": backoff_seconds,
-                "attempt": attempt,
                 "default_max_attempts": self.default_max_attempts,
                 "owner": self.owner,
             },
         )
         if not rows:
-            raise LostOwnership(image_id, "fail_attempt")
+            raise LostOwnership(claim.id, "fail_attempt")
         return str(rows[0][0])
 
     def release(self, ids: Sequence[int] | None, *, delay_seconds: float = 0.0, reason: str | None = None) -> list[int]:
@@ -160,21 +210,25 @@ class Repository:
 
     # -- the processor's side ---------------------------------------------------------
 
-    def rescue_expired(self, now: datetime | None = None) -> list[tuple[int, str]]:
-        """Rows whose lease ran out go back to the queue (or Failed, attempts spent): [(id, status)]."""
-        rows = self._rows(
-            "images_rescue_expired",
+    def rescue(self, crash_backoffs: Sequence[float], now: datetime | None = None) -> list[Rescued]:
+        """Take back rows of dead daemons, and rows whose lease ran out (see images_rescue)."""
+        return self._rows(
+            "images_rescue",
             {
                 "now": now,
                 "lease_seconds": self.lease_seconds,
+                "dead_after": self.dead_after_seconds,
+                "alive_within": 3 * self.heartbeat_seconds,
+                "max_crashes": self.max_crashes,
+                "crash_backoff": list(crash_backoffs),
                 "default_max_attempts": self.default_max_attempts,
                 "remote_backends": list(REMOTE_BACKENDS),
             },
+            class_row(Rescued),
         )
-        return [(row[0], row[1]) for row in rows]
 
     def claim_polls(self, backends: Sequence[str], limit: int, now: datetime | None = None) -> list[RemoteTask]:
-        rows = self._rows(
+        return self._rows(
             "images_claim_polls",
             {
                 "now": now,
@@ -182,45 +236,75 @@ class Repository:
                 "limit": limit,
                 "owner": self.owner,
                 "lease_seconds": self.lease_seconds,
+                "dead_after": self.dead_after_seconds,
             },
+            class_row(RemoteTask),
         )
-        return [RemoteTask(*row) for row in rows]
 
-    def mark_submitted(self, image_id: int, attempt: int, task_id: str, poll_after_seconds: float) -> None:
+    def mark_submitted(self, claim: Claim, task_id: str, poll_after_seconds: float) -> None:
         rows = self._rows(
             "images_mark_submitted",
             {
-                "id": image_id,
-                "attempt": attempt,
+                "id": claim.id,
+                "attempt": claim.attempt,
                 "uuid": task_id,
                 "poll_after_seconds": poll_after_seconds,
                 "owner": self.owner,
             },
         )
         if not rows:
-            raise LostOwnership(image_id, "mark_submitted")
+            raise LostOwnership(claim.id, "mark_submitted")
 
-    def poll_later(self, image_id: int, poll_after_seconds: float) -> None:
+    def poll_later(self, claim: Claim, poll_after_seconds: float) -> None:
         rows = self._rows(
-            "images_poll_later", {"id": image_id, "poll_after_seconds": poll_after_seconds, "owner": self.owner}
+            "images_poll_later",
+            {"id": claim.id, "attempt": claim.attempt, "poll_after_seconds": poll_after_seconds, "owner": self.owner},
         )
         if not rows:
-            raise LostOwnership(image_id, "poll_later")
+            raise LostOwnership(claim.id, "poll_later")
 
-    def next_due(self) -> float | None:
-        """Seconds until the earliest lease runs out or remote poll falls due; None if nothing is in Generate."""
-        return self._seconds("images_next_due", {"lease_seconds": self.lease_seconds})
+    def next_wakeups(self, served: Sequence[str]) -> Wakeups:
+        """When this daemon's generator and processor next have work, by the database's clock
+        (so host clock skew cannot shift wake-ups)."""
+        rows: list[Wakeups] = self._rows(
+            "images_next_wakeups",
+            {
+                "default_backend": self.default_backend,
+                "served": list(served),
+                "known": list(BACKEND_NAMES),
+                "lease_seconds": self.lease_seconds,
+            },
+            class_row(Wakeups),
+        )
+        return rows[0]
 
-    def next_retry(self) -> float | None:
-        """Seconds until the earliest backed-off row may be claimed; None if none waits."""
-        return self._seconds("images_next_retry", {})
+    # -- liveness ---------------------------------------------------------------------
 
-    def _seconds(self, name: str, params: dict[str, Any]) -> float | None:
-        # Computed by the database against its own clock, so host clock skew cannot shift wake-ups.
-        rows = self._rows(name, params)
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
+    def heartbeat(self, me: DaemonInfo) -> bool:
+        """Say this daemon is alive; returns whether some row waits to be rescued."""
+        rows = self._rows(
+            "daemons_heartbeat",
+            {
+                "owner": self.owner,
+                "host": me.host,
+                "pid": me.pid,
+                "version": me.version,
+                "backends": me.backends,
+                "device": me.device,
+                "model": me.model,
+                "dead_after": self.dead_after_seconds,
+            },
+        )
+        return bool(rows[0][0])
+
+    def remove_daemon(self) -> None:
+        """This daemon stopped cleanly (its rows released); long-dead daemons holding nothing go too."""
+        self._rows("daemons_remove", {"owner": self.owner})
+
+    def listen_probe(self, channel: str) -> None:
+        self._rows("listen_probe", {"channel": channel})
 
     def queue_status(self) -> list[dict[str, Any]]:
-        with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        with self._cursor(dict_row) as cur:
             cur.execute(self._sql["images_queue_status"])
             return cur.fetchall()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from imagend.backends.base import Image
 from imagend.repository import Finished
+from imagend.rows import Claim
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -24,12 +25,11 @@ def write_output_file(output_dir: Path, image_id: int, data: bytes) -> str:
     return str(path.resolve())
 
 
-def finished(image_id: int, attempt: int, image: Image, output_dir: Path | None) -> Finished:
+def finished(claim: Claim, image: Image, output_dir: Path | None) -> Finished:
     return Finished(
-        id=image_id,
-        attempt=attempt,
+        claim=claim,
         base64=base64.b64encode(image.png).decode("ascii"),
         seed=image.seed,
-        output_path=write_output_file(output_dir, image_id, image.png) if output_dir else None,
+        output_path=write_output_file(output_dir, claim.id, image.png) if output_dir else None,
         generation_seconds=image.generation_seconds,
     )

@@ -1,4 +1,6 @@
-"""Backoff for failed attempts, and the retry used for writes that must survive a database blip."""
+"""Every wait imagend computes before trying again, in one place: a failed attempt, a
+daemon crash, a pass that met an unavailable database or an unexpected error, a lost
+LISTEN connection; and the retry used for writes that must survive a database blip."""
 
 from __future__ import annotations
 
@@ -13,12 +15,40 @@ from imagend.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
+CRASH_BACKOFF_BASE_SECONDS = 1.0
+CRASH_BACKOFF_MAX_SECONDS = 60.0
+PASS_RETRY_BASE_SECONDS = 0.5
+PASS_RETRY_MAX_SECONDS = 30.0
+
+
+def _exponential(n: int, base: float, cap: float) -> float:
+    # The exponent is clamped: 2.0 ** 1100 overflows a float, and the cap is reached long before.
+    return min(cap, base * 2.0 ** min(max(n - 1, 0), 32))
+
 
 def backoff_seconds(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_MAX_SECONDS) -> float:
-    """Exponential in the attempt number, with full jitter in [0.5, 1.5) so retries spread out."""
-    # The exponent is clamped: 2.0 ** 1100 overflows a float, and the cap is reached long before.
-    exponential: float = base * 2.0 ** min(max(attempt - 1, 0), 32)
-    return min(cap, exponential) * random.uniform(0.5, 1.5)
+    """After failed attempt `attempt`: exponential, with jitter in [0.5, 1.5) so retries spread out."""
+    return _exponential(attempt, base, cap) * random.uniform(0.5, 1.5)
+
+
+def crash_backoffs(max_crashes: int) -> list[float]:
+    """The wait before a row is claimed again after its n-th crash (index n-1), tripling from 1 s.
+    Short, so a healthy row loses little; growing, so a row that kills its daemon (a poison pill)
+    cannot take down every daemon of a fleet within a second. Passed to images_rescue."""
+    return [
+        min(CRASH_BACKOFF_MAX_SECONDS, CRASH_BACKOFF_BASE_SECONDS * 3.0 ** (n - 1)) * random.uniform(0.75, 1.25)
+        for n in range(1, max_crashes + 1)
+    ]
+
+
+def pass_retry_seconds(failures: int) -> float:
+    """A pass failed `failures` times in a row (database unavailable, or a bug): run it again after this."""
+    return _exponential(failures, PASS_RETRY_BASE_SECONDS, PASS_RETRY_MAX_SECONDS)
+
+
+def reconnect_seconds(failures: int) -> float:
+    """The LISTEN connection was lost `failures` times in a row: reconnect after this."""
+    return _exponential(failures, PASS_RETRY_BASE_SECONDS, PASS_RETRY_MAX_SECONDS)
 
 
 def retry_database(call: Callable[[], T], budget_seconds: float) -> T:

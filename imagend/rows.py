@@ -1,4 +1,5 @@
-"""What the repository hands out: rows as the daemon sees them after a claim."""
+"""What the repository hands out, bound by column name (psycopg's class_row), and the
+claim token that travels with a row from its claim to the write that ends it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimedRow:
-    """A row this daemon now owns in `Generate`, exactly as the producer wrote it."""
+class Claim:
+    """One claim of one row: its id and the attempt number the claim stamped. Every write
+    that ends a claim is fenced by both (see queries.sql), so a late result of an earlier
+    claim of the same row can never land on a later one."""
 
     id: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A row this daemon now owns in `Generate`, exactly as the producer wrote it
+    (the columns of images_claim_batch's RETURNING, by name)."""
+
+    id: int
+    attempt: int
     prompt: str | None
     negative_prompt: str | None
     style: str | None
@@ -23,18 +36,24 @@ class ClaimedRow:
     scheduler: str | None
     backend: str
     params: Any
-    attempts: int
     max_attempts: int | None
     cancel_requested: bool = False
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.id, self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
 class RemoteTask:
-    """A row in `Generate` whose remote task (uuid) is due for a poll, now owned by this daemon."""
+    """A row in `Generate` whose remote task is due for a poll, now owned by this daemon."""
 
     id: int
-    uuid: str
+    attempt: int
+    task_id: str
     submitted_at: datetime | None
     backend: str
-    attempts: int
-    max_attempts: int | None
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.id, self.attempt)

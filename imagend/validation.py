@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from imagend.backends.base import Request
-from imagend.config import BACKEND_NAMES, PROMPT_MAX_CHARS, Settings
+from imagend.backends.registry import BACKEND_NAMES
+from imagend.config import PROMPT_MAX_CHARS, Settings
 from imagend.errors import BadInput
 from imagend.rows import ClaimedRow
 
@@ -71,6 +72,6 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
         guidance=row.guidance,
         scheduler=row.scheduler or None,
         params=params,
-        attempt=row.attempts,
+        attempt=row.attempt,
     )
     return Validated(request, warning)

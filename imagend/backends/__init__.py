@@ -1,28 +1,23 @@
-"""Backends by name. `local` (torch) and `fusionbrain` (httpx) are imported only when served,
-so a daemon without the local backend never imports torch."""
+"""Backends by name (see registry.py); each is imported only when served."""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 from imagend.backends.base import Backend
-from imagend.config import Settings
+from imagend.backends.registry import BACKENDS
+
+if TYPE_CHECKING:  # config reads the registry; importing it here at run time would be circular
+    from imagend.config import Settings
 
 
 def create_backend(name: str, settings: Settings) -> Backend:
-    if name == "placeholder":
-        from imagend.backends.placeholder import PlaceholderBackend
-
-        return PlaceholderBackend.from_settings(settings)
-    if name == "fusionbrain":
-        from imagend.backends.fusionbrain import FusionBrainBackend
-
-        remote: Backend = FusionBrainBackend.from_settings(settings)
-        return remote
-    if name == "local":
-        from imagend.backends.local import LocalBackend
-
-        local: Backend = LocalBackend.from_settings(settings)
-        return local
-    raise ValueError(f"no backend named {name!r}")
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise ValueError(f"no backend named {name!r}")
+    backend: Backend = getattr(importlib.import_module(spec.module), spec.cls).from_settings(settings)
+    return backend
 
 
 def create_backends(settings: Settings) -> dict[str, Backend]:

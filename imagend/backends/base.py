@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from imagend.rows import RemoteTask
+from imagend.rows import Claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,11 @@ class Request:
     scheduler: str | None
     params: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+
+    @property
+    def claim(self) -> Claim:
+        """The token the write that ends this request's claim is fenced by."""
+        return Claim(self.id, self.attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,7 @@ class RemoteBackend(Backend, Protocol):
         """Start a task. Raise QueueClosed (not the row's fault), RetryableError or PermanentError."""
         ...
 
-    def poll(self, task: RemoteTask) -> Image | Pending:
-        """Check a task once. Never re-poll a task after it returned an Image (results are one-shot)."""
+    def poll(self, task_id: str) -> Image | Pending:
+        """Check a task once (the id `submit` returned). Never re-poll a task after it returned
+        an Image (results are one-shot)."""
         ...

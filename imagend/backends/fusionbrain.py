@@ -46,7 +46,6 @@ from imagend.backends.base import Image, Pending, Request, Submission
 from imagend.config import Settings
 from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError
 from imagend.logs import get_logger
-from imagend.rows import RemoteTask
 
 log = get_logger()
 
@@ -317,9 +316,9 @@ class FusionBrainBackend:
 
     # -- poll ---------------------------------------------------------------------------
 
-    def poll(self, task: RemoteTask) -> Image | Pending:
+    def poll(self, task_id: str) -> Image | Pending:
         api_path = "pipeline" if self.config.api == "pipeline" else "text2image"
-        response = self._call("GET", f"key/api/v1/{api_path}/status/{task.uuid}", "status")
+        response = self._call("GET", f"key/api/v1/{api_path}/status/{task_id}", "status")
         if response.status_code == 404:
             raise RetryableError(EXPIRED_MESSAGE)
         body = self._json(response, "status")
@@ -329,7 +328,7 @@ class FusionBrainBackend:
         if status in PENDING_STATES:
             return Pending(self.config.check_interval_seconds)
         if status == "DONE":
-            return self._image(task, body)
+            return self._image(task_id, body)
         if status == "FAIL":
             result: dict[str, Any] = body["result"] if isinstance(body.get("result"), dict) else {}
             description = (
@@ -339,10 +338,10 @@ class FusionBrainBackend:
         if status == "CANCEL":
             raise RetryableError("Fusion Brain cancelled the task")
         # Unknown states are waited out; DEFAULT_GENERATION_TIMEOUT bounds the wait.
-        log.warning("fusionbrain_unknown_status", id=task.id, uuid=task.uuid, status=_clip(str(status), 40))
+        log.warning("fusionbrain_unknown_status", uuid=task_id, status=_clip(str(status), 40))
         return Pending(self.config.check_interval_seconds)
 
-    def _image(self, task: RemoteTask, body: dict[str, Any]) -> Image:
+    def _image(self, task_id: str, body: dict[str, Any]) -> Image:
         # Pipeline API: result.files / result.censored; legacy: top-level images / censored.
         result = body.get("result") if isinstance(body.get("result"), dict) else body
         assert isinstance(result, dict)
@@ -354,7 +353,7 @@ class FusionBrainBackend:
                     "Fusion Brain censored this prompt and returned a placeholder image instead "
                     "(set IMAGEND_KEEP_CENSORED=true to keep the placeholder)"
                 )
-            log.info("fusionbrain_censored_kept", id=task.id, uuid=task.uuid)
+            log.info("fusionbrain_censored_kept", uuid=task_id)
         if not isinstance(files, list) or not files or not isinstance(files[0], str):
             raise RetryableError("Fusion Brain reported DONE but sent no image")
         data = _decode_image(files[0], self.config.convert_to_png)

@@ -26,13 +26,13 @@ SET status       = 'Generate',
     lease_until  = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
     attempts     = i.attempts + 1,
     started_at   = COALESCE(%(now)s::timestamptz, now()),
-    progress     = 0,
+    progress     = NULL,  -- claimed, not begun: see images_begin_work
     uuid         = NULL,
     submitted_at = NULL
 FROM picked
 WHERE i.id = picked.id
-RETURNING i.id, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed, i.steps,
-          i.guidance, i.scheduler, i.backend, i.params, i.attempts, i.max_attempts, i.cancel_requested;
+RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
+          i.steps, i.guidance, i.scheduler, i.backend, i.params, i.max_attempts, i.cancel_requested;
 
 -- name: images_mark_done
 -- Ends a whole batch in one statement; returns the ids that were still ours.
@@ -53,7 +53,7 @@ FROM unnest(%(ids)s::int[], %(attempts)s::int[], %(base64s)s::text[], %(seeds)s:
 WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
-  AND (d.attempt IS NULL OR i.attempts = d.attempt)
+  AND i.attempts = d.attempt
 RETURNING i.id;
 
 -- name: images_fail_attempt
@@ -78,7 +78,7 @@ FROM (SELECT CASE
 WHERE images.id = %(id)s
   AND images.status = 'Generate'
   AND images.locked_by = %(owner)s
-  AND (%(attempt)s::int IS NULL OR images.attempts = %(attempt)s::int)
+  AND images.attempts = %(attempt)s
 RETURNING images.status;
 
 -- name: images_release
@@ -109,6 +109,19 @@ WHERE id = ANY (%(ids)s::int[])
   AND locked_by = %(owner)s
 RETURNING id, cancel_requested;
 
+-- name: images_begin_work
+-- Work on `ids` begins now: progress 0 marks them begun, so from here a death of this
+-- daemon counts as a crash of theirs (images_rescue). The leases of the rows still
+-- waiting their turn (`waiting_ids`) are renewed on the way. Returns the rows still
+-- ours, with their cancel flag.
+UPDATE images
+SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
+    progress    = CASE WHEN id = ANY (%(ids)s::int[]) THEN 0 ELSE progress END
+WHERE id = ANY (%(ids)s::int[] || %(waiting_ids)s::int[])
+  AND status = 'Generate'
+  AND locked_by = %(owner)s
+RETURNING id, cancel_requested;
+
 -- name: images_set_warning
 UPDATE images
 SET warning = %(warning)s
@@ -116,26 +129,75 @@ WHERE id = %(id)s
   AND status = 'Generate'
   AND locked_by = %(owner)s;
 
--- name: images_rescue_expired
--- Rows whose owner stopped renewing the lease (crash, kill -9, hung GPU call), and
--- rows a producer inserted as Generate with no lease. Remote rows with a task are
--- not rescued here: the processor resumes them by polling their uuid.
-UPDATE images
-SET status      = CASE WHEN attempts < COALESCE(max_attempts, %(default_max_attempts)s)
-                       THEN 'ReadyToGenerate' ELSE 'Failed' END,
-    finished_at = CASE WHEN attempts < COALESCE(max_attempts, %(default_max_attempts)s)
-                       THEN NULL ELSE now() END,
-    error       = 'lease expired: owner ' || COALESCE(locked_by, '(none)') || ' stopped working on it',
-    run_after   = now(),
+-- name: images_rescue
+-- Rows whose owner is gone or stuck go back to the queue. Rescued: every row of a
+-- dead daemon (heartbeat older than dead_after), at once; a row whose lease ran out
+-- while its owner is alive (hung work) or unknown (no heartbeat: a producer inserted
+-- it as Generate, or an older daemon). An owner in between (heartbeat stale but not
+-- yet dead_after) is waited for. What the rescue charges:
+--   not begun (progress NULL: claimed ahead, waiting its turn) -> nothing;
+--   begun, owner dead     -> a crash, not an attempt; Failed after max_crashes, and a
+--                            growing backoff (crash_backoff[crashes]) against poison pills;
+--   begun, owner alive or unknown -> an attempt, as any failure.
+-- Remote rows with a task are not rescued here: images_claim_polls resumes them.
+WITH owners AS (
+    SELECT owner,
+           heartbeat_at < now() - make_interval(secs => %(dead_after)s)   AS dead,
+           heartbeat_at >= now() - make_interval(secs => %(alive_within)s) AS alive
+    FROM imagend_daemons
+),
+picked AS (
+    SELECT i.id,
+           i.progress IS NOT NULL                  AS begun,
+           COALESCE(o.dead, false)                 AS owner_dead
+    FROM images AS i
+    LEFT JOIN owners AS o ON o.owner = i.locked_by
+    WHERE i.status = 'Generate'
+      AND NOT (i.uuid IS NOT NULL AND COALESCE(i.backend, '') = ANY (%(remote_backends)s::text[]))
+      AND (o.dead
+           OR ((o.owner IS NULL OR o.alive)
+               AND (i.lease_until < COALESCE(%(now)s::timestamptz, now())
+                    OR (i.lease_until IS NULL
+                        AND i.updated_at < COALESCE(%(now)s::timestamptz, now())
+                                           - make_interval(secs => %(lease_seconds)s)))))
+    FOR UPDATE OF i SKIP LOCKED
+),
+judged AS (
+    SELECT p.id, p.begun, p.owner_dead, i.locked_by AS old_owner,
+           CASE WHEN NOT p.begun THEN i.attempts - 1 ELSE i.attempts - p.owner_dead::int END AS attempts,
+           i.crashes + (p.begun AND p.owner_dead)::int AS crashes,
+           COALESCE(i.max_attempts, %(default_max_attempts)s) AS max_attempts
+    FROM picked AS p JOIN images AS i ON i.id = p.id
+)
+UPDATE images AS i
+SET status      = CASE WHEN j.crashes >= %(max_crashes)s OR (j.begun AND NOT j.owner_dead
+                                                              AND j.attempts >= j.max_attempts)
+                       THEN 'Failed' ELSE 'ReadyToGenerate' END,
+    attempts    = greatest(j.attempts, 0),
+    crashes     = j.crashes,
+    error       = CASE
+                      WHEN NOT j.begun THEN i.error
+                      WHEN j.owner_dead AND j.crashes >= %(max_crashes)s
+                      THEN 'the daemon died ' || j.crashes || ' times while generating this row'
+                           || ' (IMAGEND_MAX_CRASHES=' || %(max_crashes)s || ')'
+                      WHEN j.owner_dead
+                      THEN 'the daemon ' || COALESCE(j.old_owner, '(none)') || ' died while generating this row'
+                           || ' (crash ' || j.crashes || ' of ' || %(max_crashes)s || ')'
+                      ELSE 'lease expired: owner ' || COALESCE(j.old_owner, '(none)') || ' stopped working on it'
+                  END,
+    run_after   = CASE WHEN j.begun AND j.owner_dead
+                       THEN now() + make_interval(secs => (%(crash_backoff)s::float8[])[
+                                least(greatest(j.crashes, 1), cardinality(%(crash_backoff)s::float8[]))])
+                       ELSE now() END,
+    finished_at = CASE WHEN j.crashes >= %(max_crashes)s OR (j.begun AND NOT j.owner_dead
+                                                             AND j.attempts >= j.max_attempts)
+                       THEN now() END,
     progress    = NULL,
     locked_by   = NULL,
     lease_until = NULL
-WHERE status = 'Generate'
-  AND (lease_until < COALESCE(%(now)s::timestamptz, now())
-       OR (lease_until IS NULL
-           AND updated_at < COALESCE(%(now)s::timestamptz, now()) - make_interval(secs => %(lease_seconds)s)))
-  AND NOT (uuid IS NOT NULL AND COALESCE(backend, '') = ANY (%(remote_backends)s::text[]))
-RETURNING id, status;
+FROM judged AS j
+WHERE i.id = j.id
+RETURNING i.id, i.status, j.old_owner, j.begun, j.owner_dead AS crashed, i.crashes, i.error;
 
 -- name: images_claim_polls
 -- Remote rows whose next poll is due (or whose poller died): SKIP LOCKED plus the
@@ -146,7 +208,9 @@ WITH picked AS (
     WHERE status = 'Generate'
       AND uuid IS NOT NULL
       AND backend = ANY (%(backends)s::text[])
-      AND (lease_until IS NULL OR lease_until <= COALESCE(%(now)s::timestamptz, now()))
+      AND (lease_until IS NULL OR lease_until <= COALESCE(%(now)s::timestamptz, now())
+           OR locked_by IN (SELECT owner FROM imagend_daemons
+                            WHERE heartbeat_at < now() - make_interval(secs => %(dead_after)s)))
     ORDER BY lease_until NULLS FIRST
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -156,7 +220,7 @@ SET locked_by   = %(owner)s,
     lease_until = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
 FROM picked
 WHERE i.id = picked.id
-RETURNING i.id, i.uuid, i.submitted_at, i.backend, i.attempts, i.max_attempts;
+RETURNING i.id, i.attempts AS attempt, i.uuid AS task_id, i.submitted_at, i.backend;
 
 -- name: images_mark_submitted
 -- The remote task exists: keep the row in Generate, drop the owner, and set the
@@ -179,21 +243,58 @@ SET locked_by   = NULL,
 WHERE id = %(id)s
   AND status = 'Generate'
   AND locked_by = %(owner)s
+  AND attempts = %(attempt)s
 RETURNING id;
 
--- name: images_next_due
--- Seconds (by the database's clock) until the earliest lease runs out or remote poll
--- falls due: the processor wakes then. NULL when no row is in Generate.
-SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s))) - now())
-FROM images
-WHERE status = 'Generate';
+-- name: images_next_wakeups
+-- After every pass, in seconds from now by the database's clock (NULL: nothing to wait
+-- for; negative: due already): when the earliest row this daemon could claim falls due
+-- (backoff, scheduled rows), and when the earliest lease runs out or remote poll falls due.
+-- 'infinity' and far-future times count as "nothing to wait for".
+SELECT (SELECT extract(epoch FROM min(run_after) - now())
+        FROM images
+        WHERE status = 'ReadyToGenerate'
+          AND run_after < now() + interval '1 day'
+          AND (COALESCE(backend, %(default_backend)s) = ANY (%(served)s::text[])
+               OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)s::text[])))::float8 AS generator,
+       (SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s)))
+                                  - now())
+        FROM images
+        WHERE status = 'Generate'
+          AND COALESCE(lease_until, updated_at) < now() + interval '1 day'
+          AND NOT (uuid IS NOT NULL AND COALESCE(backend, '') <> ALL (%(served)s::text[])))::float8 AS processor;
 
--- name: images_next_retry
--- Seconds until the earliest backed-off row may be claimed: the generator wakes then.
-SELECT extract(epoch FROM min(run_after) - now())
-FROM images
-WHERE status = 'ReadyToGenerate'
-  AND run_after > now();
+-- name: daemons_heartbeat
+-- This daemon is alive (upsert), and is there a row to rescue: one held by a dead
+-- daemon, or whose lease ran out? The liveness thread runs it every second or so.
+WITH beat AS (
+    INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held)
+    VALUES (%(owner)s, %(host)s, %(pid)s, %(version)s, %(backends)s, %(device)s, %(model)s,
+            (SELECT count(*) FROM images WHERE status = 'Generate' AND locked_by = %(owner)s))
+    ON CONFLICT (owner) DO UPDATE
+        SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held
+    RETURNING d.owner
+)
+SELECT EXISTS (
+    SELECT 1
+    FROM images AS i
+    WHERE i.status = 'Generate'
+      AND i.uuid IS NULL
+      AND (i.lease_until < now()
+           OR i.locked_by IN (SELECT owner FROM imagend_daemons
+                              WHERE heartbeat_at < now() - make_interval(secs => %(dead_after)s)))
+) AS rescue_due, (SELECT count(*) FROM beat) AS beats;
+
+-- name: daemons_remove
+-- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing.
+DELETE FROM imagend_daemons AS d
+WHERE d.owner = %(owner)s
+   OR (d.heartbeat_at < now() - interval '1 day'
+       AND NOT EXISTS (SELECT 1 FROM images WHERE status = 'Generate' AND locked_by = d.owner));
+
+-- name: listen_probe
+-- Sent through the pool to check that the LISTEN connection really hears NOTIFYs.
+SELECT pg_notify(%(channel)s, '');
 
 -- name: images_queue_status
 SELECT status, backend, rows, oldest_waiting, avg_generation_seconds

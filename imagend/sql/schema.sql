@@ -33,9 +33,13 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS max_attempts      INTEGER;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS cancel_requested  BOOLEAN NOT NULL DEFAULT false;
 -- What the daemon writes.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS run_after         TIMESTAMPTZ NOT NULL DEFAULT now();
+-- attempts: claims that counted (the current claim's number while in Generate).
+-- crashes: times a daemon died while generating the row; not attempts (see images_rescue).
 ALTER TABLE images ADD COLUMN IF NOT EXISTS attempts          INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS crashes           INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS error             TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS warning           TEXT;
+-- progress: NULL while a claimed row waits its turn, 0..1 once work on it has begun.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS progress          REAL;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS locked_by         TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS lease_until       TIMESTAMPTZ;
@@ -77,8 +81,9 @@ CREATE OR REPLACE TRIGGER images_touch_updated_at
     BEFORE UPDATE ON images
     FOR EACH ROW EXECUTE FUNCTION imagend_touch_updated_at();
 
--- Channel `imagend_new`: once per inserting statement, no payload. Daemons LISTEN
--- and claim at once instead of waiting for the next interval run.
+-- Channel `imagend_new`, no payload: on every INSERT statement, and whenever a row
+-- returns to ReadyToGenerate due now (a producer's retry, a release, a rescue). Daemons
+-- LISTEN and claim at once instead of waiting for the next interval run.
 CREATE OR REPLACE FUNCTION imagend_notify_new() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -89,6 +94,38 @@ END $$;
 CREATE OR REPLACE TRIGGER images_notify_new
     AFTER INSERT ON images
     FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+
+-- Row level, but Postgres folds identical notifications of one transaction into one.
+CREATE OR REPLACE TRIGGER images_notify_requeued
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status = 'ReadyToGenerate' AND OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.run_after <= now())
+    EXECUTE FUNCTION imagend_notify_new();
+
+-- A producer putting a finished row back (README, "Trying again") means a fresh start:
+-- the cancel flag, the crash count and, unless the producer set it, the attempt count
+-- are reset, so `UPDATE images SET status = 'ReadyToGenerate' WHERE id = 42` just works.
+CREATE OR REPLACE FUNCTION imagend_requeue_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.cancel_requested IS NOT DISTINCT FROM OLD.cancel_requested THEN
+        NEW.cancel_requested := false;
+    END IF;
+    IF NEW.attempts IS NOT DISTINCT FROM OLD.attempts THEN
+        NEW.attempts := 0;
+    END IF;
+    NEW.crashes := 0;
+    NEW.finished_at := NULL;
+    NEW.progress := NULL;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_requeue_finished
+    BEFORE UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate')
+    EXECUTE FUNCTION imagend_requeue_finished();
 
 -- Channel `imagend_done`: payload {"id": …, "status": "ReadyToPublish"|"Failed"} on
 -- every terminal transition, so producers can LISTEN instead of polling.
@@ -105,6 +142,22 @@ CREATE OR REPLACE TRIGGER images_notify_done
     FOR EACH ROW
     WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION imagend_notify_done();
+
+-- One row per running daemon, written by its liveness thread every second or so. A
+-- daemon whose heartbeat is older than IMAGEND_DEAD_AFTER is dead: any other daemon
+-- rescues its rows at once (images_rescue) instead of waiting for their leases.
+CREATE TABLE IF NOT EXISTS imagend_daemons (
+    owner        TEXT PRIMARY KEY,          -- what images.locked_by shows: host:pid:random
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    backends     TEXT[] NOT NULL,
+    device       TEXT,
+    model        TEXT,
+    started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    rows_held    INTEGER NOT NULL DEFAULT 0
+);
 
 -- Operators' view of the queue: one line per (status, backend).
 CREATE OR REPLACE VIEW images_queue_status AS

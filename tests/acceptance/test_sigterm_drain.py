@@ -11,12 +11,13 @@ from conftest import base_env, insert_image, run_imagend
 
 
 def owned_by(conn, daemon: DaemonProcess) -> list[dict]:
-    return conn.execute("SELECT id, status, attempts FROM images WHERE locked_by LIKE %s",
+    return conn.execute("SELECT id, status, attempts, progress FROM images WHERE locked_by LIKE %s",
                         [daemon.owner_pattern]).fetchall()
 
 
 def in_flight(conn, daemon: DaemonProcess) -> list[int]:
-    return [r["id"] for r in owned_by(conn, daemon) if r["status"] == "Generate"]
+    """Rows whose generation has begun (a row claimed ahead waits with progress NULL)."""
+    return [r["id"] for r in owned_by(conn, daemon) if r["status"] == "Generate" and r["progress"] is not None]
 
 
 def test_sigterm_finishes_work_in_flight_and_exits_0(db_url, conn):

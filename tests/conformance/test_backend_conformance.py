@@ -17,9 +17,9 @@ from PIL import Image as PILImage
 
 from imagend.backends import create_backend
 from imagend.backends.base import Backend, GeneratingBackend, Image, Pending, RemoteBackend, Request
-from imagend.config import BACKEND_NAMES, load_settings
+from imagend.backends.registry import BACKEND_NAMES
+from imagend.config import load_settings
 from imagend.errors import BadInput
-from imagend.rows import RemoteTask
 
 SIDE_PX = 64
 pytestmark = pytest.mark.filterwarnings(
@@ -91,17 +91,9 @@ def _request(**fields: Any) -> Request:
 def _one_image(backend: Backend, request: Request, fake: Any) -> Image:
     if isinstance(backend, RemoteBackend):
         submission = backend.submit(request)
-        task = RemoteTask(
-            id=request.id,
-            uuid=submission.task_id,
-            submitted_at=None,
-            backend=backend.name,
-            attempts=1,
-            max_attempts=None,
-        )
         for _ in range(5):
             fake.advance(1.0)
-            outcome = backend.poll(task)
+            outcome = backend.poll(submission.task_id)
             if not isinstance(outcome, Pending):
                 return outcome
         raise AssertionError("the remote task never finished")

@@ -7,12 +7,13 @@ import pytest
 
 from imagend.errors import LostOwnership
 from imagend.repository import Finished
+from imagend.rows import Claim
 
 from conftest import fetch_image, insert_image
 
 
 def _finished(image_id: int, attempt: int, base64: str) -> Finished:
-    return Finished(id=image_id, base64=base64, seed=None, output_path=None, generation_seconds=0.1, attempt=attempt)
+    return Finished(Claim(image_id, attempt), base64=base64, seed=None, output_path=None, generation_seconds=0.1)
 
 
 def test_a_late_result_of_an_earlier_claim_by_the_same_daemon_is_not_written(conn, make_settings, make_repo):
@@ -21,13 +22,13 @@ def test_a_late_result_of_an_earlier_claim_by_the_same_daemon_is_not_written(con
     (first,) = repo.claim_batch("placeholder", 1)
     conn.execute("UPDATE images SET status = 'ReadyToGenerate', prompt = 'second prompt' WHERE id = %s", [image_id])
     (second,) = repo.claim_batch("placeholder", 1)
-    assert (first.attempts, second.attempts, second.prompt) == (1, 2, "second prompt")
+    assert (first.attempt, second.attempt, second.prompt) == (1, 2, "second prompt")
 
-    assert repo.mark_done([_finished(image_id, first.attempts, "c3RhbGU=")]) == set()
+    assert repo.mark_done([_finished(image_id, first.attempt, "c3RhbGU=")]) == set()
     with pytest.raises(LostOwnership):
-        repo.fail_attempt(image_id, "stale failure", retryable=False, backoff_seconds=0, attempt=first.attempts)
+        repo.fail_attempt(first.claim, "stale failure", retryable=False, backoff_seconds=0)
     assert fetch_image(conn, image_id)["status"] == "Generate"
 
-    assert repo.mark_done([_finished(image_id, second.attempts, "ZnJlc2g=")]) == {image_id}
+    assert repo.mark_done([_finished(image_id, second.attempt, "ZnJlc2g=")]) == {image_id}
     row = fetch_image(conn, image_id)
     assert (row["status"], row["base64"]) == ("ReadyToPublish", "ZnJlc2g=")

@@ -12,6 +12,7 @@ import pytest
 
 from imagend.errors import LostOwnership
 from imagend.repository import Finished
+from imagend.rows import Claim
 
 from conftest import fetch_image, insert_image
 
@@ -20,8 +21,13 @@ def db_now(conn):
     return conn.execute("SELECT now() AS t").fetchone()["t"]
 
 
-def done(image_id: int) -> Finished:
-    return Finished(id=image_id, base64="iVBORw0KGgo=", seed=1, output_path=None, generation_seconds=0.1)
+def done(image_id: int, attempt: int = 1) -> Finished:
+    return Finished(Claim(image_id, attempt), base64="iVBORw0KGgo=", seed=1, output_path=None, generation_seconds=0.1)
+
+
+def rescued(repo, now):
+    """(id, status) of each row repo.rescue took back (no heartbeat rows here: owners are unknown)."""
+    return [(r.id, r.status) for r in repo.rescue([1.0], now=now)]
 
 
 @pytest.fixture
@@ -38,7 +44,7 @@ def test_claim_stamps_owner_lease_and_attempt(conn, repo):
     image_id = insert_image(conn)
     t = db_now(conn) + timedelta(seconds=1)
     [row] = repo.claim_batch("placeholder", 10, now=t)
-    assert (row.id, row.attempts, row.backend) == (image_id, 1, "placeholder")
+    assert (row.id, row.attempt, row.backend) == (image_id, 1, "placeholder")
     stored = fetch_image(conn, image_id)
     assert stored["status"] == "Generate"
     assert stored["locked_by"] == "daemon-a"
@@ -50,18 +56,19 @@ def test_an_expired_lease_is_rescued_while_attempts_remain(conn, repo, other):
     image_id = insert_image(conn)
     t = db_now(conn) + timedelta(seconds=1)
     repo.claim_batch("placeholder", 1, now=t)
-    assert repo.rescue_expired(now=t + timedelta(seconds=29)) == []  # lease still running
+    repo.begin_work([image_id])
+    assert rescued(repo, t + timedelta(seconds=29)) == []  # lease still running
     assert fetch_image(conn, image_id)["status"] == "Generate"
-    assert other.rescue_expired(now=t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
+    assert rescued(other, t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
     row = fetch_image(conn, image_id)
     assert (row["status"], row["locked_by"], row["lease_until"], row["attempts"]) == ("ReadyToGenerate", None, None, 1)
     assert "lease expired: owner daemon-a" in row["error"]
     # Another daemon takes it; the first one's late result is dropped, not written.
     [again] = other.claim_batch("placeholder", 1, now=t + timedelta(seconds=32))
-    assert again.attempts == 2
-    assert repo.mark_done([done(image_id)]) == set()
+    assert again.attempt == 2
+    assert repo.mark_done([done(image_id, 1)]) == set()
     assert fetch_image(conn, image_id)["locked_by"] == "daemon-b"
-    assert other.mark_done([done(image_id)]) == {image_id}
+    assert other.mark_done([done(image_id, 2)]) == {image_id}
     assert fetch_image(conn, image_id)["status"] == "ReadyToPublish"
 
 
@@ -69,18 +76,28 @@ def test_an_expired_lease_with_attempts_spent_fails_the_row(conn, repo):
     image_id = insert_image(conn, max_attempts=1)
     t = db_now(conn) + timedelta(seconds=1)
     repo.claim_batch("placeholder", 1, now=t)
-    assert repo.rescue_expired(now=t + timedelta(seconds=31)) == [(image_id, "Failed")]
+    repo.begin_work([image_id])
+    assert rescued(repo, t + timedelta(seconds=31)) == [(image_id, "Failed")]
     row = fetch_image(conn, image_id)
     assert row["status"] == "Failed"
     assert row["finished_at"] is not None
     assert "lease expired" in row["error"]
 
 
+def test_a_claimed_row_whose_work_had_not_begun_goes_back_uncharged(conn, repo, other):
+    image_id = insert_image(conn)
+    t = db_now(conn) + timedelta(seconds=1)
+    repo.claim_batch("placeholder", 1, now=t)  # claimed ahead: never begun
+    assert rescued(other, t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
+    row = fetch_image(conn, image_id)
+    assert (row["attempts"], row["crashes"], row["error"], row["locked_by"]) == (0, 0, None, None)
+
+
 def test_a_row_inserted_as_generate_with_no_owner_is_rescued_after_a_lease(conn, repo):
-    image_id = insert_image(conn, status="Generate")
+    image_id = insert_image(conn, status="Generate", progress=0.5)
     t = db_now(conn)
-    assert repo.rescue_expired(now=t + timedelta(seconds=29)) == []
-    assert repo.rescue_expired(now=t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
+    assert rescued(repo, t + timedelta(seconds=29)) == []
+    assert rescued(repo, t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
     row = fetch_image(conn, image_id)
     assert row["error"] == "lease expired: owner (none) stopped working on it"
     [claimed] = repo.claim_batch("placeholder", 1)
@@ -90,7 +107,7 @@ def test_a_row_inserted_as_generate_with_no_owner_is_rescued_after_a_lease(conn,
 def test_a_retryable_failure_backs_off_and_keeps_the_error(conn, repo):
     image_id = insert_image(conn)
     [row] = repo.claim_batch("placeholder", 1)
-    assert repo.fail_attempt(image_id, "GPU out of memory", retryable=True, backoff_seconds=60) == "ReadyToGenerate"
+    assert repo.fail_attempt(row.claim, "GPU out of memory", retryable=True, backoff_seconds=60) == "ReadyToGenerate"
     stored = fetch_image(conn, image_id)
     assert stored["status"] == "ReadyToGenerate"
     assert stored["error"] == "GPU out of memory"
@@ -99,7 +116,7 @@ def test_a_retryable_failure_backs_off_and_keeps_the_error(conn, repo):
     assert now + timedelta(seconds=55) < stored["run_after"] <= now + timedelta(seconds=60)
     assert repo.claim_batch("placeholder", 1) == []  # not before its backoff
     [again] = repo.claim_batch("placeholder", 1, now=now + timedelta(seconds=61))
-    assert again.attempts == row.attempts + 1 == 2
+    assert again.attempt == row.attempt + 1 == 2
 
 
 def test_a_retryable_failure_with_attempts_spent_ends_failed(conn, repo):
@@ -107,8 +124,8 @@ def test_a_retryable_failure_with_attempts_spent_ends_failed(conn, repo):
     t = db_now(conn)
     for attempt in (1, 2):
         [row] = repo.claim_batch("placeholder", 1, now=t + timedelta(hours=attempt))
-        assert row.attempts == attempt
-        status = repo.fail_attempt(image_id, f"timeout on attempt {attempt}", retryable=True, backoff_seconds=5)
+        assert row.attempt == attempt
+        status = repo.fail_attempt(row.claim, f"timeout on attempt {attempt}", retryable=True, backoff_seconds=5)
         assert status == ("ReadyToGenerate" if attempt == 1 else "Failed")
     stored = fetch_image(conn, image_id)
     assert (stored["status"], stored["error"], stored["attempts"]) == ("Failed", "timeout on attempt 2", 2)
@@ -117,8 +134,8 @@ def test_a_retryable_failure_with_attempts_spent_ends_failed(conn, repo):
 
 def test_a_permanent_failure_ends_failed_with_attempts_left(conn, repo):
     image_id = insert_image(conn)
-    repo.claim_batch("placeholder", 1)
-    assert repo.fail_attempt(image_id, "refused by the API", retryable=False, backoff_seconds=0) == "Failed"
+    [row] = repo.claim_batch("placeholder", 1)
+    assert repo.fail_attempt(row.claim, "refused by the API", retryable=False, backoff_seconds=0) == "Failed"
     assert fetch_image(conn, image_id)["attempts"] == 1
 
 
@@ -131,7 +148,7 @@ def test_a_producer_flipping_the_status_wins_over_the_daemon(conn, repo, flip_to
     before = fetch_image(conn, image_id)
     assert repo.mark_done([done(image_id)]) == set()
     with pytest.raises(LostOwnership) as caught:
-        repo.fail_attempt(image_id, "boom", retryable=True, backoff_seconds=1)
+        repo.fail_attempt(Claim(image_id, 1), "boom", retryable=True, backoff_seconds=1)
     assert caught.value.image_id == image_id
     assert repo.extend_lease([image_id]) == {}
     assert repo.release([image_id]) == []
@@ -145,7 +162,7 @@ def test_a_lost_guard_on_another_owner_matches_nothing(conn, repo, other):
     repo.claim_batch("placeholder", 1)
     assert other.mark_done([done(image_id)]) == set()
     with pytest.raises(LostOwnership):
-        other.fail_attempt(image_id, "not mine", retryable=False, backoff_seconds=0)
+        other.fail_attempt(Claim(image_id, 1), "not mine", retryable=False, backoff_seconds=0)
     assert other.release(None) == []
     assert fetch_image(conn, image_id)["locked_by"] == "daemon-a"
 

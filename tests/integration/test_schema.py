@@ -66,7 +66,8 @@ def test_schema_is_idempotent(db_url, conn):
     names = {row["indexname"] for row in before["indexes"]}
     assert {"images_pkey", "images_ready_idx", "images_lease_idx"} <= names
     assert {row["tgname"] for row in before["triggers"]} == {
-        "images_touch_updated_at", "images_notify_new", "images_notify_done"}
+        "images_touch_updated_at", "images_notify_new", "images_notify_done", "images_notify_requeued",
+        "images_requeue_finished"}
 
 
 def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
@@ -148,7 +149,7 @@ def test_terminal_transitions_notify_imagend_done_with_id_and_status(db_url, con
         repo.claim_batch("placeholder", 1)  # takes `good` (lowest id)
         repo.release(None)
         [row] = [r for r in repo.claim_batch("placeholder", 10) if r.id == retry]
-        repo.fail_attempt(retry, "transient", retryable=True, backoff_seconds=3600)
+        repo.fail_attempt(row.claim, "transient", retryable=True, backoff_seconds=3600)
         repo.release(None)
         assert list(listener.notifies(timeout=0.3)) == []
 

@@ -10,8 +10,9 @@ from imagend.sql import queries, schema
 
 EXPECTED = {
     "images_claim_batch", "images_mark_done", "images_fail_attempt", "images_release", "images_extend_lease",
-    "images_set_warning", "images_rescue_expired", "images_claim_polls", "images_mark_submitted",
-    "images_poll_later", "images_next_due", "images_next_retry", "images_queue_status",
+    "images_begin_work", "images_set_warning", "images_rescue", "images_claim_polls", "images_mark_submitted",
+    "images_poll_later", "images_next_wakeups", "images_queue_status", "daemons_heartbeat", "daemons_remove",
+    "listen_probe",
 }
 
 
@@ -30,7 +31,7 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    assert all(re.fullmatch(r"images_[a-z_]+", name) for name in queries())
+    assert all(re.fullmatch(r"(images|daemons|listen)_[a-z_]+", name) for name in queries())
 
 
 def test_queries_are_parsed_once():
@@ -38,7 +39,7 @@ def test_queries_are_parsed_once():
 
 
 def test_every_query_the_repository_runs_exists():
-    used = set(re.findall(r'"(images_[a-z_]+)"', inspect.getsource(repository)))
+    used = set(re.findall(r'"((?:images|daemons|listen)_[a-z_]+)"', inspect.getsource(repository)))
     assert used, "the repository names its queries"
     assert used <= set(queries())
 

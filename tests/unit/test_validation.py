@@ -21,7 +21,7 @@ SETTINGS = load_settings(
 )
 ROW = ClaimedRow(
     id=1, prompt="a beautiful sunset over mountains", negative_prompt=None, style=None, width=None, height=None,
-    seed=None, steps=None, guidance=None, scheduler=None, backend="placeholder", params=None, attempts=1,
+    seed=None, steps=None, guidance=None, scheduler=None, backend="placeholder", params=None, attempt=1,
     max_attempts=None,
 )
 
