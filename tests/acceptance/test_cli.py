@@ -6,9 +6,9 @@ import json
 import time
 
 import pytest
-from core_support import DaemonProcess, wait_until
 
-from conftest import base_env, fetch_image, insert_image, run_imagend
+from support.daemons import DaemonProcess, run_imagend
+from support.db import base_env, fetch_image, insert_image, wait_until
 
 
 def expired_row(conn, prompt: str = "orphaned by a dead daemon") -> int:

@@ -1,4 +1,5 @@
-from conftest import base_env, fetch_image, insert_image, run_imagend
+from support.daemons import run_imagend
+from support.db import base_env, fetch_image, insert_image
 
 
 def test_generator_flag_finishes_a_plain_ancestor_insert(db_url, conn):

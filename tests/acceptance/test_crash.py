@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import time
 
-from core_support import DaemonProcess, install_audit, terminal_writes
-
-from conftest import base_env
+from support.daemons import DaemonProcess
+from support.db import base_env, install_audit, terminal_writes
 
 ROWS = 500
 LEASE_SECONDS = 2.0

@@ -4,7 +4,6 @@ uuid without resubmission, and the keys never reach a log line or a row."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -15,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fusionbrain_support import TERMINAL, fake_server, fb_env
 
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
-from conftest import base_env, insert_image
+from support.daemons import process_env
+from support.db import TERMINAL, base_env, insert_image
+from support.fusionbrain import fake_server, fb_env
 
 WAIT_SECONDS = 60.0
 
@@ -37,9 +37,8 @@ def daemon_env(db_url: str, fake: FusionBrainFake, **overrides: str) -> dict[str
 
 def start_daemon(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     """The daemon with its output going to a file (a full pipe would block a verbose daemon)."""
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "imagend", "-cron", *args], env=full_env, stdout=log,
+        return subprocess.Popen([sys.executable, "-m", "imagend", "-cron", *args], env=process_env(env), stdout=log,
                                 stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from core_support import DaemonProcess, install_audit, terminal_writes, wait_until
 
-from conftest import base_env, import_pgserver
+from support.daemons import DaemonProcess
+from support.db import base_env, import_pgserver, install_audit, terminal_writes, wait_until
 
 
 class ControlledServer:

@@ -3,9 +3,8 @@ when they fall due, by `imagend -cron` itself, not by the 5-minute interval run.
 
 from __future__ import annotations
 
-from core_support import DaemonProcess, wait_until
-
-from conftest import base_env, fetch_image, insert_image
+from support.daemons import DaemonProcess
+from support.db import base_env, fetch_image, insert_image, wait_until
 
 
 def test_rows_due_at_different_times_are_each_claimed_when_due(db_url, conn, tmp_path):

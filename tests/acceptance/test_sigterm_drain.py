@@ -5,9 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from core_support import TERMINAL, DaemonProcess, wait_until
-
-from conftest import base_env, insert_image, run_imagend
+from support.daemons import DaemonProcess, run_imagend
+from support.db import TERMINAL, base_env, insert_image, wait_until
 
 
 def owned_by(conn, daemon: DaemonProcess) -> list[dict]:

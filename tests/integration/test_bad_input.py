@@ -7,11 +7,11 @@ import base64
 
 import psycopg
 import pytest
-from core_support import InProcess
 
 from imagend.backends.placeholder import placeholder_png
 
-from conftest import fetch_image, insert_image
+from support.daemons import InProcess
+from support.db import fetch_image, insert_image
 
 BAD_ROWS = [
     ({"prompt": ""}, "prompt is empty"),

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from core_support import InProcess
-
-from conftest import fetch_image, insert_image
+from support.daemons import InProcess
+from support.db import fetch_image, insert_image
 
 
 def test_a_row_cancelled_before_its_claim_fails_without_being_generated(conn, make_settings, make_repo):

@@ -7,7 +7,7 @@ from collections import Counter
 
 from imagend.sql import queries
 
-from conftest import insert_image
+from support.db import insert_image
 
 ROWS = 2000
 OWNERS = 8

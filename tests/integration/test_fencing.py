@@ -9,7 +9,7 @@ from imagend.errors import LostOwnership
 from imagend.repository import Finished
 from imagend.rows import Claim
 
-from conftest import fetch_image, insert_image
+from support.db import fetch_image, insert_image
 
 
 def _finished(image_id: int, attempt: int, base64: str) -> Finished:

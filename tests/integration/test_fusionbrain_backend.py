@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from fusionbrain_support import drive, fake_server, fb_env, make_due, rig
 from PIL import Image as PILImage
 
 from imagend.backends import create_backends
 from imagend.errors import ConfigError
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, PIPELINE_ID, FusionBrainFake
 
-from conftest import fetch_image, insert_image
+from support.db import fetch_image, insert_image
+from support.fusionbrain import drive, fake_server, fb_env, make_due, rig
 
 
 @pytest.fixture

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fusionbrain_support import drive, fake_server, make_due, rig
 
 from imagend.backends.fusionbrain import EXPIRED_MESSAGE
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
-from conftest import fetch_image, insert_image
+from support.db import fetch_image, insert_image
+from support.fusionbrain import drive, fake_server, make_due, rig
 
 
 @pytest.fixture

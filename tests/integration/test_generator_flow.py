@@ -11,14 +11,14 @@ from datetime import timedelta
 import psycopg
 import pytest
 import structlog
-from core_support import InProcess
 
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.backends.placeholder import placeholder_png
 from imagend.errors import PermanentError, RetryableError
 from imagend.logs import configure
 
-from conftest import fetch_image, insert_image
+from support.daemons import InProcess
+from support.db import fetch_image, insert_image
 
 
 class ScriptedBackend:

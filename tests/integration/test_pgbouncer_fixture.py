@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+
 from support.pgbouncer import PgBouncer
 
 

@@ -9,14 +9,14 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from core_support import InProcess
 from psycopg import sql
 from psycopg.rows import dict_row
 
 from imagend.db import apply_schema, open_pool
 from imagend.repository import Repository
 
-from conftest import _with_dbname, fetch_image, insert_image
+from support.daemons import InProcess
+from support.db import fetch_image, insert_image, with_dbname
 
 ANCESTOR_TABLE = """
 CREATE TABLE images (
@@ -37,7 +37,7 @@ def bare_db_url(server_url: str) -> Iterator[str]:
     name = f"imagend_bare_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield _with_dbname(server_url, name)
+    yield with_dbname(server_url, name)
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from imagend.config import load_settings
-from local.local_helpers import SIDE_PX, STEPS
+
+from support.local import SIDE_PX, STEPS
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,8 @@ from PIL import Image as PILImage
 
 from imagend.backends.local.png_metadata import read_parameters
 from imagend.errors import BadInput, Cancelled
-from local.local_helpers import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
+
+from support.local import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 

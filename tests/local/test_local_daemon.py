@@ -10,7 +10,6 @@ import base64
 import io
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,9 +22,10 @@ import psycopg
 from PIL import Image as PILImage
 
 from imagend.backends.local.png_metadata import read_parameters
-from local.local_helpers import TORCH_NUMPY_COPY_WARNING, in_process_generator
 
-from conftest import base_env, fetch_image, insert_image, run_imagend
+from support.daemons import process_env, run_imagend
+from support.db import base_env, fetch_image, insert_image
+from support.local import TORCH_NUMPY_COPY_WARNING, in_process_generator
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 
@@ -193,11 +193,10 @@ def test_timeout_puts_the_row_back_for_another_attempt(
 
 
 def _start_daemon(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
             [sys.executable, "-m", "imagend", "-cron"],
-            env=full_env,
+            env=process_env(env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=log_path.parent,

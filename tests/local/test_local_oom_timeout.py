@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from imagend.errors import Cancelled, RetryableError
-from local.local_helpers import TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
+
+from support.local import TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 

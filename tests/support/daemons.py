@@ -1,8 +1,6 @@
-"""Helpers for the core suite: in-process generator/processor, daemons in subprocesses, waiting.
-
-Kept out of conftest.py so that other suites' conftests are untouched; tests import it
-as `core_support` (pytest puts tests/ on sys.path, see pyproject.toml).
-"""
+"""Running imagend in tests: `process_env` (the one builder of a daemon subprocess's environment),
+the CLI in a subprocess (`run_imagend`, `start_imagend`, `DaemonProcess`), and a generator and
+processor wired in this process (`InProcess`)."""
 
 from __future__ import annotations
 
@@ -11,10 +9,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from imagend.backends.base import Backend
 from imagend.backends.placeholder import PlaceholderBackend
@@ -22,19 +18,24 @@ from imagend.config import Settings
 from imagend.daemon import Daemon
 from imagend.repository import Repository
 
-TERMINAL = ("ReadyToPublish", "Failed")
+
+def process_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of an `imagend` subprocess: PATH and HOME from ours, then `env`
+    (nothing else leaks in from the test runner's environment)."""
+    return {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+def run_imagend(args: list[str], env: Mapping[str, str], timeout: float = 60.0,
+                cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as a user runs it: a subprocess, its own environment, no .env in cwd."""
+    return subprocess.run([sys.executable, "-m", "imagend", *args], env=process_env(env), capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd or tempfile.gettempdir())
+
+
+def start_imagend(args: list[str], env: Mapping[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """Start the CLI in a subprocess with its stdout and stderr on pipes (for short runs: read them)."""
+    return subprocess.Popen([sys.executable, "-m", "imagend", *args], env=process_env(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd or tempfile.gettempdir())
 
 
 class InProcess:
@@ -56,13 +57,12 @@ class DaemonProcess:
     fills up and blocks a long-running daemon)."""
 
     def __init__(self, args: list[str], env: Mapping[str, str], log_dir: Path | None = None) -> None:
-        full_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **env}
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="imagend-daemon-log-"))
         self.log_path = Path(tempfile.mkstemp(prefix="imagend-", suffix=".log", dir=log_dir)[1])
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "imagend", *args],
-            env=full_env,
+            env=process_env(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -109,44 +109,3 @@ class DaemonProcess:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
-
-
-AUDIT_SQL = """
-CREATE TABLE IF NOT EXISTS images_audit (
-    image_id     INTEGER NOT NULL,
-    old_status   TEXT,
-    new_status   TEXT NOT NULL,
-    old_owner    TEXT,
-    old_lease    TIMESTAMPTZ,
-    error        TEXT,
-    at           TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
-);
-CREATE OR REPLACE FUNCTION images_audit_record() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO images_audit (image_id, old_status, new_status, old_owner, old_lease, error)
-    VALUES (NEW.id, OLD.status, NEW.status, OLD.locked_by, OLD.lease_until, NEW.error);
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER images_audit_status
-    AFTER UPDATE ON images
-    FOR EACH ROW
-    WHEN (OLD.status IS DISTINCT FROM NEW.status
-          OR OLD.status IN ('ReadyToPublish', 'Failed')
-          OR NEW.status IN ('ReadyToPublish', 'Failed'))
-    EXECUTE FUNCTION images_audit_record();
-"""
-
-
-def install_audit(conn: Any) -> None:
-    """Record every status change, and every write to a finished row, in `images_audit`."""
-    conn.execute(AUDIT_SQL)
-
-
-def terminal_writes(conn: Any) -> dict[int, int]:
-    """{image id: how many times an UPDATE left it (or found it) ReadyToPublish / Failed}."""
-    rows = conn.execute(
-        "SELECT image_id, count(*) FROM images_audit WHERE new_status IN ('ReadyToPublish', 'Failed') "
-        "OR old_status IN ('ReadyToPublish', 'Failed') GROUP BY image_id"
-    ).fetchall()
-    return {row[0] if isinstance(row, tuple) else row["image_id"]: row[1] if isinstance(row, tuple) else row["count"]
-            for row in rows}

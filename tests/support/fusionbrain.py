@@ -1,5 +1,6 @@
-"""Helpers for the fusionbrain tests: the environment that points a daemon at the fake, an
-in-process daemon to drive pass by pass, and a way to make waiting rows due without sleeping."""
+"""FusionBrain test helpers: a fake with test timings (`fake_server`), the environment that points
+a daemon at it (`fb_env`), an in-process daemon driven pass by pass (`rig`, `Rig`, `drive`), and a
+way to make waiting rows due without sleeping (`make_due`, `statuses`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from imagend.daemon import Daemon
 from imagend.outcomes import PassCounts
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
-TERMINAL = ("ReadyToPublish", "Failed")
+from support.db import TERMINAL
 
 
 def fake_server(**options: Any) -> FusionBrainFake:

@@ -1,4 +1,6 @@
-"""Helpers for the local backend's tests (fixtures are in conftest.py)."""
+"""Local-backend test helpers (its fixtures are in tests/local/conftest.py): the miniature sizes
+(`SIDE_PX`, `STEPS`), a backend `request`, a `RecordingHeartbeat`, the generator wired in process
+(`in_process_generator`), and the mark that ignores torch's numpy-copy warning."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from typing import Any
 import pytest
 
 from imagend.backends.base import Request
+
+from support.daemons import InProcess
 
 # diffusers' schedulers call np.array(torch_tensor) and torch's Tensor.__array__ lacks numpy 2's `copy`
 # keyword. A mark, because `pytest -W error` on the command line outranks pyproject's filterwarnings.
@@ -48,6 +52,4 @@ class RecordingHeartbeat:
 
 def in_process_generator(repo: Any, backend: Any, settings: Any) -> Any:
     """The daemon's generator pass wired as the daemon wires it, for one backend."""
-    from core_support import InProcess
-
     return InProcess(repo, settings, {backend.name: backend}).generator
