@@ -49,11 +49,21 @@ def fresh_database(server_url: str, name: str) -> str:
     return make_conninfo(**params)
 
 
+# The repository's tests/ folder, for tests/support/pgbouncer.py (a real PgBouncer, as the tests use).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+
 @contextlib.contextmanager
-def daemon(db_url: str, log_path: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(
+    db_url: str, log_path: Path | None = None, src: str | None = None, **env: str
+) -> Iterator[subprocess.Popen[bytes]]:
     """`imagend -cron` as a user runs it (no .env read), up once it logged `daemon_started`;
-    stopped with SIGTERM on exit. Its log goes to `log_path` (default: a temporary file)."""
+    stopped with SIGTERM on exit. Its log goes to `log_path` (default: a temporary file).
+    `src`: run the imagend package found in that folder instead (an earlier checkout, for
+    before/after figures in one run)."""
     full_env = {**os.environ, "DATABASE_URL": db_url, "IMAGEND_BACKEND": "placeholder", **env}
+    if src:
+        full_env["PYTHONPATH"] = src
     with contextlib.ExitStack() as stack:
         if log_path is None:
             log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="imagend-bench-log-"))

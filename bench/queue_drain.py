@@ -21,10 +21,12 @@ from imagend.db import apply_schema
 from _common import daemon, fresh_database, parser, postgres, wait_until
 
 
-def drain_imagend(server_url: str, rows: int) -> float:
+def drain_imagend(server_url: str, rows: int, src: str | None = None, **env: str) -> float:
+    """Rows/s of one `imagend -cron`; `src`: an earlier checkout's imagend (it applies its own schema)."""
     db = fresh_database(server_url, "bench_drain_imagend")
-    apply_schema(db)
-    with daemon(db), psycopg.connect(db, autocommit=True) as conn:
+    if src is None:
+        apply_schema(db)
+    with daemon(db, src=src, **env), psycopg.connect(db, autocommit=True) as conn:
         time.sleep(2.0)  # the daemon is up, listening, idle
         conn.execute("INSERT INTO images (prompt) SELECT 'bench prompt ' || g FROM generate_series(1, %s) g", [rows])
 

@@ -91,7 +91,9 @@ class Daemon:
             processor_due=lambda: self.pacer.is_due(PROCESSOR),
         )
         self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool)
-        self.liveness = Liveness(repo, describe(backends), on_rescue_due=lambda: self.pacer.request(PROCESSOR))
+        self.liveness = Liveness(
+            repo, describe(backends), on_rescue_due=lambda delay: self.pacer.request(PROCESSOR, delay)
+        )
 
     # -- one-shot (-generator / -processor) ---------------------------------------------
 

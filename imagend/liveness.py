@@ -1,9 +1,9 @@
 """The daemon's heartbeat: a row in `imagend_daemons`, renewed about ten times per
 IMAGEND_DEAD_AFTER by a thread of its own (so a long GPU call or a busy pass never
 delays it). A daemon whose heartbeat is older than IMAGEND_DEAD_AFTER is dead: others
-rescue its rows at once. The same statement tells whether some row waits for a rescue
-(held by a dead peer, or its lease ran out), so an idle daemon notices within a beat
-instead of at its next interval run."""
+rescue its rows at once. The same statement tells when a rescue falls due (a lease ran
+out, or a silent peer holding rows will count as dead), so an idle daemon rescues at that
+moment instead of at its next interval run."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from imagend.repository import DaemonInfo, Repository
 
 log = get_logger()
 
+DEATH_SLACK_SECONDS = 0.05  # a peer counts as dead strictly after dead_after: look just past it
+
 
 class Liveness:
-    def __init__(self, repo: Repository, me: DaemonInfo, on_rescue_due: Callable[[], None]) -> None:
+    def __init__(self, repo: Repository, me: DaemonInfo, on_rescue_due: Callable[[float], None]) -> None:
         self.repo = repo
         self.me = me
         self.on_rescue_due = on_rescue_due
@@ -48,7 +50,7 @@ class Liveness:
 
     def beat(self) -> None:
         try:
-            rescue_due = self.repo.heartbeat(self.me)
+            rescue_in = self.repo.heartbeat(self.me)
         except DatabaseUnavailable as exc:
             if not self._failing:
                 log.warning("heartbeat_failed", error=str(exc), dead_after_seconds=self.repo.dead_after_seconds)
@@ -60,5 +62,5 @@ class Liveness:
         if self._failing:
             log.info("heartbeat_resumed")
             self._failing = False
-        if rescue_due:
-            self.on_rescue_due()
+        if rescue_in is not None:
+            self.on_rescue_due(rescue_in + DEATH_SLACK_SECONDS)

@@ -218,7 +218,6 @@ class Repository:
                 "now": now,
                 "lease_seconds": self.lease_seconds,
                 "dead_after": self.dead_after_seconds,
-                "alive_within": 3 * self.heartbeat_seconds,
                 "max_crashes": self.max_crashes,
                 "crash_backoff": list(crash_backoffs),
                 "default_max_attempts": self.default_max_attempts,
@@ -280,8 +279,14 @@ class Repository:
 
     # -- liveness ---------------------------------------------------------------------
 
-    def heartbeat(self, me: DaemonInfo) -> bool:
-        """Say this daemon is alive; returns whether some row waits to be rescued."""
+    @property
+    def alive_within_seconds(self) -> float:
+        """A peer silent for longer may be dead: the liveness thread schedules a rescue for the moment
+        it will count as dead (dead_after)."""
+        return 3 * self.heartbeat_seconds
+
+    def heartbeat(self, me: DaemonInfo) -> float | None:
+        """Say this daemon is alive; returns in how many seconds a rescue is due (None: none in sight)."""
         rows = self._rows(
             "daemons_heartbeat",
             {
@@ -293,9 +298,10 @@ class Repository:
                 "device": me.device,
                 "model": me.model,
                 "dead_after": self.dead_after_seconds,
+                "alive_within": self.alive_within_seconds,
             },
         )
-        return bool(rows[0][0])
+        return None if rows[0][0] is None else float(rows[0][0])
 
     def remove_daemon(self) -> None:
         """This daemon stopped cleanly (its rows released); long-dead daemons holding nothing go too."""

@@ -16,7 +16,7 @@ from imagend.errors import DatabaseUnavailable
 T = TypeVar("T")
 
 CRASH_BACKOFF_BASE_SECONDS = 1.0
-CRASH_BACKOFF_MAX_SECONDS = 60.0
+CRASH_BACKOFF_MAX_SECONDS = 30.0
 PASS_RETRY_BASE_SECONDS = 0.5
 PASS_RETRY_MAX_SECONDS = 30.0
 
@@ -32,12 +32,14 @@ def backoff_seconds(attempt: int, base: float = BACKOFF_BASE_SECONDS, cap: float
 
 
 def crash_backoffs(max_crashes: int) -> list[float]:
-    """The wait before a row is claimed again after its n-th crash (index n-1), tripling from 1 s.
-    Short, so a healthy row loses little; growing, so a row that kills its daemon (a poison pill)
-    cannot take down every daemon of a fleet within a second. Passed to images_rescue."""
-    return [
-        min(CRASH_BACKOFF_MAX_SECONDS, CRASH_BACKOFF_BASE_SECONDS * 3.0 ** (n - 1)) * random.uniform(0.75, 1.25)
-        for n in range(1, max_crashes + 1)
+    """The wait before a row is claimed again after its n-th crash (index n-1): none after the
+    first (a daemon dies for many reasons: a deploy, a node lost, another row's OOM), then
+    doubling from 1 s (capped at 30 s), so a row that keeps killing its daemon (a poison pill)
+    is handed on ever more slowly; with the IMAGEND_DEAD_AFTER it takes to notice each death,
+    it cannot take a fleet down at once. Passed to images_rescue."""
+    return [0.0] + [
+        _exponential(n, CRASH_BACKOFF_BASE_SECONDS, CRASH_BACKOFF_MAX_SECONDS) * random.uniform(0.75, 1.25)
+        for n in range(1, max_crashes)
     ]
 
 

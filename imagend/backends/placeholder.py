@@ -7,6 +7,8 @@ costs next to nothing, so the claim size is large and the database is the only c
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import struct
 import time
 import zlib
@@ -48,14 +50,21 @@ def placeholder_png(prompt: str, seed: int | None = None) -> bytes:
 class PlaceholderBackend:
     name = "placeholder"
 
-    def __init__(self, delay_seconds: float = 0.0, max_batch: int = 1) -> None:
+    def __init__(self, delay_seconds: float = 0.0, max_batch: int = 1, kill_on_prompt: str | None = None) -> None:
         self.delay_seconds = delay_seconds
+        # Test-only (IMAGEND_PLACEHOLDER_KILL_ON): generating this exact prompt SIGKILLs the daemon,
+        # as an image that gets its process OOM-killed would: a poison pill for the crash tests.
+        self.kill_on_prompt = kill_on_prompt
         # A delay stands for a GPU: rows then go through in the configured batch size.
         self.max_batch = max_batch if delay_seconds > 0 else CLAIM_BATCH_WITHOUT_DELAY
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PlaceholderBackend:
-        return cls(settings.placeholder_delay_seconds, settings.max_batch)
+        return cls(
+            settings.placeholder_delay_seconds,
+            settings.max_batch,
+            kill_on_prompt=settings.env.str("IMAGEND_PLACEHOLDER_KILL_ON"),
+        )
 
     def validate(self, request: Request) -> Request:
         for name, side in (("width", request.width), ("height", request.height)):
@@ -68,6 +77,8 @@ class PlaceholderBackend:
     def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:
         images = []
         for done, request in enumerate(batch, start=1):
+            if self.kill_on_prompt is not None and request.prompt == self.kill_on_prompt:
+                os.kill(os.getpid(), signal.SIGKILL)
             started = time.monotonic()
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)

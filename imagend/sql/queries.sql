@@ -132,18 +132,16 @@ WHERE id = %(id)s
 -- name: images_rescue
 -- Rows whose owner is gone or stuck go back to the queue. Rescued: every row of a
 -- dead daemon (heartbeat older than dead_after), at once; a row whose lease ran out
--- while its owner is alive (hung work) or unknown (no heartbeat: a producer inserted
--- it as Generate, or an older daemon). An owner in between (heartbeat stale but not
--- yet dead_after) is waited for. What the rescue charges:
+-- while its owner is alive (it beat after the lease ran out: hung work) or unknown (no
+-- heartbeat: a producer inserted it as Generate, or an older daemon). An owner silent
+-- since before its lease ran out but not yet dead is waited for. What it charges:
 --   not begun (progress NULL: claimed ahead, waiting its turn) -> nothing;
 --   begun, owner dead     -> a crash, not an attempt; Failed after max_crashes, and a
 --                            growing backoff (crash_backoff[crashes]) against poison pills;
 --   begun, owner alive or unknown -> an attempt, as any failure.
 -- Remote rows with a task are not rescued here: images_claim_polls resumes them.
 WITH owners AS (
-    SELECT owner,
-           heartbeat_at < now() - make_interval(secs => %(dead_after)s)   AS dead,
-           heartbeat_at >= now() - make_interval(secs => %(alive_within)s) AS alive
+    SELECT owner, heartbeat_at, heartbeat_at < now() - make_interval(secs => %(dead_after)s) AS dead
     FROM imagend_daemons
 ),
 picked AS (
@@ -155,7 +153,7 @@ picked AS (
     WHERE i.status = 'Generate'
       AND NOT (i.uuid IS NOT NULL AND COALESCE(i.backend, '') = ANY (%(remote_backends)s::text[]))
       AND (o.dead
-           OR ((o.owner IS NULL OR o.alive)
+           OR ((o.owner IS NULL OR o.heartbeat_at > i.lease_until)
                AND (i.lease_until < COALESCE(%(now)s::timestamptz, now())
                     OR (i.lease_until IS NULL
                         AND i.updated_at < COALESCE(%(now)s::timestamptz, now())
@@ -265,8 +263,10 @@ SELECT (SELECT extract(epoch FROM min(run_after) - now())
           AND NOT (uuid IS NOT NULL AND COALESCE(backend, '') <> ALL (%(served)s::text[])))::float8 AS processor;
 
 -- name: daemons_heartbeat
--- This daemon is alive (upsert), and is there a row to rescue: one held by a dead
--- daemon, or whose lease ran out? The liveness thread runs it every second or so.
+-- This daemon is alive (upsert); and in how many seconds is a rescue due (NULL: none in
+-- sight; <= 0: now)? Due now: a row whose lease ran out. Due later: the moment a silent peer
+-- that holds rows will count as dead. The liveness thread runs it every tenth of dead_after,
+-- so an idle daemon rescues a dead peer's rows the moment they count as dead.
 WITH beat AS (
     INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held)
     VALUES (%(owner)s, %(host)s, %(pid)s, %(version)s, %(backends)s, %(device)s, %(model)s,
@@ -275,15 +275,17 @@ WITH beat AS (
         SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held
     RETURNING d.owner
 )
-SELECT EXISTS (
-    SELECT 1
-    FROM images AS i
-    WHERE i.status = 'Generate'
-      AND i.uuid IS NULL
-      AND (i.lease_until < now()
-           OR i.locked_by IN (SELECT owner FROM imagend_daemons
-                              WHERE heartbeat_at < now() - make_interval(secs => %(dead_after)s)))
-) AS rescue_due, (SELECT count(*) FROM beat) AS beats;
+SELECT least(
+           (SELECT 0.0::float8
+            WHERE EXISTS (SELECT 1 FROM images
+                          WHERE status = 'Generate' AND uuid IS NULL AND lease_until < now())),
+           (SELECT extract(epoch FROM min(d.heartbeat_at) + make_interval(secs => %(dead_after)s) - now())::float8
+            FROM imagend_daemons AS d
+            WHERE d.owner <> %(owner)s
+              AND d.heartbeat_at < now() - make_interval(secs => %(alive_within)s)
+              AND EXISTS (SELECT 1 FROM images WHERE status = 'Generate' AND locked_by = d.owner))
+       ) AS rescue_in,
+       (SELECT count(*) FROM beat) AS beats;
 
 -- name: daemons_remove
 -- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing.

@@ -1,10 +1,13 @@
 """The crash test: three `imagend -cron` daemons on 500 rows, one of them killed with SIGKILL and
 restarted every second. Every row ends terminal, none is finished twice (an audit trigger records
-every terminal write), and rows held by a killed daemon are rescued promptly after their lease."""
+every terminal write), and rows held by a killed daemon are rescued promptly once it counts as dead
+(IMAGEND_DEAD_AFTER=2 s here, the lease 2 s: both run out about together)."""
 
 from __future__ import annotations
 
 import time
+
+import pytest
 
 from support.daemons import DaemonProcess
 from support.db import base_env, install_audit, terminal_writes
@@ -14,8 +17,11 @@ LEASE_SECONDS = 2.0
 PROCESSOR_INTERVAL_SECONDS = 0.5
 # A rescue may wait for the rescuer's current 0.2 s image and its next processor run.
 RESCUE_SLACK_SECONDS = 3.0
+KILL_SECONDS = 40
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_kill_9_every_second_loses_nothing_and_finishes_nothing_twice(db_url, conn, tmp_path):
     install_audit(conn)
     conn.execute("INSERT INTO images (prompt) SELECT 'crash test ' || n FROM generate_series(1, %s) AS n", [ROWS])
@@ -25,7 +31,11 @@ def test_kill_9_every_second_loses_nothing_and_finishes_nothing_twice(db_url, co
         IMAGEND_LEASE_SECONDS=str(LEASE_SECONDS),
         IMAGEND_PROCESSOR_INTERVAL=str(PROCESSOR_INTERVAL_SECONDS),
         IMAGEND_GENERATOR_INTERVAL="1",
-        DEFAULT_MAX_ATTEMPTS="20",  # a row may be caught in flight by several kills; it must still finish
+        IMAGEND_DEAD_AFTER="2",
+        # A row may be caught in flight by several kills (they aim at rows in flight: to imagend that looks
+        # like a poison pill); it must still finish.
+        DEFAULT_MAX_ATTEMPTS="20",
+        IMAGEND_MAX_CRASHES="20",
     )
     steady = [DaemonProcess(["-cron"], env, tmp_path) for _ in range(2)]
     victim = DaemonProcess(["-cron"], env, tmp_path)
@@ -39,9 +49,9 @@ def test_kill_9_every_second_loses_nothing_and_finishes_nothing_twice(db_url, co
         return conn.execute("SELECT count(*) AS n FROM images WHERE status = 'Generate' AND locked_by LIKE %s",
                             [victim.owner_pattern]).fetchone()["n"] > 0
 
-    deadline = time.monotonic() + 150
+    kill_until = time.monotonic() + KILL_SECONDS
     try:
-        while remaining() and time.monotonic() < deadline:
+        while remaining() and time.monotonic() < kill_until:
             # Kill within the second, preferably while the victim holds a row in flight.
             started = time.monotonic()
             while time.monotonic() - started < 1.0 and not victim_holds_a_row():
@@ -51,6 +61,10 @@ def test_kill_9_every_second_loses_nothing_and_finishes_nothing_twice(db_url, co
             kills += 1
             assert all(d.alive() for d in steady), [d.output()[-3000:] for d in steady]
             victim = DaemonProcess(["-cron"], env, tmp_path)
+        # Then no more kills: rows a kill caught several times wait out their crash backoff (<= 30 s).
+        finish_by = time.monotonic() + 90
+        while remaining() and time.monotonic() < finish_by:
+            time.sleep(0.2)
         assert remaining() == 0, f"rows left after {kills} kills"
         # The last victim finishes its in-flight work on SIGTERM; the steady ones drain cleanly.
         victim.kill()
@@ -74,7 +88,7 @@ def test_kill_9_every_second_loses_nothing_and_finishes_nothing_twice(db_url, co
     rescues = conn.execute(
         """SELECT image_id, old_owner, EXTRACT(EPOCH FROM at - old_lease) AS late
            FROM images_audit
-           WHERE old_status = 'Generate' AND new_status = 'ReadyToGenerate' AND error LIKE 'lease expired%%'"""
+           WHERE old_status = 'Generate' AND new_status = 'ReadyToGenerate'"""
     ).fetchall()
     assert len(rescues) >= 1
     late = [r for r in rescues if r["late"] > RESCUE_SLACK_SECONDS]

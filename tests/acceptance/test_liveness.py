@@ -1,0 +1,110 @@
+"""Daemon liveness: a dead daemon's rows are rescued within seconds with default settings; a
+daemon that is merely slow (stopped with SIGSTOP for less than IMAGEND_DEAD_AFTER) keeps its
+rows; one stopped for longer loses them, and its late writes are refused."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from support.daemons import DaemonProcess
+from support.db import base_env, fetch_image, insert_image, install_audit, terminal_writes, wait_until
+
+RESCUE_TARGET_SECONDS = 10.0
+RESCUE_SLACK_SECONDS = 1.0  # the survivor's claim, a busy 2-core CI machine
+
+
+# What a daemon logs when it finds a row it worked on taken: its heartbeat's lease renewal
+# matched nothing (the batch is interrupted), or its guarded finishing write matched nothing.
+LOST_ROW_EVENTS = ("batch_interrupted", "result_dropped", "failure_dropped")
+
+
+def holder(conn, image_id: int) -> str | None:
+    """Who works on the row now (a row claimed but not begun does not count)."""
+    row = conn.execute("SELECT locked_by FROM images WHERE id = %s AND progress IS NOT NULL", [image_id]).fetchone()
+    return None if row is None else row["locked_by"]
+
+
+def slow_env(db_url, **overrides):
+    return base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="30", **overrides)
+
+
+@pytest.mark.slow
+def test_a_killed_daemons_row_is_taken_within_ten_seconds_with_default_settings(db_url, conn, tmp_path):
+    env = slow_env(db_url)
+    env.pop("IMAGEND_LEASE_SECONDS")  # the default lease (60 s): only liveness can explain a fast rescue
+    image_id = insert_image(conn, "held by the victim")
+    victim = DaemonProcess(["-cron"], env, tmp_path)
+    survivor = None
+    try:
+        wait_until(lambda: holder(conn, image_id), 30, what="the victim to begin the row")
+        owner = holder(conn, image_id)
+        survivor = DaemonProcess(["-cron"], env, tmp_path)
+        wait_until(lambda: "daemon_started" in survivor.output(), 30, what="the survivor to start")
+        time.sleep(1.0)
+        victim.kill()
+        killed = time.monotonic()
+        wait_until(lambda: holder(conn, image_id) not in (None, owner), 30, interval=0.02, what="the rescue")
+        took = time.monotonic() - killed
+    finally:
+        victim.kill()
+        if survivor is not None:
+            survivor.kill()
+    assert took <= RESCUE_TARGET_SECONDS + RESCUE_SLACK_SECONDS, took
+    row = fetch_image(conn, image_id)
+    assert (row["attempts"], row["crashes"]) == (1, 1)  # the death was charged as a crash, not an attempt
+
+
+@pytest.mark.slow
+def test_a_daemon_stopped_for_less_than_dead_after_keeps_its_row(db_url, conn, tmp_path):
+    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="6", IMAGEND_DEAD_AFTER="5")
+    image_id = insert_image(conn, "slow but alive")
+    slow = DaemonProcess(["-cron"], env, tmp_path)
+    other = None
+    try:
+        wait_until(lambda: holder(conn, image_id), 30, what="the row to begin")
+        owner = holder(conn, image_id)
+        other = DaemonProcess(["-cron"], env, tmp_path)
+        wait_until(lambda: "daemon_started" in other.output(), 30, what="the other daemon to start")
+        slow.signal(signal.SIGSTOP)
+        time.sleep(3.5)  # well past a few heartbeats, short of IMAGEND_DEAD_AFTER
+        assert holder(conn, image_id) == owner
+        slow.signal(signal.SIGCONT)
+        wait_until(lambda: fetch_image(conn, image_id)["status"] == "ReadyToPublish", 30, what="the row to finish")
+    finally:
+        slow.signal(signal.SIGCONT)
+        slow.kill()
+        if other is not None:
+            other.kill()
+    row = fetch_image(conn, image_id)
+    assert (row["attempts"], row["crashes"]) == (1, 0)
+
+
+@pytest.mark.slow
+def test_a_daemon_stopped_for_longer_loses_its_row_and_its_late_write_is_refused(db_url, conn, tmp_path):
+    install_audit(conn)
+    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="4", IMAGEND_DEAD_AFTER="2")
+    image_id = insert_image(conn, "taken from a frozen daemon")
+    frozen = DaemonProcess(["-cron"], env, tmp_path)
+    other = None
+    try:
+        wait_until(lambda: holder(conn, image_id), 30, what="the row to begin")
+        owner = holder(conn, image_id)
+        other = DaemonProcess(["-cron"], env, tmp_path)
+        wait_until(lambda: "daemon_started" in other.output(), 30, what="the other daemon to start")
+        frozen.signal(signal.SIGSTOP)
+        wait_until(lambda: holder(conn, image_id) not in (None, owner), 15, what="the rescue")
+        frozen.signal(signal.SIGCONT)  # wakes mid-image; its next lease renewal or its write finds the row gone
+        wait_until(lambda: any(event in frozen.output() for event in LOST_ROW_EVENTS), 20,
+                   what="the frozen daemon to find its row gone")
+        wait_until(lambda: fetch_image(conn, image_id)["status"] == "ReadyToPublish", 30, what="the row to finish")
+    finally:
+        frozen.signal(signal.SIGCONT)
+        frozen.kill()
+        if other is not None:
+            other.kill()
+    assert terminal_writes(conn) == {image_id: 1}
+    finished_by = conn.execute("SELECT old_owner FROM images_audit WHERE new_status = 'ReadyToPublish'").fetchone()
+    assert finished_by["old_owner"] != owner
