@@ -60,14 +60,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--baseline-src", help="an earlier checkout's folder holding the imagend package")
     p.add_argument("--baseline-cap", type=float, default=90.0)
+    p.add_argument("--baseline-runs", type=int, default=1)
     args = p.parse_args()
     rows = []
     with postgres(args.database_url) as server:
         for name, src, cap in (("imagend", None, 120.0), ("imagend (baseline)", args.baseline_src, args.baseline_cap)):
             if name.endswith("(baseline)") and not src:
                 continue
+            runs = args.baseline_runs if src else args.runs
             for fresh in (False, True):
-                times = [one_run(server, fresh, src, cap) for _ in range(args.runs)]
+                times = [one_run(server, fresh, src, cap) for _ in range(runs)]
                 rows.append((name, "fresh survivor" if fresh else "idle survivor", times, cap))
     print("dead-worker rescue, SIGKILL -> row claimed by another daemon, default settings (target <= 10 s)")
     for name, scenario, times, cap in rows:

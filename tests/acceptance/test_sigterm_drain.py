@@ -63,9 +63,9 @@ def test_sigterm_releases_work_that_outlasts_the_drain(db_url, conn):
     assert row == {"status": "ReadyToGenerate", "attempts": 0, "locked_by": None, "base64": None}, daemon.output()
 
 
-def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_row(db_url, conn):
+def test_a_second_signal_exits_at_once_and_the_row_is_rescued_once_the_daemon_counts_as_dead(db_url, conn):
     image_id = insert_image(conn, "abandoned")
-    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="20", IMAGEND_DRAIN_SECONDS="30", IMAGEND_LEASE_SECONDS="2",
+    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="20", IMAGEND_DRAIN_SECONDS="30", IMAGEND_DEAD_AFTER="2",
                    IMAGEND_GENERATOR_INTERVAL="300", IMAGEND_PROCESSOR_INTERVAL="300")
     daemon = DaemonProcess(["-cron"], env)
     try:
@@ -77,11 +77,12 @@ def test_a_second_signal_exits_at_once_and_the_lease_recovers_the_row(db_url, co
     finally:
         daemon.kill()
     assert rc != 0  # stopped now, not drained
-    # The row is still marked as the dead daemon's; its lease (2 s, no longer renewed) recovers it.
+    # The row is still marked as the stopped daemon's; once its heartbeat is IMAGEND_DEAD_AFTER old,
+    # any processor rescues it (long before its 30 s lease), as a crash rather than an attempt.
     assert conn.execute("SELECT status FROM images WHERE id = %s", [image_id]).fetchone()["status"] == "Generate"
-    wait_until(lambda: conn.execute("SELECT lease_until < now() AS expired FROM images WHERE id = %s",
-                                    [image_id]).fetchone()["expired"], 10, what="the lease to run out")
+    wait_until(lambda: conn.execute("SELECT bool_and(heartbeat_at < now() - interval '2 s') AS dead "
+                                    "FROM imagend_daemons").fetchone()["dead"], 10, what="the daemon to count as dead")
     result = run_imagend(["-processor"], env)
     assert result.returncode == 0, result.stderr
-    row = conn.execute("SELECT status, attempts, locked_by FROM images WHERE id = %s", [image_id]).fetchone()
-    assert row == {"status": "ReadyToGenerate", "attempts": 1, "locked_by": None}
+    row = conn.execute("SELECT status, attempts, crashes, locked_by FROM images WHERE id = %s", [image_id]).fetchone()
+    assert row == {"status": "ReadyToGenerate", "attempts": 0, "crashes": 1, "locked_by": None}

@@ -1,0 +1,45 @@
+"""Before and after, in one run: queue drain and pickup latency of this checkout's imagend
+beside an earlier checkout's (e.g. the commit before the pacer), interleaved so that both
+meet the same machine.
+
+    git worktree add /tmp/imagend-before <commit>
+    .venv/bin/python bench/pacer_compare.py --baseline-src /tmp/imagend-before [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from pickup_latency import measure
+from queue_drain import drain_imagend
+
+from _common import parser, percentile, postgres
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--baseline-src", required=True)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--inserts", type=int, default=200)
+    args = p.parse_args()
+    drains: dict[str, list[float]] = {"before": [], "after": []}
+    pickups: dict[str, list[float]] = {"before": [], "after": []}
+    with postgres(args.database_url) as server:
+        for _ in range(args.rounds):
+            for name, src in (("before", args.baseline_src), ("after", None)):
+                drains[name].append(drain_imagend(server, args.rows, src=src))
+                pickups[name] += measure(server, args.inserts, 50.0, src=src)
+    print(f"pacer before/after, {args.rounds} interleaved rounds, {args.rows} rows drained, "
+          f"{args.inserts} pickups per round")
+    for name in ("before", "after"):
+        rates = ", ".join(f"{r:,.0f}" for r in drains[name])
+        print(f"  {name:<7} drain median {statistics.median(drains[name]):>8,.0f} rows/s ({rates})   "
+              f"pickup p50 {percentile(pickups[name], 50):.2f} ms p99 {percentile(pickups[name], 99):.2f} ms")
+    ratio = statistics.median(drains["after"]) / statistics.median(drains["before"])
+    p50 = percentile(pickups["after"], 50) / percentile(pickups["before"], 50)
+    print(f"  after / before: drain {ratio:.2f}x (target >= 0.95), pickup p50 {p50:.2f}x (target <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
