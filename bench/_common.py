@@ -72,6 +72,9 @@ def daemon(
             proc = subprocess.Popen(
                 [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
                 env=full_env,
+                # Not the checkout: `python -m` puts the working directory first on sys.path, and
+                # `src` must win over this checkout's imagend.
+                cwd=tempfile.gettempdir(),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

@@ -27,8 +27,11 @@ from _common import daemon, fresh_database, parser, postgres, wait_until
 SLOW_IMAGE = {"IMAGEND_PLACEHOLDER_DELAY": "30", "IMAGEND_DRAIN_SECONDS": "1"}
 
 
-def holder(conn: psycopg.Connection[tuple[object, ...]], image_id: int) -> str | None:
-    row = conn.execute("SELECT locked_by FROM images WHERE id = %s AND progress IS NOT NULL", [image_id]).fetchone()
+def holder(conn: psycopg.Connection[tuple[object, ...]], image_id: int, src_is_baseline: bool) -> str | None:
+    if src_is_baseline:  # before daemon liveness: no imagend_working view; a claimed row was being worked on
+        row = conn.execute("SELECT locked_by FROM images WHERE id = %s AND status = 'Generate'", [image_id]).fetchone()
+    else:
+        row = conn.execute("SELECT owner FROM imagend_working WHERE id = %s", [image_id]).fetchone()
     return None if row is None else row[0]
 
 
@@ -39,8 +42,8 @@ def one_run(server: str, fresh_survivor: bool, src: str | None, cap: float) -> f
         victim = stack.enter_context(daemon(db, src=src, **SLOW_IMAGE))
         conn = stack.enter_context(psycopg.connect(db, autocommit=True))
         image_id = conn.execute("INSERT INTO images (prompt) VALUES ('held by the victim') RETURNING id").fetchone()[0]
-        wait_until(lambda: holder(conn, image_id) is not None, timeout=30)
-        victim_owner = holder(conn, image_id)
+        wait_until(lambda: holder(conn, image_id, src is not None) is not None, timeout=30)
+        victim_owner = holder(conn, image_id, src is not None)
         if not fresh_survivor:
             stack.enter_context(daemon(db, src=src, **SLOW_IMAGE))
             time.sleep(2.0)  # idle, its interval runs far away
@@ -49,7 +52,8 @@ def one_run(server: str, fresh_survivor: bool, src: str | None, cap: float) -> f
         if fresh_survivor:
             stack.enter_context(daemon(db, src=src, **SLOW_IMAGE))
         try:
-            wait_until(lambda: holder(conn, image_id) not in (None, victim_owner), timeout=cap, interval=0.02)
+            wait_until(lambda: holder(conn, image_id, src is not None) not in (None, victim_owner),
+                       timeout=cap, interval=0.02)
         except TimeoutError:
             return None
         return time.monotonic() - killed

@@ -2,8 +2,8 @@
 submit (remote backends). Loops until nothing is left to claim, the daemon stops, or the
 processor falls due (then it returns early with `more` set, and the pacer runs it again).
 
-A claimed row is only *begun* (progress 0) right before work on it starts: a row claimed
-ahead or waiting its turn in a batch goes back uncharged if this daemon dies."""
+A claimed row is only *begun* (imagend_daemons.working) right before work on it starts: a
+row claimed ahead or waiting its turn in a batch goes back uncharged if this daemon dies."""
 
 from __future__ import annotations
 
@@ -174,8 +174,9 @@ class Generator:
         return requests
 
     def _begin(self, batch: list[Request], waiting: Sequence[int], counts: PassCounts) -> list[Request]:
-        """Mark `batch` begun (renewing the leases of the rows still `waiting` their turn); returns
-        the requests to work on: rows lost meanwhile are skipped, rows cancelled meanwhile fail."""
+        """Mark `batch` begun; returns the requests to work on: rows lost meanwhile are skipped, rows
+        cancelled meanwhile fail. (The rows still `waiting` their turn keep their leases through the
+        batch's LeaseKeeper.)"""
         owned = self.repo.begin_work([r.id for r in batch], waiting)
         for request in batch:
             if owned.get(request.id):

@@ -129,13 +129,10 @@ class Repository:
         return sorted(rows, key=lambda r: r.id)
 
     def begin_work(self, ids: Sequence[int], waiting_ids: Sequence[int] = ()) -> dict[int, bool]:
-        """Work on `ids` begins (a crash from now on counts against them); renews the leases of
-        `waiting_ids` too. Returns {id: cancel_requested} for the rows still ours."""
-        rows = self._rows(
-            "images_begin_work",
-            {"ids": list(ids), "waiting_ids": list(waiting_ids), "lease_seconds": self.lease_seconds,
-             "owner": self.owner},
-        )
+        """Work on `ids` begins (a crash from now on counts against them). Returns {id: cancel_requested}
+        for the rows of `ids` and `waiting_ids` still ours."""
+        params = {"ids": list(ids), "waiting_ids": list(waiting_ids), "owner": self.owner}
+        rows = self._rows("images_begin_work", params)
         return {row[0]: bool(row[1]) for row in rows}
 
     def mark_done(self, results: Sequence[Finished]) -> set[int]:

@@ -26,7 +26,7 @@ SET status       = 'Generate',
     lease_until  = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s),
     attempts     = i.attempts + 1,
     started_at   = COALESCE(%(now)s::timestamptz, now()),
-    progress     = NULL,  -- claimed, not begun: see images_begin_work
+    progress     = 0,
     uuid         = NULL,
     submitted_at = NULL
 FROM picked
@@ -110,17 +110,18 @@ WHERE id = ANY (%(ids)s::int[])
 RETURNING id, cancel_requested;
 
 -- name: images_begin_work
--- Work on `ids` begins now: progress 0 marks them begun, so from here a death of this
--- daemon counts as a crash of theirs (images_rescue). The leases of the rows still
--- waiting their turn (`waiting_ids`) are renewed on the way. Returns the rows still
--- ours, with their cancel flag.
-UPDATE images
-SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
-    progress    = CASE WHEN id = ANY (%(ids)s::int[]) THEN 0 ELSE progress END
+-- Work on `ids` begins now: the daemon's row says so (imagend_daemons.working), so from
+-- here a death of this daemon counts as a crash of theirs (images_rescue), while rows it
+-- only claimed ahead go back uncharged. One small write, not one per row. Returns the rows
+-- of `ids` and `waiting_ids` still ours, with their cancel flag.
+WITH began AS (
+    UPDATE imagend_daemons SET working = %(ids)s::int[] WHERE owner = %(owner)s
+)
+SELECT id, cancel_requested
+FROM images
 WHERE id = ANY (%(ids)s::int[] || %(waiting_ids)s::int[])
   AND status = 'Generate'
-  AND locked_by = %(owner)s
-RETURNING id, cancel_requested;
+  AND locked_by = %(owner)s;
 
 -- name: images_set_warning
 UPDATE images
@@ -135,18 +136,19 @@ WHERE id = %(id)s
 -- while its owner is alive (it beat after the lease ran out: hung work) or unknown (no
 -- heartbeat: a producer inserted it as Generate, or an older daemon). An owner silent
 -- since before its lease ran out but not yet dead is waited for. What it charges:
---   not begun (progress NULL: claimed ahead, waiting its turn) -> nothing;
+--   not begun (not in its owner's imagend_daemons.working: claimed ahead, waiting its
+--   turn in a batch) -> nothing; a row with no heartbeat row for its owner counts as begun;
 --   begun, owner dead     -> a crash, not an attempt; Failed after max_crashes, and a
 --                            growing backoff (crash_backoff[crashes]) against poison pills;
 --   begun, owner alive or unknown -> an attempt, as any failure.
 -- Remote rows with a task are not rescued here: images_claim_polls resumes them.
 WITH owners AS (
-    SELECT owner, heartbeat_at, heartbeat_at < now() - make_interval(secs => %(dead_after)s) AS dead
+    SELECT owner, heartbeat_at, working, heartbeat_at < now() - make_interval(secs => %(dead_after)s) AS dead
     FROM imagend_daemons
 ),
 picked AS (
     SELECT i.id,
-           i.progress IS NOT NULL                  AS begun,
+           o.owner IS NULL OR i.id = ANY (o.working) AS begun,
            COALESCE(o.dead, false)                 AS owner_dead
     FROM images AS i
     LEFT JOIN owners AS o ON o.owner = i.locked_by

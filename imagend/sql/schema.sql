@@ -39,7 +39,6 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS attempts          INTEGER NOT NULL D
 ALTER TABLE images ADD COLUMN IF NOT EXISTS crashes           INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS error             TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS warning           TEXT;
--- progress: NULL while a claimed row waits its turn, 0..1 once work on it has begun.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS progress          REAL;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS locked_by         TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS lease_until       TIMESTAMPTZ;
@@ -156,8 +155,17 @@ CREATE TABLE IF NOT EXISTS imagend_daemons (
     model        TEXT,
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    rows_held    INTEGER NOT NULL DEFAULT 0
+    rows_held    INTEGER NOT NULL DEFAULT 0,
+    -- The rows whose generation (or submission) it began last: if it dies, these were in its
+    -- hands (a crash each), the rest of what it held was only claimed ahead (charged nothing).
+    working      INTEGER[] NOT NULL DEFAULT '{}'
 );
+
+-- Which daemon is working on which row right now (not rows it merely holds, claimed ahead).
+CREATE OR REPLACE VIEW imagend_working AS
+SELECT i.id, i.locked_by AS owner, i.progress
+FROM imagend_daemons AS d
+JOIN images AS i ON i.id = ANY (d.working) AND i.locked_by = d.owner AND i.status = 'Generate';
 
 -- Operators' view of the queue: one line per (status, backend).
 CREATE OR REPLACE VIEW images_queue_status AS

@@ -22,9 +22,9 @@ LOST_ROW_EVENTS = ("batch_interrupted", "result_dropped", "failure_dropped")
 
 
 def holder(conn, image_id: int) -> str | None:
-    """Who works on the row now (a row claimed but not begun does not count)."""
-    row = conn.execute("SELECT locked_by FROM images WHERE id = %s AND progress IS NOT NULL", [image_id]).fetchone()
-    return None if row is None else row["locked_by"]
+    """Who works on the row now (a row claimed ahead does not count)."""
+    row = conn.execute("SELECT owner FROM imagend_working WHERE id = %s", [image_id]).fetchone()
+    return None if row is None else row["owner"]
 
 
 def slow_env(db_url, **overrides):

@@ -15,8 +15,9 @@ def owned_by(conn, daemon: DaemonProcess) -> list[dict]:
 
 
 def in_flight(conn, daemon: DaemonProcess) -> list[int]:
-    """Rows whose generation has begun (a row claimed ahead waits with progress NULL)."""
-    return [r["id"] for r in owned_by(conn, daemon) if r["status"] == "Generate" and r["progress"] is not None]
+    """Rows whose generation has begun (not those claimed ahead)."""
+    return [r["id"] for r in conn.execute("SELECT id FROM imagend_working WHERE owner LIKE %s ORDER BY id",
+                                          [daemon.owner_pattern]).fetchall()]
 
 
 def test_sigterm_finishes_work_in_flight_and_exits_0(db_url, conn):

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from imagend.errors import LostOwnership
-from imagend.repository import Finished
+from imagend.repository import DaemonInfo, Finished
 from imagend.rows import Claim
 
 from support.db import fetch_image, insert_image
@@ -85,16 +85,18 @@ def test_an_expired_lease_with_attempts_spent_fails_the_row(conn, repo):
 
 
 def test_a_claimed_row_whose_work_had_not_begun_goes_back_uncharged(conn, repo, other):
+    repo.heartbeat(DaemonInfo("host", 1, "test", ["placeholder"]))  # a known daemon, alive
     image_id = insert_image(conn)
     t = db_now(conn) + timedelta(seconds=1)
     repo.claim_batch("placeholder", 1, now=t)  # claimed ahead: never begun
+    conn.execute("UPDATE imagend_daemons SET heartbeat_at = now() + interval '40 s'")  # it beat after the lease
     assert rescued(other, t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
     row = fetch_image(conn, image_id)
     assert (row["attempts"], row["crashes"], row["error"], row["locked_by"]) == (0, 0, None, None)
 
 
 def test_a_row_inserted_as_generate_with_no_owner_is_rescued_after_a_lease(conn, repo):
-    image_id = insert_image(conn, status="Generate", progress=0.5)
+    image_id = insert_image(conn, status="Generate")
     t = db_now(conn)
     assert rescued(repo, t + timedelta(seconds=29)) == []
     assert rescued(repo, t + timedelta(seconds=31)) == [(image_id, "ReadyToGenerate")]
