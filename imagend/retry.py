@@ -1,6 +1,7 @@
 """Every wait imagend computes before trying again, in one place: a failed attempt, a
 daemon crash, a pass that met an unavailable database or an unexpected error, a lost
-LISTEN connection; and the retry used for writes that must survive a database blip."""
+LISTEN connection, a remote backend's HTTP call; and the retry used for writes that must
+survive a database blip."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
+from tenacity.wait import wait_base
 
 from imagend.config import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
 from imagend.errors import DatabaseUnavailable
@@ -51,6 +53,12 @@ def pass_retry_seconds(failures: int) -> float:
 def reconnect_seconds(failures: int) -> float:
     """The LISTEN connection was lost `failures` times in a row: reconnect after this."""
     return _exponential(failures, PASS_RETRY_BASE_SECONDS, PASS_RETRY_MAX_SECONDS)
+
+
+def http_retry_wait(base_seconds: float, cap_seconds: float) -> wait_base:
+    """Between retries of one HTTP call (a remote backend): exponential from `base_seconds`, capped,
+    plus up to `base_seconds` of jitter (spelled so that tenacity 8 and 9 both accept it)."""
+    return wait_exponential(multiplier=base_seconds, max=cap_seconds) + wait_random(0, base_seconds)
 
 
 def retry_database(call: Callable[[], T], budget_seconds: float) -> T:

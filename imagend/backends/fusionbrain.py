@@ -37,8 +37,6 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential,
-    wait_random,
 )
 
 from imagend import __version__
@@ -46,13 +44,15 @@ from imagend.backends.base import Image, Pending, Request, Submission
 from imagend.config import Settings
 from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError
 from imagend.logs import get_logger
+from imagend.retry import http_retry_wait
+from imagend.styles import STYLE_NAMES
 
 log = get_logger()
 
 DEFAULT_URL = "https://api-key.fusionbrain.ai/"
 DEFAULT_STYLES_URL = "https://cdn.fusionbrain.ai/static/styles/key"
 APIS = ("pipeline", "legacy")
-STYLES = frozenset({"DEFAULT", "KANDINSKY", "UHD", "ANIME"})
+STYLES = frozenset(STYLE_NAMES)  # until the API's own list is fetched
 # The docs say "up to 1024 per side"; other clients disagree on the minimum, 64 is safe.
 MIN_SIDE_PX = 64
 MAX_SIDE_PX = 1024
@@ -381,12 +381,10 @@ class FusionBrainBackend:
                 error=str(error) if isinstance(error, _TransientStatus) else type(error).__name__,
             )
 
-        wait = self.config.retry_wait_seconds
         retrying = Retrying(
             retry=retry_if_exception_type((httpx.TransportError, _TransientStatus)),
             stop=stop_after_attempt(self.config.http_attempts),
-            # Exponential with jitter (spelled so that tenacity 8 and 9 both accept it).
-            wait=wait_exponential(multiplier=wait, max=RETRY_WAIT_MAX_SECONDS) + wait_random(0, wait),
+            wait=http_retry_wait(self.config.retry_wait_seconds, RETRY_WAIT_MAX_SECONDS),
             before_sleep=before_sleep,
             reraise=True,
         )

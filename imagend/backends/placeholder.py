@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.config import Settings
 from imagend.errors import BadInput
+from imagend.styles import STYLE_NAMES
 
 PLACEHOLDER_SIDE_PX = 16
-STYLES = ("DEFAULT", "KANDINSKY", "UHD", "ANIME")  # Fusion Brain's, so producers can test style handling
 CLAIM_BATCH_WITHOUT_DELAY = 1000
 MAX_SIDE_PX = 2048  # the placeholder stands in for real backends, so it keeps a real-looking limit
 
@@ -70,8 +70,8 @@ class PlaceholderBackend:
         for name, side in (("width", request.width), ("height", request.height)):
             if side > MAX_SIDE_PX:
                 raise BadInput(f"{name} must be at most {MAX_SIDE_PX} pixels for the placeholder backend, got {side}")
-        if request.style is not None and request.style.upper() not in STYLES:
-            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLES)}")
+        if request.style is not None and request.style.upper() not in STYLE_NAMES:
+            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLE_NAMES)}")
         return request
 
     def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:

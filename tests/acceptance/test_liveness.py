@@ -4,8 +4,10 @@ rows; one stopped for longer loses them, and its late writes are refused."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -57,27 +59,39 @@ def test_a_killed_daemons_row_is_taken_within_ten_seconds_with_default_settings(
     assert (row["attempts"], row["crashes"]) == (1, 1)  # the death was charged as a crash, not an attempt
 
 
-@pytest.mark.slow
-def test_a_daemon_stopped_for_less_than_dead_after_keeps_its_row(db_url, conn, tmp_path):
-    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="6", IMAGEND_DEAD_AFTER="5")
-    image_id = insert_image(conn, "slow but alive")
-    slow = DaemonProcess(["-cron"], env, tmp_path)
-    other = None
+@contextlib.contextmanager
+def two_daemons_one_row_begun(conn, env, tmp_path, prompt: str) -> Iterator[tuple[DaemonProcess, int, str]]:
+    """A daemon that has begun the one row (yielded with the row's id and the daemon's owner id),
+    a second daemon up and idle beside it; both killed at the end (the first one SIGCONTed first)."""
+    image_id = insert_image(conn, prompt)
+    first = DaemonProcess(["-cron"], env, tmp_path)
+    second = None
     try:
         wait_until(lambda: holder(conn, image_id), 30, what="the row to begin")
         owner = holder(conn, image_id)
-        other = DaemonProcess(["-cron"], env, tmp_path)
-        wait_until(lambda: "daemon_started" in other.output(), 30, what="the other daemon to start")
+        second = DaemonProcess(["-cron"], env, tmp_path)
+        wait_until(lambda: "daemon_started" in second.output(), 30, what="the second daemon to start")
+        yield first, image_id, owner
+    finally:
+        first.signal(signal.SIGCONT)
+        first.kill()
+        if second is not None:
+            second.kill()
+
+
+def finished(conn, image_id: int) -> bool:
+    return fetch_image(conn, image_id)["status"] == "ReadyToPublish"
+
+
+@pytest.mark.slow
+def test_a_daemon_stopped_for_less_than_dead_after_keeps_its_row(db_url, conn, tmp_path):
+    env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="6", IMAGEND_DEAD_AFTER="5")
+    with two_daemons_one_row_begun(conn, env, tmp_path, "slow but alive") as (slow, image_id, owner):
         slow.signal(signal.SIGSTOP)
         time.sleep(3.5)  # well past a few heartbeats, short of IMAGEND_DEAD_AFTER
         assert holder(conn, image_id) == owner
         slow.signal(signal.SIGCONT)
-        wait_until(lambda: fetch_image(conn, image_id)["status"] == "ReadyToPublish", 30, what="the row to finish")
-    finally:
-        slow.signal(signal.SIGCONT)
-        slow.kill()
-        if other is not None:
-            other.kill()
+        wait_until(lambda: finished(conn, image_id), 30, what="the row to finish")
     row = fetch_image(conn, image_id)
     assert (row["attempts"], row["crashes"]) == (1, 0)
 
@@ -86,25 +100,13 @@ def test_a_daemon_stopped_for_less_than_dead_after_keeps_its_row(db_url, conn, t
 def test_a_daemon_stopped_for_longer_loses_its_row_and_its_late_write_is_refused(db_url, conn, tmp_path):
     install_audit(conn)
     env = base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="4", IMAGEND_DEAD_AFTER="2")
-    image_id = insert_image(conn, "taken from a frozen daemon")
-    frozen = DaemonProcess(["-cron"], env, tmp_path)
-    other = None
-    try:
-        wait_until(lambda: holder(conn, image_id), 30, what="the row to begin")
-        owner = holder(conn, image_id)
-        other = DaemonProcess(["-cron"], env, tmp_path)
-        wait_until(lambda: "daemon_started" in other.output(), 30, what="the other daemon to start")
+    with two_daemons_one_row_begun(conn, env, tmp_path, "taken from a frozen daemon") as (frozen, image_id, owner):
         frozen.signal(signal.SIGSTOP)
         wait_until(lambda: holder(conn, image_id) not in (None, owner), 15, what="the rescue")
         frozen.signal(signal.SIGCONT)  # wakes mid-image; its next lease renewal or its write finds the row gone
         wait_until(lambda: any(event in frozen.output() for event in LOST_ROW_EVENTS), 20,
                    what="the frozen daemon to find its row gone")
-        wait_until(lambda: fetch_image(conn, image_id)["status"] == "ReadyToPublish", 30, what="the row to finish")
-    finally:
-        frozen.signal(signal.SIGCONT)
-        frozen.kill()
-        if other is not None:
-            other.kill()
+        wait_until(lambda: finished(conn, image_id), 30, what="the row to finish")
     assert terminal_writes(conn) == {image_id: 1}
     finished_by = conn.execute("SELECT old_owner FROM images_audit WHERE new_status = 'ReadyToPublish'").fetchone()
     assert finished_by["old_owner"] != owner

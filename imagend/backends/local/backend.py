@@ -29,7 +29,6 @@ from imagend.backends.local.gpu_lock import DeviceLock
 from imagend.backends.local.options import (
     SCHEDULERS,
     SIDE_MULTIPLE_PX,
-    STYLES,
     LocalSettings,
     is_tiny_model,
     style_prompts,
@@ -48,6 +47,7 @@ from imagend.backends.local.sdxl import (
 from imagend.config import Settings
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
 from imagend.logs import get_logger
+from imagend.styles import STYLE_NAMES
 
 log = get_logger()
 
@@ -140,8 +140,8 @@ class LocalBackend:
         if scheduler not in SCHEDULERS:
             raise BadInput(f"unknown scheduler {request.scheduler!r}; use one of: {', '.join(SCHEDULERS)}")
         style = (request.style or "DEFAULT").strip().upper()
-        if style not in STYLES:
-            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLES)} (or NULL)")
+        if style not in STYLE_NAMES:
+            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLE_NAMES)} (or NULL)")
         prompt, negative = style_prompts(style, request.prompt, request.negative_prompt)
         for column, text in (("prompt", prompt), ("negative_prompt", negative)):
             error = self.encoder.syntax_error(text) if text else None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from imagend.config import Settings
 from imagend.errors import ConfigError
+from imagend.styles import STYLE_NAMES
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # SDXL's own VAE overflows in fp16
@@ -43,10 +44,10 @@ SCHEDULERS: dict[str, tuple[str, dict[str, object], str]] = {
     "ddim": ("DDIMScheduler", {}, "DDIM"),
 }
 
-# Fusion Brain's style names, so producers moving between backends keep working. Each is a
-# prompt template ({prompt}) and words added to the negative prompt. DEFAULT (or NULL)
-# leaves the prompt as written.
-STYLES: dict[str, tuple[str, str]] = {
+# One template per name of imagend.styles (Fusion Brain's names, so producers moving between
+# backends keep working): a prompt template ({prompt}) and words added to the negative prompt.
+# DEFAULT (or NULL) leaves the prompt as written.
+STYLE_TEMPLATES: dict[str, tuple[str, str]] = {
     "DEFAULT": ("{prompt}", ""),
     "UHD": (
         "{prompt}, ultra detailed, 8k, sharp focus, high dynamic range, professional photograph",
@@ -55,6 +56,7 @@ STYLES: dict[str, tuple[str, str]] = {
     "ANIME": ("anime artwork, {prompt}, anime style, key visual, vibrant, studio anime", "photo, photorealistic"),
     "KANDINSKY": ("{prompt}, abstract painting in the style of Wassily Kandinsky, bold geometric shapes", "photo"),
 }
+assert set(STYLE_TEMPLATES) == set(STYLE_NAMES), "a template for every style name, and no other"
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ def _round_side(side: int, max_side: int) -> int:
 
 
 def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple[str, str | None]:
-    """Apply a style template; the style must already be validated (upper-cased key of STYLES)."""
-    template, extra_negative = STYLES[style or "DEFAULT"]
+    """Apply a style template; the style must already be validated (one of imagend.styles.STYLE_NAMES)."""
+    template, extra_negative = STYLE_TEMPLATES[style or "DEFAULT"]
     styled = template.replace("{prompt}", prompt)
     if extra_negative:
         negative = f"{negative}, {extra_negative}" if negative else extra_negative
