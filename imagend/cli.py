@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
 
 from imagend import __version__
 from imagend.backends import create_backends
@@ -97,7 +99,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             max_crashes=settings.max_crashes,
         )
         if args.status:
-            print(json.dumps(repo.queue_status(), default=str, indent=2))
+            print(json.dumps([_status_line(row) for row in repo.queue_status()], default=str, indent=2))
             return 0
         backends = create_backends(settings)
         try:
@@ -113,6 +115,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             for backend in backends.values():
                 backend.close()
+
+
+def _status_line(row: dict[str, Any]) -> dict[str, Any]:
+    """One line of images_queue_status for JSON: the oldest waiting row's age in seconds (a number,
+    not an interval's text), the average generation time as a number."""
+    line = dict(row)
+    oldest = line.pop("oldest_waiting", None)
+    line["oldest_waiting_seconds"] = round(oldest.total_seconds(), 3) if isinstance(oldest, timedelta) else None
+    average = line.get("avg_generation_seconds")
+    if average is not None:
+        line["avg_generation_seconds"] = round(float(average), 3)
+    return line
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -23,13 +23,24 @@ def redact(text: str) -> str:
     return text
 
 
+def _redact_value(value: Any) -> Any:
+    """`value` with every secret starred, keeping its JSON type: strings, numbers, booleans and
+    None as they are, lists (tuples, sets) and dicts item by item; anything else as redacted text."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {_redact_value(k) if isinstance(k, str) else k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redact_value(item) for item in value]
+    return redact(str(value))
+
+
 def _redact_event(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _secrets:
         for key, value in event_dict.items():
-            if isinstance(value, str):
-                event_dict[key] = redact(value)
-            elif not isinstance(value, int | float | bool | type(None)):
-                event_dict[key] = redact(str(value))
+            event_dict[key] = _redact_value(value)
     return event_dict
 
 

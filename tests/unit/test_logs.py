@@ -39,7 +39,7 @@ def test_a_secret_in_any_field_is_starred(capsys, restore_logging):
     assert first["url"] == "postgresql://app:***@db/images"
     assert (first["id"], first["status"], first["attempt"]) == (7, "Generate", 1)  # numbers kept as numbers
     assert second["event"] == "event text with *** in it"
-    assert "Key ***" in second["headers"]
+    assert second["headers"] == {"X-Key": "Key ***"}  # still an object, not its repr
 
 
 def test_a_secret_in_a_traceback_is_starred(capsys, restore_logging):
@@ -77,3 +77,19 @@ def test_without_secrets_lines_are_untouched(capsys, restore_logging):
     logs.configure(secrets=[], json=True)
     logs.get_logger().info("plain", value="nothing to hide")
     assert lines(capsys.readouterr().err)[0]["value"] == "nothing to hide"
+
+
+def test_redaction_keeps_the_json_types_of_lists_and_objects(capsys, restore_logging):
+    # Any configured secret (a DATABASE_URL with a password counts) used to turn every list
+    # and dict field into its Python repr: "backends": "['placeholder']".
+    logs.configure(secrets=[SECRET], json=True)
+    logs.get_logger().info(
+        "daemon_started", backends=["placeholder", "local"], counts={"done": 3, "failed": 0},
+        ids=(1, 2), nested={"urls": [f"postgresql://app:{SECRET}@db/images"], "ok": True}, nothing=None,
+    )
+    line = lines(capsys.readouterr().err)[0]
+    assert line["backends"] == ["placeholder", "local"]
+    assert line["counts"] == {"done": 3, "failed": 0}
+    assert line["ids"] == [1, 2]
+    assert line["nested"] == {"urls": ["postgresql://app:***@db/images"], "ok": True}
+    assert line["nothing"] is None
