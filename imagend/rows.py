@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +34,7 @@ class ClaimedRow:
     guidance: float | None
     scheduler: str | None
     backend: str
-    params: Any
+    params: str | None  # JSON text, decoded by validation.decode_params
     max_attempts: int | None
     cancel_requested: bool = False
 

@@ -6,7 +6,9 @@ ends Failed with that sentence in `error`, and the daemon goes on.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from imagend.backends.base import Request
 from imagend.backends.registry import BACKEND_NAMES
@@ -18,6 +20,7 @@ MAX_SIDE_PX = 8192  # beyond any backend; each backend narrows this further
 STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (0.0, 50.0)
 SEED_MAX = 2**63 - 1
+ECHO_MAX_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +34,26 @@ def truncate_prompt(prompt: str, limit: int = PROMPT_MAX_CHARS) -> str:
     return prompt[:limit]
 
 
+def decode_params(text: str | None) -> dict[str, Any]:
+    """The row's `params` (JSON text) as a dict; BadInput for anything Python cannot read or that is
+    not an object. json.loads raises RecursionError on deep nesting and ValueError on an integer
+    past Python's int-string limit, both of which Postgres accepts."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        raise BadInput(f"params cannot be read: {type(exc).__name__}: {clip(str(exc))}") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"params must be a JSON object, got {type(value).__name__}: {clip(text)!r}")
+    return value
+
+
+def clip(text: str, limit: int = ECHO_MAX_CHARS) -> str:
+    """Producer input echoed in an error is cut, so an error never grows with the input."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
     if row.backend not in BACKEND_NAMES:
         raise BadInput(f"unknown backend {row.backend!r}; use one of: {', '.join(BACKEND_NAMES)}")
@@ -41,9 +64,7 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
     if len(prompt) > PROMPT_MAX_CHARS:
         warning = f"prompt truncated from {len(prompt)} to {PROMPT_MAX_CHARS} characters"
         prompt = truncate_prompt(prompt)
-    params = {} if row.params is None else row.params
-    if not isinstance(params, dict):
-        raise BadInput(f"params must be a JSON object, got {type(params).__name__}: {str(row.params)[:80]!r}")
+    params = decode_params(row.params)
     if row.max_attempts is not None and row.max_attempts < 1:
         raise BadInput(f"max_attempts must be at least 1, got {row.max_attempts}")
     width = settings.default_width if row.width is None else row.width

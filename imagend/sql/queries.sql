@@ -31,8 +31,11 @@ SET status       = 'Generate',
     submitted_at = NULL
 FROM picked
 WHERE i.id = picked.id
+-- params as text: decoded per row in validation.py, so JSON that Postgres accepts but Python
+-- cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
 RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
-          i.steps, i.guidance, i.scheduler, i.backend, i.params, i.max_attempts, i.cancel_requested;
+          i.steps, i.guidance, i.scheduler, i.backend, i.params::text AS params, i.max_attempts,
+          i.cancel_requested;
 
 -- name: images_mark_done
 -- Ends a whole batch in one statement; returns the ids that were still ours.

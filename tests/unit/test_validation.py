@@ -40,7 +40,7 @@ def test_a_plain_ancestor_row_gets_the_defaults():
 
 def test_the_producers_values_win_over_the_defaults():
     row = replace(ROW, width=256, height=128, negative_prompt="text", style="ANIME", seed=42, steps=30,
-                  guidance=7.5, params={"sampler": "x"})
+                  guidance=7.5, params='{"sampler": "x"}')
     request = validate_row(row, SETTINGS).request
     assert (request.width, request.height, request.seed, request.steps, request.guidance) == (256, 128, 42, 30, 7.5)
     assert (request.negative_prompt, request.style, request.params) == ("text", "ANIME", {"sampler": "x"})
@@ -63,9 +63,11 @@ def test_the_producers_values_win_over_the_defaults():
         ({"guidance": 1e9}, "guidance must be between 0 and 50"),
         ({"guidance": math.nan}, "guidance must be between 0 and 50, got nan"),
         ({"seed": -1}, "seed must be between 0 and"),
-        ({"params": [1, 2, 3]}, "params must be a JSON object, got list"),
-        ({"params": "a string"}, "params must be a JSON object, got str"),
-        ({"params": 42}, "params must be a JSON object, got int"),
+        ({"params": "[1, 2, 3]"}, "params must be a JSON object, got list"),
+        ({"params": '"a string"'}, "params must be a JSON object, got str"),
+        ({"params": "42"}, "params must be a JSON object, got int"),
+        ({"params": "[" * 10_000 + "]" * 10_000}, "params cannot be read: RecursionError"),
+        ({"params": '{"n": ' + "7" * 5_000 + "}"}, "params cannot be read: ValueError: Exceeds the limit"),
         ({"max_attempts": 0}, "max_attempts must be at least 1, got 0"),
         ({"max_attempts": -3}, "max_attempts must be at least 1, got -3"),
     ],
