@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from datetime import timedelta
@@ -49,14 +50,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write a miniature random-weights SDXL pipeline (it makes noise) to DIR and exit",
     )
-    parser.add_argument("-env-file", "--env-file", default=".env", metavar="PATH", help="the .env file (default: .env)")
+    parser.add_argument(
+        "-env-file",
+        "--env-file",
+        metavar="PATH",
+        help="the .env file; it must exist (default: .env in the working directory, if there is one)",
+    )
     parser.add_argument("-version", "--version", action="version", version=f"imagend {__version__}")
     return parser
 
 
+# Go's flag package: a boolean flag also takes `-flag=VALUE` with strconv.ParseBool's spellings.
+GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status"})
+VALUE_FLAGS = frozenset({"make-tiny-model", "env-file"})
+_GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
+
+
+def go_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """`argv` with the Go service's boolean spellings (`-cron=true`, `-verbose=false`, `--cron=1`)
+    turned into what argparse reads: the flag alone, or nothing. A value ParseBool would refuse
+    is an error naming the flag (exit 2, as Go's flag package)."""
+    out: list[str] = []
+    expects_value = False
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[index:])
+            break
+        match = None if expects_value else _GO_FLAG.fullmatch(arg)
+        expects_value = not expects_value and arg.lstrip("-") in VALUE_FLAGS and arg.startswith("-")
+        if match is None or match.group(1) not in BOOL_FLAGS:
+            out.append(arg)
+            continue
+        name, value = match.groups()
+        if value in GO_TRUE:
+            out.append(f"-{name}")
+        elif value not in GO_FALSE:
+            parser.error(f"invalid boolean value {value!r} for -{name}: use true or false")
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(go_flags(parser, sys.argv[1:] if argv is None else argv))
     if args.make_tiny_model:
         from imagend.testing.tiny_model import write_tiny_model
 
@@ -68,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("imagend: say what to run: -cron, -generator, -processor or -status", file=sys.stderr)
         return 2
     try:
-        settings = load_settings(env_file=args.env_file)
+        if args.env_file is None:
+            settings = load_settings(env_file=".env")
+        else:
+            settings = load_settings(env_file=args.env_file, env_file_required=True)
     except ConfigError as exc:
         print(f"imagend: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -203,11 +203,23 @@ class Settings:
         return [*found, *([password] if password else [])]
 
 
-def load_environment(env_file: str | Path | None = ".env", environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment over the `.env` file (the environment wins, as with Go's godotenv)."""
+def load_environment(
+    env_file: str | Path | None = ".env", environ: Mapping[str, str] | None = None, env_file_required: bool = False
+) -> dict[str, str]:
+    """The process environment over the `.env` file (the environment wins, as with Go's godotenv).
+
+    A missing file is skipped unless `env_file_required` (a file named with -env-file)."""
     merged: dict[str, str] = {}
-    if env_file is not None and Path(env_file).is_file():
-        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    if env_file is not None and (env_file_required or os.path.lexists(env_file)):
+        named = f"-env-file {env_file}" if env_file_required else f"the env file {env_file}"
+        if not os.path.exists(env_file):
+            raise ConfigError(f"{named}: no such file")
+        if os.path.isdir(env_file):
+            raise ConfigError(f"{named}: is a directory, not a file")
+        try:
+            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{named}: cannot be read: {exc}") from None
     merged.update(os.environ if environ is None else environ)
     return merged
 
@@ -249,8 +261,10 @@ def _served_backends(env: Env, default_backend: str, has_fusion_keys: bool) -> t
     return names
 
 
-def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
-    env = Env(load_environment(env_file, environ))
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env", env_file_required: bool = False
+) -> Settings:
+    env = Env(load_environment(env_file, environ, env_file_required))
     num_images = env.int("DEFAULT_NUM_IMAGES", 1, minimum=1)
     if num_images != 1:
         raise ConfigError(f"DEFAULT_NUM_IMAGES={num_images}: one image per row is all imagend (and Fusion Brain) makes")
