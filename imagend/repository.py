@@ -24,6 +24,15 @@ from imagend.errors import DatabaseUnavailable, LostOwnership
 from imagend.rows import Claim, ClaimedRow, RemoteTask
 from imagend.sql import queries
 
+# "The database cannot do this for now": back off and try again on a fresh connection. Operational
+# errors cover a lost connection, an admin shutdown, a statement or lock timeout, too many clients.
+UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+def first_line(exc: Exception) -> str:
+    """libpq's message, first line only (the rest repeats the statement), cut short."""
+    return str(exc).strip().split("\n", 1)[0][:200]
+
 
 @dataclass(frozen=True, slots=True)
 class Finished:
@@ -98,10 +107,17 @@ class Repository:
     @contextmanager
     def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
         try:
-            with self.pool.connection() as conn, conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
-                yield cur
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}") from exc
+            with self.pool.connection() as conn:
+                try:
+                    with conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
+                        yield cur
+                except UNAVAILABLE:
+                    # Its session may carry what caused this (default_transaction_read_only, a 1 ms
+                    # statement_timeout set on the database when it connected): the pool replaces it.
+                    conn.close()
+                    raise
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {first_line(exc)}") from exc
 
     def _rows(self, name: str, params: dict[str, Any], row_factory: RowFactory[Any] | None = None) -> list[Any]:
         with self._cursor(row_factory) as cur:
