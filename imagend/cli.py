@@ -17,7 +17,7 @@ from imagend import __version__
 from imagend.backends import create_backends
 from imagend.config import Settings, load_settings
 from imagend.daemon import Daemon, daemon_identity
-from imagend.db import apply_schema, database_url, open_pool
+from imagend.db import apply_schema, database_setting, database_url, open_pool
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.logs import configure, get_logger
 from imagend.repository import Repository
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     url = database_url(settings)
-    apply_schema(url)
+    apply_schema(url, setting=database_setting(settings))
     with open_pool(url, settings) as pool:
         repo = Repository(
             pool,

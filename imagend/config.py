@@ -224,10 +224,65 @@ def load_environment(
     return merged
 
 
+# libpq's sslmode values; any other fails the first connect without naming the setting.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_URI_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^@/:]*:([^@/]*)@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
+
+
+def conninfo_passwords(conninfo: str) -> list[str]:
+    """The password(s) written in a libpq URL or key=value string, as written and decoded, longest
+    first; found by pattern, so even in a string libpq cannot parse."""
+    from urllib.parse import unquote
+
+    found: set[str] = set()
+    for pattern in (_URI_PASSWORD, _QUERY_PASSWORD, _KEYWORD_PASSWORD):
+        for match in pattern.finditer(conninfo):
+            value = match.group(1)
+            found.update({value, value.strip("'"), unquote(value)})
+    return sorted((p for p in found if p), key=len, reverse=True)
+
+
+def hide_password(text: str, conninfo: str) -> str:
+    """`text` (a libpq message, which may quote the string it parsed) with the password starred."""
+    for password in conninfo_passwords(conninfo):
+        text = text.replace(password, "***")
+    return text
+
+
+def check_conninfo(name: str, conninfo: str) -> dict[str, str]:
+    """Parse a libpq URL or key=value string the way libpq will, and check what libpq only checks
+    at the first connect (sslmode, port): a bad value names the variable, never the password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    except ProgrammingError as exc:
+        reason = hide_password(str(exc).strip(), conninfo)
+        raise ConfigError(f"{name} is not a valid libpq URL or connection string: {reason}") from None
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise ConfigError(f"{name}: sslmode={sslmode!r} is not one of: {', '.join(SSL_MODES)}")
+    for port in params.get("port", "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{name}: port={port!r} is not a port number (1-65535)")
+    return params
+
+
+def _conninfo_setting(env: Env, name: str) -> Secret | None:
+    value = env.str(name)
+    if value is None:
+        return None
+    check_conninfo(name, value)
+    return Secret(value)
+
+
 def _database_url(env: Env) -> Secret | None:
-    url = env.str("DATABASE_URL")
-    if url:
-        return Secret(url)
+    url = _conninfo_setting(env, "DATABASE_URL")
+    if url is not None:
+        return url
     parts = {
         "host": env.str("DB_HOST"),
         "port": env.str("DB_PORT"),
@@ -241,9 +296,7 @@ def _database_url(env: Env) -> Secret | None:
     if parts["port"] is not None:
         env.int("DB_PORT", 5432, minimum=1, maximum=65535)
     if parts["sslmode"] is not None:  # libpq's modes; otherwise the first connect fails without naming it
-        parts["sslmode"] = env.choice(
-            "DB_SSL_MODE", "prefer", ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-        )
+        parts["sslmode"] = env.choice("DB_SSL_MODE", "prefer", SSL_MODES)
     from psycopg.conninfo import make_conninfo
 
     return Secret(make_conninfo(**{k: v for k, v in parts.items() if v is not None}))
@@ -278,7 +331,7 @@ def load_settings(
         db_pool_max=pool_max,
         db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 2, minimum=1), pool_max),
         db_conn_max_lifetime_seconds=env.seconds("DB_CONN_MAX_LIFETIME", 3600.0, minimum=1.0),
-        listen_url=env.secret("IMAGEND_LISTEN_URL"),
+        listen_url=_conninfo_setting(env, "IMAGEND_LISTEN_URL"),
         data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
         default_width=env.int("DEFAULT_IMAGE_WIDTH", DEFAULT_IMAGE_SIDE_PX, minimum=1),
         default_height=env.int("DEFAULT_IMAGE_HEIGHT", DEFAULT_IMAGE_SIDE_PX, minimum=1),

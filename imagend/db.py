@@ -8,18 +8,22 @@ on a Unix socket only, and stops when the last imagend process using it exits.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from imagend.config import Settings
+from imagend.config import Settings, hide_password
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.sql import schema
 
 POOL_OPEN_TIMEOUT_SECONDS = 30.0
 POOL_WAIT_SECONDS = 5.0
+# psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
+_BAD_OPTION = re.compile(r"connection is bad: (invalid|unrecognized|could not match|missing)")
 
 
 def embedded_database_url(data_dir: Path) -> str:
@@ -40,17 +44,56 @@ def database_url(settings: Settings) -> str:
     return embedded_database_url(settings.data_dir)
 
 
+def database_setting(settings: Settings) -> str:
+    """Which setting chose the database, for messages: DATABASE_URL, the DB_* variables, or the
+    embedded server under IMAGEND_DATA_DIR."""
+    if settings.env.str("DATABASE_URL"):
+        return "DATABASE_URL"
+    if settings.database_url is not None:
+        return "DB_HOST/DB_PORT/DB_NAME"
+    return f"the embedded Postgres under IMAGEND_DATA_DIR={settings.data_dir}"
+
+
+def describe_target(url: str) -> str:
+    """Where a connection string points, for a message a person acts on: host, port, database and
+    user as libpq resolves them (given, else PG* variables, else libpq's defaults); never the password."""
+    try:
+        given = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    except psycopg.ProgrammingError:
+        return "an unparsable connection string"
+    defaults = {o.keyword.decode(): o.val.decode() for o in pq.Conninfo.get_defaults() if o.val is not None}
+
+    def value(key: str) -> str | None:
+        return given.get(key) or defaults.get(key)
+
+    host = value("host") or value("hostaddr") or "the default Unix socket"
+    user = value("user") or "?"
+    return f"host {host}, port {value('port') or 5432}, database {value('dbname') or user}, user {user}"
+
+
+def _libpq_reason(exc: psycopg.Error, url: str) -> str:
+    """What libpq said, on one line, without psycopg's prefix and without the password."""
+    text = " ".join(str(exc).split())
+    for prefix in ("connection failed: ", "connection is bad: "):
+        text = text.removeprefix(prefix)
+    return hide_password(text, url) or type(exc).__name__
+
+
 def schema_marker() -> str:
     """What the `images` table's comment says once this exact schema.sql has been applied."""
     return "imagend schema sha256:" + hashlib.sha256(schema().encode()).hexdigest()[:16]
 
 
-def apply_schema(url: str) -> None:
+def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
     """Create or upgrade the schema; safe to run from many daemons at once (advisory lock inside).
 
     Skipped when the table's comment shows this exact schema was applied already: ALTER TABLE
     takes an exclusive lock on `images`, which a restart should not queue behind a producer's
-    long transaction."""
+    long transaction.
+
+    Errors say what libpq said (without the password) and where it tried: DatabaseUnavailable
+    when the server could not be reached or refused us, ConfigError (naming `setting`) when the
+    connection string itself is bad or the server cannot take the schema."""
     marker = schema_marker()
     try:
         with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
@@ -60,7 +103,18 @@ def apply_schema(url: str) -> None:
             conn.execute(schema().encode())
             conn.execute(sql.SQL("COMMENT ON TABLE images IS {}").format(sql.Literal(marker)))
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot apply the schema: {type(exc).__name__}") from exc
+        reason = _libpq_reason(exc, url)
+        if _BAD_OPTION.match(str(exc)):  # libpq refused an option before trying to connect
+            raise ConfigError(f"{setting}: {reason}") from None
+        raise DatabaseUnavailable(
+            f"cannot connect to the database ({describe_target(url)}; from {setting}): {reason}"
+        ) from None
+    except psycopg.Error as exc:
+        reason = _libpq_reason(exc, url)
+        if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:  # psycopg could not parse it
+            raise ConfigError(f"{setting} is not a valid libpq URL or connection string: {reason}") from None
+        # The server refused the schema: privileges, an incompatible table, too old a server.
+        raise ConfigError(f"cannot apply the schema ({describe_target(url)}; from {setting}): {reason}") from None
 
 
 def open_pool(url: str, settings: Settings) -> ConnectionPool:

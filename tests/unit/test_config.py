@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from imagend.config import Secret, load_settings
+from imagend.config import Secret, hide_password, load_settings
 from imagend.errors import ConfigError
 
 
@@ -149,3 +149,20 @@ def test_bad_value_in_env_file_names_the_variable(tmp_path: Path):
     env_file.write_text("IMAGEND_LEASE_SECONDS=abc\n")
     with pytest.raises(ConfigError, match="IMAGEND_LEASE_SECONDS"):
         load_settings(environ={}, env_file=env_file)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://app:Hunter2-db-Secret@db.example/images",
+        "postgresql://app:Hunter2-db-Secret@[::1:5432/images",
+        "postgresql://app@db.example/images?password=Hunter2-db-Secret&sslmode=require",
+        "host=db.example password=Hunter2-db-Secret dbname=images",
+        "host=db.example password='Hunter2-db-Secret' dbname=images",
+    ],
+)
+def test_hide_password_finds_the_password_even_in_a_string_libpq_refuses(conninfo):
+    message = f'libpq quoted it: "{conninfo}"'
+    hidden = hide_password(message, conninfo)
+    assert "Hunter2-db-Secret" not in hidden and "***" in hidden
+    assert hidden.startswith('libpq quoted it: "') and "db.example" in hidden or "[::1" in hidden
