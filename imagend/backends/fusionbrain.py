@@ -35,7 +35,7 @@ import httpx
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
 )
 
@@ -116,6 +116,10 @@ class FusionBrainConfig:
             styles_url=styles_url,
             check_interval_seconds=settings.check_interval_seconds,
         )
+
+
+# Answers that say the server did not take the request: safe to send again even when it creates.
+NOT_TAKEN_STATUSES = frozenset({429, 503})
 
 
 class _TransientStatus(Exception):
@@ -217,14 +221,14 @@ class FusionBrainBackend:
         if self.config.api == "pipeline":
             pipeline_id = self._pipeline()
             response = self._call(
-                "POST", "key/api/v1/pipeline/run", "run", data={"pipeline_id": pipeline_id}, files=files
+                "POST", "key/api/v1/pipeline/run", "run", creates=True, data={"pipeline_id": pipeline_id}, files=files
             )
             if response.status_code == 404:
                 self._pipeline_not_found(pipeline_id)
         else:
             model_id = self._model()
             response = self._call(
-                "POST", "key/api/v1/text2image/run", "run", data={"model_id": str(model_id)}, files=files
+                "POST", "key/api/v1/text2image/run", "run", creates=True, data={"model_id": str(model_id)}, files=files
             )
         body = self._json(response, "run")
         closed = _queue_closed(body)
@@ -363,14 +367,26 @@ class FusionBrainBackend:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        """One API call, retried on connection errors, timeouts, 5xx and 429. Other answers are returned."""
+    def _call(self, method: str, path: str, what: str, *, creates: bool = False, **kwargs: Any) -> httpx.Response:
+        """One API call, retried on connection errors, timeouts, 5xx and 429. Other answers are returned.
+
+        A call that `creates` something (the submit: a paid task) is retried only when the request
+        cannot have reached the server (it never connected), or the server said it did not take it
+        (429, 503); after a timeout or a dropped connection it may already exist, so the attempt
+        fails instead (RetryableError) and a later attempt submits again, after a backoff."""
 
         def once() -> httpx.Response:
             response = self._client.request(method, path, **kwargs)
             if response.status_code >= 500 or response.status_code == 429:
                 raise _TransientStatus(response)
             return response
+
+        def worth_retrying(exc: BaseException) -> bool:
+            if isinstance(exc, _TransientStatus):
+                return not creates or exc.response.status_code in NOT_TAKEN_STATUSES
+            if creates:
+                return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+            return isinstance(exc, httpx.TransportError)
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome is not None else None
@@ -382,7 +398,7 @@ class FusionBrainBackend:
             )
 
         retrying = Retrying(
-            retry=retry_if_exception_type((httpx.TransportError, _TransientStatus)),
+            retry=retry_if_exception(worth_retrying),
             stop=stop_after_attempt(self.config.http_attempts),
             wait=http_retry_wait(self.config.retry_wait_seconds, RETRY_WAIT_MAX_SECONDS),
             before_sleep=before_sleep,

@@ -25,7 +25,9 @@ Faults (`inject(endpoint, kind, times)`), endpoint one of ENDPOINTS or "*":
 - "timeout": the fake waits `hang_seconds`, then closes without a response;
 - "malformed_json": the request is handled (a task is created, a result is consumed),
   then the JSON body is cut in half;
-- "truncated_base64": the request is handled and a returned image's base64 is cut.
+- "truncated_base64": the request is handled and a returned image's base64 is cut;
+- "reset_after": the request is handled (a task is created), then the connection is closed
+  without a response: the client cannot know that its POST went through.
 
 A prompt containing `#fail` ends FAIL; one containing `#censor` ends DONE censored.
 """
@@ -63,7 +65,7 @@ LEGACY_MODEL_ID = 4
 PIPELINE_ID = "6e4fb56e-5d6b-4f6e-9c1d-2a0b8f3c7d11"
 STYLES = ("KANDINSKY", "UHD", "ANIME", "DEFAULT")
 ENDPOINTS = ("pipelines", "models", "availability", "run", "status", "styles")
-TEXT_FAULTS = ("reset", "timeout", "malformed_json", "truncated_base64")
+TEXT_FAULTS = ("reset", "timeout", "malformed_json", "truncated_base64", "reset_after")
 API_PREFIX = "key/api/v1/"
 RESULT_SIDE_PX = 32
 
@@ -265,7 +267,7 @@ class FusionBrainFake:
 
     def _take_fault(self, endpoint: str, when: str) -> int | str | None:
         """The next fault for this call. when: "before" (codes, reset, timeout) or "after" (body faults)."""
-        after = ("malformed_json", "truncated_base64")
+        after = ("malformed_json", "truncated_base64", "reset_after")
         with self._lock:
             for key in (endpoint, "*"):
                 for fault in self._faults.get(key, []):
@@ -443,6 +445,9 @@ class _Handler(BaseHTTPRequestHandler):
         after = fake._take_fault(endpoint, "after") if endpoint and reply.code < 400 else None
         if after == "truncated_base64":
             _truncate_images(reply.body)
+        if after == "reset_after":
+            self._reset()
+            return
         self._send(reply, malformed=after == "malformed_json")
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], body: bytes, endpoint: str | None) -> _Reply:

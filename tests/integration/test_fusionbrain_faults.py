@@ -20,8 +20,13 @@ def fake() -> Iterator[FusionBrainFake]:
         yield server
 
 
-@pytest.mark.parametrize("endpoint", ["run", "status", "pipelines"])
-@pytest.mark.parametrize("fault", [500, 502, 503, 429, "reset", "timeout"])
+RETRIED_IN_CALL = [(endpoint, fault) for endpoint in ("status", "pipelines")
+                   for fault in (500, 502, 503, 429, "reset", "timeout")]
+# The submit creates a paid task: resent at once only when the server said it did not take it.
+RETRIED_IN_CALL += [("run", 503), ("run", 429)]
+
+
+@pytest.mark.parametrize(("endpoint", "fault"), RETRIED_IN_CALL)
 def test_a_passing_fault_is_retried_within_the_call(conn, make_settings, make_repo, fake, endpoint, fault):
     fake.hang_seconds = 1.5  # longer than the client's timeout below
     image_id = insert_image(conn)
@@ -32,6 +37,29 @@ def test_a_passing_fault_is_retried_within_the_call(conn, make_settings, make_re
     assert row["status"] == "ReadyToPublish", row["error"]
     assert row["attempts"] == 1  # the row never noticed
     assert fake.count(endpoint) == 2
+
+
+@pytest.mark.parametrize("fault", [500, 502, "reset", "timeout", "reset_after"])
+def test_a_submit_that_may_have_reached_the_server_is_not_resent_in_the_call(
+    conn, make_settings, make_repo, fake, fault
+):
+    """After a timeout, a dropped connection or a 5xx other than 503 the task may exist already
+    (reset_after: it does): resending at once would create a second paid task. The attempt fails
+    instead, and the row is submitted again after its backoff."""
+    fake.hang_seconds = 1.5
+    image_id = insert_image(conn)
+    fake.inject("run", fault, times=1)
+    with rig(make_settings, make_repo, fake, IMAGEND_FUSIONBRAIN_TIMEOUT="0.3") as r:
+        r.generate()
+        assert fake.count("run") == 1  # not resent within the call
+        row = fetch_image(conn, image_id)
+        assert (row["status"], row["attempts"]) == ("ReadyToGenerate", 1)
+        assert row["error"].startswith("Fusion Brain run call")
+        make_due(conn)
+        drive(r, conn, fake, [image_id])
+    row = fetch_image(conn, image_id)
+    assert (row["status"], row["attempts"]) == ("ReadyToPublish", 2)
+    assert fake.count("run") == 2
 
 
 def test_a_lasting_outage_spends_the_attempts_then_fails_readably(conn, make_settings, make_repo, fake):
