@@ -17,6 +17,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from imagend.backends.registry import BACKEND_NAMES
+from imagend.durations import NANOSECONDS_PER_SECOND, DurationSyntaxError, parse_go_duration
 from imagend.errors import ConfigError
 
 # Ancestor defaults (the Go service), then imagend's own.
@@ -35,8 +36,8 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
 PROMPT_MAX_CHARS = 999
 
-_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_GO_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Plain seconds: decimal digits only (no exponent, inf, nan or underscores, which float() takes).
+_DECIMAL_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 class Secret:
@@ -109,17 +110,23 @@ class Env:
         return value
 
     def seconds(self, name: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
-        """Seconds as a number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms')."""
+        """Seconds as a decimal number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms', '.5s',
+        '1μs'); never negative (a wait, a timeout or an interval below zero means nothing)."""
         raw = self.str(name)
         if raw is None:
             return default
-        try:
+        if _DECIMAL_SECONDS.fullmatch(raw):
             value = float(raw)
-        except ValueError:
-            matches = _GO_DURATION.findall(raw)
-            if not matches or "".join(n + u for n, u in matches) != raw:
-                raise ConfigError(f"{name}={raw!r} is not a duration (seconds, or like 30s, 5m, 1h)") from None
-            value = sum(float(n) * _GO_UNIT_SECONDS[u] for n, u in matches)
+        else:
+            try:
+                value = parse_go_duration(raw) / NANOSECONDS_PER_SECOND
+            except DurationSyntaxError as exc:
+                raise ConfigError(
+                    f"{name}={raw!r} is not a duration: {exc} "
+                    "(write seconds, like 30 or 0.5, or a Go duration, like 30s, 5m, 1h30m, 500ms)"
+                ) from None
+        if value < 0:
+            raise ConfigError(f"{name}={raw!r} is negative; a duration here must be 0 or more")
         _check_range(name, value, minimum, None)
         return value
 

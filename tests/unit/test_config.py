@@ -165,4 +165,3 @@ def test_hide_password_finds_the_password_even_in_a_string_libpq_refuses(conninf
     message = f'libpq quoted it: "{conninfo}"'
     hidden = hide_password(message, conninfo)
     assert "Hunter2-db-Secret" not in hidden and "***" in hidden
-    assert hidden.startswith('libpq quoted it: "') and "db.example" in hidden or "[::1" in hidden
