@@ -22,6 +22,8 @@ from imagend.sql import schema
 
 POOL_OPEN_TIMEOUT_SECONDS = 30.0
 POOL_WAIT_SECONDS = 5.0
+POOL_MAX_IDLE_SECONDS = 30.0
+APPLICATION_NAME = "imagend"  # what pg_stat_activity shows for the daemon's connections
 # psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
 _BAD_OPTION = re.compile(r"connection is bad: (invalid|unrecognized|could not match|missing)")
 
@@ -118,14 +120,18 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
 
 
 def open_pool(url: str, settings: Settings) -> ConnectionPool:
+    """The daemon's pool: at most DB_MAX_OPEN_CONNS connections, DB_MAX_IDLE_CONNS kept open; the
+    ones above that are closed after DB_CONN_MAX_IDLE_TIME unused (as the Go service's database/sql
+    gave them back), so a fleet of idle daemons does not hold Postgres's connection slots."""
     pool = ConnectionPool(
         url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         max_lifetime=settings.db_conn_max_lifetime_seconds,
+        max_idle=settings.env.seconds("DB_CONN_MAX_IDLE_TIME", POOL_MAX_IDLE_SECONDS, minimum=0.1),
         # prepare_threshold=None: no server-side prepared statements, which break behind a
         # transaction pooler (PgBouncer): the next transaction may run on another server connection.
-        kwargs={"autocommit": True, "prepare_threshold": None},
+        kwargs={"autocommit": True, "prepare_threshold": None, "application_name": APPLICATION_NAME},
         # A connection broken by a Postgres restart is replaced instead of failing a query.
         check=ConnectionPool.check_connection,
         # Fail a query fast while Postgres is down; the daemon backs off and retries.
