@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from imagend import __version__
-from imagend.backends import create_backends
+from imagend.backends import create_backends, missing_libraries
 from imagend.config import Settings, load_settings
 from imagend.daemon import Daemon, daemon_identity
 from imagend.db import apply_schema, database_setting, database_url, open_pool
@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(go_flags(parser, sys.argv[1:] if argv is None else argv))
     if args.make_tiny_model:
+        missing = missing_libraries("local")
+        if missing is not None:
+            print(f"imagend: -make-tiny-model builds a diffusers pipeline, but {missing}: install imagend[local]",
+                  file=sys.stderr)
+            return 2
         from imagend.testing.tiny_model import write_tiny_model
 
         write_tiny_model(args.make_tiny_model)

