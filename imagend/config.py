@@ -31,6 +31,7 @@ LEASE_SECONDS = 60.0
 DEAD_AFTER_SECONDS = 10.0
 MAX_CRASHES = 3
 POLL_SECONDS = 2.0
+LISTEN_CHECK_SECONDS = 30.0
 DRAIN_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
@@ -183,6 +184,7 @@ class Settings:
     dead_after_seconds: float
     max_crashes: int
     poll_seconds: float
+    listen_check_seconds: float
     generator_interval_seconds: float
     processor_interval_seconds: float
     drain_seconds: float
@@ -357,6 +359,7 @@ def load_settings(
         dead_after_seconds=env.seconds("IMAGEND_DEAD_AFTER", DEAD_AFTER_SECONDS, minimum=1.0),
         max_crashes=env.int("IMAGEND_MAX_CRASHES", MAX_CRASHES, minimum=1),
         poll_seconds=env.seconds("IMAGEND_POLL_SECONDS", POLL_SECONDS, minimum=0.05),
+        listen_check_seconds=env.seconds("IMAGEND_LISTEN_CHECK", LISTEN_CHECK_SECONDS, minimum=0.5),
         generator_interval_seconds=env.seconds("IMAGEND_GENERATOR_INTERVAL", GENERATOR_INTERVAL_SECONDS, minimum=0.1),
         processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
         drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),

@@ -140,7 +140,7 @@ class Daemon:
         self.pacer.request(GENERATOR)
         Listener(
             self.listen_url, self.repo, on_notify=self.request_generator, on_deaf=self._poll_instead,
-            stopping=self.stopping,
+            stopping=self.stopping, check_seconds=self.settings.listen_check_seconds,
         ).start()
         runner = threading.Thread(target=self.pacer.run, name="imagend-pacer", daemon=True)
         runner.start()
