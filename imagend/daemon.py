@@ -14,10 +14,12 @@ liveness heartbeat, and a clean stop on SIGTERM.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +48,35 @@ IO_THREADS = 32  # concurrent remote submissions / polls
 MIN_RESCHEDULE_SECONDS = 0.25  # floor for a wake-up read from the database: a due row we cannot claim must not spin
 INTERRUPT_GRACE_SECONDS = 5.0
 LISTEN_FALLBACK_JOB = "listen-fallback-poll"
+
+
+class PassLog:
+    """One INFO line per pass that did something, but at most one per job every SUMMARY_SECONDS:
+    a busy daemon (a pass per row at 50 rows/s) sums its passes instead of writing 50 lines a second."""
+
+    SUMMARY_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[PassCounts, int]] = {}
+        self._last: dict[str, float] = {}
+
+    def add(self, job: str, counts: PassCounts) -> None:
+        if not (counts.claimed or counts.polled or counts.rescued or counts.lost):
+            return
+        summed, passes = self._pending.get(job, (PassCounts(), 0))
+        summed.merge(counts)
+        self._pending[job] = (summed, passes + 1)
+        if time.monotonic() - self._last.get(job, -math.inf) >= self.SUMMARY_SECONDS:
+            self._write(job)
+
+    def flush(self) -> None:
+        for job in list(self._pending):
+            self._write(job)
+
+    def _write(self, job: str) -> None:
+        summed, passes = self._pending.pop(job)
+        self._last[job] = time.monotonic()
+        log.info(f"{job}_pass", **({"passes": passes} if passes > 1 else {}), **summed.summary())
 
 
 def daemon_identity() -> str:
@@ -80,6 +111,7 @@ class Daemon:
         self.pacer = Pacer({GENERATOR: self._generator_pass, PROCESSOR: self._processor_pass}, self.stopping)
         self.scheduler: BackgroundScheduler | None = None
         self._failures = {GENERATOR: 0, PROCESSOR: 0}
+        self.pass_log = PassLog()
         self.generator = Generator(
             repo,
             backends,
@@ -184,6 +216,7 @@ class Daemon:
             log.warning("drain_timeout", action="interrupting work in flight")
             self.aborting.set()
             runner.join(INTERRUPT_GRACE_SECONDS)
+        self.pass_log.flush()
         self.release_owned_rows()
         self.liveness.stop(remove=not runner.is_alive())
         self.io_pool.shutdown(wait=False, cancel_futures=True)
@@ -227,8 +260,7 @@ class Daemon:
         self._failures[job] = 0
         if counts.more:
             self.pacer.request(job)
-        if counts.claimed or counts.polled or counts.rescued or counts.lost:
-            log.info(f"{job}_pass", **counts.summary())
+        self.pass_log.add(job, counts)
 
     def _retry_later(self, job: str, event: str, **fields: str) -> None:
         self._failures[job] += 1

@@ -21,6 +21,10 @@ STEPS_RANGE = (1, 200)
 GUIDANCE_RANGE = (0.0, 50.0)
 SEED_MAX = 2**63 - 1
 ECHO_MAX_CHARS = 80
+# Every text a producer writes is bounded. The negative prompt as Fusion Brain bounds it; names
+# (style, scheduler) are short words.
+NEGATIVE_PROMPT_MAX_CHARS = 1000
+NAME_MAX_CHARS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,9 +64,9 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
     prompt = row.prompt or ""
     if not prompt.strip():
         raise BadInput("prompt is empty")
-    warning = None
+    warnings = []
     if len(prompt) > PROMPT_MAX_CHARS:
-        warning = f"prompt truncated from {len(prompt)} to {PROMPT_MAX_CHARS} characters"
+        warnings.append(f"prompt truncated from {len(prompt)} to {PROMPT_MAX_CHARS} characters")
         prompt = truncate_prompt(prompt)
     params = decode_params(row.params)
     if row.max_attempts is not None and row.max_attempts < 1:
@@ -81,6 +85,15 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
     if row.seed is not None and not 0 <= row.seed <= SEED_MAX:
         raise BadInput(f"seed must be between 0 and {SEED_MAX}, got {row.seed}")
     negative = row.negative_prompt if row.negative_prompt is not None else settings.default_negative_prompt
+    if negative is not None and len(negative) > NEGATIVE_PROMPT_MAX_CHARS:
+        # Unbounded, it held a GPU for minutes of prompt parsing and encoding.
+        warnings.append(
+            f"negative_prompt truncated from {len(negative)} to {NEGATIVE_PROMPT_MAX_CHARS} characters"
+        )
+        negative = truncate_prompt(negative, NEGATIVE_PROMPT_MAX_CHARS)
+    for name, value in (("style", row.style), ("scheduler", row.scheduler)):
+        if value is not None and len(value) > NAME_MAX_CHARS:
+            raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {clip(value)!r}")
     request = Request(
         id=row.id,
         prompt=prompt,
@@ -95,4 +108,4 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
         params=params,
         attempt=row.attempt,
     )
-    return Validated(request, warning)
+    return Validated(request, "; ".join(warnings) or None)

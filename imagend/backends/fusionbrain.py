@@ -70,7 +70,8 @@ QUEUE_CLOSED_STATES = ("DISABLED_BY_QUEUE", "DISABLED_MANUALLY")
 QUEUE_STATUS_KEYS = ("model_status", "pipeline_status", "status")  # sources disagree on the key
 PENDING_STATES = ("INITIAL", "PROCESSING")
 MESSAGE_MAX_CHARS = 300
-EXPIRED_MESSAGE = "task expired or already fetched; resubmitting as a new attempt"
+# Neutral on what happens next: the same text ends a row Failed when its attempts are spent.
+EXPIRED_MESSAGE = "the task's result expired, or was already fetched, on Fusion Brain's side"
 
 
 @dataclass(frozen=True, slots=True)

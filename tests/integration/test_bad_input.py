@@ -24,6 +24,8 @@ BAD_ROWS = [
     ({"height": 100_000}, "height must be between 1 and 8192 pixels, got 100000"),
     ({"backend": "dalle"}, "unknown backend 'dalle'"),
     ({"style": "Impressionist"}, "unknown style 'Impressionist'"),
+    ({"style": "s" * 10_000}, "style is 10000 characters long, at most 64: 'sssss"),
+    ({"scheduler": "k" * 10_000}, "scheduler is 10000 characters long, at most 64: 'kkkkk"),
     ({"steps": 0}, "steps must be between 1 and 200, got 0"),
     ({"steps": 5000}, "steps must be between 1 and 200, got 5000"),
     ({"guidance": -0.5}, "guidance must be between 0 and 50, got -0.5"),

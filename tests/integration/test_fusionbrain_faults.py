@@ -206,6 +206,19 @@ def test_an_expired_result_is_resubmitted_never_lost(conn, make_settings, make_r
     assert row["uuid"] != first_task
 
 
+def test_a_row_failed_by_an_expired_result_says_what_happened_not_what_would_happen(
+    conn, make_settings, make_repo, fake
+):
+    image_id = insert_image(conn, max_attempts=1)
+    with rig(make_settings, make_repo, fake) as r:
+        r.generate()
+        fake.advance(fake.generation_seconds + fake.expiry_seconds + 1)
+        r.process()
+    row = fetch_image(conn, image_id)
+    assert (row["status"], row["error"]) == ("Failed", EXPIRED_MESSAGE)
+    assert "resubmit" not in row["error"]
+
+
 @pytest.mark.parametrize("key", ["model_status", "pipeline_status", "status"])
 def test_a_closed_queue_leaves_rows_waiting_without_counting_attempts(conn, make_settings, make_repo, fake, key):
     ids = [insert_image(conn) for _ in range(3)]

@@ -117,3 +117,15 @@ def test_a_prompt_of_exactly_999_characters_is_left_alone():
     validated = validate_row(replace(ROW, prompt=prompt), SETTINGS)
     assert validated.request.prompt == prompt
     assert validated.warning is None
+
+
+def test_every_producer_text_is_bounded_and_errors_stay_short():
+    huge = "x" * 100_000
+    validated = validate_row(replace(ROW, negative_prompt=huge), SETTINGS)
+    assert len(validated.request.negative_prompt) == 1000
+    assert validated.warning == "negative_prompt truncated from 100000 to 1000 characters"
+    for name in ("style", "scheduler"):
+        with pytest.raises(BadInput) as caught:
+            validate_row(replace(ROW, **{name: "y" * 10_000}), SETTINGS)
+        assert str(caught.value).startswith(f"{name} is 10000 characters long, at most 64")
+        assert len(str(caught.value)) < 200
