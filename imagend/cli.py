@@ -21,6 +21,7 @@ from imagend.db import apply_schema, database_setting, database_url, open_pool
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.logs import configure, get_logger
 from imagend.repository import Repository
+from imagend.unserved import UnservedReport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,12 +145,16 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             max_crashes=settings.max_crashes,
         )
         if args.status:
-            print(json.dumps([_status_line(row) for row in repo.queue_status()], default=str, indent=2))
+            serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
+            lines = [_status_line(row, settings.default_backend, serving) for row in repo.queue_status()]
+            print(json.dumps(lines, default=str, indent=2))
             return 0
         backends = create_backends(settings)
         try:
             listen_url = settings.listen_url.reveal() if settings.listen_url else url
             daemon = Daemon(settings, repo, backends, listen_url=listen_url)
+            # At start: rows waiting for a backend this daemon does not serve (nobody's, perhaps).
+            UnservedReport(repo, settings.served_backends).check()
             if args.cron:
                 return daemon.run_forever()
             try:
@@ -162,15 +167,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 backend.close()
 
 
-def _status_line(row: dict[str, Any]) -> dict[str, Any]:
+def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
     """One line of images_queue_status for JSON: the oldest waiting row's age in seconds (a number,
-    not an interval's text), the average generation time as a number."""
+    not an interval's text), the average generation time as a number; on waiting lines, how many
+    running daemons serve their backend (a NULL backend is IMAGEND_BACKEND's) and `unserved` when
+    none does."""
     line = dict(row)
     oldest = line.pop("oldest_waiting", None)
     line["oldest_waiting_seconds"] = round(oldest.total_seconds(), 3) if isinstance(oldest, timedelta) else None
     average = line.get("avg_generation_seconds")
     if average is not None:
         line["avg_generation_seconds"] = round(float(average), 3)
+    if line["status"] == "ReadyToGenerate":
+        count = serving.get(line["backend"] or default_backend)  # None: no such backend; any daemon fails them
+        line["daemons_serving"] = count
+        line["unserved"] = count == 0
     return line
 
 

@@ -67,6 +67,16 @@ class Wakeups:
 
 
 @dataclass(frozen=True, slots=True)
+class UnservedRows:
+    """Waiting rows for one backend a daemon does not serve (images_unserved)."""
+
+    backend: str
+    rows: int
+    oldest_waiting_seconds: float
+    daemons_serving: int  # running daemons (a heartbeat within dead_after) that serve this backend
+
+
+@dataclass(frozen=True, slots=True)
 class DaemonInfo:
     """What a daemon says of itself in imagend_daemons."""
 
@@ -327,3 +337,18 @@ class Repository:
         with self._cursor(dict_row) as cur:
             cur.execute(self._sql["images_queue_status"])
             return cur.fetchall()
+
+    def unserved(self, served: Sequence[str]) -> list[UnservedRows]:
+        """Waiting rows for the known backends not in `served`, per backend, with how many running
+        daemons serve each (0: nobody will ever claim them)."""
+        rows: list[UnservedRows] = self._rows(
+            "images_unserved",
+            {
+                "default_backend": self.default_backend,
+                "served": list(served),
+                "known": list(BACKEND_NAMES),
+                "dead_after": self.dead_after_seconds,
+            },
+            class_row(UnservedRows),
+        )
+        return rows

@@ -306,3 +306,26 @@ SELECT pg_notify(%(channel)s, '');
 -- name: images_queue_status
 SELECT status, backend, rows, oldest_waiting, avg_generation_seconds
 FROM images_queue_status;
+
+-- name: images_unserved
+-- Waiting rows for the backends a daemon does not serve (%(served)s; empty for `-status`), per
+-- backend (a NULL backend is %(default_backend)s's, as the claim reads it): how many, how long the
+-- oldest has waited, and how many running daemons (a heartbeat within dead_after) serve that
+-- backend. Rows naming no known backend are left out: any daemon claims them, to fail them.
+WITH waiting AS (
+    SELECT COALESCE(backend, %(default_backend)s) AS backend, count(*) AS rows, min(created_at) AS oldest
+    FROM images
+    WHERE status = 'ReadyToGenerate'
+    GROUP BY 1
+)
+SELECT w.backend,
+       w.rows::int AS rows,
+       extract(epoch FROM now() - w.oldest)::float8 AS oldest_waiting_seconds,
+       (SELECT count(*)
+        FROM imagend_daemons AS d
+        WHERE w.backend = ANY (d.backends)
+          AND d.heartbeat_at > now() - make_interval(secs => %(dead_after)s))::int AS daemons_serving
+FROM waiting AS w
+WHERE w.backend = ANY (%(known)s::text[])
+  AND w.backend <> ALL (%(served)s::text[])
+ORDER BY w.backend;

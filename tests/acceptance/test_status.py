@@ -1,11 +1,12 @@
-"""`imagend -status`: the queue status view as JSON a machine can read."""
+"""`imagend -status`: the queue status view as JSON a machine can read, and rows nobody serves (there
+and in a starting daemon's log)."""
 
 from __future__ import annotations
 
 import json
 
-from support.daemons import run_imagend
-from support.db import base_env, insert_image
+from support.daemons import DaemonProcess, run_imagend
+from support.db import base_env, insert_image, wait_until
 
 
 def test_status_gives_ages_and_times_in_seconds_as_numbers(db_url, conn):
@@ -23,3 +24,31 @@ def test_status_gives_ages_and_times_in_seconds_as_numbers(db_url, conn):
     finished = lines[("ReadyToPublish", None)]
     assert finished["avg_generation_seconds"] == 2.0
     assert finished["oldest_waiting_seconds"] is None
+
+
+def test_status_shows_waiting_rows_that_no_running_daemon_serves(db_url, conn):
+    insert_image(conn, "for a GPU host that is not running", backend="local")
+    insert_image(conn, "for the default backend")  # NULL: IMAGEND_BACKEND's (placeholder here)
+    conn.execute("INSERT INTO imagend_daemons (owner, host, pid, version, backends) "
+                 "VALUES ('busy:1:a', 'busy', 1, 'test', '{placeholder}')")
+    result = run_imagend(["-status"], base_env(db_url))
+    assert result.returncode == 0, result.stderr
+    lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)}
+    local = lines[("ReadyToGenerate", "local")]
+    assert (local["unserved"], local["daemons_serving"]) == (True, 0)
+    default = lines[("ReadyToGenerate", None)]
+    assert (default["unserved"], default["daemons_serving"]) == (False, 1)
+
+
+def test_a_daemon_says_at_start_that_rows_wait_for_a_backend_nobody_serves(db_url, conn, tmp_path):
+    insert_image(conn, "for a GPU host that is not running", backend="local")
+    daemon = DaemonProcess(["-cron"], base_env(db_url, IMAGEND_BACKENDS="placeholder"), tmp_path)
+    try:
+        wait_until(lambda: "daemon_started" in daemon.output(), 30, what="the daemon to start")
+    finally:
+        daemon.stop()
+    lines = [json.loads(line) for line in daemon.output().splitlines() if line.startswith("{")]
+    [warning] = [line for line in lines if line["event"] == "rows_unserved"]
+    assert (warning["backend"], warning["rows"], warning["daemons_serving"]) == ("local", 1, 0)
+    assert warning["served_here"] == ["placeholder"]
+    assert "IMAGEND_BACKENDS" in warning["hint"]
