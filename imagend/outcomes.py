@@ -15,7 +15,7 @@ from imagend.config import Settings
 from imagend.errors import LostOwnership, RowError
 from imagend.logs import get_logger, redact
 from imagend.repository import Repository
-from imagend.results import finished
+from imagend.results import OutputUnwritable, finished
 from imagend.retry import backoff_seconds, retry_database
 from imagend.rows import Claim
 
@@ -56,14 +56,29 @@ class Outcomes:
         self.repo = repo
         self.settings = settings
 
-    def done(self, results: Sequence[tuple[Claim, Image]], counts: PassCounts) -> None:
-        """The image and the status are written in one statement, fenced by each claim."""
-        if not results:
+    def done(self, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *, one_shot: bool = False) -> None:
+        """The image and the status are written in one statement, fenced by each claim.
+
+        An image IMAGEND_OUTPUT_DIR cannot take fails its attempt (retried) with the OS error, unless
+        it is `one_shot` (a remote result, fetched once and gone): that one is kept in the row's
+        base64 with a warning rather than thrown away."""
+        rows = []
+        for claim, image in results:
+            try:
+                rows.append(finished(claim, image, self.settings.output_dir))
+            except OutputUnwritable as exc:
+                if not one_shot:
+                    self.fail(claim, exc, counts)
+                    continue
+                rows.append(finished(claim, image, None, warning=f"{exc}; the image is in base64 only"))
+        if not rows:
             return
-        rows = [finished(claim, image, self.settings.output_dir) for claim, image in results]
         written = retry_database(lambda: self.repo.mark_done(rows), self.settings.lease_seconds)
         counts.done += len(written)
+        kept = {row.claim for row in rows}
         for claim, image in results:
+            if claim not in kept:
+                continue
             if claim.id in written:
                 log.debug(
                     "image_done",

@@ -78,7 +78,7 @@ class Processor:
                 self.outcomes.fail(task.claim, unexpected(backend.name, exc), counts)
                 return counts
         if not isinstance(outcome, Pending):
-            self.outcomes.done([(task.claim, outcome)], counts)
+            self.outcomes.done([(task.claim, outcome)], counts, one_shot=True)
             return counts
         age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
         if age > self.settings.generation_timeout_seconds:

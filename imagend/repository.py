@@ -43,6 +43,7 @@ class Finished:
     seed: int | None
     output_path: str | None
     generation_seconds: float | None
+    warning: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +175,7 @@ class Repository:
                 "seeds": [r.seed for r in results],
                 "output_paths": [r.output_path for r in results],
                 "generation_seconds": [r.generation_seconds for r in results],
+                "warnings": [r.warning for r in results],
                 "owner": self.owner,
             },
         )

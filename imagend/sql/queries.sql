@@ -45,14 +45,15 @@ SET status             = 'ReadyToPublish',
     seed               = COALESCE(d.seed, i.seed),
     output_path        = d.output_path,
     generation_seconds = d.generation_seconds,
+    warning            = COALESCE(d.warning, i.warning),
     progress           = 1,
     error              = NULL,
     finished_at        = now(),
     locked_by          = NULL,
     lease_until        = NULL
 FROM unnest(%(ids)s::int[], %(attempts)s::int[], %(base64s)s::text[], %(seeds)s::bigint[],
-            %(output_paths)s::text[], %(generation_seconds)s::float8[])
-     AS d(id, attempt, base64, seed, output_path, generation_seconds)
+            %(output_paths)s::text[], %(generation_seconds)s::float8[], %(warnings)s::text[])
+     AS d(id, attempt, base64, seed, output_path, generation_seconds, warning)
 WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
