@@ -124,21 +124,28 @@ def test_first_poll_waits_status_time_then_every_check_interval(conn, make_setti
     assert fake.count("status") == 1
 
 
-def test_bad_sizes_styles_and_negative_prompts_fail_before_any_call(conn, make_settings, make_repo, fake):
+def test_bad_sizes_and_styles_fail_before_any_call(conn, make_settings, make_repo, fake):
     too_wide = insert_image(conn, width=2048)
     too_small = insert_image(conn, height=32)
     bad_style = insert_image(conn, style="watercolour")
-    long_negative = insert_image(conn, negative_prompt="x" * 1001)
     with rig(make_settings, make_repo, fake) as r:
         r.generate()
-    errors = {i: fetch_image(conn, i) for i in (too_wide, too_small, bad_style, long_negative)}
+    errors = {i: fetch_image(conn, i) for i in (too_wide, too_small, bad_style)}
     assert all(row["status"] == "Failed" for row in errors.values())
     assert "width 2048" in errors[too_wide]["error"] and "1024" in errors[too_wide]["error"]
     assert "height 32" in errors[too_small]["error"]
     assert "unknown style 'watercolour'" in errors[bad_style]["error"]
     assert "KANDINSKY" in errors[bad_style]["error"]
-    assert "at most 1000" in errors[long_negative]["error"]
     assert fake.count("run") == 0
+
+
+def test_a_long_negative_prompt_is_cut_to_what_fusion_brain_takes_with_a_warning(conn, make_settings, make_repo, fake):
+    image_id = insert_image(conn, negative_prompt="x" * 1001)
+    with rig(make_settings, make_repo, fake) as r:
+        drive(r, conn, fake, [image_id])
+    row = fetch_image(conn, image_id)
+    assert row["status"] == "ReadyToPublish"
+    assert row["warning"] == "negative_prompt truncated from 1001 to 1000 characters"
 
 
 def test_a_style_the_styles_endpoint_lists_is_accepted(conn, make_settings, make_repo, fake):
