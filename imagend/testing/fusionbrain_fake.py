@@ -9,6 +9,14 @@ once (404 afterwards) and expire when nobody reads them, censorship (DONE with
 `censored: true` and a placeholder image), and a queue that answers
 DISABLED_BY_QUEUE.
 
+Its defaults are what the public clients of the real API were written against (the
+official fusionbrain-sdk-python drives it unchanged: tests/integration/test_fusionbrain_fake_clients.py):
+a closed queue is `{"status": …}` from availability and `{"model_status": …}` (still 201)
+from a run; the listing holds TEXT2IMAGE pipelines only, one of them DISABLED_MANUALLY,
+which availability reports as such and which refuses runs. What the real API's sources
+disagree on is opt-in: `queue_key` (the key of both closed-queue answers, e.g. the docs'
+`pipeline_status`) and `inpainting_pipeline` (an INPAINTING pipeline listed first).
+
 Use it in-process:
 
     with FusionBrainFake(latency_seconds=0.1) as fake:
@@ -63,6 +71,9 @@ NEGATIVE_PROMPT_MAX_CHARS = 1000
 MAX_SIDE_PX = 1024
 LEGACY_MODEL_ID = 4
 PIPELINE_ID = "6e4fb56e-5d6b-4f6e-9c1d-2a0b8f3c7d11"
+DISABLED_PIPELINE_ID = "9a1b2c3d-0000-4000-8000-00000000dead"
+INPAINTING_PIPELINE_ID = "0b6a2c1e-7f0e-4a55-9a51-1d2f3e4a5b6c"
+QUEUE_STATES = ("ACTIVE", "DISABLED_BY_QUEUE", "DISABLED_MANUALLY")
 STYLES = ("KANDINSKY", "UHD", "ANIME", "DEFAULT")
 ENDPOINTS = ("pipelines", "models", "availability", "run", "status", "styles")
 TEXT_FAULTS = ("reset", "timeout", "malformed_json", "truncated_base64", "reset_after")
@@ -145,6 +156,7 @@ class FusionBrainFake:
         queue: str = "ACTIVE",
         queue_key: str | None = None,
         styles: tuple[str, ...] = STYLES,
+        inpainting_pipeline: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -157,8 +169,11 @@ class FusionBrainFake:
         self.expiry_seconds = expiry_seconds
         self.hang_seconds = hang_seconds
         self.queue = queue  # ACTIVE, DISABLED_BY_QUEUE or DISABLED_MANUALLY
-        self.queue_key = queue_key  # None: pipeline_status (pipeline) / model_status (legacy), as the docs show
+        # The key of a closed-queue answer. None: what the SDKs read, `status` from availability and
+        # `model_status` from a run; a name (the docs show `pipeline_status`): that key in both.
+        self.queue_key = queue_key
         self.styles = styles
+        self.inpainting_pipeline = inpainting_pipeline  # an INPAINTING pipeline listed first (opt-in)
         self.fail_all = False
         self.censor_all = False
         self.fail_description = "Internal generation error"
@@ -358,19 +373,20 @@ class FusionBrainFake:
             "tags": [],
         }
         status = "ACTIVE" if self.queue == "ACTIVE" else self.queue
-        # Listed first on purpose: a client must pick the first ACTIVE TEXT2IMAGE one.
+        # Listed before the active one on purpose: a client must pick the first ACTIVE TEXT2IMAGE one.
+        inpainting = {
+            "id": INPAINTING_PIPELINE_ID,
+            "name": "Inpainting",
+            "nameEn": "Inpainting",
+            "version": 3.1,
+            "status": "ACTIVE",
+            "type": "INPAINTING",
+            **common,
+        }
         return [
+            *([inpainting] if self.inpainting_pipeline else []),
             {
-                "id": "0b6a2c1e-7f0e-4a55-9a51-1d2f3e4a5b6c",
-                "name": "Inpainting",
-                "nameEn": "Inpainting",
-                "version": 3.1,
-                "status": "ACTIVE",
-                "type": "INPAINTING",
-                **common,
-            },
-            {
-                "id": "9a1b2c3d-0000-4000-8000-00000000dead",
+                "id": DISABLED_PIPELINE_ID,
                 "name": "Kandinsky 3.0",
                 "nameEn": "Kandinsky 3.0",
                 "version": 3.0,
@@ -467,9 +483,12 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "models":
             return _Reply(200, [{"id": LEGACY_MODEL_ID, "name": "Kandinsky", "version": 3.1, "type": "TEXT2IMAGE"}])
         if endpoint == "availability":
-            if rest.startswith("pipeline/") and rest.split("/")[1] not in {p["id"] for p in fake._pipelines()}:
-                raise _BadRequest(404, "Pipeline not found")
-            return _Reply(200, self._queue_state(rest))
+            pipeline = None
+            if rest.startswith("pipeline/"):
+                pipeline = {p["id"]: p for p in fake._pipelines()}.get(rest.split("/")[1])
+                if pipeline is None:
+                    raise _BadRequest(404, "Pipeline not found")
+            return _Reply(200, self._availability(pipeline))
         if endpoint == "run":
             return self._run(rest, query, body)
         api = "pipeline" if rest.startswith("pipeline/") else "legacy"
@@ -478,12 +497,19 @@ class _Handler(BaseHTTPRequestHandler):
             raise _BadRequest(404, "Task not found")
         return _Reply(200, state)
 
-    def _queue_state(self, rest: str) -> dict[str, str]:
+    def _availability(self, pipeline: dict[str, Any] | None) -> dict[str, str]:
+        """Availability of a pipeline (its own status: a DISABLED_MANUALLY one says so), or of the
+        legacy model (the queue's)."""
         fake = self.server.fake
-        if fake.queue == "ACTIVE":
+        state = pipeline["status"] if pipeline is not None else fake.queue
+        if state == "ACTIVE":
             return {"status": "ACTIVE"}
-        key = fake.queue_key or ("pipeline_status" if rest.startswith("pipeline") else "model_status")
-        return {key: fake.queue}
+        return {fake.queue_key or "status": state}
+
+    def _refused_run(self, state: str) -> _Reply:
+        """A run the queue (or a disabled pipeline) does not take: 201 and a status object instead
+        of a uuid, as the SDKs read it."""
+        return _Reply(201, {self.server.fake.queue_key or "model_status": state})
 
     def _run(self, rest: str, query: dict[str, list[str]], body: bytes) -> _Reply:
         fake = self.server.fake
@@ -503,6 +529,9 @@ class _Handler(BaseHTTPRequestHandler):
             known = {p["id"]: p for p in fake._pipelines()}
             if pipeline_id not in known or known[pipeline_id]["type"] != "TEXT2IMAGE":
                 raise _BadRequest(404, f"Pipeline {pipeline_id} not found")
+            if known[pipeline_id]["status"] != "ACTIVE":  # disabled (by hand, or the queue): no task
+                _check_params(raw_params, fake.styles)
+                return self._refused_run(known[pipeline_id]["status"])
         else:
             raw_model = fields["model_id"][1].decode() if "model_id" in fields else ""
             try:
@@ -515,7 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequest(404, f"Model {model_id} not found")
         params = _check_params(raw_params, fake.styles)
         if fake.queue != "ACTIVE":
-            return _Reply(201, self._queue_state(rest))
+            return self._refused_run(fake.queue)
         task_id = fake._create_task(api, params, pipeline_id, model_id)
         reply: dict[str, Any] = {"uuid": task_id, "status": "INITIAL"}
         if api == "pipeline":
@@ -668,7 +697,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generation-seconds", type=float, default=5.0, help="submission to DONE")
     parser.add_argument("--status-time", type=int, default=2, help="first-poll hint returned by pipeline/run")
     parser.add_argument("--expiry-seconds", type=float, default=300.0, help="unread results vanish after this")
-    parser.add_argument("--queue", default="ACTIVE", choices=("ACTIVE", "DISABLED_BY_QUEUE", "DISABLED_MANUALLY"))
+    parser.add_argument("--queue", default="ACTIVE", choices=QUEUE_STATES)
+    parser.add_argument(
+        "--queue-key",
+        help="the key of closed-queue answers (default: status from availability, model_status from a run, "
+        "as the SDKs read them; the docs show pipeline_status)",
+    )
+    parser.add_argument(
+        "--inpainting-pipeline", action="store_true", help="also list an INPAINTING pipeline, first (opt-in)"
+    )
     parser.add_argument(
         "--fault",
         action="append",
@@ -689,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         status_time=args.status_time,
         expiry_seconds=args.expiry_seconds,
         queue=args.queue,
+        queue_key=args.queue_key,
+        inpainting_pipeline=args.inpainting_pipeline,
     )
     for endpoint, kind, times in args.fault:
         fake.inject(endpoint, kind, times)
