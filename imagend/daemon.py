@@ -31,7 +31,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from imagend import __version__
 from imagend.backends.base import Backend
 from imagend.config import Settings
-from imagend.errors import DatabaseUnavailable
+from imagend.errors import DatabaseUnavailable, RowLocked
 from imagend.generator import Generator
 from imagend.listener import Listener
 from imagend.liveness import Liveness
@@ -232,8 +232,8 @@ class Daemon:
         """Give back every row this daemon still holds (attempt not counted)."""
         try:
             released = self.repo.release(None)
-        except DatabaseUnavailable:
-            log.warning("rows_not_released", reason="database unavailable; other daemons will rescue them")
+        except (DatabaseUnavailable, RowLocked) as exc:
+            log.warning("rows_not_released", reason=f"{exc}; other daemons will rescue them")
             return
         if released:
             log.info("rows_released", ids=released)

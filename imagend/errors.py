@@ -19,6 +19,11 @@ class DatabaseUnavailable(ImagendError):
     """Postgres could not be reached or dropped the connection; the daemon backs off and retries."""
 
 
+class RowLocked(ImagendError):
+    """A row stayed locked by another session (a producer's SELECT … FOR UPDATE) past the lock
+    timeout: the write is dropped for that row only; its lease brings it back later."""
+
+
 class LostOwnership(ImagendError):
     """A guarded transition matched no row: someone else owns the row now, drop the result."""
 

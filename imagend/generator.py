@@ -7,6 +7,7 @@ row claimed ahead or waiting its turn in a batch goes back uncharged if this dae
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -24,6 +25,7 @@ from imagend.errors import (
     QueueClosed,
     RetryableError,
     RowError,
+    RowLocked,
     unexpected,
 )
 from imagend.logs import get_logger
@@ -169,7 +171,8 @@ class Generator:
                 self.outcomes.fail(row.claim, exc, counts)
                 continue
             if validated.warning:
-                self.repo.set_warning(row.id, validated.warning)
+                with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
+                    self.repo.set_warning(row.id, validated.warning)
             requests.append(request)
         return requests
 
@@ -292,7 +295,7 @@ class Generator:
             return
         try:
             self.repo.mark_submitted(request.claim, submission.task_id, submission.poll_after_seconds)
-        except LostOwnership:
+        except (LostOwnership, RowLocked):
             counts.lost += 1
             log.warning("submission_dropped", id=request.id, attempt=request.attempt)
             return

@@ -7,12 +7,13 @@ its guard is counted as `lost` and logged, and the result is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from imagend.backends.base import Image
 from imagend.config import Settings
-from imagend.errors import LostOwnership, RowError
+from imagend.errors import LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
 from imagend.repository import Repository
 from imagend.results import OutputUnwritable, finished
@@ -20,6 +21,7 @@ from imagend.retry import backoff_seconds, retry_database
 from imagend.rows import Claim
 
 log = get_logger()
+T = TypeVar("T")
 
 
 COUNT_FIELDS = ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost")
@@ -73,7 +75,7 @@ class Outcomes:
                 rows.append(finished(claim, image, None, warning=f"{exc}; the image is in base64 only"))
         if not rows:
             return
-        written = retry_database(lambda: self.repo.mark_done(rows), self.settings.lease_seconds)
+        written = self._per_row_if_locked(self.repo.mark_done, rows, lambda row: row.claim.id)
         counts.done += len(written)
         kept = {row.claim for row in rows}
         for claim, image in results:
@@ -94,8 +96,20 @@ class Outcomes:
                     id=claim.id,
                     status="Generate",
                     attempt=claim.attempt,
-                    reason="row is no longer ours (lease expired, or the producer changed it)",
+                    reason="row is no longer ours (lease expired, the producer changed it, or holds it locked)",
                 )
+
+    def _per_row_if_locked(self, write: Callable[[list[T]], Iterable[int]], items: Sequence[T],
+                           row_id: Callable[[T], int]) -> set[int]:
+        """Run a batch write; if a row of it is locked by another session, write row by row so that
+        the locked one (dropped: its lease brings it back) delays only itself."""
+        try:
+            return set(retry_database(lambda: write(list(items)), self.settings.lease_seconds))
+        except RowLocked:
+            if len(items) == 1:
+                log.warning("row_locked", id=row_id(items[0]), action="dropped; its lease brings it back")
+                return set()
+        return {written for item in items for written in self._per_row_if_locked(write, [item], row_id)}
 
     def fail(self, claim: Claim, error: RowError | str, counts: PassCounts, *, retryable: bool | None = None) -> None:
         message = redact(str(error))
@@ -107,7 +121,7 @@ class Outcomes:
                 lambda: self.repo.fail_attempt(claim, message, retryable=retryable, backoff_seconds=backoff),
                 self.settings.lease_seconds,
             )
-        except LostOwnership:
+        except (LostOwnership, RowLocked):
             counts.lost += 1
             log.warning("failure_dropped", id=claim.id, status="Generate", attempt=claim.attempt, error=message)
             return
@@ -130,8 +144,8 @@ class Outcomes:
     ) -> None:
         if not ids:
             return
-        released = retry_database(
-            lambda: self.repo.release(ids, delay_seconds=delay_seconds, reason=reason), self.settings.lease_seconds
+        released = self._per_row_if_locked(
+            lambda batch: self.repo.release(batch, delay_seconds=delay_seconds, reason=reason), ids, lambda i: i
         )
         counts.released += len(released)
         for image_id in released:

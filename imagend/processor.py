@@ -12,7 +12,7 @@ import structlog
 
 from imagend.backends.base import Backend, Pending, RemoteBackend
 from imagend.config import Settings
-from imagend.errors import LostOwnership, RetryableError, RowError, unexpected
+from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, unexpected
 from imagend.logs import get_logger
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
@@ -88,6 +88,6 @@ class Processor:
             return counts
         try:
             self.repo.poll_later(task.claim, outcome.poll_after_seconds)
-        except LostOwnership:
+        except (LostOwnership, RowLocked):  # its lease brings it back to a poller
             counts.lost += 1
         return counts

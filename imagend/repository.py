@@ -20,13 +20,23 @@ from psycopg.rows import RowFactory, class_row, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagend.backends.registry import BACKEND_NAMES, REMOTE_BACKENDS
-from imagend.errors import DatabaseUnavailable, LostOwnership
+from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked
 from imagend.rows import Claim, ClaimedRow, RemoteTask
 from imagend.sql import queries
 
 # "The database cannot do this for now": back off and try again on a fresh connection. Operational
 # errors cover a lost connection, an admin shutdown, a statement or lock timeout, too many clients.
 UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+# Statements that change a row a producer may hold locked (SELECT … FOR UPDATE from an admin tool
+# or an ORM) wait at most this long, then raise RowLocked: one locked row must delay only itself.
+# The others never wait: the claim, the rescue and lease renewals skip locked rows, the rest only read.
+LOCK_TIMEOUT = "2s"
+LOCK_BOUNDED = frozenset({
+    "images_mark_done", "images_fail_attempt", "images_release", "images_set_warning",
+    "images_mark_submitted", "images_poll_later",
+})
 
 
 def first_line(exc: Exception) -> str:
@@ -122,18 +132,28 @@ class Repository:
                 try:
                     with conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
                         yield cur
+                except psycopg.errors.LockNotAvailable:
+                    raise
                 except UNAVAILABLE:
                     # Its session may carry what caused this (default_transaction_read_only, a 1 ms
                     # statement_timeout set on the database when it connected): the pool replaces it.
                     conn.close()
                     raise
+        except psycopg.errors.LockNotAvailable:
+            raise RowLocked(f"a row is locked by another session (waited {LOCK_TIMEOUT})") from None
         except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
             raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {first_line(exc)}") from exc
 
     def _rows(self, name: str, params: dict[str, Any], row_factory: RowFactory[Any] | None = None) -> list[Any]:
         with self._cursor(row_factory) as cur:
-            cur.execute(self._sql[name], params)
-            return cur.fetchall() if cur.description else []
+            if name not in LOCK_BOUNDED:
+                cur.execute(self._sql[name], params)
+                return cur.fetchall() if cur.description else []
+            # SET LOCAL in a transaction of its own: pooler-safe (no session state outlives it).
+            with cur.connection.transaction():
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_TIMEOUT])
+                cur.execute(self._sql[name], params)
+                return cur.fetchall() if cur.description else []
 
     # -- the generator's side ---------------------------------------------------------
 
@@ -230,8 +250,7 @@ class Repository:
         return {row[0]: bool(row[1]) for row in rows}
 
     def set_warning(self, image_id: int, warning: str) -> None:
-        with self._cursor() as cur:
-            cur.execute(self._sql["images_set_warning"], {"id": image_id, "warning": warning, "owner": self.owner})
+        self._rows("images_set_warning", {"id": image_id, "warning": warning, "owner": self.owner})
 
     # -- the processor's side ---------------------------------------------------------
 

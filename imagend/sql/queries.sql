@@ -103,15 +103,30 @@ WHERE (%(ids)s::int[] IS NULL OR id = ANY (%(ids)s::int[]))
 RETURNING id;
 
 -- name: images_extend_lease
--- Called while work really advances (a diffusion step, a remote poll). Rows not
--- returned are no longer ours; cancel_requested tells the worker to stop.
-UPDATE images
-SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
-    progress    = CASE WHEN id = ANY (%(progress_ids)s::int[]) THEN COALESCE(%(progress)s, progress) ELSE progress END
-WHERE id = ANY (%(ids)s::int[])
-  AND status = 'Generate'
-  AND locked_by = %(owner)s
-RETURNING id, cancel_requested;
+-- Called while work really advances (a diffusion step, a remote poll). Returns every row
+-- still ours (with cancel_requested, which tells the worker to stop); renews those not
+-- locked by another session right now (SKIP LOCKED: a producer's lock never stalls a GPU).
+WITH mine AS (
+    SELECT id, cancel_requested
+    FROM images
+    WHERE id = ANY (%(ids)s::int[])
+      AND status = 'Generate'
+      AND locked_by = %(owner)s
+),
+free AS (
+    SELECT id
+    FROM images
+    WHERE id IN (SELECT id FROM mine) AND status = 'Generate' AND locked_by = %(owner)s
+    FOR UPDATE SKIP LOCKED
+),
+renewed AS (
+    UPDATE images
+    SET lease_until = now() + make_interval(secs => %(lease_seconds)s),
+        progress    = CASE WHEN id = ANY (%(progress_ids)s::int[]) THEN COALESCE(%(progress)s, progress)
+                           ELSE progress END
+    WHERE id IN (SELECT id FROM free) AND status = 'Generate' AND locked_by = %(owner)s
+)
+SELECT id, cancel_requested FROM mine;
 
 -- name: images_begin_work
 -- Work on `ids` begins now: the daemon's row says so (imagend_daemons.working), so from
