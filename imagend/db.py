@@ -23,6 +23,8 @@ from imagend.sql import schema
 
 POOL_OPEN_TIMEOUT_SECONDS = 30.0
 POOL_WAIT_SECONDS = 5.0
+# The schema uses CREATE OR REPLACE TRIGGER (PostgreSQL 14); tests/integration/test_oldest_postgres.py runs on 14.
+MIN_SERVER_VERSION_NUM = 140000
 POOL_MAX_IDLE_SECONDS = 30.0
 APPLICATION_NAME = "imagend"  # what pg_stat_activity shows for the daemon's connections
 # psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
@@ -105,6 +107,11 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
     marker = schema_marker()
     try:
         with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+            if conn.info.server_version < MIN_SERVER_VERSION_NUM:
+                raise ConfigError(
+                    f"imagend needs PostgreSQL {MIN_SERVER_VERSION_NUM // 10000} or later; {describe_target(url)} "
+                    f"(from {setting}) runs {conn.info.parameter_status('server_version') or conn.info.server_version}"
+                )
             row = conn.execute("SELECT obj_description(to_regclass('images'), 'pg_class')").fetchone()
             if row is not None and row[0] == marker:
                 return
