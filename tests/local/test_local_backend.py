@@ -186,7 +186,7 @@ def test_cancel_from_the_heartbeat_aborts_and_frees_the_device(backend: Any) -> 
         return original(sample, *args, **kwargs)
 
     backend.pipe.unet.forward = counting
-    heartbeat = RecordingHeartbeat(raise_at=2, error=Cancelled())
+    heartbeat = RecordingHeartbeat(raise_at=3, error=Cancelled())  # one beat while encoding, then a step each
     with pytest.raises(Cancelled) as raised:
         backend.generate([backend.validate(request(steps=20))], heartbeat)
     assert len(latents) == 2  # stopped at the step after the cancel, not after 20
@@ -197,3 +197,19 @@ def test_cancel_from_the_heartbeat_aborts_and_frees_the_device(backend: Any) -> 
     assert all(ref() is None for ref in latents)
     del backend.pipe.unet.forward
     assert backend.generate([backend.validate(request(seed=3))], RecordingHeartbeat())[0].seed == 3
+
+
+def test_encoding_keeps_the_lease_and_hears_a_cancel_before_the_first_step(backend: Any) -> None:
+    """Each row's prompt encoding is preceded by a heartbeat: a long batch of long prompts renews
+    its leases while it encodes, and a cancel (or a stop) is heard before any diffusion step."""
+    rows = [backend.validate(request(n, LONG_PROMPT + f" variant {n}", negative_prompt="x" * 1000, seed=n))
+            for n in range(1, 4)]
+    heartbeat = RecordingHeartbeat()
+    backend.generate(rows, heartbeat)
+    first_step = next(i for i, progress in enumerate(heartbeat.progress) if progress is not None)
+    assert heartbeat.progress[:first_step].count(None) >= len(rows)
+    cancelling = RecordingHeartbeat(raise_at=2, error=Cancelled())
+    with pytest.raises(Cancelled):
+        backend.generate([backend.validate(request(9, LONG_PROMPT + " again", seed=9)),
+                          backend.validate(request(10, LONG_PROMPT + " and again", seed=10))], cancelling)
+    assert all(progress is None for progress in cancelling.progress)  # stopped while encoding

@@ -206,6 +206,9 @@ class LocalBackend:
         wall_started = time.time()
         for job in jobs:
             if job.conditioning is None:
+                # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
+                # for the whole batch's encoding. Parsing already happened at validation, off the device.
+                heartbeat(None)
                 job.conditioning = self.encoder.encode(job.prompt, job.negative)
         # Rows are grouped by token length so each row's conditioning is what it would be alone;
         # after an OOM, one image per call.
