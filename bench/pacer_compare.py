@@ -1,6 +1,6 @@
 """Before and after, in one run: queue drain and pickup latency of this checkout's imagend
-beside an earlier checkout's (e.g. the commit before the pacer), interleaved so that both
-meet the same machine.
+beside an earlier checkout's (e.g. the commit before the pacer), interleaved in ABBA order so
+that both meet the same machine, and neither always runs right after the other's writes.
 
     git worktree add /tmp/imagend-before <commit>
     .venv/bin/python bench/pacer_compare.py --baseline-src /tmp/imagend-before [--rounds 2]
@@ -26,8 +26,10 @@ def main() -> None:
     drains: dict[str, list[float]] = {"before": [], "after": []}
     pickups: dict[str, list[float]] = {"before": [], "after": []}
     with postgres(args.database_url) as server:
-        for _ in range(args.rounds):
-            for name, src in (("before", args.baseline_src), ("after", None)):
+        for n in range(args.rounds):
+            # ABBA order: whichever runs second meets the first one's checkpoint and autovacuum.
+            order = [("before", args.baseline_src), ("after", None)]
+            for name, src in order if n % 2 == 0 else order[::-1]:
                 drains[name].append(drain_imagend(server, args.rows, src=src))
                 pickups[name] += measure(server, args.inserts, 50.0, src=src)
     print(f"pacer before/after, {args.rounds} interleaved rounds, {args.rows} rows drained, "

@@ -22,7 +22,6 @@ from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.logs import configure, get_logger
 from imagend.repository import Repository
 from imagend.results import check_output_dir
-from imagend.unserved import UnservedReport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +155,6 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             listen_url = settings.listen_url.reveal() if settings.listen_url else url
             daemon = Daemon(settings, repo, backends, listen_url=listen_url)
-            # At start: rows waiting for a backend this daemon does not serve (nobody's, perhaps).
-            UnservedReport(repo, settings.served_backends).check()
             if args.cron:
                 return daemon.run_forever()
             try:

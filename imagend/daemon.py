@@ -41,6 +41,7 @@ from imagend.pacer import GENERATOR, PROCESSOR, Pacer
 from imagend.processor import Processor
 from imagend.repository import DaemonInfo, Repository
 from imagend.retry import pass_retry_seconds
+from imagend.unserved import REPORT_EVERY_SECONDS, UnservedReport
 
 log = get_logger()
 
@@ -123,6 +124,9 @@ class Daemon:
             processor_due=lambda: self.pacer.is_due(PROCESSOR),
         )
         self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool)
+        # Rows waiting for a backend this daemon does not serve (nobody's, perhaps): said at start,
+        # then at most every REPORT_EVERY_SECONDS.
+        self.unserved_report = UnservedReport(repo, list(backends))
         self.liveness = Liveness(
             repo, describe(backends), on_rescue_due=lambda delay: self.pacer.request(PROCESSOR, delay)
         )
@@ -131,6 +135,7 @@ class Daemon:
 
     def run_once(self, generator: bool, processor: bool) -> None:
         """One generator pass and/or one processor pass, with this daemon alive for their length."""
+        self.unserved_report.check()
         self.liveness.start()
         try:
             if generator:
@@ -157,6 +162,7 @@ class Daemon:
 
     def run_forever(self) -> int:
         self._install_signal_handlers()
+        self.unserved_report.check()
         self.liveness.start()
         scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone=UTC
@@ -166,6 +172,10 @@ class Daemon:
                           seconds=self.settings.generator_interval_seconds)
         scheduler.add_job(self._requester(PROCESSOR), "interval", id=PROCESSOR,
                           seconds=self.settings.processor_interval_seconds)
+        # Cheap between reports: check() itself keeps to one report per REPORT_EVERY_SECONDS.
+        scheduler.add_job(
+            self.unserved_report.check, "interval", id="unserved-report", seconds=REPORT_EVERY_SECONDS / 5
+        )
         self.scheduler = scheduler
         scheduler.start()
         self.pacer.request(PROCESSOR)  # rescue first: a dead peer's rows wait longest

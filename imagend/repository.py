@@ -150,10 +150,11 @@ class Repository:
                 cur.execute(self._sql[name], params)
                 return cur.fetchall() if cur.description else []
             # SET LOCAL in a transaction of its own: pooler-safe (no session state outlives it).
-            with cur.connection.transaction():
+            # Pipelined, the four messages (BEGIN, SET, the statement, COMMIT) cost one round trip.
+            with cur.connection.pipeline(), cur.connection.transaction():
                 cur.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_TIMEOUT])
                 cur.execute(self._sql[name], params)
-                return cur.fetchall() if cur.description else []
+            return cur.fetchall() if cur.description else []
 
     # -- the generator's side ---------------------------------------------------------
 
