@@ -176,15 +176,11 @@ class Generator:
             requests.append(request)
         return requests
 
-    def _begin(self, batch: list[Request], waiting: Sequence[int], counts: PassCounts) -> list[Request]:
-        """Mark `batch` begun; returns the requests to work on: rows lost meanwhile are skipped, rows
-        cancelled meanwhile fail. (The rows still `waiting` their turn keep their leases through the
-        batch's LeaseKeeper.)"""
-        owned = self.repo.begin_work([r.id for r in batch], waiting)
-        for request in batch:
-            if owned.get(request.id):
-                self.outcomes.fail(request.claim, Cancelled(), counts)
-        return [r for r in batch if r.id in owned and not owned[r.id]]
+    def _begin(self, batch: list[Request]) -> list[Request]:
+        """Mark `batch` begun (see images_begin_work). A row cancelled or lost since its claim is
+        heard at the batch's first lease renewal (LeaseKeeper)."""
+        self.repo.begin_work([r.id for r in batch])
+        return batch
 
     def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
         requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
@@ -196,7 +192,7 @@ class Generator:
                 self.outcomes.release([r.id for r in requests_of(chunks[index:])], counts)
                 return
             waiting = [r.id for r in requests_of(chunks[index + 1 :])]
-            self._generate(backend, self._begin(chunk, waiting, counts), waiting, counts)
+            self._generate(backend, self._begin(chunk), waiting, counts)
 
     def _generate(
         self, backend: GeneratingBackend, batch: list[Request], waiting: list[int], counts: PassCounts
@@ -267,7 +263,7 @@ class Generator:
     def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
         if not requests:
             return
-        requests = self._begin(requests, (), counts)
+        requests = self._begin(requests)
 
         def submit_one(request: Request) -> PassCounts:
             counts = PassCounts()  # one per thread, merged below

@@ -176,12 +176,9 @@ class Repository:
         )
         return sorted(rows, key=lambda r: r.id)
 
-    def begin_work(self, ids: Sequence[int], waiting_ids: Sequence[int] = ()) -> dict[int, bool]:
-        """Work on `ids` begins (a crash from now on counts against them). Returns {id: cancel_requested}
-        for the rows of `ids` and `waiting_ids` still ours."""
-        params = {"ids": list(ids), "waiting_ids": list(waiting_ids), "owner": self.owner}
-        rows = self._rows("images_begin_work", params)
-        return {row[0]: bool(row[1]) for row in rows}
+    def begin_work(self, ids: Sequence[int]) -> None:
+        """Work on `ids` begins: from now on a death of this daemon counts as a crash of theirs."""
+        self._rows("images_begin_work", {"ids": list(ids), "owner": self.owner})
 
     def mark_done(self, results: Sequence[Finished]) -> set[int]:
         """End rows ReadyToPublish with their image in one statement; returns the ids still ours."""

@@ -131,16 +131,9 @@ SELECT id, cancel_requested FROM mine;
 -- name: images_begin_work
 -- Work on `ids` begins now: the daemon's row says so (imagend_daemons.working), so from
 -- here a death of this daemon counts as a crash of theirs (images_rescue), while rows it
--- only claimed ahead go back uncharged. One small write, not one per row. Returns the rows
--- of `ids` and `waiting_ids` still ours, with their cancel flag.
-WITH began AS (
-    UPDATE imagend_daemons SET working = %(ids)s::int[] WHERE owner = %(owner)s
-)
-SELECT id, cancel_requested
-FROM images
-WHERE id = ANY (%(ids)s::int[] || %(waiting_ids)s::int[])
-  AND status = 'Generate'
-  AND locked_by = %(owner)s;
+-- only claimed ahead go back uncharged. One small write per batch, not one per row; a
+-- cancel or a loss since the claim is heard at the batch's first lease renewal.
+UPDATE imagend_daemons SET working = %(ids)s::int[] WHERE owner = %(owner)s;
 
 -- name: images_set_warning
 UPDATE images
