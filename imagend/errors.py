@@ -75,11 +75,15 @@ class QueueClosed(ImagendError):
 UNEXPECTED_TEXT_MAX_CHARS = 300
 
 
+def clip(text: str, limit: int) -> str:
+    """Text echoed in an error (producer input, a library's message) is cut, so an error never
+    grows with what it quotes."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def unexpected(backend: str, exc: BaseException) -> RetryableError:
     """The one way a backend's unexpected exception (a bug, a library error) reaches a row:
     another attempt, with the exception's type and (cut, and redacted on the way to the row)
     text, so the producer and the operator see the same thing."""
-    text = str(exc)
-    if len(text) > UNEXPECTED_TEXT_MAX_CHARS:
-        text = text[:UNEXPECTED_TEXT_MAX_CHARS] + "…"
+    text = clip(str(exc), UNEXPECTED_TEXT_MAX_CHARS)
     return RetryableError(f"internal error in {backend}: {type(exc).__name__}" + (f": {text}" if text else ""))

@@ -176,11 +176,10 @@ class Generator:
             requests.append(request)
         return requests
 
-    def _begin(self, batch: list[Request]) -> list[Request]:
+    def _begin(self, batch: Sequence[Request]) -> None:
         """Mark `batch` begun (see images_begin_work). A row cancelled or lost since its claim is
         heard at the batch's first lease renewal (LeaseKeeper)."""
         self.repo.begin_work([r.id for r in batch])
-        return batch
 
     def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
         requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
@@ -192,7 +191,8 @@ class Generator:
                 self.outcomes.release([r.id for r in requests_of(chunks[index:])], counts)
                 return
             waiting = [r.id for r in requests_of(chunks[index + 1 :])]
-            self._generate(backend, self._begin(chunk), waiting, counts)
+            self._begin(chunk)
+            self._generate(backend, chunk, waiting, counts)
 
     def _generate(
         self, backend: GeneratingBackend, batch: list[Request], waiting: list[int], counts: PassCounts
@@ -263,7 +263,7 @@ class Generator:
     def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
         if not requests:
             return
-        requests = self._begin(requests)
+        self._begin(requests)
 
         def submit_one(request: Request) -> PassCounts:
             counts = PassCounts()  # one per thread, merged below

@@ -13,7 +13,7 @@ from typing import Any
 from imagend.backends.base import Request
 from imagend.backends.registry import BACKEND_NAMES
 from imagend.config import PROMPT_MAX_CHARS, Settings
-from imagend.errors import BadInput
+from imagend.errors import BadInput, clip
 from imagend.rows import ClaimedRow
 
 MAX_SIDE_PX = 8192  # beyond any backend; each backend narrows this further
@@ -47,15 +47,10 @@ def decode_params(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except (RecursionError, ValueError) as exc:
-        raise BadInput(f"params cannot be read: {type(exc).__name__}: {clip(str(exc))}") from None
+        raise BadInput(f"params cannot be read: {type(exc).__name__}: {clip(str(exc), ECHO_MAX_CHARS)}") from None
     if not isinstance(value, dict):
-        raise BadInput(f"params must be a JSON object, got {type(value).__name__}: {clip(text)!r}")
+        raise BadInput(f"params must be a JSON object, got {type(value).__name__}: {clip(text, ECHO_MAX_CHARS)!r}")
     return value
-
-
-def clip(text: str, limit: int = ECHO_MAX_CHARS) -> str:
-    """Producer input echoed in an error is cut, so an error never grows with the input."""
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
@@ -93,7 +88,8 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
         negative = truncate_prompt(negative, NEGATIVE_PROMPT_MAX_CHARS)
     for name, value in (("style", row.style), ("scheduler", row.scheduler)):
         if value is not None and len(value) > NAME_MAX_CHARS:
-            raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {clip(value)!r}")
+            echoed = clip(value, ECHO_MAX_CHARS)
+            raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {echoed!r}")
     request = Request(
         id=row.id,
         prompt=prompt,

@@ -33,32 +33,6 @@ def slow_env(db_url, **overrides):
     return base_env(db_url, IMAGEND_PLACEHOLDER_DELAY="30", **overrides)
 
 
-@pytest.mark.slow
-def test_a_killed_daemons_row_is_taken_within_ten_seconds_with_default_settings(db_url, conn, tmp_path):
-    env = slow_env(db_url)
-    env.pop("IMAGEND_LEASE_SECONDS")  # the default lease (60 s): only liveness can explain a fast rescue
-    image_id = insert_image(conn, "held by the victim")
-    victim = DaemonProcess(["-cron"], env, tmp_path)
-    survivor = None
-    try:
-        wait_until(lambda: holder(conn, image_id), 30, what="the victim to begin the row")
-        owner = holder(conn, image_id)
-        survivor = DaemonProcess(["-cron"], env, tmp_path)
-        wait_until(lambda: "daemon_started" in survivor.output(), 30, what="the survivor to start")
-        time.sleep(1.0)
-        victim.kill()
-        killed = time.monotonic()
-        wait_until(lambda: holder(conn, image_id) not in (None, owner), 30, interval=0.02, what="the rescue")
-        took = time.monotonic() - killed
-    finally:
-        victim.kill()
-        if survivor is not None:
-            survivor.kill()
-    assert took <= RESCUE_TARGET_SECONDS + RESCUE_SLACK_SECONDS, took
-    row = fetch_image(conn, image_id)
-    assert (row["attempts"], row["crashes"]) == (1, 1)  # the death was charged as a crash, not an attempt
-
-
 @contextlib.contextmanager
 def two_daemons_one_row_begun(conn, env, tmp_path, prompt: str) -> Iterator[tuple[DaemonProcess, int, str]]:
     """A daemon that has begun the one row (yielded with the row's id and the daemon's owner id),
@@ -81,6 +55,21 @@ def two_daemons_one_row_begun(conn, env, tmp_path, prompt: str) -> Iterator[tupl
 
 def finished(conn, image_id: int) -> bool:
     return fetch_image(conn, image_id)["status"] == "ReadyToPublish"
+
+
+@pytest.mark.slow
+def test_a_killed_daemons_row_is_taken_within_ten_seconds_with_default_settings(db_url, conn, tmp_path):
+    env = slow_env(db_url)
+    env.pop("IMAGEND_LEASE_SECONDS")  # the default lease (60 s): only liveness can explain a fast rescue
+    with two_daemons_one_row_begun(conn, env, tmp_path, "held by the victim") as (victim, image_id, owner):
+        time.sleep(1.0)
+        victim.kill()
+        killed = time.monotonic()
+        wait_until(lambda: holder(conn, image_id) not in (None, owner), 30, interval=0.02, what="the rescue")
+        took = time.monotonic() - killed
+    assert took <= RESCUE_TARGET_SECONDS + RESCUE_SLACK_SECONDS, took
+    row = fetch_image(conn, image_id)
+    assert (row["attempts"], row["crashes"]) == (1, 1)  # the death was charged as a crash, not an attempt
 
 
 @pytest.mark.slow
