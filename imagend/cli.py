@@ -21,7 +21,7 @@ from imagend.db import apply_schema, database_setting, database_url, open_pool
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.logs import configure, get_logger
 from imagend.repository import Repository
-from imagend.results import check_output_dir
+from imagend.storage import open_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,8 +149,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             lines = [_status_line(row, settings.default_backend, serving) for row in repo.queue_status()]
             print(json.dumps(lines, default=str, indent=2))
             return 0
-        if settings.output_dir is not None:
-            check_output_dir(settings.output_dir)
+        if settings.storage is not None:
+            open_store(settings.storage, settings.env.values).check()
         backends = create_backends(settings)
         try:
             listen_url = settings.listen_url.reveal() if settings.listen_url else url

@@ -19,6 +19,7 @@ from dotenv import dotenv_values
 from imagend.backends.registry import BACKEND_NAMES
 from imagend.durations import NANOSECONDS_PER_SECOND, DurationSyntaxError, parse_go_duration
 from imagend.errors import ConfigError
+from imagend.storage.target import StorageTarget, parse_storage_target
 
 # Ancestor defaults (the Go service), then imagend's own.
 DEFAULT_IMAGE_SIDE_PX = 1024
@@ -36,9 +37,12 @@ DRAIN_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
 PROMPT_MAX_CHARS = 999
+SECONDS_PER_DAY = 86400
 
 # Plain seconds: decimal digits only (no exponent, inf, nan or underscores, which float() takes).
 _DECIMAL_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# Retention ages may start with whole days, which Go's durations lack ('30d', '1d12h').
+_DAYS = re.compile(r"([0-9]+)d(.*)")
 
 
 class Secret:
@@ -131,6 +135,25 @@ class Env:
         _check_range(name, value, minimum, None)
         return value
 
+    def age(self, name: builtins.str) -> builtins.float | None:
+        """An age for retention: a Go duration, optionally led by whole days ('30d', '1d12h', '24h');
+        unset or 0 means off (None)."""
+        raw = self.str(name)
+        if raw is None:
+            return None
+        match = _DAYS.fullmatch(raw)
+        try:
+            days = int(match.group(1)) if match else 0
+            rest = match.group(2) if match else raw
+            seconds = days * SECONDS_PER_DAY + (parse_go_duration(rest) / NANOSECONDS_PER_SECOND if rest else 0.0)
+        except DurationSyntaxError as exc:
+            raise ConfigError(
+                f"{name}={raw!r} is not an age: {exc} (write a Go duration, like 24h or 90m, or days, like 30d)"
+            ) from None
+        if seconds < 0:
+            raise ConfigError(f"{name}={raw!r} is negative; an age must be 0 (off) or more")
+        return seconds or None
+
     def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
         raw = self.str(name)
         if raw is None:
@@ -157,6 +180,25 @@ def _check_range(name: str, value: float, minimum: float | None, maximum: float 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "imagend"
+
+
+# The longest side of a thumbnail, in pixels; smaller than a list page's tiles would need is pointless.
+THUMBNAIL_MIN_PX = 16
+THUMBNAIL_MAX_PX = 2048
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """IMAGEND_RETENTION_*: ages (seconds after finished_at) past which terminal rows go; None: kept."""
+
+    failed_seconds: float | None = None
+    done_seconds: float | None = None
+    base64_seconds: float | None = None
+    delete_objects: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return any(age is not None for age in (self.failed_seconds, self.done_seconds, self.base64_seconds))
 
 
 @dataclass(frozen=True)
@@ -189,7 +231,11 @@ class Settings:
     processor_interval_seconds: float
     drain_seconds: float
     max_batch: int
-    output_dir: Path | None
+    # Where finished images go besides (or instead of) the row's base64 (storage/target.py).
+    storage: StorageTarget | None
+    store_base64: bool
+    thumbnail_px: int  # 0: no thumbnail
+    retention: RetentionSettings
     placeholder_delay_seconds: float
     retry_base_seconds: float
     # Fusion Brain credentials (ancestor names); read by the backend, hidden from logs.
@@ -208,8 +254,8 @@ class Settings:
             for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key)
             if s
         ]
-        password = self.env.str("DB_PASSWORD")
-        return [*found, *([password] if password else [])]
+        others = [self.env.str(name) for name in ("DB_PASSWORD", *AWS_SECRET_VARIABLES)]
+        return [*found, *(value for value in others if value)]
 
 
 def load_environment(
@@ -231,6 +277,38 @@ def load_environment(
             raise ConfigError(f"{named}: cannot be read: {exc}") from None
     merged.update(os.environ if environ is None else environ)
     return merged
+
+
+# Read by the S3 store from the environment or .env (storage/s3.py); the secret ones are redacted.
+AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _storage(env: Env) -> tuple[StorageTarget | None, bool, int]:
+    """IMAGEND_STORAGE_URL (or IMAGEND_OUTPUT_DIR), IMAGEND_STORE_BASE64, IMAGEND_THUMBNAIL."""
+    target = parse_storage_target(
+        env.str("IMAGEND_STORAGE_URL"), env.str("IMAGEND_OUTPUT_DIR"), env.str("IMAGEND_S3_ENDPOINT_URL")
+    )
+    store_base64 = env.bool("IMAGEND_STORE_BASE64", True)
+    if not store_base64 and target is None:
+        raise ConfigError("IMAGEND_STORE_BASE64=false needs IMAGEND_STORAGE_URL: without base64 and without a "
+                          "storage target an image would live nowhere")
+    thumbnail = env.int("IMAGEND_THUMBNAIL", 0, minimum=0, maximum=THUMBNAIL_MAX_PX)
+    if 0 < thumbnail < THUMBNAIL_MIN_PX:
+        raise ConfigError(f"IMAGEND_THUMBNAIL={thumbnail} is below {THUMBNAIL_MIN_PX} pixels (0 turns it off)")
+    return target, store_base64, thumbnail
+
+
+def _retention(env: Env, target: StorageTarget | None) -> RetentionSettings:
+    retention = RetentionSettings(
+        failed_seconds=env.age("IMAGEND_RETENTION_FAILED"),
+        done_seconds=env.age("IMAGEND_RETENTION_DONE"),
+        base64_seconds=env.age("IMAGEND_RETENTION_BASE64"),
+        delete_objects=env.bool("IMAGEND_RETENTION_DELETE_OBJECTS", False),
+    )
+    if retention.base64_seconds is not None and target is None:
+        raise ConfigError("IMAGEND_RETENTION_BASE64 needs IMAGEND_STORAGE_URL: base64 is only dropped from rows "
+                          "whose image is stored there")
+    return retention
 
 
 # libpq's sslmode values; any other fails the first connect without naming the setting.
@@ -333,7 +411,7 @@ def load_settings(
     api_key = env.secret("FUSION_BRAIN_API_KEY")
     secret_key = env.secret("FUSION_BRAIN_SECRET_KEY")
     default_backend = env.choice("IMAGEND_BACKEND", "local", BACKEND_NAMES)
-    output_dir = env.str("IMAGEND_OUTPUT_DIR")
+    storage, store_base64, thumbnail_px = _storage(env)
     pool_max = env.int("DB_MAX_OPEN_CONNS", 10, minimum=2)
     return Settings(
         database_url=_database_url(env),
@@ -364,7 +442,10 @@ def load_settings(
         processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
         drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),
         max_batch=env.int("IMAGEND_MAX_BATCH", 1, minimum=1, maximum=64),
-        output_dir=Path(output_dir).expanduser() if output_dir else None,
+        storage=storage,
+        store_base64=store_base64,
+        thumbnail_px=thumbnail_px,
+        retention=_retention(env, storage),
         placeholder_delay_seconds=env.seconds("IMAGEND_PLACEHOLDER_DELAY", 0.0),
         retry_base_seconds=env.seconds("IMAGEND_RETRY_BACKOFF", BACKOFF_BASE_SECONDS),
         fusion_brain_api_key=api_key,

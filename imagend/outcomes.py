@@ -16,7 +16,7 @@ from imagend.config import Settings
 from imagend.errors import LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
 from imagend.repository import Repository
-from imagend.results import OutputUnwritable, finished
+from imagend.results import Results
 from imagend.retry import backoff_seconds, retry_database
 from imagend.rows import Claim
 
@@ -57,22 +57,18 @@ class Outcomes:
     def __init__(self, repo: Repository, settings: Settings) -> None:
         self.repo = repo
         self.settings = settings
+        self.results = Results(settings)
 
     def done(self, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *, one_shot: bool = False) -> None:
-        """The image and the status are written in one statement, fenced by each claim.
+        """The image goes to storage first (results.py), then the row is finished in one statement,
+        fenced by each claim.
 
-        An image IMAGEND_OUTPUT_DIR cannot take fails its attempt (retried) with the OS error, unless
-        it is `one_shot` (a remote result, fetched once and gone): that one is kept in the row's
-        base64 with a warning rather than thrown away."""
-        rows = []
-        for claim, image in results:
-            try:
-                rows.append(finished(claim, image, self.settings.output_dir))
-            except OutputUnwritable as exc:
-                if not one_shot:
-                    self.fail(claim, exc, counts)
-                    continue
-                rows.append(finished(claim, image, None, warning=f"{exc}; the image is in base64 only"))
+        An image the store cannot take (down, refusing, a folder that cannot be written) fails its attempt
+        (retried with backoff) with the store's error, unless it is `one_shot` (a remote result, fetched
+        once and gone): that one is kept in the row's base64 with a warning rather than thrown away."""
+        rows, failed = self.results.finished(results, one_shot=one_shot)
+        for claim, error in failed:
+            self.fail(claim, error, counts)
         if not rows:
             return
         written = self._per_row_if_locked(self.repo.mark_done, rows, lambda row: row.claim.id)

@@ -68,11 +68,15 @@ class Finished:
     """One result for images_mark_done."""
 
     claim: Claim
-    base64: str
+    base64: str | None  # None: kept only in storage (IMAGEND_STORE_BASE64=false)
     seed: int | None
     output_path: str | None
     generation_seconds: float | None
     warning: str | None = None
+    output_url: str | None = None
+    thumbnail_url: str | None = None
+    thumbnail: str | None = None  # base64 WebP, when there is no storage target
+    format: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +215,10 @@ class Repository:
                 "base64s": [r.base64 for r in results],
                 "seeds": [r.seed for r in results],
                 "output_paths": [r.output_path for r in results],
+                "output_urls": [r.output_url for r in results],
+                "thumbnail_urls": [r.thumbnail_url for r in results],
+                "thumbnails": [r.thumbnail for r in results],
+                "formats": [r.format for r in results],
                 "generation_seconds": [r.generation_seconds for r in results],
                 "warnings": [r.warning for r in results],
                 "owner": self.owner,

@@ -3,8 +3,11 @@ claim token that travels with a row from its claim to the write that ends it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+
+from imagend.errors import BadInput
+from imagend.image_formats import OutputFormat, parse_output_format
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +18,9 @@ class Claim:
 
     id: int
     attempt: int
+    # What the finishing write needs of the row (its `format` and `quality`), carried from the claim
+    # so that finishing costs no read; not part of the fence.
+    output: OutputFormat | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,8 @@ class ClaimedRow:
     params: str | None  # JSON text, decoded by validation.decode_params
     max_attempts: int | None
     cancel_requested: bool = False
+    format: str | None = None  # checked in validation.py (image_formats.parse_output_format)
+    quality: int | None = None
 
     @property
     def claim(self) -> Claim:
@@ -52,7 +60,15 @@ class RemoteTask:
     task_id: str
     submitted_at: datetime | None
     backend: str
+    format: str | None = None
+    quality: int | None = None
 
     @property
     def claim(self) -> Claim:
-        return Claim(self.id, self.attempt)
+        """format and quality were checked before the submit; made wrong since, they are ignored (the image
+        is kept as the backend made it) rather than failing a result that cannot be fetched again."""
+        try:
+            output = parse_output_format(self.format, self.quality)
+        except BadInput:
+            output = None
+        return Claim(self.id, self.attempt, output)

@@ -14,6 +14,7 @@ from imagend.backends.base import Request
 from imagend.backends.registry import BACKEND_NAMES
 from imagend.config import PROMPT_MAX_CHARS, Settings
 from imagend.errors import BadInput, clip
+from imagend.image_formats import parse_output_format
 from imagend.rows import ClaimedRow
 
 MAX_SIDE_PX = 8192  # beyond any backend; each backend narrows this further
@@ -90,6 +91,7 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
         if value is not None and len(value) > NAME_MAX_CHARS:
             echoed = clip(value, ECHO_MAX_CHARS)
             raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {echoed!r}")
+    output = parse_output_format(row.format, row.quality)
     request = Request(
         id=row.id,
         prompt=prompt,
@@ -103,5 +105,6 @@ def validate_row(row: ClaimedRow, settings: Settings) -> Validated:
         scheduler=row.scheduler or None,
         params=params,
         attempt=row.attempt,
+        output=output,
     )
     return Validated(request, "; ".join(warnings) or None)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from imagend.image_formats import OutputFormat
 from imagend.rows import Claim
 
 
@@ -34,11 +35,12 @@ class Request:
     scheduler: str | None
     params: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
+    output: OutputFormat | None = None  # the row's format and quality (None: PNG, or as the backend made it)
 
     @property
     def claim(self) -> Claim:
-        """The token the write that ends this request's claim is fenced by."""
-        return Claim(self.id, self.attempt)
+        """The token the write that ends this request's claim is fenced by (with what the finish needs)."""
+        return Claim(self.id, self.attempt, self.output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import Sequence
 
+from imagend import __version__
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.config import Settings
 from imagend.errors import BadInput
@@ -41,10 +42,19 @@ _PIXELS = b"".join(
 _TAIL = _chunk(b"IDAT", zlib.compress(_PIXELS, 9)) + _chunk(b"IEND", b"")
 
 
-def placeholder_png(prompt: str, seed: int | None = None) -> bytes:
-    """A valid 16x16 PNG whose two colours derive from the prompt and seed."""
+def placeholder_png(prompt: str, seed: int | None = None, negative_prompt: str | None = None) -> bytes:
+    """A valid 16x16 PNG whose two colours derive from the prompt and seed, with the A1111-style
+    `parameters` chunk every backend's images carry (image_formats.py keeps it across formats)."""
     digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
-    return _HEAD + _chunk(b"PLTE", digest[:6]) + _TAIL
+    negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
+    size = f"{PLACEHOLDER_SIDE_PX}x{PLACEHOLDER_SIDE_PX}"
+    parameters = f"{prompt}{negative}\nSeed: {seed}, Size: {size}, Model: placeholder, Version: imagend {__version__}"
+    # tEXt is Latin-1; a prompt beyond it goes in iTXt (UTF-8), which Pillow and A1111 read alike.
+    try:
+        text = _chunk(b"tEXt", b"parameters\0" + parameters.encode("latin-1"))
+    except UnicodeEncodeError:
+        text = _chunk(b"iTXt", b"parameters\0\0\0\0\0" + parameters.encode("utf-8"))
+    return _HEAD + _chunk(b"PLTE", digest[:6]) + text + _TAIL
 
 
 class PlaceholderBackend:
@@ -83,7 +93,11 @@ class PlaceholderBackend:
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)
             images.append(
-                Image(placeholder_png(request.prompt, request.seed), request.seed, time.monotonic() - started)
+                Image(
+                    placeholder_png(request.prompt, request.seed, request.negative_prompt),
+                    request.seed,
+                    time.monotonic() - started,
+                )
             )
             if self.delay_seconds:
                 heartbeat(done / len(batch))

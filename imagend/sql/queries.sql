@@ -35,15 +35,20 @@ WHERE i.id = picked.id
 -- cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
 RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
           i.steps, i.guidance, i.scheduler, i.backend, i.params::text AS params, i.max_attempts,
-          i.cancel_requested;
+          i.cancel_requested, i.format, i.quality;
 
 -- name: images_mark_done
--- Ends a whole batch in one statement; returns the ids that were still ours.
+-- Ends a whole batch in one statement; returns the ids that were still ours. The image is already
+-- in storage (when there is a target) before this runs: a finished row always has its image.
 UPDATE images AS i
 SET status             = 'ReadyToPublish',
     base64             = d.base64,
     seed               = COALESCE(d.seed, i.seed),
     output_path        = d.output_path,
+    output_url         = d.output_url,
+    thumbnail_url      = d.thumbnail_url,
+    thumbnail          = d.thumbnail,
+    format             = d.format,
     generation_seconds = d.generation_seconds,
     warning            = COALESCE(d.warning, i.warning),
     progress           = 1,
@@ -52,8 +57,10 @@ SET status             = 'ReadyToPublish',
     locked_by          = NULL,
     lease_until        = NULL
 FROM unnest(%(ids)s::int[], %(attempts)s::int[], %(base64s)s::text[], %(seeds)s::bigint[],
-            %(output_paths)s::text[], %(generation_seconds)s::float8[], %(warnings)s::text[])
-     AS d(id, attempt, base64, seed, output_path, generation_seconds, warning)
+            %(output_paths)s::text[], %(output_urls)s::text[], %(thumbnail_urls)s::text[],
+            %(thumbnails)s::text[], %(formats)s::text[], %(generation_seconds)s::float8[], %(warnings)s::text[])
+     AS d(id, attempt, base64, seed, output_path, output_url, thumbnail_url, thumbnail, format,
+          generation_seconds, warning)
 WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
@@ -232,7 +239,7 @@ SET locked_by   = %(owner)s,
     lease_until = COALESCE(%(now)s::timestamptz, now()) + make_interval(secs => %(lease_seconds)s)
 FROM picked
 WHERE i.id = picked.id
-RETURNING i.id, i.attempts AS attempt, i.uuid AS task_id, i.submitted_at, i.backend;
+RETURNING i.id, i.attempts AS attempt, i.uuid AS task_id, i.submitted_at, i.backend, i.format, i.quality;
 
 -- name: images_mark_submitted
 -- The remote task exists: keep the row in Generate, drop the owner, and set the

@@ -47,6 +47,14 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS started_at        TIMESTAMPTZ;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS finished_at       TIMESTAMPTZ;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS generation_seconds DOUBLE PRECISION;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS output_path       TEXT;
+-- Where the image lives besides (or instead of) base64 (IMAGEND_STORAGE_URL), and its thumbnail.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS output_url        TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail_url     TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail         TEXT;
+-- Producer: png (default), webp or jpeg, and quality 1-100 (validation.py); the daemon writes back
+-- the format the image was stored in.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS format            TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS quality           INTEGER;
 
 -- Ancestor rows caught mid-flight by the upgrade: only Fusion Brain rows ever had a
 -- task uuid, so they are resumed by polling instead of being lost.

@@ -1,0 +1,71 @@
+"""Object storage for finished images: a folder (files.py) or an S3-compatible bucket (s3.py), behind one
+small interface. target.py parses the setting; open_store() builds the store once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from imagend.errors import RetryableError
+from imagend.storage.target import StorageTarget
+
+# Objects of one finishing batch are written this many at a time (S3 latency is per request).
+PUT_THREADS = 16
+
+
+class StoreUnavailable(RetryableError):
+    """The store is down or refused a write: the attempt fails and is retried with backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    name: str  # `<id>.<ext>`: the key under the target's prefix (or the file name in its folder)
+    data: bytes
+    content_type: str
+
+
+class Store(Protocol):
+    target: StorageTarget
+
+    def check(self) -> None:
+        """At start: the target exists and takes a write; ConfigError naming the variable otherwise."""
+        ...
+
+    def put_all(self, objects: Sequence[StoredObject]) -> list[str | StoreUnavailable]:
+        """Write every object (concurrently); for each, its URL or why it could not be written."""
+        ...
+
+    def delete_urls(self, urls: Sequence[str]) -> int:
+        """Delete the objects at `urls` that lie in this target (others are left alone); returns how many
+        went. Raises StoreUnavailable when the store cannot be reached."""
+        ...
+
+    def read_url(self, url: str) -> bytes:
+        """The bytes at `url` (tools and tests)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_open: dict[tuple[StorageTarget, tuple[tuple[str, str], ...]], Store] = {}
+
+
+def open_store(target: StorageTarget, env: Mapping[str, str]) -> Store:
+    """The store for `target`, one per process (the generator, the processor and retention share its
+    connection pool); `env` is the settings' environment (.env included), for the AWS variables."""
+    from imagend.storage.s3 import AWS_VARIABLES
+
+    key = (target, tuple((name, env[name]) for name in AWS_VARIABLES if env.get(name)))
+    store = _open.get(key)
+    if store is None:
+        if target.scheme == "file":
+            from imagend.storage.files import FileStore
+
+            store = FileStore(target)
+        else:
+            from imagend.storage.s3 import S3Store
+
+            store = S3Store(target, env)
+        _open[key] = store
+    return store
