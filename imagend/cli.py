@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 the database could not be reached; 2 bad flags or configur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -13,15 +14,16 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from imagend import __version__
+from imagend import __version__, retention
 from imagend.backends import create_backends, missing_libraries
 from imagend.config import Settings, load_settings
 from imagend.daemon import Daemon, daemon_identity
 from imagend.db import apply_schema, database_setting, database_url, open_pool
 from imagend.errors import ConfigError, DatabaseUnavailable
+from imagend.export import export_images
 from imagend.logs import configure, get_logger
 from imagend.repository import Repository
-from imagend.storage import open_store
+from imagend.storage import StoreUnavailable, open_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-verbose", "--verbose", action="store_true", help="debug logs with file and line")
     parser.add_argument("-status", "--status", action="store_true", help="print the queue status view as JSON and exit")
     parser.add_argument(
+        "-export-images",
+        "--export-images",
+        action="store_true",
+        help="copy the base64 of finished rows with no stored copy to IMAGEND_STORAGE_URL (resumable), then exit",
+    )
+    parser.add_argument(
         "-make-tiny-model",
         "--make-tiny-model",
         metavar="DIR",
@@ -64,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Go's flag package: a boolean flag also takes `-flag=VALUE` with strconv.ParseBool's spellings.
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status"})
+BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images"})
 VALUE_FLAGS = frozenset({"make-tiny-model", "env-file"})
 _GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
 
@@ -106,9 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tiny_model(args.make_tiny_model)
         print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")
         return 0
-    if not (args.generator or args.processor or args.cron or args.status):
+    if not (args.generator or args.processor or args.cron or args.status or args.export_images):
         parser.print_usage(sys.stderr)
-        print("imagend: say what to run: -cron, -generator, -processor or -status", file=sys.stderr)
+        print("imagend: say what to run: -cron, -generator, -processor, -status or -export-images", file=sys.stderr)
         return 2
     try:
         if args.env_file is None:
@@ -149,8 +157,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             lines = [_status_line(row, settings.default_backend, serving) for row in repo.queue_status()]
             print(json.dumps(lines, default=str, indent=2))
             return 0
+        if args.export_images:
+            return _export(repo, settings)
         if settings.storage is not None:
             open_store(settings.storage, settings.env.values).check()
+        if settings.retention.enabled and (args.cron or args.processor):
+            retention.prepare(repo, settings.retention)
         backends = create_backends(settings)
         try:
             listen_url = settings.listen_url.reveal() if settings.listen_url else url
@@ -165,6 +177,23 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             for backend in backends.values():
                 backend.close()
+
+
+def _export(repo: Repository, settings: Settings) -> int:
+    """-export-images: 0 when every row is exported; 1 when the store failed (a new run resumes)."""
+    if settings.storage is None:
+        raise ConfigError("-export-images needs IMAGEND_STORAGE_URL: the storage target to export to")
+    store = open_store(settings.storage, settings.env.values)
+    store.check()
+    try:
+        counts = export_images(repo, store, keep_base64=settings.store_base64)
+    except StoreUnavailable as exc:
+        get_logger().error("export_stopped", error=str(exc), action="run -export-images again to resume")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(dataclasses.asdict(counts)))
+    return 0
 
 
 def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ none) passes through untouched: no decode, no cost on the finishing path.
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 from imagend.errors import BadInput, RetryableError
@@ -131,6 +132,22 @@ def _parameters_of(image: object) -> str | None:
     return None
 
 
+def user_comment_exif(text: str) -> bytes:
+    """An EXIF block holding only UserComment = `text`, typed UNDEFINED as the standard says (Pillow's
+    Exif writes a nested tag as BYTE, which piexif, and so A1111, cannot read back): a little-endian TIFF
+    header, IFD0 with one pointer to the Exif IFD, the Exif IFD with one entry, then the comment."""
+    comment = _UNICODE_PREFIX + text.encode("utf-16-be")
+    exif_ifd_at = 8 + 18  # after the header (8) and IFD0 (count 2 + one 12-byte entry + next-IFD 4)
+    data_at = exif_ifd_at + 18
+    tiff = (
+        b"II*\x00" + struct.pack("<I", 8)
+        + struct.pack("<HHHII", 1, _EXIF_IFD, 4, 1, exif_ifd_at) + struct.pack("<I", 0)  # LONG pointer
+        + struct.pack("<HHHII", 1, _USER_COMMENT, 7, len(comment), data_at) + struct.pack("<I", 0)  # UNDEFINED
+        + comment
+    )
+    return b"Exif\x00\x00" + tiff
+
+
 def _save(picture: object, target: str, quality: int | None, parameters: str | None) -> bytes:
     from PIL import Image as PILImage
     from PIL.PngImagePlugin import PngInfo
@@ -145,8 +162,6 @@ def _save(picture: object, target: str, quality: int | None, parameters: str | N
         return buffer.getvalue()
     options: dict[str, object] = {"quality": quality or DEFAULT_QUALITY[target]}
     if parameters is not None:
-        exif = PILImage.Exif()
-        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + parameters.encode("utf-16-be")
-        options["exif"] = exif.tobytes()
+        options["exif"] = user_comment_exif(parameters)
     picture.save(buffer, format="WEBP" if target == "webp" else "JPEG", **options)
     return buffer.getvalue()

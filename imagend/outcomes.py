@@ -24,7 +24,9 @@ log = get_logger()
 T = TypeVar("T")
 
 
-COUNT_FIELDS = ("claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost")
+COUNT_FIELDS = (
+    "claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost", "expired",
+)
 
 
 @dataclass
@@ -40,6 +42,7 @@ class PassCounts:
     polled: int = 0
     rescued: int = 0
     lost: int = 0
+    expired: int = 0  # rows deleted or base64 dropped by retention (retention.py logs the detail)
     # The pass stopped early, with work left, because the other pass fell due.
     more: bool = False
 

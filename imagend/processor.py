@@ -1,5 +1,5 @@
-"""The processor pass: rescue rows of dead daemons and rows whose lease ran out, and poll
-remote tasks that are due."""
+"""The processor pass: rescue rows of dead daemons and rows whose lease ran out, retention (when
+configured and due: retention.py), and poll remote tasks that are due."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, u
 from imagend.logs import get_logger
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
+from imagend.retention import Retention
 from imagend.retry import crash_backoffs
 from imagend.rows import RemoteTask
 
@@ -38,10 +39,15 @@ class Processor:
         self.stopping = stopping
         self.io_pool = io_pool
         self.outcomes = Outcomes(repo, settings)
+        self.retention = Retention(repo, settings.retention, self.outcomes.results.store)
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()
         self.rescue(counts)
+        if self.retention.due():
+            kept = self.retention.run_once()
+            counts.expired += kept.rows
+            counts.more = counts.more or kept.more
         for name, backend in self.remote.items():
             # Each due task is polled once per pass: a pending one is pushed into the future.
             while not self.stopping.is_set():

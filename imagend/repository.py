@@ -80,6 +80,25 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Expired:
+    """One row retention deleted, with where its objects were (images_expire)."""
+
+    id: int
+    output_url: str | None
+    thumbnail_url: str | None
+    output_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Exportable:
+    """A finished row whose image is only in its base64 (images_export_batch)."""
+
+    id: int
+    base64: str
+    format: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Rescued:
     """One row images_rescue took back from a dead or stuck owner."""
 
@@ -398,3 +417,41 @@ class Repository:
             by_name(UnservedRows),
         )
         return rows
+
+    # -- retention and export (retention.py, export.py) -------------------------------------
+
+    def expire(self, status: str, age_seconds: float, limit: int) -> list[Expired]:
+        """Delete up to `limit` rows of a terminal `status` finished more than `age_seconds` ago."""
+        if status not in ("ReadyToPublish", "Failed"):
+            raise ValueError(f"retention deletes terminal rows only, not {status!r}")
+        rows: list[Expired] = self._rows(
+            "images_expire", {"status": status, "age_seconds": age_seconds, "limit": limit}, by_name(Expired)
+        )
+        return rows
+
+    def drop_base64(self, age_seconds: float, limit: int) -> int:
+        """Drop the base64 of up to `limit` stored rows finished more than `age_seconds` ago; how many."""
+        return len(self._rows("images_drop_base64", {"age_seconds": age_seconds, "limit": limit}))
+
+    def build_index(self, name: str) -> None:
+        """images_retention_index_finished / _base64: CREATE INDEX CONCURRENTLY IF NOT EXISTS."""
+        if name not in ("images_retention_index_finished", "images_retention_index_base64"):
+            raise ValueError(name)
+        self._rows(name, {})
+
+    def invalid_indexes(self) -> list[str]:
+        return [row[0] for row in self._rows("images_invalid_indexes", {})]
+
+    def export_batch(self, after_id: int, limit: int) -> list[Exportable]:
+        rows: list[Exportable] = self._rows(
+            "images_export_batch", {"after_id": after_id, "limit": limit}, by_name(Exportable)
+        )
+        return rows
+
+    def export_mark(self, ids: Sequence[int], output_urls: Sequence[str], formats: Sequence[str], *,
+                    keep_base64: bool) -> set[int]:
+        rows = self._rows(
+            "images_export_mark",
+            {"ids": list(ids), "output_urls": list(output_urls), "formats": list(formats), "keep_base64": keep_base64},
+        )
+        return {row[0] for row in rows}

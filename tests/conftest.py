@@ -28,6 +28,7 @@ from imagend.repository import Repository
 
 from support.db import base_env, import_pgserver, with_dbname
 from support.pgbouncer import PgBouncer
+from support.s3 import MotoServer
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,19 @@ def pgbouncer(server_url: str) -> Iterator[PgBouncer]:
     `pgbouncer.url_for(db_url)` reaches a test's database through it. See tests/support/pgbouncer.py."""
     with PgBouncer(server_url) as bouncer:
         yield bouncer
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[MotoServer]:
+    """A moto S3 server on 127.0.0.1 for the session (any credentials accepted); see tests/support/s3.py."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3_server: MotoServer) -> str:
+    """A new, empty bucket on the session's S3 server, for this test only."""
+    return s3_server.create_bucket(f"imagend-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture(scope="session")

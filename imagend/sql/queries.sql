@@ -345,3 +345,89 @@ FROM waiting AS w
 WHERE w.backend = ANY (%(known)s::text[])
   AND w.backend <> ALL (%(served)s::text[])
 ORDER BY w.backend;
+
+-- name: images_expire
+-- Retention (retention.py): delete up to %(limit)s rows of one terminal status finished longer than
+-- %(age_seconds)s ago, oldest first. Terminal rows only, whatever is asked; SKIP LOCKED, so a producer
+-- holding a row (or another daemon's retention) is never waited for. Returns the locations of the
+-- rows' objects, for IMAGEND_RETENTION_DELETE_OBJECTS. Served by images_finished_idx.
+WITH picked AS (
+    SELECT id
+    FROM images
+    WHERE status IN ('ReadyToPublish', 'Failed')
+      AND status = %(status)s
+      AND finished_at < now() - make_interval(secs => %(age_seconds)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM images AS i
+USING picked
+WHERE i.id = picked.id
+RETURNING i.id, i.output_url, i.thumbnail_url, i.output_path;
+
+-- name: images_drop_base64
+-- Retention: keep the row, drop its base64 once it is older than %(age_seconds)s and a stored copy
+-- exists (output_url). Served by images_base64_kept_idx, which a row leaves once its base64 is gone.
+WITH picked AS (
+    SELECT id
+    FROM images
+    WHERE status = 'ReadyToPublish'
+      AND base64 IS NOT NULL
+      AND output_url IS NOT NULL
+      AND finished_at < now() - make_interval(secs => %(age_seconds)s)
+    ORDER BY finished_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE images AS i
+SET base64 = NULL
+FROM picked
+WHERE i.id = picked.id
+RETURNING i.id;
+
+-- name: images_retention_index_finished
+-- Built when a daemon starts with IMAGEND_RETENTION_FAILED or _DONE (not in schema.sql: without
+-- retention no row should pay for an index insert). CONCURRENTLY: producers and daemons keep writing.
+CREATE INDEX CONCURRENTLY IF NOT EXISTS images_finished_idx
+    ON images (finished_at) WHERE status IN ('ReadyToPublish', 'Failed');
+
+-- name: images_retention_index_base64
+-- Built when a daemon starts with IMAGEND_RETENTION_BASE64 (or -export-images runs).
+CREATE INDEX CONCURRENTLY IF NOT EXISTS images_base64_kept_idx
+    ON images (finished_at) WHERE status = 'ReadyToPublish' AND base64 IS NOT NULL AND output_url IS NOT NULL;
+
+-- name: images_invalid_indexes
+-- Indexes left invalid by a CREATE INDEX CONCURRENTLY that was interrupted (a daemon killed while
+-- building): IF NOT EXISTS skips them, so they are reported for an operator to drop.
+SELECT c.relname AS name
+FROM pg_index AS x
+JOIN pg_class AS c ON c.oid = x.indexrelid
+WHERE x.indrelid = 'images'::regclass AND NOT x.indisvalid;
+
+-- name: images_export_batch
+-- -export-images: finished rows with base64 and no stored copy, after %(after_id)s in id order (a
+-- cursor, so an interrupted export resumes where it stopped and never rescans what it did). No lock
+-- is held while their objects are written.
+SELECT id, base64, format
+FROM images
+WHERE id > %(after_id)s
+  AND status = 'ReadyToPublish'
+  AND base64 IS NOT NULL
+  AND output_url IS NULL
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: images_export_mark
+-- The objects are written: record where, and (with IMAGEND_STORE_BASE64=false) drop the base64. Guarded:
+-- a row a producer put back (or someone else exported) since the read is left alone.
+UPDATE images AS i
+SET output_url = d.output_url,
+    format     = COALESCE(i.format, d.format),
+    base64     = CASE WHEN %(keep_base64)s THEN i.base64 END
+FROM unnest(%(ids)s::int[], %(output_urls)s::text[], %(formats)s::text[]) AS d(id, output_url, format)
+WHERE i.id = d.id
+  AND i.status = 'ReadyToPublish'
+  AND i.output_url IS NULL
+  AND i.base64 IS NOT NULL
+RETURNING i.id;

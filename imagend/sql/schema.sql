@@ -73,9 +73,39 @@ END $$;
 -- Serves the claim: only waiting rows are indexed, so finished rows cost nothing.
 CREATE INDEX IF NOT EXISTS images_ready_idx
     ON images (priority DESC, id) WHERE status = 'ReadyToGenerate';
--- Serves lease expiry, remote polling and the next wake-up time.
+-- Serves lease expiry, remote polling and the next wake-up time: every row in Generate (a few per
+-- daemon), whose leases are then read from the heap. Keyed on id, not lease_until, so that the most
+-- frequent write of all, a lease renewal with its progress (twice a second per generating batch),
+-- touches no indexed column and can be a HOT update (see fillfactor below; docs/storage.md).
+-- Before 0.1 the index was on lease_until: replaced once.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_indexes
+               WHERE indexname = 'images_lease_idx' AND indexdef LIKE '%(lease_until)%') THEN
+        DROP INDEX images_lease_idx;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS images_lease_idx
-    ON images (lease_until) WHERE status = 'Generate';
+    ON images (id) WHERE status = 'Generate';
+
+-- Table health under years of traffic (measured in bench/storage_soak.py; docs/storage.md):
+-- fillfactor 90 leaves each heap page room for the HOT updates of lease renewals and progress;
+-- autovacuum visits the table after 1,000 + 2 % of its rows changed (the default 20 % lets a
+-- queue of millions of finished rows carry hundreds of thousands of dead ones), and after
+-- inserts alone too (visibility map kept current for index-only scans). Set only when different,
+-- as ALTER TABLE … SET waits for (and cancels) a running autovacuum.
+DO $$
+DECLARE
+    wanted text[] := ARRAY['fillfactor=90', 'autovacuum_vacuum_scale_factor=0.02',
+                           'autovacuum_vacuum_threshold=1000', 'autovacuum_analyze_scale_factor=0.02',
+                           'autovacuum_vacuum_insert_scale_factor=0.05'];
+BEGIN
+    IF NOT (SELECT COALESCE(reloptions, '{}') @> wanted FROM pg_class WHERE oid = 'images'::regclass) THEN
+        ALTER TABLE images SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02,
+                                autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02,
+                                autovacuum_vacuum_insert_scale_factor = 0.05);
+    END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION imagend_touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
