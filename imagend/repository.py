@@ -431,11 +431,11 @@ class Repository:
 
     def drop_base64(self, age_seconds: float, limit: int) -> int:
         """Drop the base64 of up to `limit` stored rows finished more than `age_seconds` ago; how many."""
-        return len(self._rows("images_drop_base64", {"age_seconds": age_seconds, "limit": limit}))
+        return len(self._rows("images_drop_inline", {"age_seconds": age_seconds, "limit": limit}))
 
     def build_index(self, name: str) -> None:
         """images_retention_index_finished / _base64: CREATE INDEX CONCURRENTLY IF NOT EXISTS."""
-        if name not in ("images_retention_index_finished", "images_retention_index_base64"):
+        if name not in ("images_retention_index_finished", "images_retention_index_inline"):
             raise ValueError(name)
         self._rows(name, {})
 

@@ -52,7 +52,7 @@ def prepare(repo: Repository, policy: RetentionSettings) -> None:
     if policy.failed_seconds is not None or policy.done_seconds is not None:
         repo.build_index("images_retention_index_finished")
     if policy.base64_seconds is not None:
-        repo.build_index("images_retention_index_base64")
+        repo.build_index("images_retention_index_inline")
     for name in repo.invalid_indexes():
         log.warning("index_invalid", index=name, action=f"an index build was interrupted: DROP INDEX CONCURRENTLY "
                                                         f"{name}; the next start rebuilds it")
