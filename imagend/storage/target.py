@@ -53,10 +53,13 @@ def parse_storage_target(
         return StorageTarget("file", name, storage_url, folder=Path(unquote(parts.path)))
     if parts.scheme == "s3":
         bucket = parts.netloc
+        if "@" in bucket:  # never echoed: what is before the @ may be a key
+            raise ConfigError(f"{name}: write s3://bucket/prefix only; credentials come from the AWS variables "
+                              "or profile, never the URL")
         if not _BUCKET.fullmatch(bucket):
             raise ConfigError(f"{name}={storage_url!r}: {bucket!r} is not an S3 bucket name (3-63 characters: "
                               "a-z, 0-9, '.', '-')")
-        if parts.query or parts.fragment or "@" in storage_url:
+        if parts.query or parts.fragment:
             raise ConfigError(f"{name}={storage_url!r}: write s3://bucket/prefix only; credentials come from the "
                               "AWS variables or profile, the endpoint from IMAGEND_S3_ENDPOINT_URL")
         if endpoint_url is not None and urlsplit(endpoint_url).scheme not in ("http", "https"):

@@ -165,3 +165,55 @@ def test_hide_password_finds_the_password_even_in_a_string_libpq_refuses(conninf
     message = f'libpq quoted it: "{conninfo}"'
     hidden = hide_password(message, conninfo)
     assert "Hunter2-db-Secret" not in hidden and "***" in hidden
+
+
+# -- storage, thumbnails, retention (issue 11) -------------------------------------------------
+
+
+def storage_settings(**env):
+    return load_settings(environ={"IMAGEND_BACKEND": "placeholder", **env}, env_file=None)
+
+
+def test_storage_targets():
+    assert storage_settings().storage is None
+    s3 = storage_settings(IMAGEND_STORAGE_URL="s3://my-bucket/a/b/", IMAGEND_S3_ENDPOINT_URL="http://minio:9000").storage
+    assert (s3.scheme, s3.bucket, s3.prefix, s3.endpoint_url) == ("s3", "my-bucket", "a/b", "http://minio:9000")
+    assert s3.key("1.png") == "a/b/1.png"
+    folder = storage_settings(IMAGEND_STORAGE_URL="file:///srv/images").storage
+    assert (folder.scheme, str(folder.folder), folder.setting) == ("file", "/srv/images", "IMAGEND_STORAGE_URL")
+    legacy = storage_settings(IMAGEND_OUTPUT_DIR="/srv/out").storage
+    assert (legacy.scheme, str(legacy.folder), legacy.setting) == ("file", "/srv/out", "IMAGEND_OUTPUT_DIR")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"IMAGEND_STORAGE_URL": "ftp://x/y"}, "IMAGEND_STORAGE_URL='ftp://x/y': use file:///folder or s3://bucket/prefix"),
+    ({"IMAGEND_STORAGE_URL": "s3://A_B/p"}, "'A_B' is not an S3 bucket name"),
+    ({"IMAGEND_STORAGE_URL": "s3://key:secret@bucket/p"}, "IMAGEND_STORAGE_URL: write s3://bucket/prefix only;"),
+    ({"IMAGEND_STORAGE_URL": "file://relative/path"}, "a file URL names an absolute folder"),
+    ({"IMAGEND_STORAGE_URL": "file:///a", "IMAGEND_OUTPUT_DIR": "/b"}, "IMAGEND_OUTPUT_DIR are both set"),
+    ({"IMAGEND_STORE_BASE64": "false"}, "IMAGEND_STORE_BASE64=false needs IMAGEND_STORAGE_URL"),
+    ({"IMAGEND_THUMBNAIL": "8"}, "IMAGEND_THUMBNAIL=8 is below 16 pixels"),
+    ({"IMAGEND_THUMBNAIL": "-1"}, "IMAGEND_THUMBNAIL=-1 is below the minimum 0"),
+    ({"IMAGEND_RETENTION_DONE": "1y"}, "IMAGEND_RETENTION_DONE='1y' is not an age"),
+    ({"IMAGEND_RETENTION_FAILED": "-1h"}, "IMAGEND_RETENTION_FAILED='-1h' is negative"),
+    ({"IMAGEND_RETENTION_BASE64": "1d"}, "IMAGEND_RETENTION_BASE64 needs IMAGEND_STORAGE_URL"),
+])
+def test_bad_storage_settings_name_the_variable(env, message):
+    with pytest.raises(ConfigError) as caught:
+        storage_settings(**env)
+    assert message in str(caught.value)
+
+
+def test_retention_ages_take_days_and_go_durations():
+    settings = storage_settings(IMAGEND_RETENTION_FAILED="24h", IMAGEND_RETENTION_DONE="30d",
+                                IMAGEND_RETENTION_BASE64="1d12h", IMAGEND_STORAGE_URL="file:///srv/i")
+    policy = settings.retention
+    assert (policy.failed_seconds, policy.done_seconds, policy.base64_seconds) == (86400, 30 * 86400, 129600)
+    assert policy.enabled and not policy.delete_objects
+    assert not storage_settings(IMAGEND_RETENTION_DONE="0").retention.enabled
+
+
+def test_aws_secrets_are_redacted_but_never_required():
+    settings = storage_settings(AWS_SECRET_ACCESS_KEY="very-secret-key", AWS_ACCESS_KEY_ID="AKIDEXAMPLE")
+    assert "very-secret-key" in settings.secrets()
+    assert "AKIDEXAMPLE" not in settings.secrets()
