@@ -69,6 +69,13 @@ class Retention:
     def enabled(self) -> bool:
         return self.policy.enabled
 
+    @property
+    def idle_seconds(self) -> float:
+        """After a pass that finished its work: IDLE_SECONDS, or half the shortest age if that is shorter
+        (a row then outlives its age by at most half of it)."""
+        ages = [a for a in (self.policy.failed_seconds, self.policy.done_seconds, self.policy.base64_seconds) if a]
+        return min([IDLE_SECONDS, *(age / 2 for age in ages)])
+
     def due(self, now: float | None = None) -> bool:
         return self.enabled and (time.monotonic() if now is None else now) >= self._next_at
 
@@ -98,7 +105,7 @@ class Retention:
                 break
         else:
             counts.more = counts.more or self.policy.base64_seconds is not None
-        self._next_at = 0.0 if counts.more else time.monotonic() + IDLE_SECONDS
+        self._next_at = 0.0 if counts.more else time.monotonic() + self.idle_seconds
         if counts.rows:
             log.info("retention_pass", **counts.summary())
         return counts

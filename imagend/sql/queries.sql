@@ -368,7 +368,7 @@ RETURNING i.id, i.output_url, i.thumbnail_url, i.output_path;
 
 -- name: images_drop_inline
 -- Retention: keep the row, drop its base64 once it is older than %(age_seconds)s and a stored copy
--- exists (output_url). Served by images_base64_kept_idx, which a row leaves once its base64 is gone.
+-- exists (output_url). Served by images_inline_kept_idx, which a row leaves once its base64 is gone.
 WITH picked AS (
     SELECT id
     FROM images
@@ -394,7 +394,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS images_finished_idx
 
 -- name: images_retention_index_inline
 -- Built when a daemon starts with IMAGEND_RETENTION_BASE64 (or -export-images runs).
-CREATE INDEX CONCURRENTLY IF NOT EXISTS images_base64_kept_idx
+CREATE INDEX CONCURRENTLY IF NOT EXISTS images_inline_kept_idx
     ON images (finished_at) WHERE status = 'ReadyToPublish' AND base64 IS NOT NULL AND output_url IS NOT NULL;
 
 -- name: images_invalid_indexes
