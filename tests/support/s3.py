@@ -75,7 +75,11 @@ class MotoServer:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:  # a server holding many objects can be slow to let go
+                self.proc.kill()
+                self.proc.wait(10)
         self.proc = None
 
     def client(self, service: str = "s3") -> Any:
