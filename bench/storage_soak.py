@@ -28,7 +28,8 @@ CLAIM_PROBES = 30
 def claim_latency_ms(conn: psycopg.Connection[Any]) -> float:
     """The median of the real claim statement (one row) run in a transaction that is rolled back."""
     statement = queries()["images_claim_batch"]
-    params = {"now": None, "default_backend": "placeholder", "skip_backends": ["local", "fusionbrain"],
+    params = {"now": None, "backend": "placeholder", "default_backend": "placeholder",
+              "skip_backends": ["local", "fusionbrain"],
               "limit": 1, "owner": "soak-probe", "lease_seconds": 60}
     samples = []
     for _ in range(CLAIM_PROBES):

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -21,7 +22,10 @@ from imagend.daemon import Daemon, daemon_identity
 from imagend.db import apply_schema, database_setting, database_url, open_pool
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.export import export_images
+from imagend.health import LoopHealth, stuck_after
+from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
+from imagend.metrics import Metrics
 from imagend.repository import Repository
 from imagend.storage import StoreUnavailable, open_store
 
@@ -163,20 +167,40 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             open_store(settings.storage, settings.env.values).check()
         if settings.retention.enabled and (args.cron or args.processor):
             retention.prepare(repo, settings.retention)
-        backends = create_backends(settings)
+        metrics, health = Metrics(), LoopHealth(stuck_after(settings))
+        # Up before the backends load (minutes for a model on a GPU host): /readyz says it is loading.
+        http_server = None
+        if args.cron and settings.http is not None:
+            http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends)
+            http_server.start()
         try:
-            listen_url = settings.listen_url.reveal() if settings.listen_url else url
-            daemon = Daemon(settings, repo, backends, listen_url=listen_url)
-            if args.cron:
-                return daemon.run_forever()
-            try:
-                daemon.run_once(generator=args.generator, processor=args.processor)
-            except KeyboardInterrupt:
-                return 130
-            return 0
+            return _run_backends(args, settings, repo, url, metrics, health, http_server)
         finally:
-            for backend in backends.values():
-                backend.close()
+            if http_server is not None:
+                http_server.stop()
+
+
+def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository, url: str, metrics: Metrics,
+                  health: LoopHealth, http_server: HttpServer | None) -> int:
+    started = time.monotonic()
+    backends = create_backends(settings)
+    for name in backends:
+        metrics.model_load_seconds.labels(name).set(time.monotonic() - started)
+    if http_server is not None:
+        http_server.ready.backends_loaded()
+    try:
+        listen_url = settings.listen_url.reveal() if settings.listen_url else url
+        daemon = Daemon(settings, repo, backends, listen_url=listen_url, metrics=metrics, health=health)
+        if args.cron:
+            return daemon.run_forever()
+        try:
+            daemon.run_once(generator=args.generator, processor=args.processor)
+        except KeyboardInterrupt:
+            return 130
+        return 0
+    finally:
+        for backend in backends.values():
+            backend.close()
 
 
 def _export(repo: Repository, settings: Settings) -> int:

@@ -202,6 +202,34 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """IMAGEND_HTTP (host:port of the listener: metrics, probes, dashboard, API) and the token
+    writes need (IMAGEND_HTTP_TOKEN; without it the listener is read-only)."""
+
+    host: str
+    port: int
+    token: Secret | None
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+def _http(env: Env) -> HttpSettings | None:
+    value = env.str("IMAGEND_HTTP")
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or (sep and not host):
+        raise ConfigError(f"IMAGEND_HTTP={value!r}: say where to listen as host:port, e.g. 127.0.0.1:9464")
+    token = env.secret("IMAGEND_HTTP_TOKEN")
+    if token is not None and len(token.reveal()) < 16:
+        raise ConfigError("IMAGEND_HTTP_TOKEN is too short: use at least 16 random characters")
+    return HttpSettings(host=host, port=int(port_text), token=token)
+
+
+@dataclass(frozen=True)
 class Settings:
     # Database: DATABASE_URL, else the ancestor's DB_*, else the embedded Postgres.
     database_url: Secret | None
@@ -242,6 +270,7 @@ class Settings:
     fusion_brain_api_key: Secret | None
     fusion_brain_secret_key: Secret | None
     env: Env = field(repr=False, compare=False)
+    http: HttpSettings | None = None
 
     @property
     def embedded_database(self) -> bool:
@@ -251,7 +280,8 @@ class Settings:
         """Every secret value, for the log redactor."""
         found = [
             s.reveal()
-            for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key)
+            for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key,
+                      self.http.token if self.http else None)
             if s
         ]
         others = [self.env.str(name) for name in ("DB_PASSWORD", *AWS_SECRET_VARIABLES)]
@@ -451,4 +481,5 @@ def load_settings(
         fusion_brain_api_key=api_key,
         fusion_brain_secret_key=secret_key,
         env=env,
+        http=_http(env),
     )

@@ -33,14 +33,17 @@ from imagend.backends.base import Backend
 from imagend.config import Settings
 from imagend.errors import DatabaseUnavailable, RowLocked
 from imagend.generator import Generator
+from imagend.health import LoopHealth, stuck_after
 from imagend.listener import Listener
 from imagend.liveness import Liveness
 from imagend.logs import get_logger
+from imagend.metrics import Metrics
 from imagend.outcomes import PassCounts
 from imagend.pacer import GENERATOR, PROCESSOR, Pacer
 from imagend.processor import Processor
 from imagend.repository import DaemonInfo, Repository
 from imagend.retry import pass_retry_seconds
+from imagend.systemd_notify import Notifier
 from imagend.unserved import REPORT_EVERY_SECONDS, UnservedReport
 
 log = get_logger()
@@ -49,6 +52,7 @@ IO_THREADS = 32  # concurrent remote submissions / polls
 MIN_RESCHEDULE_SECONDS = 0.25  # floor for a wake-up read from the database: a due row we cannot claim must not spin
 INTERRUPT_GRACE_SECONDS = 5.0
 LISTEN_FALLBACK_JOB = "listen-fallback-poll"
+STATUS_EVERY_SECONDS = 5.0  # systemd STATUS= lines, when there is no watchdog to ping more often
 
 
 class PassLog:
@@ -99,7 +103,8 @@ def describe(backends: Mapping[str, Backend]) -> DaemonInfo:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, repo: Repository, backends: Mapping[str, Backend], listen_url: str) -> None:
+    def __init__(self, settings: Settings, repo: Repository, backends: Mapping[str, Backend], listen_url: str,
+                 *, metrics: Metrics | None = None, health: LoopHealth | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.backends = backends
@@ -110,6 +115,11 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.io_pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="imagend-io")
         self.pacer = Pacer({GENERATOR: self._generator_pass, PROCESSOR: self._processor_pass}, self.stopping)
+        self.metrics = metrics or Metrics()
+        self.health = health or LoopHealth(stuck_after(settings))
+        self.health.overdue = self.pacer.overdue_seconds
+        self.notifier = Notifier()
+        self._done_total = 0
         self.scheduler: BackgroundScheduler | None = None
         self._failures = {GENERATOR: 0, PROCESSOR: 0}
         self.pass_log = PassLog()
@@ -122,8 +132,11 @@ class Daemon:
             wake=self.wake,
             io_pool=self.io_pool,
             processor_due=lambda: self.pacer.is_due(PROCESSOR),
+            metrics=self.metrics,
+            progressed=self.health.progressed,
         )
-        self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool)
+        self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool,
+                                   metrics=self.metrics)
         # Rows waiting for a backend this daemon does not serve (nobody's, perhaps): said at start,
         # then at most every REPORT_EVERY_SECONDS.
         self.unserved_report = UnservedReport(repo, list(backends))
@@ -176,6 +189,9 @@ class Daemon:
         scheduler.add_job(
             self.unserved_report.check, "interval", id="unserved-report", seconds=REPORT_EVERY_SECONDS / 5
         )
+        if self.notifier.enabled:
+            scheduler.add_job(self._tell_systemd, "interval", id="systemd-notify",
+                              seconds=self.notifier.watchdog_interval_seconds or STATUS_EVERY_SECONDS)
         self.scheduler = scheduler
         scheduler.start()
         self.pacer.request(PROCESSOR)  # rescue first: a dead peer's rows wait longest
@@ -194,9 +210,19 @@ class Daemon:
             processor_interval=self.settings.processor_interval_seconds,
             dead_after=self.settings.dead_after_seconds,
         )
+        # The schema is applied and every backend loaded (the model too) before a Daemon exists.
+        self.notifier.ready(status=f"serving {', '.join(self.backends)}")
         while not self.stop_requested.wait(1.0):
             pass
         return self._drain(scheduler, runner)
+
+    def _tell_systemd(self) -> None:
+        """WATCHDOG=1 only while the loops progress (health.py): a hung daemon is restarted by
+        systemd (WatchdogSec=); and a STATUS= line saying what it does."""
+        if self.health.alive():
+            self.notifier.watchdog()
+        state = "working" if self.health.busy else "waiting for work"
+        self.notifier.status(f"{state}; {self._done_total} images done since start")
 
     def _requester(self, job: str) -> Callable[[], None]:
         return lambda: self.pacer.request(job)
@@ -218,6 +244,8 @@ class Daemon:
 
     def _drain(self, scheduler: BackgroundScheduler, runner: threading.Thread) -> int:
         log.info("daemon_stopping", drain_seconds=self.settings.drain_seconds)
+        self.notifier.stopping()
+        self.notifier.status(f"stopping: finishing work in flight (up to {self.settings.drain_seconds:g} s)")
         self.stopping.set()
         scheduler.shutdown(wait=False)
         self.pacer.interrupt()
@@ -257,6 +285,7 @@ class Daemon:
         self._run_pass(PROCESSOR, self.processor.run_once)
 
     def _run_pass(self, job: str, body: Callable[[], PassCounts]) -> None:
+        self.health.pass_started()
         try:
             counts = body()
             self._schedule_next()
@@ -267,7 +296,11 @@ class Daemon:
             log.exception("pass_failed", job=job)
             self._retry_later(job, "pass_failed")
             return
+        finally:
+            self.health.pass_ended()
+        self.metrics.pass_ended(job)
         self._failures[job] = 0
+        self._done_total += counts.done
         if counts.more:
             self.pacer.request(job)
         self.pass_log.add(job, counts)

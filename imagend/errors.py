@@ -81,9 +81,13 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+class UnexpectedError(RetryableError):
+    """What unexpected() makes: a bug or a library error, retried (its own kind in the metrics)."""
+
+
 def unexpected(backend: str, exc: BaseException) -> RetryableError:
     """The one way a backend's unexpected exception (a bug, a library error) reaches a row:
     another attempt, with the exception's type and (cut, and redacted on the way to the row)
     text, so the producer and the operator see the same thing."""
     text = clip(str(exc), UNEXPECTED_TEXT_MAX_CHARS)
-    return RetryableError(f"internal error in {backend}: {type(exc).__name__}" + (f": {text}" if text else ""))
+    return UnexpectedError(f"internal error in {backend}: {type(exc).__name__}" + (f": {text}" if text else ""))

@@ -29,6 +29,7 @@ from imagend.errors import (
     unexpected,
 )
 from imagend.logs import get_logger
+from imagend.metrics import Metrics
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
 from imagend.rows import Claim, ClaimedRow
@@ -56,11 +57,13 @@ class LeaseKeeper:
         ids: Sequence[int],
         aborting: threading.Event,
         held: Callable[[], list[int]] = list,
+        progressed: Callable[[], None] = lambda: None,
     ) -> None:
         self.repo = repo
         self.ids = list(ids)
         self.aborting = aborting
         self.held = held
+        self.progressed = progressed
         self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
         self.last_write = time.monotonic()
         self.cancelled: set[int] = set()
@@ -68,6 +71,7 @@ class LeaseKeeper:
     def __call__(self, progress: float | None = None) -> None:
         if self.aborting.is_set():
             raise Interrupted("daemon stopping")
+        self.progressed()
         now = time.monotonic()
         if now - self.last_write < self.interval:
             return
@@ -96,6 +100,8 @@ class Generator:
         wake: threading.Event,
         io_pool: ThreadPoolExecutor,
         processor_due: Callable[[], bool] = lambda: False,
+        metrics: Metrics | None = None,
+        progressed: Callable[[], None] = lambda: None,
     ) -> None:
         self.repo = repo
         self.backends = backends
@@ -105,7 +111,9 @@ class Generator:
         self.wake = wake
         self.io_pool = io_pool
         self.processor_due = processor_due
-        self.outcomes = Outcomes(repo, settings)
+        self.metrics = metrics or Metrics()
+        self.progressed = progressed  # the loop made progress (health.py): each batch, each lease renewal
+        self.outcomes = Outcomes(repo, settings, self.metrics)
         # The write that ends the previous batch runs while the next one is claimed and
         # generated; at most one is in flight, and a pass waits for it before it returns.
         self._finishing: Future[PassCounts] | None = None
@@ -132,6 +140,7 @@ class Generator:
                 self.wake.clear()
                 exhausted.clear()
             claimed_any = False
+            self.progressed()
             for name, backend in self.backends.items():
                 if self.stopping.is_set():
                     break
@@ -144,6 +153,7 @@ class Generator:
                     continue
                 claimed_any = True
                 counts.claimed += len(rows)
+                self.metrics.claimed_rows(name, (row.waited_seconds for row in rows))
                 requests = self._validate(backend, rows, counts)
                 if isinstance(backend, RemoteBackend):
                     self._submit(backend, requests, counts)
@@ -162,13 +172,13 @@ class Generator:
         requests = []
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
-                self.outcomes.fail(row.claim, Cancelled(), counts)
+                self.outcomes.fail(backend.name, row.claim, Cancelled(), counts)
                 continue
             try:
                 validated = validate_row(row, self.settings)
                 request = backend.validate(validated.request)
             except BadInput as exc:
-                self.outcomes.fail(row.claim, exc, counts)
+                self.outcomes.fail(backend.name, row.claim, exc, counts)
                 continue
             if validated.warning:
                 with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
@@ -188,7 +198,7 @@ class Generator:
         chunks = [group[start : start + size] for group in groups for start in range(0, len(group), size)]
         for index, chunk in enumerate(chunks):
             if self.stopping.is_set():
-                self.outcomes.release([r.id for r in requests_of(chunks[index:])], counts)
+                self.outcomes.release(backend.name, [r.id for r in requests_of(chunks[index:])], counts)
                 return
             waiting = [r.id for r in requests_of(chunks[index + 1 :])]
             self._begin(chunk)
@@ -200,8 +210,11 @@ class Generator:
         if not batch:
             return
         ids = [r.id for r in batch]
-        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()])
+        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()],
+                             progressed=self.progressed)
         log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
+        in_flight = self.metrics.in_flight.labels(backend.name)
+        in_flight.set(len(batch))
         try:
             images = backend.generate(batch, keeper)
             if len(images) != len(batch):
@@ -210,29 +223,33 @@ class Generator:
             cancelled = keeper.cancelled or set(ids)
             for request in batch:
                 if request.id in cancelled:
-                    self.outcomes.fail(request.claim, Cancelled(), counts)
-            self.outcomes.release([i for i in ids if i not in cancelled], counts, reason=None)
+                    self.outcomes.fail(backend.name, request.claim, Cancelled(), counts)
+            self.outcomes.release(backend.name, [i for i in ids if i not in cancelled], counts, reason=None)
         except Interrupted as exc:
             log.info("batch_interrupted", ids=ids, reason=str(exc))
-            self.outcomes.release(ids, counts)
+            self.outcomes.release(backend.name, ids, counts)
         except RowError as exc:
             for request in batch:
-                self.outcomes.fail(request.claim, exc, counts)
+                self.outcomes.fail(backend.name, request.claim, exc, counts)
         except DatabaseUnavailable:
             raise
         except Exception as exc:  # a bug or an unexpected library error: the row gets another attempt
             log.exception("backend_error", ids=ids, backend=backend.name)
             for request in batch:
-                self.outcomes.fail(request.claim, unexpected(backend.name, exc), counts)
+                self.outcomes.fail(backend.name, request.claim, unexpected(backend.name, exc), counts)
         else:
-            self._finish_in_background([(r.claim, image) for r, image in zip(batch, images, strict=True)], counts)
+            self._finish_in_background(
+                backend.name, [(r.claim, image) for r, image in zip(batch, images, strict=True)], counts
+            )
+        finally:
+            in_flight.set(0)
 
-    def _finish_in_background(self, results: list[tuple[Claim, Image]], counts: PassCounts) -> None:
+    def _finish_in_background(self, backend: str, results: list[tuple[Claim, Image]], counts: PassCounts) -> None:
         self._wait_for_finishing(counts)
 
         def finish() -> PassCounts:
             own = PassCounts()
-            self.outcomes.done(results, own)
+            self.outcomes.done(backend, results, own)
             return own
 
         self._finishing = self.io_pool.submit(finish)
@@ -247,12 +264,12 @@ class Generator:
 
     def _release_claimed_ahead(self, counts: PassCounts) -> None:
         """Rows claimed ahead but not reached (the daemon is stopping): back to the queue, attempt not counted."""
-        for ahead in self._claimed_ahead.values():
+        for name, ahead in self._claimed_ahead.items():
             try:
                 rows = ahead.result()
             except DatabaseUnavailable:
                 continue  # their leases (or this daemon's liveness) will bring them back
-            self.outcomes.release([row.id for row in rows], counts)
+            self.outcomes.release(name, [row.id for row in rows], counts)
         self._claimed_ahead.clear()
 
     def _wait_for_finishing(self, counts: PassCounts) -> None:
@@ -275,19 +292,20 @@ class Generator:
 
     def _submit_one(self, backend: RemoteBackend, request: Request, counts: PassCounts) -> None:
         if self.stopping.is_set():
-            self.outcomes.release([request.id], counts)
+            self.outcomes.release(backend.name, [request.id], counts)
             return
         try:
             submission = backend.submit(request)
         except QueueClosed as exc:
-            self.outcomes.release([request.id], counts, delay_seconds=exc.retry_after_seconds, reason=str(exc))
+            self.outcomes.release(backend.name, [request.id], counts, delay_seconds=exc.retry_after_seconds,
+                                  reason=str(exc))
             return
         except RowError as exc:
-            self.outcomes.fail(request.claim, exc, counts)
+            self.outcomes.fail(backend.name, request.claim, exc, counts)
             return
         except Exception as exc:
             log.exception("backend_error", id=request.id, backend=backend.name)
-            self.outcomes.fail(request.claim, unexpected(backend.name, exc), counts)
+            self.outcomes.fail(backend.name, request.claim, unexpected(backend.name, exc), counts)
             return
         try:
             self.repo.mark_submitted(request.claim, submission.task_id, submission.poll_after_seconds)

@@ -15,6 +15,7 @@ from imagend.backends.base import Image
 from imagend.config import Settings
 from imagend.errors import LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
+from imagend.metrics import Metrics
 from imagend.repository import Repository
 from imagend.results import Results
 from imagend.retry import backoff_seconds, retry_database
@@ -57,12 +58,16 @@ class PassCounts:
 
 
 class Outcomes:
-    def __init__(self, repo: Repository, settings: Settings) -> None:
+    """Every outcome is also counted in `metrics` (by the row's backend), a batch at a time."""
+
+    def __init__(self, repo: Repository, settings: Settings, metrics: Metrics | None = None) -> None:
         self.repo = repo
         self.settings = settings
         self.results = Results(settings)
+        self.metrics = metrics or Metrics()
 
-    def done(self, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *, one_shot: bool = False) -> None:
+    def done(self, backend: str, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *,
+             one_shot: bool = False) -> None:
         """The image goes to storage first (results.py), then the row is finished in one statement,
         fenced by each claim.
 
@@ -71,11 +76,14 @@ class Outcomes:
         once and gone): that one is kept in the row's base64 with a warning rather than thrown away."""
         rows, failed = self.results.finished(results, one_shot=one_shot)
         for claim, error in failed:
-            self.fail(claim, error, counts)
+            self.fail(backend, claim, error, counts)
         if not rows:
             return
         written = self._per_row_if_locked(self.repo.mark_done, rows, lambda row: row.claim.id)
         counts.done += len(written)
+        self.metrics.count(backend, "done", len(written))
+        self.metrics.generation_seconds.observe(
+            backend, (image.generation_seconds for claim, image in results if claim.id in written))
         kept = {row.claim for row in rows}
         for claim, image in results:
             if claim not in kept:
@@ -90,6 +98,7 @@ class Outcomes:
                 )
             else:
                 counts.lost += 1
+                self.metrics.lost.labels(backend).inc()
                 log.warning(
                     "result_dropped",
                     id=claim.id,
@@ -110,7 +119,8 @@ class Outcomes:
                 return set()
         return {written for item in items for written in self._per_row_if_locked(write, [item], row_id)}
 
-    def fail(self, claim: Claim, error: RowError | str, counts: PassCounts, *, retryable: bool | None = None) -> None:
+    def fail(self, backend: str, claim: Claim, error: RowError | str, counts: PassCounts, *,
+             retryable: bool | None = None) -> None:
         message = redact(str(error))
         if retryable is None:
             retryable = isinstance(error, RowError) and error.retryable
@@ -122,8 +132,10 @@ class Outcomes:
             )
         except (LostOwnership, RowLocked):
             counts.lost += 1
+            self.metrics.lost.labels(backend).inc()
             log.warning("failure_dropped", id=claim.id, status="Generate", attempt=claim.attempt, error=message)
             return
+        self.metrics.failed(backend, error, final=status == "Failed")
         if status == "Failed":
             counts.failed += 1
             log.info("image_failed", id=claim.id, status=status, attempt=claim.attempt, error=message)
@@ -139,7 +151,8 @@ class Outcomes:
             )
 
     def release(
-        self, ids: Sequence[int], counts: PassCounts, *, delay_seconds: float = 0.0, reason: str | None = None
+        self, backend: str, ids: Sequence[int], counts: PassCounts, *, delay_seconds: float = 0.0,
+        reason: str | None = None,
     ) -> None:
         if not ids:
             return
@@ -147,5 +160,6 @@ class Outcomes:
             lambda batch: self.repo.release(batch, delay_seconds=delay_seconds, reason=reason), ids, lambda i: i
         )
         counts.released += len(released)
+        self.metrics.count(backend, "released", len(released))
         for image_id in released:
             log.info("image_released", id=image_id, reason=reason or "daemon stopping")

@@ -33,6 +33,10 @@ class Pacer:
                 self._due[job] = at
                 self._changed.notify()
 
+    def overdue_seconds(self) -> float:
+        """How long the most overdue pass has waited to start (0: none is overdue)."""
+        return max(0.0, time.monotonic() - min(self._due.values()))
+
     def is_due(self, job: str) -> bool:
         return self._due[job] <= time.monotonic()
 

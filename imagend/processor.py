@@ -14,6 +14,7 @@ from imagend.backends.base import Backend, Pending, RemoteBackend
 from imagend.config import Settings
 from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, unexpected
 from imagend.logs import get_logger
+from imagend.metrics import Metrics
 from imagend.outcomes import Outcomes, PassCounts
 from imagend.repository import Repository
 from imagend.retention import Retention
@@ -32,13 +33,14 @@ class Processor:
         *,
         stopping: threading.Event,
         io_pool: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
         self.remote = {name: b for name, b in backends.items() if isinstance(b, RemoteBackend)}
         self.settings = settings
         self.stopping = stopping
         self.io_pool = io_pool
-        self.outcomes = Outcomes(repo, settings)
+        self.outcomes = Outcomes(repo, settings, metrics)
         self.retention = Retention(repo, settings.retention, self.outcomes.results.store)
 
     def run_once(self) -> PassCounts:
@@ -62,6 +64,10 @@ class Processor:
         for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
             counts.rescued += 1
             counts.failed += row.status == "Failed"
+            self.outcomes.metrics.count(row.backend or self.settings.default_backend, "rescued")
+            if row.status == "Failed":
+                kind = "crashed" if row.crashed else "lease_expired"
+                self.outcomes.metrics.failed(row.backend or self.settings.default_backend, kind, final=True)
             if not row.begun:
                 log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,
                          reason="its daemon is gone; it had not begun, so nothing is charged")
@@ -77,20 +83,20 @@ class Processor:
             try:
                 outcome = backend.poll(task.task_id)
             except RowError as exc:
-                self.outcomes.fail(task.claim, exc, counts)
+                self.outcomes.fail(backend.name, task.claim, exc, counts)
                 return counts
             except Exception as exc:
                 log.exception("backend_error", backend=backend.name)
-                self.outcomes.fail(task.claim, unexpected(backend.name, exc), counts)
+                self.outcomes.fail(backend.name, task.claim, unexpected(backend.name, exc), counts)
                 return counts
         if not isinstance(outcome, Pending):
-            self.outcomes.done([(task.claim, outcome)], counts, one_shot=True)
+            self.outcomes.done(backend.name, [(task.claim, outcome)], counts, one_shot=True)
             return counts
         age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
         if age > self.settings.generation_timeout_seconds:
             limit = self.settings.generation_timeout_seconds
             error = RetryableError(f"no result after {age:.0f} s (DEFAULT_GENERATION_TIMEOUT={limit:g} s)")
-            self.outcomes.fail(task.claim, error, counts)
+            self.outcomes.fail(backend.name, task.claim, error, counts)
             return counts
         try:
             self.repo.poll_later(task.claim, outcome.poll_after_seconds)

@@ -114,6 +114,7 @@ class Rescued:
 
     id: int
     status: str
+    backend: str | None
     old_owner: str | None
     begun: bool  # work on it had begun (otherwise nothing was charged)
     crashed: bool  # its owner died while generating it: a crash, not an attempt
@@ -151,31 +152,14 @@ class DaemonInfo:
     model: str | None = None
 
 
-class Repository:
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        owner: str,
-        *,
-        lease_seconds: float,
-        default_backend: str,
-        default_max_attempts: int,
-        dead_after_seconds: float = 10.0,
-        max_crashes: int = 3,
-    ) -> None:
-        self.pool = pool
-        self.owner = owner
-        self.lease_seconds = lease_seconds
-        self.default_backend = default_backend
-        self.default_max_attempts = default_max_attempts
-        self.dead_after_seconds = dead_after_seconds
-        self.max_crashes = max_crashes
-        self._sql = queries()
+class Statements:
+    """Runs the named queries on a pool: database faults become DatabaseUnavailable, a row held
+    locked past LOCK_TIMEOUT becomes RowLocked, rows come back as tuples or through a row factory.
+    Shared by Repository (the loops) and OperationsRepository (the operator's and API's side)."""
 
-    @property
-    def heartbeat_seconds(self) -> float:
-        """How often the liveness thread beats: ten beats before a daemon counts as dead."""
-        return self.dead_after_seconds / 10
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._sql = queries()
 
     @contextmanager
     def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
@@ -209,6 +193,32 @@ class Repository:
                 cur.execute(self._sql[name], params)
             return cur.fetchall() if cur.description else []
 
+
+class Repository(Statements):
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        owner: str,
+        *,
+        lease_seconds: float,
+        default_backend: str,
+        default_max_attempts: int,
+        dead_after_seconds: float = 10.0,
+        max_crashes: int = 3,
+    ) -> None:
+        super().__init__(pool)
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.default_backend = default_backend
+        self.default_max_attempts = default_max_attempts
+        self.dead_after_seconds = dead_after_seconds
+        self.max_crashes = max_crashes
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the liveness thread beats: ten beats before a daemon counts as dead."""
+        return self.dead_after_seconds / 10
+
     # -- the generator's side ---------------------------------------------------------
 
     def claim_batch(self, backend: str, limit: int, now: datetime | None = None) -> list[ClaimedRow]:
@@ -219,6 +229,7 @@ class Repository:
             "images_claim_batch",
             {
                 "now": now,
+                "backend": backend,
                 "default_backend": self.default_backend,
                 "skip_backends": skip,
                 "limit": limit,

@@ -45,6 +45,7 @@ class ClaimedRow:
     cancel_requested: bool = False
     format: str | None = None  # checked in validation.py (image_formats.parse_output_format)
     quality: int | None = None
+    waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
 
     @property
     def claim(self) -> Claim:

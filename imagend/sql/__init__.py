@@ -9,13 +9,27 @@ from importlib.resources import files
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
+# The tables and triggers of the queue, then those of operations (pause, counts, position).
+SCHEMA_FILES = ("schema.sql", "schema_operations.sql")
+QUERY_FILES = ("queries.sql", "queries_operations.sql")
+
+
+def _read(name: str) -> str:
+    return files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
 def schema() -> str:
-    return files(__package__).joinpath("schema.sql").read_text(encoding="utf-8")
+    return "\n".join(_read(name) for name in SCHEMA_FILES)
 
 
 @cache
 def queries() -> dict[str, str]:
-    """Parse queries.sql into {name: statement}; text before the first name is a preamble."""
-    text = files(__package__).joinpath("queries.sql").read_text(encoding="utf-8")
-    parts = _NAME.split(text)
-    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """Parse the query files into {name: statement}; text before a file's first name is a preamble."""
+    named: dict[str, str] = {}
+    for file in QUERY_FILES:
+        parts = _NAME.split(_read(file))
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            if name in named:
+                raise ValueError(f"query {name} is named twice")
+            named[name] = body.strip().rstrip(";")
+    return named

@@ -15,6 +15,8 @@ WITH picked AS (
     WHERE status = 'ReadyToGenerate'
       AND run_after <= COALESCE(%(now)s::timestamptz, now())
       AND COALESCE(backend, %(default_backend)s) <> ALL (%(skip_backends)s::text[])
+      -- Paused (imagend -pause): claim nothing. Read once per claim, so a pause reaches every daemon at once.
+      AND NOT EXISTS (SELECT 1 FROM imagend_paused WHERE imagend_paused.backend IN (%(backend)s, '*'))
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -35,7 +37,8 @@ WHERE i.id = picked.id
 -- cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
 RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
           i.steps, i.guidance, i.scheduler, i.backend, i.params::text AS params, i.max_attempts,
-          i.cancel_requested, i.format, i.quality;
+          i.cancel_requested, i.format, i.quality,
+          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds;
 
 -- name: images_mark_done
 -- Ends a whole batch in one statement; returns the ids that were still ours. The image is already
@@ -216,7 +219,7 @@ SET status      = CASE WHEN j.crashes >= %(max_crashes)s OR (j.begun AND NOT j.o
     lease_until = NULL
 FROM judged AS j
 WHERE i.id = j.id
-RETURNING i.id, i.status, j.old_owner, j.begun, j.owner_dead AS crashed, i.crashes, i.error;
+RETURNING i.id, i.status, i.backend, j.old_owner, j.begun, j.owner_dead AS crashed, i.crashes, i.error;
 
 -- name: images_claim_polls
 -- Remote rows whose next poll is due (or whose poller died): SKIP LOCKED plus the

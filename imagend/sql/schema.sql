@@ -205,15 +205,6 @@ SELECT i.id, i.locked_by AS owner, i.progress
 FROM imagend_daemons AS d
 JOIN images AS i ON i.id = ANY (d.working) AND i.locked_by = d.owner AND i.status = 'Generate';
 
--- Operators' view of the queue: one line per (status, backend).
-CREATE OR REPLACE VIEW images_queue_status AS
-SELECT status,
-       backend,
-       count(*)                                                     AS rows,
-       max(now() - created_at) FILTER (WHERE status = 'ReadyToGenerate') AS oldest_waiting,
-       avg(generation_seconds)                                       AS avg_generation_seconds
-FROM images
-GROUP BY status, backend
-ORDER BY status, backend;
+-- The operators' view of the queue (images_queue_status) is in schema_operations.sql.
 
 COMMIT;

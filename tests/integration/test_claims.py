@@ -85,7 +85,8 @@ def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
     )
     conn.execute("INSERT INTO images (prompt) SELECT 'waiting ' || n FROM generate_series(1, 20) AS n")
     conn.execute("ANALYZE images")
-    params = {"now": None, "default_backend": "placeholder", "skip_backends": ["local", "fusionbrain"],
+    params = {"now": None, "backend": "placeholder", "default_backend": "placeholder",
+              "skip_backends": ["local", "fusionbrain"],
               "limit": 10, "owner": "explainer", "lease_seconds": 30.0}
     plan = "\n".join(row["QUERY PLAN"] for row in conn.execute(
         "EXPLAIN " + queries()["images_claim_batch"], params).fetchall())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from imagend import repository
+from imagend import operations_repository, repository
 from imagend.sql import queries, schema
 
 EXPECTED = {
@@ -14,6 +14,10 @@ EXPECTED = {
     "images_poll_later", "images_next_wakeups", "images_queue_status", "daemons_heartbeat", "daemons_remove",
     "listen_probe", "images_unserved", "images_expire", "images_drop_inline", "images_retention_index_finished",
     "images_retention_index_inline", "images_invalid_indexes", "images_export_batch", "images_export_mark",
+    # queries_operations.sql
+    "paused_add", "paused_remove", "paused_list", "images_queue_counts", "images_oldest_waiting", "daemons_list",
+    "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",
+    "images_thumbnail", "images_insert", "images_cancel", "images_retry", "images_status_of", "database_ping",
 }
 
 
@@ -32,7 +36,7 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    assert all(re.fullmatch(r"(images|daemons|listen)_[a-z_]+", name) for name in queries())
+    assert all(re.fullmatch(r"(images|daemons|listen|paused|database)_[a-z_]+", name) for name in queries())
 
 
 def test_queries_are_parsed_once():
@@ -40,8 +44,9 @@ def test_queries_are_parsed_once():
 
 
 def test_every_query_the_repository_runs_exists():
-    used = set(re.findall(r'"((?:images|daemons|listen)_[a-z_]+)"', inspect.getsource(repository)))
-    assert used, "the repository names its queries"
+    source = inspect.getsource(repository) + inspect.getsource(operations_repository)
+    used = set(re.findall(r'"((?:images|daemons|listen|paused|database)_[a-z_]+)"', source))
+    assert used, "the repositories name their queries"
     assert used <= set(queries())
 
 

@@ -1,0 +1,24 @@
+"""What every route may use, built once by the daemon (see server.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from imagend.config import HttpSettings, Settings
+from imagend.health import LoopHealth, ReadyCheck
+from imagend.metrics import QueueCollector
+from imagend.operations_repository import OperationsRepository
+
+
+@dataclass(frozen=True)
+class HttpContext:
+    settings: Settings
+    http: HttpSettings
+    ops: OperationsRepository
+    registry: CollectorRegistry
+    queue: QueueCollector
+    health: LoopHealth
+    ready: ReadyCheck
+    served_backends: tuple[str, ...]

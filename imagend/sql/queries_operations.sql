@@ -1,0 +1,112 @@
+-- Named queries of operations (operations_repository.py): pause and resume, what /metrics,
+-- `imagend -status` and the dashboard read, and the JSON API's producer statements. Every one
+-- reads indexes or a bounded number of rows: finished rows are never scanned whole.
+
+-- name: paused_add
+-- Pause `backends` ('*': all). Already paused: kept as it was.
+INSERT INTO imagend_paused (backend, paused_by)
+SELECT unnest(%(backends)s::text[]), %(by)s
+ON CONFLICT (backend) DO NOTHING;
+
+-- name: paused_remove
+-- Resume `backends` (NULL: every pause, '*' included); the delete wakes the daemons.
+DELETE FROM imagend_paused
+WHERE %(backends)s::text[] IS NULL OR backend = ANY (%(backends)s::text[])
+RETURNING backend;
+
+-- name: paused_list
+SELECT backend, paused_at, paused_by FROM imagend_paused ORDER BY backend;
+
+-- name: images_queue_counts
+-- Exact rows per (status, backend) without scanning images (see imagend_queue_counts()).
+SELECT status, backend, rows FROM imagend_queue_counts();
+
+-- name: images_oldest_waiting
+-- Per backend (NULL: the daemon's default), seconds the oldest waiting row has waited; read on
+-- the claim's partial index, which holds waiting rows only.
+SELECT backend, extract(epoch FROM now() - min(created_at))::float8 AS seconds
+FROM images
+WHERE status = 'ReadyToGenerate'
+GROUP BY backend;
+
+-- name: daemons_list
+-- The fleet: every daemon with a heartbeat within %(dead_after)s seconds.
+SELECT owner, host, pid, version, backends, device, model, started_at, heartbeat_at, rows_held,
+       cardinality(working) AS working
+FROM imagend_daemons
+WHERE heartbeat_at > now() - make_interval(secs => %(dead_after)s)
+ORDER BY host, pid, owner;
+
+-- name: images_in_flight
+-- Rows being generated now, with their progress (the lease index holds Generate rows only).
+SELECT id, prompt, backend, locked_by, progress, attempts, started_at
+FROM images
+WHERE status = 'Generate'
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: images_recent_done
+-- The newest finished images, read backwards on the primary key.
+SELECT id, prompt, negative_prompt, seed, width, height, steps, guidance, scheduler, backend,
+       params ->> 'model' AS model, format, finished_at, generation_seconds, output_url, thumbnail_url,
+       base64 IS NOT NULL OR output_url IS NOT NULL OR output_path IS NOT NULL AS has_image
+FROM images
+WHERE status = 'ReadyToPublish'
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: images_recent_failed
+SELECT id, prompt, backend, error, attempts, finished_at
+FROM images
+WHERE status = 'Failed'
+ORDER BY id DESC
+LIMIT %(limit)s;
+
+-- name: images_get
+-- One row as the API and the dashboard's detail page show it (no image bytes), with its place
+-- in the queue while it waits (imagend_position).
+SELECT i.id, i.status, i.progress, i.error, i.warning, i.prompt, i.negative_prompt, i.style,
+       i.width, i.height, i.seed, i.steps, i.guidance, i.scheduler, i.backend, i.priority,
+       i.params ->> 'model' AS model, i.format, i.quality, i.attempts, i.max_attempts,
+       i.cancel_requested, i.created_at, i.run_after, i.started_at, i.finished_at,
+       i.generation_seconds, i.output_url, i.thumbnail_url,
+       i.base64 IS NOT NULL OR i.output_url IS NOT NULL OR i.output_path IS NOT NULL AS has_image,
+       p.ahead AS position, p.estimated_start
+FROM images AS i
+LEFT JOIN LATERAL imagend_position(i.id) AS p ON true
+WHERE i.id = %(id)s;
+
+-- name: images_image
+-- Where a finished row's image is: inline, in a file, or in the storage target.
+SELECT status, format, base64, output_path, output_url FROM images WHERE id = %(id)s;
+
+-- name: images_thumbnail
+SELECT thumbnail, thumbnail_url FROM images WHERE id = %(id)s;
+
+-- name: images_insert
+-- The API's INSERT: the columns a producer may write (NULL: the daemon's default, as in SQL).
+INSERT INTO images (prompt, negative_prompt, style, width, height, seed, steps, guidance, scheduler,
+                    backend, priority, params, max_attempts, run_after, format, quality)
+VALUES (%(prompt)s, %(negative_prompt)s, %(style)s, %(width)s, %(height)s, %(seed)s, %(steps)s,
+        %(guidance)s, %(scheduler)s, %(backend)s, COALESCE(%(priority)s, 0), %(params)s::jsonb,
+        %(max_attempts)s, COALESCE(%(run_after)s::timestamptz, now()), %(format)s, %(quality)s)
+RETURNING id;
+
+-- name: images_cancel
+-- What a producer's `UPDATE images SET cancel_requested = true` does; finished rows are left alone.
+UPDATE images SET cancel_requested = true
+WHERE id = %(id)s AND status IN ('ReadyToGenerate', 'Generate')
+RETURNING id, status;
+
+-- name: images_retry
+-- The README's "Trying again" statement, for a Failed row only.
+UPDATE images SET status = 'ReadyToGenerate', attempts = 0, error = NULL
+WHERE id = %(id)s AND status = 'Failed'
+RETURNING id, status;
+
+-- name: images_status_of
+SELECT status FROM images WHERE id = %(id)s;
+
+-- name: database_ping
+-- /readyz: the database answers.
+SELECT 1;

@@ -1,0 +1,178 @@
+-- imagend schema, operations part (applied right after schema.sql, idempotent as it is):
+-- pause state, exact queue counts that a scrape reads without scanning `images`, and
+-- queue position.
+BEGIN;
+
+SELECT pg_advisory_xact_lock(hashtext('imagend.schema'));
+
+-- Paused backends ('*': all of them). Daemons claim nothing for a paused backend (the claim
+-- reads this table in the same statement, so a pause reaches the fleet at its next claim) and
+-- finish what they hold. `imagend -pause/-resume` write it; deleting a row wakes the daemons.
+CREATE TABLE IF NOT EXISTS imagend_paused (
+    backend   TEXT PRIMARY KEY,
+    paused_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    paused_by TEXT
+);
+
+CREATE OR REPLACE TRIGGER imagend_paused_resumed
+    AFTER DELETE ON imagend_paused
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+
+-- Rows per (status, backend), exact, without counting `images` on every scrape: each statement
+-- that changes `images` appends its net change here (statement triggers over transition tables:
+-- one insert per statement, not per row, and no counter row that two daemons would queue on).
+-- imagend_queue_counts folds the changes into imagend_queue_totals now and then (a scrape does).
+-- backend '' stands for NULL (the daemon's default backend, filled in at the claim).
+CREATE TABLE IF NOT EXISTS imagend_queue_totals (
+    status  TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    rows    BIGINT NOT NULL,
+    PRIMARY KEY (status, backend)
+);
+CREATE TABLE IF NOT EXISTS imagend_queue_changes (
+    status  TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    rows    BIGINT NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION imagend_count_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO imagend_queue_changes
+    SELECT status, COALESCE(backend, ''), count(*) FROM new_rows GROUP BY 1, 2;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION imagend_count_deleted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO imagend_queue_changes
+    SELECT status, COALESCE(backend, ''), -count(*) FROM old_rows GROUP BY 1, 2;
+    RETURN NULL;
+END $$;
+
+-- Updates that change neither status nor backend (lease renewals, progress) add nothing.
+CREATE OR REPLACE FUNCTION imagend_count_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO imagend_queue_changes
+    SELECT status, backend, sum(rows)
+    FROM (SELECT n.status, COALESCE(n.backend, '') AS backend, 1 AS rows
+          FROM new_rows AS n JOIN old_rows AS o USING (id)
+          WHERE (n.status, n.backend) IS DISTINCT FROM (o.status, o.backend)
+          UNION ALL
+          SELECT o.status, COALESCE(o.backend, ''), -1
+          FROM new_rows AS n JOIN old_rows AS o USING (id)
+          WHERE (n.status, n.backend) IS DISTINCT FROM (o.status, o.backend)) AS moved
+    GROUP BY 1, 2;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE FUNCTION imagend_count_truncated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM imagend_queue_changes;
+    DELETE FROM imagend_queue_totals;
+    RETURN NULL;
+END $$;
+
+-- The first time only: count what is there (an ancestor's table, or one of an earlier version),
+-- with writers held off for that moment so that no row is counted twice or missed.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'images_count_inserted') THEN
+        LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE;
+        DELETE FROM imagend_queue_changes;
+        DELETE FROM imagend_queue_totals;
+        INSERT INTO imagend_queue_totals
+        SELECT status, COALESCE(backend, ''), count(*) FROM images GROUP BY 1, 2;
+        CREATE TRIGGER images_count_inserted AFTER INSERT ON images
+            REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_inserted();
+        CREATE TRIGGER images_count_updated AFTER UPDATE ON images
+            REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_updated();
+        CREATE TRIGGER images_count_deleted AFTER DELETE ON images
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_deleted();
+        CREATE TRIGGER images_count_truncated AFTER TRUNCATE ON images
+            FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_truncated();
+    END IF;
+END $$;
+
+-- The rows per (status, backend) now. Folds the changes into the totals first when there are
+-- many (one caller at a time; the others read totals + changes, which is as exact).
+CREATE OR REPLACE FUNCTION imagend_queue_counts()
+RETURNS TABLE (status TEXT, backend TEXT, rows BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (SELECT count(*) FROM (SELECT 1 FROM imagend_queue_changes LIMIT 1000) AS c) >= 1000
+       AND pg_try_advisory_xact_lock(hashtext('imagend.queue_counts')) THEN
+        WITH moved AS (DELETE FROM imagend_queue_changes RETURNING *),
+             summed AS (SELECT m.status, m.backend, sum(m.rows) AS rows FROM moved AS m GROUP BY 1, 2)
+        INSERT INTO imagend_queue_totals AS t
+        SELECT * FROM summed
+        ON CONFLICT ON CONSTRAINT imagend_queue_totals_pkey DO UPDATE SET rows = t.rows + EXCLUDED.rows;
+        DELETE FROM imagend_queue_totals AS t WHERE t.rows = 0;
+    END IF;
+    RETURN QUERY
+    SELECT a.status, NULLIF(a.backend, ''), sum(a.rows)::bigint
+    FROM (SELECT t.status, t.backend, t.rows FROM imagend_queue_totals AS t
+          UNION ALL
+          SELECT c.status, c.backend, c.rows FROM imagend_queue_changes AS c) AS a
+    GROUP BY 1, 2
+    HAVING sum(a.rows) <> 0
+    ORDER BY 1, 2;
+END $$;
+
+-- Operators' view of the queue (imagend -status): one line per (status, backend). Counts from
+-- imagend_queue_counts(); the oldest waiting row from the claim's partial index; the mean
+-- generation time of the newest 1,000 finished rows (read backwards on the primary key: finished
+-- rows are never scanned whole, and no index on finished_at slows every finishing write).
+CREATE OR REPLACE VIEW images_queue_status AS
+SELECT c.status,
+       c.backend,
+       c.rows,
+       CASE WHEN c.status = 'ReadyToGenerate' THEN
+           (SELECT now() - min(i.created_at) FROM images AS i
+            WHERE i.status = 'ReadyToGenerate' AND i.backend IS NOT DISTINCT FROM c.backend)
+       END AS oldest_waiting,
+       CASE WHEN c.status = 'ReadyToPublish' THEN
+           (SELECT avg(r.generation_seconds) FROM (
+                SELECT i.generation_seconds FROM images AS i
+                WHERE i.status = 'ReadyToPublish' AND i.backend IS NOT DISTINCT FROM c.backend
+                ORDER BY i.id DESC LIMIT 1000) AS r)
+       END AS avg_generation_seconds
+FROM imagend_queue_counts() AS c;
+
+-- Where a waiting row stands: how many rows a daemon will claim before it (same backend, higher
+-- priority, or equal priority and older — the claim's order), and when it should start, from the
+-- generation times of the last 100 rows of its backend and the daemons serving it now.
+-- NULL for a row that is not waiting.
+CREATE OR REPLACE FUNCTION imagend_position(image_id INTEGER)
+RETURNS TABLE (ahead BIGINT, estimated_start TIMESTAMPTZ)
+LANGUAGE sql STABLE AS $$
+    WITH me AS (
+        SELECT id, priority, backend FROM images WHERE id = image_id AND status = 'ReadyToGenerate'
+    ), ahead AS (
+        SELECT count(*) AS n
+        FROM images AS i, me
+        WHERE i.status = 'ReadyToGenerate'
+          AND (i.priority > me.priority OR (i.priority = me.priority AND i.id < me.id))
+          AND i.backend IS NOT DISTINCT FROM me.backend
+    ), pace AS (
+        SELECT avg(r.generation_seconds) AS seconds
+        FROM (SELECT i.generation_seconds FROM images AS i, me
+              WHERE i.status = 'ReadyToPublish' AND i.backend IS NOT DISTINCT FROM me.backend
+              ORDER BY i.id DESC LIMIT 100) AS r
+    ), serving AS (
+        SELECT greatest(count(*), 1) AS n FROM imagend_daemons AS d, me
+        WHERE d.heartbeat_at > now() - interval '1 minute'
+          AND (me.backend IS NULL OR me.backend = ANY (d.backends))
+    )
+    SELECT ahead.n,
+           now() + make_interval(secs => COALESCE(pace.seconds, 0) * ahead.n / serving.n)
+    FROM me, ahead, pace, serving
+$$;
+
+COMMIT;
