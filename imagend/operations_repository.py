@@ -138,6 +138,10 @@ class OperationsRepository(Statements):
         rows = self._rows("images_status_of", {"id": image_id})
         return str(rows[0][0]) if rows else None
 
+    def waiting(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The next waiting rows, in the claim's order (the dashboard's queue)."""
+        return self._rows("images_waiting", {"limit": limit}, dict_row)
+
 
 # The columns images_insert takes: what a producer may INSERT (the README's producer's guide).
 INSERTABLE = (

@@ -110,3 +110,11 @@ SELECT status FROM images WHERE id = %(id)s;
 -- name: database_ping
 -- /readyz: the database answers.
 SELECT 1;
+
+-- name: images_waiting
+-- The dashboard's next rows to start, in the claim's order, on the claim's partial index.
+SELECT id, prompt, backend, priority, created_at, run_after, cancel_requested
+FROM images
+WHERE status = 'ReadyToGenerate'
+ORDER BY priority DESC, id
+LIMIT %(limit)s;
