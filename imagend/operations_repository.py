@@ -142,6 +142,11 @@ class OperationsRepository(Statements):
         """The next waiting rows, in the claim's order (the dashboard's queue)."""
         return self._rows("images_waiting", {"limit": limit}, dict_row)
 
+    def params(self, image_id: int) -> Any:
+        """A row's params (decoded jsonb; None: no row or no params)."""
+        rows = self._rows("images_params", {"id": image_id})
+        return rows[0][0] if rows else None
+
 
 # The columns images_insert takes: what a producer may INSERT (the README's producer's guide).
 INSERTABLE = (

@@ -118,3 +118,7 @@ FROM images
 WHERE status = 'ReadyToGenerate'
 ORDER BY priority DESC, id
 LIMIT %(limit)s;
+
+-- name: images_params
+-- The dashboard's row page: the producer's params (jsonb) as they were written.
+SELECT params FROM images WHERE id = %(id)s;
