@@ -142,10 +142,11 @@ class OperationsRepository(Statements):
         """The next waiting rows, in the claim's order (the dashboard's queue)."""
         return self._rows("images_waiting", {"limit": limit}, dict_row)
 
-    def params(self, image_id: int) -> Any:
-        """A row's params (decoded jsonb; None: no row or no params)."""
+    def params(self, image_id: int) -> str | None:
+        """A row's params as JSON text (None: no row or no params); text, so JSON Postgres accepts
+        but Python cannot decode is still shown."""
         rows = self._rows("images_params", {"id": image_id})
-        return rows[0][0] if rows else None
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
 # The columns images_insert takes: what a producer may INSERT (the README's producer's guide).

@@ -120,5 +120,5 @@ ORDER BY priority DESC, id
 LIMIT %(limit)s;
 
 -- name: images_params
--- The dashboard's row page: the producer's params (jsonb) as they were written.
-SELECT params FROM images WHERE id = %(id)s;
+-- The dashboard's row page: the producer's params as text (decoded, or shown raw, in Python).
+SELECT params::text FROM images WHERE id = %(id)s;
