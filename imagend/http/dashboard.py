@@ -1,11 +1,261 @@
-"""The dashboard (GET /). Being built."""
+"""The dashboard: server-rendered HTML on the listener, readable on a phone, no build chain.
+
+- `GET /` the page: the fleet, queue counts, pauses, rows in flight (progress bars) and waiting,
+  the newest finished images (thumbnails) and the recent failures.
+- `GET /fragments/live` and `/fragments/recent`: the same sections alone; dashboard.js fetches them
+  every second (live) and every few seconds (recent) and swaps them in, so the bars move.
+- `GET /images/{id}` a row's page (the image full size, every parameter, its place in the queue);
+  `/images/{id}/full` and `/images/{id}/thumbnail` the bytes (images.py, shared with the API).
+- `GET /static/dashboard.css|js`.
+
+Every producer-written string goes through Jinja2's autoescape (text and attributes alike); the
+script never builds HTML from strings, it only swaps fragments the server rendered. A strict
+Content-Security-Policy (scripts from this origin only, no inline script) is a second wall. The
+buttons (cancel, retry, pause, resume) call the JSON API's POSTs with the token the operator pastes
+(kept in sessionStorage); without IMAGEND_HTTP_TOKEN they are shown disabled.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
 
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from imagend import __version__
+from imagend.errors import DatabaseUnavailable
+from imagend.http.auth import Refused, check_read
 from imagend.http.context import HttpContext
+from imagend.http.images import image_response, thumbnail_response
+from imagend.operations_repository import ALL_BACKENDS, FleetDaemon, QueueSnapshot
+
+LIVE_REFRESH_MS = 1000  # the progress bars move once a second (progress is written twice a second)
+RECENT_REFRESH_MS = 4000
+DETAIL_REFRESH_MS = 2000
+IN_FLIGHT_SHOWN = 50
+WAITING_SHOWN = 10
+DONE_SHOWN = 24
+FAILED_SHOWN = 20
+PARAMS_SHOWN_CHARS = 20_000
+STATUSES = ("ReadyToGenerate", "Generate", "ReadyToPublish", "Failed")
+WAITING, RUNNING, FAILED = "ReadyToGenerate", "Generate", "Failed"
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: https: http:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
+
+
+def _when(value: datetime | None) -> str:
+    """A timestamp as the page shows it: UTC, to the second."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+def _ago(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    seconds = (datetime.now(UTC) - value).total_seconds()
+    ahead = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 90:
+        text = f"{seconds:.0f} s"
+    elif seconds < 90 * 60:
+        text = f"{seconds / 60:.0f} min"
+    elif seconds < 48 * 3600:
+        text = f"{seconds / 3600:.1f} h"
+    else:
+        text = f"{seconds / 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
+def _params(text: str | None) -> str:
+    """A row's params (JSON text) indented; shown raw when Python cannot decode it (10,000 levels deep,
+    an integer of 5,000 digits). Escaped like any other string by the template."""
+    if text is None:
+        return ""
+    try:
+        shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
+    except (ValueError, RecursionError):
+        shown = text
+    return shown if len(shown) <= PARAMS_SHOWN_CHARS else shown[:PARAMS_SHOWN_CHARS] + "\n…"
+
+
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("imagend.http"), autoescape=select_autoescape(default=True),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(when=_when, ago=_ago, seconds=_seconds, params=_params)
+    return env
+
+
+@dataclass(frozen=True, slots=True)
+class CountsTable:
+    statuses: list[str]
+    rows: list[tuple[str, list[int], int]]  # backend, rows per status, total
+    totals: list[int]
+
+
+def counts_table(snap: QueueSnapshot, default_backend: str) -> CountsTable:
+    statuses = list(STATUSES) + sorted({s for s, _, _ in snap.counts} - set(STATUSES))
+    per: dict[str, dict[str, int]] = {}
+    for status, backend, rows in snap.counts:
+        by_status = per.setdefault(backend or default_backend, {})
+        by_status[status] = by_status.get(status, 0) + rows
+    rows_out: list[tuple[str, list[int], int]] = []
+    for backend in sorted(per):
+        cells = [per[backend].get(status, 0) for status in statuses]
+        rows_out.append((backend, cells, sum(cells)))
+    totals = [sum(row[1][i] for row in rows_out) for i in range(len(statuses))]
+    return CountsTable(statuses, rows_out, totals)
+
+
+class Dashboard:
+    def __init__(self, context: HttpContext) -> None:
+        self.context = context
+        self.env = environment()
+        self.writes = context.http.token is not None
+        self.static = {name: resources.files("imagend.http").joinpath("static", name).read_bytes() for name in STATIC}
+
+    # -- what the sections show ---------------------------------------------------------
+
+    def _paused(self, snap: QueueSnapshot | None) -> set[str]:
+        return {p.backend for p in snap.paused} if snap else set()
+
+    def _daemon_paused(self, daemon: FleetDaemon, paused: set[str]) -> list[str]:
+        if ALL_BACKENDS in paused:
+            return list(daemon.backends)
+        return [b for b in daemon.backends if b in paused]
+
+    def live(self) -> dict[str, Any]:
+        snap, stale = self.context.queue.snapshot()
+        default = self.context.settings.default_backend
+        paused = self._paused(snap)
+        backends = {default, *self.context.served_backends}
+        if snap is not None:
+            backends |= {b for d in snap.daemons for b in d.backends}
+            backends |= {backend or default for _, backend, _ in snap.counts}
+            backends |= paused - {ALL_BACKENDS}
+        return {
+            "snap": snap,
+            "stale": stale,
+            "counts": counts_table(snap, default) if snap else None,
+            "oldest": sorted(((b or default, s) for b, s in snap.oldest_waiting.items())) if snap else [],
+            "pauses": snap.paused if snap else [],
+            "paused": paused,
+            "all_paused": ALL_BACKENDS in paused,
+            "backends": sorted(backends),
+            "fleet": [(d, self._daemon_paused(d, paused)) for d in snap.daemons] if snap else [],
+            "in_flight": self.context.ops.in_flight(IN_FLIGHT_SHOWN),
+            "waiting": self.context.ops.waiting(WAITING_SHOWN),
+        }
+
+    def recent(self) -> dict[str, Any]:
+        ops = self.context.ops
+        return {"done": ops.recent_done(DONE_SHOWN), "failed": ops.recent_failed(FAILED_SHOWN)}
+
+    # -- rendering ----------------------------------------------------------------------
+
+    def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
+        html = self.env.get_template(template).render(
+            writes=self.writes, version=__version__, live_ms=LIVE_REFRESH_MS, recent_ms=RECENT_REFRESH_MS,
+            detail_ms=DETAIL_REFRESH_MS, **values,
+        )
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def guarded(self, template: str, values: Callable[[], dict[str, Any]]) -> Response:
+        """A fragment: read access checked, the database's absence said in the fragment itself."""
+        try:
+            return self.render(template, **values())
+        except DatabaseUnavailable as exc:
+            return self.render("unavailable.html", status=503, reason=str(exc))
 
 
 def routes(context: HttpContext) -> list[BaseRoute]:
-    return []
+    board = Dashboard(context)
+
+    def index(request: Request) -> Response:
+        try:
+            check_read(context, request)
+        except Refused as refused:
+            # A browser's navigation cannot carry the token: the page's shell asks for it, and its
+            # script fetches the sections with it. The shell holds no data.
+            return board.render("index.html", status=refused.status, refused=refused.message)
+        try:
+            return board.render("index.html", refused=None, **board.live(), **board.recent())
+        except DatabaseUnavailable as exc:
+            return board.render("index.html", status=503, refused=None, unavailable=str(exc))
+
+    def live(request: Request) -> Response:
+        check_read(context, request)
+        return board.guarded("live.html", board.live)
+
+    def recent(request: Request) -> Response:
+        check_read(context, request)
+        return board.guarded("recent.html", board.recent)
+
+    def _image_values(image_id: int) -> dict[str, Any] | None:
+        row = context.ops.get(image_id)
+        if row is None:
+            return None
+        return {"row": row, "params": context.ops.params(image_id),
+                "terminal": row["status"] not in (WAITING, RUNNING)}
+
+    def image_page(request: Request) -> Response:
+        check_read(context, request)
+        image_id = request.path_params["id"]
+        values = _image_values(image_id)
+        if values is None:
+            return board.render("missing.html", status=404, image_id=image_id)
+        return board.render("image.html", **values)
+
+    def image_fragment(request: Request) -> Response:
+        check_read(context, request)
+        image_id = request.path_params["id"]
+        values = _image_values(image_id)
+        if values is None:
+            return board.render("missing.html", status=404, image_id=image_id)
+        return board.render("image_body.html", **values)
+
+    def full(request: Request) -> Response:
+        check_read(context, request)
+        return image_response(context, request.path_params["id"])
+
+    def thumbnail(request: Request) -> Response:
+        check_read(context, request)
+        return thumbnail_response(context, request.path_params["id"])
+
+    def static(request: Request) -> Response:
+        check_read(context, request)
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return Response("not found", status_code=404, media_type="text/plain")
+        return Response(board.static[name], media_type=STATIC[name],
+                        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+
+    # Sync endpoints: Starlette runs them in its thread pool (the queries are blocking psycopg calls).
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/fragments/live", live, methods=["GET"]),
+        Route("/fragments/recent", recent, methods=["GET"]),
+        Route("/fragments/images/{id:int}", image_fragment, methods=["GET"]),
+        Route("/images/{id:int}", image_page, methods=["GET"]),
+        Route("/images/{id:int}/full", full, methods=["GET"]),
+        Route("/images/{id:int}/thumbnail", thumbnail, methods=["GET"]),
+        Route("/static/{name:str}", static, methods=["GET"]),
+    ]
