@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import re
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 from imagend import __version__, retention
 from imagend.backends import create_backends, missing_libraries
+from imagend.backends.registry import BACKEND_NAMES
 from imagend.config import Settings, load_settings
 from imagend.daemon import Daemon, daemon_identity
 from imagend.db import apply_schema, database_setting, database_url, open_pool
@@ -26,6 +28,7 @@ from imagend.health import LoopHealth, stuck_after
 from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
 from imagend.metrics import Metrics
+from imagend.operations_repository import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
 from imagend.repository import Repository
 from imagend.storage import StoreUnavailable, open_store
 
@@ -51,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-verbose", "--verbose", action="store_true", help="debug logs with file and line")
     parser.add_argument("-status", "--status", action="store_true", help="print the queue status view as JSON and exit")
+    parser.add_argument(
+        "-pause", "--pause", nargs="*", metavar="BACKEND",
+        help="pause claiming for these backends (none named: all) on every daemon, until -resume; then exit",
+    )
+    parser.add_argument(
+        "-resume", "--resume", nargs="*", metavar="BACKEND",
+        help="lift the pause of these backends (none named: every pause); then exit",
+    )
     parser.add_argument(
         "-export-images",
         "--export-images",
@@ -118,10 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tiny_model(args.make_tiny_model)
         print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")
         return 0
-    if not (args.generator or args.processor or args.cron or args.status or args.export_images):
+    pausing = args.pause is not None or args.resume is not None
+    if not (args.generator or args.processor or args.cron or args.status or args.export_images or pausing):
         parser.print_usage(sys.stderr)
-        print("imagend: say what to run: -cron, -generator, -processor, -status or -export-images", file=sys.stderr)
+        print("imagend: say what to run: -cron, -generator, -processor, -status, -pause, -resume or -export-images",
+              file=sys.stderr)
         return 2
+    for name in [*(args.pause or []), *(args.resume or [])]:
+        if name not in (*BACKEND_NAMES, ALL_BACKENDS):
+            parser.error(f"unknown backend {name!r}: use one of {', '.join(BACKEND_NAMES)} (or none: all)")
     try:
         if args.env_file is None:
             settings = load_settings(env_file=".env")
@@ -156,10 +172,21 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             dead_after_seconds=settings.dead_after_seconds,
             max_crashes=settings.max_crashes,
         )
+        ops = OperationsRepository(pool, dead_after_seconds=settings.dead_after_seconds)
+        if args.pause is not None or args.resume is not None:
+            if args.pause is not None:
+                ops.pause(args.pause, by=f"{socket.gethostname()} (imagend -pause)")
+            if args.resume is not None:
+                ops.resume(args.resume)
+            print(json.dumps({"paused": [p.backend for p in ops.paused()]}))
+            return 0
         if args.status:
             serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
             lines = [_status_line(row, settings.default_backend, serving) for row in repo.queue_status()]
-            print(json.dumps(lines, default=str, indent=2))
+            paused = ops.paused()
+            daemons = [_daemon_line(d, paused) for d in ops.daemons()]
+            print(json.dumps({"queue": lines, "daemons": daemons, "paused": [dataclasses.asdict(p) for p in paused]},
+                             default=str, indent=2))
             return 0
         if args.export_images:
             return _export(repo, settings)
@@ -218,6 +245,14 @@ def _export(repo: Repository, settings: Settings) -> int:
         return 130
     print(json.dumps(dataclasses.asdict(counts)))
     return 0
+
+
+def _daemon_line(daemon: FleetDaemon, paused: list[Pause]) -> dict[str, Any]:
+    """One running daemon for -status: what its heartbeat says, and whether all it serves is paused."""
+    line = dataclasses.asdict(daemon)
+    names = {p.backend for p in paused}
+    line["paused"] = ALL_BACKENDS in names or set(daemon.backends) <= names
+    return line
 
 
 def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:

@@ -193,6 +193,9 @@ class Daemon:
             scheduler.add_job(self._tell_systemd, "interval", id="systemd-notify",
                               seconds=self.notifier.watchdog_interval_seconds or STATUS_EVERY_SECONDS)
         self.scheduler = scheduler
+        # The schema is applied and every backend loaded (the model too) before a Daemon exists;
+        # READY=1 goes before the first watchdog ping can.
+        self.notifier.ready(status=f"serving {', '.join(self.backends)}")
         scheduler.start()
         self.pacer.request(PROCESSOR)  # rescue first: a dead peer's rows wait longest
         self.pacer.request(GENERATOR)
@@ -210,8 +213,6 @@ class Daemon:
             processor_interval=self.settings.processor_interval_seconds,
             dead_after=self.settings.dead_after_seconds,
         )
-        # The schema is applied and every backend loaded (the model too) before a Daemon exists.
-        self.notifier.ready(status=f"serving {', '.join(self.backends)}")
         while not self.stop_requested.wait(1.0):
             pass
         return self._drain(scheduler, runner)

@@ -127,9 +127,15 @@ END $$;
 
 -- Operators' view of the queue (imagend -status): one line per (status, backend). Counts from
 -- imagend_queue_counts(); the oldest waiting row from the claim's partial index; the mean
--- generation time of the newest 1,000 finished rows (read backwards on the primary key: finished
--- rows are never scanned whole, and no index on finished_at slows every finishing write).
+-- generation time per backend among the newest 1,000 finished rows (read backwards on the primary
+-- key: finished rows are never scanned whole, and no index on finished_at slows every finishing write).
 CREATE OR REPLACE VIEW images_queue_status AS
+WITH recent AS (
+    SELECT i.backend, i.generation_seconds FROM images AS i
+    WHERE i.status = 'ReadyToPublish'
+    ORDER BY i.id DESC
+    LIMIT 1000
+)
 SELECT c.status,
        c.backend,
        c.rows,
@@ -138,16 +144,13 @@ SELECT c.status,
             WHERE i.status = 'ReadyToGenerate' AND i.backend IS NOT DISTINCT FROM c.backend)
        END AS oldest_waiting,
        CASE WHEN c.status = 'ReadyToPublish' THEN
-           (SELECT avg(r.generation_seconds) FROM (
-                SELECT i.generation_seconds FROM images AS i
-                WHERE i.status = 'ReadyToPublish' AND i.backend IS NOT DISTINCT FROM c.backend
-                ORDER BY i.id DESC LIMIT 1000) AS r)
+           (SELECT avg(r.generation_seconds) FROM recent AS r WHERE r.backend IS NOT DISTINCT FROM c.backend)
        END AS avg_generation_seconds
 FROM imagend_queue_counts() AS c;
 
 -- Where a waiting row stands: how many rows a daemon will claim before it (same backend, higher
 -- priority, or equal priority and older — the claim's order), and when it should start, from the
--- generation times of the last 100 rows of its backend and the daemons serving it now.
+-- generation times of its backend's rows among the newest 1,000 finished, and the daemons serving it.
 -- NULL for a row that is not waiting.
 CREATE OR REPLACE FUNCTION imagend_position(image_id INTEGER)
 RETURNS TABLE (ahead BIGINT, estimated_start TIMESTAMPTZ)
@@ -162,9 +165,10 @@ LANGUAGE sql STABLE AS $$
           AND i.backend IS NOT DISTINCT FROM me.backend
     ), pace AS (
         SELECT avg(r.generation_seconds) AS seconds
-        FROM (SELECT i.generation_seconds FROM images AS i, me
-              WHERE i.status = 'ReadyToPublish' AND i.backend IS NOT DISTINCT FROM me.backend
-              ORDER BY i.id DESC LIMIT 100) AS r
+        FROM (SELECT i.backend, i.generation_seconds FROM images AS i
+              WHERE i.status = 'ReadyToPublish'
+              ORDER BY i.id DESC LIMIT 1000) AS r, me
+        WHERE r.backend IS NOT DISTINCT FROM me.backend
     ), serving AS (
         SELECT greatest(count(*), 1) AS n FROM imagend_daemons AS d, me
         WHERE d.heartbeat_at > now() - interval '1 minute'

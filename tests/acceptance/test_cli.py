@@ -86,7 +86,7 @@ def test_status_prints_the_queue_as_json(db_url, conn):
     insert_image(conn, "two", backend="local")
     result = run_imagend(["-status"], base_env(db_url))
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+    rows = json.loads(result.stdout)["queue"]
     assert {(r["status"], r["backend"], r["rows"]) for r in rows} == {
         ("ReadyToGenerate", None, 1), ("ReadyToGenerate", "local", 1)}
 

@@ -16,7 +16,7 @@ def test_status_gives_ages_and_times_in_seconds_as_numbers(db_url, conn):
     insert_image(conn, "done too", status="ReadyToPublish", generation_seconds=2.5)
     result = run_imagend(["-status"], base_env(db_url))
     assert result.returncode == 0, result.stderr
-    lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)}
+    lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)["queue"]}
     waiting = lines[("ReadyToGenerate", None)]
     assert isinstance(waiting["oldest_waiting_seconds"], float)
     assert 85 <= waiting["oldest_waiting_seconds"] < 600
@@ -33,7 +33,7 @@ def test_status_shows_waiting_rows_that_no_running_daemon_serves(db_url, conn):
                  "VALUES ('busy:1:a', 'busy', 1, 'test', '{placeholder}')")
     result = run_imagend(["-status"], base_env(db_url))
     assert result.returncode == 0, result.stderr
-    lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)}
+    lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)["queue"]}
     local = lines[("ReadyToGenerate", "local")]
     assert (local["unserved"], local["daemons_serving"]) == (True, 0)
     default = lines[("ReadyToGenerate", None)]
