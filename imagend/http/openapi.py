@@ -1,0 +1,243 @@
+"""The OpenAPI 3.1 description served at /openapi.json, written by hand: the JSON API (api.py) and
+the probes (probes.py). The limits in it are the ones api.py checks, imported from where they live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imagend import __version__
+from imagend.backends.registry import BACKEND_NAMES
+from imagend.image_formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
+from imagend.styles import STYLE_NAMES
+from imagend.validation import GUIDANCE_RANGE, MAX_SIDE_PX, NAME_MAX_CHARS, SEED_MAX, STEPS_RANGE
+
+STATUSES = ["ReadyToGenerate", "Generate", "ReadyToPublish", "Failed"]
+INT4 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    kind = schema["type"]
+    return {**schema, "type": [kind, "null"] if isinstance(kind, str) else [*kind, "null"]}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _object(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _json(description: str, schema: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+AUTH_ERRORS = {
+    "401": _error("The token is missing or wrong (`Authorization: Bearer <IMAGEND_HTTP_TOKEN>`)"),
+    "403": _error("Writes are off: IMAGEND_HTTP_TOKEN is not set"),
+}
+READ_ERRORS = {"401": _error("On a non-loopback address, reads need the token too")}
+ID_PARAMETER = {"name": "id", "in": "path", "required": True, "description": "The row's id",
+                "schema": {"type": "integer", "minimum": 0}}
+NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
+                  "description": "A backend's name, or `*` for all of them",
+                  "schema": {"type": "string", "enum": [*BACKEND_NAMES, "*"]}}
+WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
+
+
+def _image_create() -> dict[str, Any]:
+    name = {"type": "string", "maxLength": NAME_MAX_CHARS}
+    properties: dict[str, Any] = {
+        "prompt": {"type": "string", "minLength": 1,
+                   "description": "Required. Cut at 999 characters by the daemon (`warning` says so)"},
+        "negative_prompt": _nullable({"type": "string", "description": "What to avoid"}),
+        "style": _nullable({"type": "string", "enum": list(STYLE_NAMES), "description": "Case-insensitive"}),
+        "width": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_SIDE_PX}),
+        "height": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_SIDE_PX}),
+        "seed": _nullable({"type": "integer", "minimum": 0, "maximum": SEED_MAX}),
+        "steps": _nullable({"type": "integer", "minimum": STEPS_RANGE[0], "maximum": STEPS_RANGE[1]}),
+        "guidance": _nullable({"type": "number", "minimum": GUIDANCE_RANGE[0], "maximum": GUIDANCE_RANGE[1]}),
+        "scheduler": _nullable(name),
+        "backend": _nullable({"type": "string", "enum": list(BACKEND_NAMES),
+                              "description": "null: the daemon's IMAGEND_BACKEND"}),
+        "priority": _nullable({**INT4, "description": "Higher first (default 0)"}),
+        "params": _nullable({"type": "object", "description": "Yours: kept with the row"}),
+        "max_attempts": _nullable({"type": "integer", "minimum": 1, "maximum": 2**31 - 1}),
+        "run_after": _nullable({"type": "string", "format": "date-time",
+                                "description": "Not before this time (with a time zone); default now"}),
+        "format": _nullable({"type": "string", "enum": [*FORMATS, *FORMAT_ALIASES]}),
+        "quality": _nullable({"type": "integer", "minimum": QUALITY_RANGE[0], "maximum": QUALITY_RANGE[1]}),
+    }
+    return {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": properties,
+            "description": "The columns a producer may INSERT (README, the producer's guide); null or absent: "
+                           "the daemon's default. The daemon's columns (status, base64, …) are refused (400)."}
+
+
+def _image() -> dict[str, Any]:
+    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    return {
+        "type": "object",
+        "required": ["id", "status", "progress", "error", "position", "timings", "parameters"],
+        "properties": {
+            "id": {"type": "integer"},
+            "status": {"type": "string", "enum": STATUSES},
+            "progress": {"type": ["number", "null"], "description": "0 … 1 while generated"},
+            "error": {"type": ["string", "null"]},
+            "warning": {"type": ["string", "null"]},
+            "attempts": {"type": "integer"},
+            "cancel_requested": {"type": "boolean"},
+            "position": {"type": ["integer", "null"],
+                         "description": "Rows ahead of it while it waits (imagend_position); null otherwise"},
+            "estimated_start": timestamp,
+            "timings": {"type": "object", "properties": {
+                "created_at": timestamp, "run_after": timestamp, "started_at": timestamp,
+                "finished_at": timestamp, "generation_seconds": {"type": ["number", "null"]}}},
+            "parameters": {"type": "object", "description": "What the producer asked for (and the daemon filled "
+                           "in); `params` is the producer's object (its text if it is not valid JSON)"},
+            "image_url": {"type": ["string", "null"], "description": "Where the image is served, once finished"},
+            "output_url": {"type": ["string", "null"]},
+            "thumbnail_url": {"type": ["string", "null"]},
+        },
+    }
+
+
+def _backends() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["backends", "all_paused", "pauses"],
+        "properties": {
+            "backends": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"type": "string"}, "served": {"type": "boolean", "description": "By this daemon"},
+                "paused": {"type": "boolean"}, "paused_at": {"type": ["string", "null"], "format": "date-time"},
+                "paused_by": {"type": ["string", "null"]}}}},
+            "all_paused": {"type": "boolean"},
+            "pauses": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+
+
+def document() -> dict[str, Any]:
+    image_types = {FORMATS[kind][1]: {"schema": {"type": "string", "contentMediaType": FORMATS[kind][1]}}
+                   for kind in FORMATS}
+    text = {"text/plain": {"schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "imagend",
+            "version": __version__,
+            "description": "The JSON API of an imagend daemon (IMAGEND_HTTP): the producer's SQL surface over HTTP, "
+                           "pause and resume, and the probes. Errors are `{\"error\": \"<readable message>\"}`.",
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "IMAGEND_HTTP_TOKEN"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "ImageCreate": _image_create(),
+                "Created": {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}},
+                "Image": _image(),
+                "Backends": _backends(),
+            },
+        },
+        "paths": {
+            "/v1/images": {"post": {
+                "summary": "Queue an image (INSERT INTO images)",
+                "operationId": "createImage",
+                "security": WRITE,
+                "requestBody": {"required": True, "description": "At most 64 KiB", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}}}},
+                "responses": {
+                    "201": {**_json("Queued; Location names the row", "Created"),
+                            "headers": {"Location": {"schema": {"type": "string"}}}},
+                    "400": _error("Not a JSON object, unknown columns, or columns the daemon writes"),
+                    **AUTH_ERRORS,
+                    "413": _error("The body is over 64 KiB"),
+                    "422": _error("A column of the wrong type or out of its range"),
+                },
+            }},
+            "/v1/images/{id}": {"get": {
+                "summary": "A row: status, progress, error, queue position, timings, parameters (never the bytes)",
+                "operationId": "getImage",
+                "parameters": [ID_PARAMETER],
+                "responses": {"200": _json("The row", "Image"), **READ_ERRORS, "404": _error("No such row")},
+            }},
+            "/v1/images/{id}/image": {"get": {
+                "summary": "The finished image's bytes",
+                "operationId": "getImageBytes",
+                "parameters": [ID_PARAMETER],
+                "responses": {
+                    "200": {"description": "The image, its Content-Type from its bytes", "content": image_types},
+                    "307": {"description": "The image is at this http(s) URL"},
+                    **READ_ERRORS,
+                    "404": _error("No such row, not finished, or its image is no longer stored"),
+                },
+            }},
+            "/v1/images/{id}/cancel": {"post": {
+                "summary": "Ask a waiting or running row to stop (it ends Failed with error `cancelled`)",
+                "operationId": "cancelImage",
+                "security": WRITE,
+                "parameters": [ID_PARAMETER],
+                "responses": {
+                    "202": _object("Asked; the daemon fails the row at its next look"),
+                    **AUTH_ERRORS,
+                    "404": _error("No such row"),
+                    "409": _error("The row is finished already"),
+                },
+            }},
+            "/v1/images/{id}/retry": {"post": {
+                "summary": "Queue a Failed row again (attempts reset)",
+                "operationId": "retryImage",
+                "security": WRITE,
+                "parameters": [ID_PARAMETER],
+                "responses": {
+                    "200": _object("Waiting again"),
+                    **AUTH_ERRORS,
+                    "404": _error("No such row"),
+                    "409": _error("The row is not Failed"),
+                },
+            }},
+            "/v1/backends": {"get": {
+                "summary": "Every backend: served by this daemon, paused (on every daemon)",
+                "operationId": "listBackends",
+                "responses": {"200": _json("The backends", "Backends"), **READ_ERRORS},
+            }},
+            "/v1/backends/{name}/pause": {"post": {
+                "summary": "Stop claiming rows of a backend on every daemon (`*`: all); rows held are finished",
+                "operationId": "pauseBackend",
+                "security": WRITE,
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json("The backends now", "Backends"), **AUTH_ERRORS,
+                              "404": _error("Unknown backend")},
+            }},
+            "/v1/backends/{name}/resume": {"post": {
+                "summary": "Lift a backend's pause (`*`: every pause); a pause of `*` still holds a named backend",
+                "operationId": "resumeBackend",
+                "security": WRITE,
+                "parameters": [NAME_PARAMETER],
+                "responses": {"200": _json("The backends now", "Backends"), **AUTH_ERRORS,
+                              "404": _error("Unknown backend")},
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document",
+                "operationId": "openapi",
+                "responses": {"200": _object("OpenAPI 3.1"), **READ_ERRORS},
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics (text format); `imagend_queue_stale` 1 while the database is down",
+                "operationId": "metrics",
+                "responses": {"200": {"description": "The metrics", "content": text}, **READ_ERRORS},
+            }},
+            "/healthz": {"get": {
+                "summary": "200 while the daemon's loops progress, 503 when they are stuck",
+                "operationId": "healthz",
+                "responses": {"200": _object("Alive"), "503": _object("Stuck")},
+            }},
+            "/readyz": {"get": {
+                "summary": "200 when every served backend is loaded and the database answers; 503 with a reason",
+                "operationId": "readyz",
+                "responses": {"200": _object("Ready"), "503": _object("Not ready: `reason` says why")},
+            }},
+        },
+    }
