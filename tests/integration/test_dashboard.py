@@ -1,0 +1,199 @@
+"""The dashboard's HTML against a real daemon (IMAGEND_HTTP on, placeholder backend) over real HTTP:
+every section, producer strings escaped everywhere (text, attributes, params, errors), the image
+routes, a row's page, the buttons with and without a token, and reads on a non-loopback address.
+One daemon for the module; the few tests that need another setting start their own."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from markupsafe import escape
+from psycopg.rows import dict_row
+
+from support.db import TERMINAL, insert_image, wait_until
+from support.http_daemon import HttpDaemon, own_database
+
+XSS = ("<script>window.__xss=1</script>", '"><img src=x onerror=window.__xss=2>', "</textarea><b>bold</b>")
+GHOST = "ghost-host:1:abcdef"  # a row 'generating' for an owner that never beats: its lease keeps it
+
+
+class Site:
+    def __init__(self, url: str, daemon: HttpDaemon, conn: psycopg.Connection[dict[str, Any]],
+                 ids: dict[str, int]) -> None:
+        self.url, self.daemon, self.conn, self.ids = url, daemon, conn, ids
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.daemon.get(path, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def site(server_url: str, template_db: str) -> Iterator[Site]:
+    with own_database(server_url, template_db) as url, \
+            psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        ids = {f"xss{n}": insert_image(conn, prompt, negative_prompt=prompt, seed=7 + n, width=64, height=64,
+                                       params={"model": prompt, "note": prompt})
+               for n, prompt in enumerate(XSS)}
+        ids["plain"] = insert_image(conn, "a lighthouse at dusk", seed=42, width=64, height=48)
+        # A style the placeholder refuses: its error echoes the producer's string.
+        ids["failed"] = insert_image(conn, "refused", style=XSS[1])
+        # Rows for a backend this daemon does not serve wait; one "runs" for an owner that is not there.
+        ids["waiting"] = insert_image(conn, XSS[0] + " waiting", backend="local", priority=5)
+        ids["running"] = insert_image(conn, XSS[2] + " running", backend="local")
+        conn.execute("UPDATE images SET status = 'Generate', locked_by = %s, lease_until = now() + interval '1 hour', "
+                     "started_at = now(), attempts = 1, progress = 0.42 WHERE id = %s", [GHOST, ids["running"]])
+        with HttpDaemon(url) as daemon:
+            mine = [ids[k] for k in ("xss0", "xss1", "xss2", "plain", "failed")]
+            wait_until(lambda: conn.execute("SELECT count(*) AS n FROM images WHERE id = ANY(%s) AND status = ANY(%s)",
+                                            [mine, list(TERMINAL)]).fetchone()["n"] == len(mine),  # type: ignore[index]
+                       timeout=30, what="the placeholder rows to finish")
+            yield Site(url, daemon, conn, ids)
+
+
+def assert_escaped(text: str) -> None:
+    for prompt in XSS:
+        assert prompt not in text, f"raw producer markup in the page: {prompt!r}"
+    assert "<script>window" not in text and "onerror=window" not in text.replace("&#34;&gt;&lt;img src=x onerror", "")
+    assert "<b>bold</b>" not in text
+
+
+def test_the_page_shows_every_section(site):
+    answer = site.get("/")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    page = answer.text
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    for section in ("queue", "pauses", "fleet", "in-flight", "waiting", "done", "failed"):
+        assert f'id="{section}"' in page, section
+    # The fleet: this daemon, its pid and backend, not paused.
+    assert f'<td class="num">{site.daemon.process.pid}</td>' in page
+    # Queue counts by backend: the waiting 'local' row and the placeholder's finished and failed.
+    counts = page[page.index('id="queue"'):page.index('id="pauses"')]
+    assert "local" in counts and "placeholder" in counts
+    # The running row's bar holds its progress; the waiting row is next up.
+    running = page[page.index(f'data-id="{site.ids["running"]}"'):]
+    assert re.search(r'<progress class="bar" max="1" value="0.420" data-progress="0.420"', running)
+    assert f'<a href="/images/{site.ids["waiting"]}">' in page[page.index('id="waiting"'):]
+    # Thumbnails link to the row's page; the failure shows its error.
+    assert f'<a href="/images/{site.ids["plain"]}">' in page
+    assert f'<img src="/images/{site.ids["plain"]}/thumbnail" alt="a lighthouse at dusk"' in page
+    assert "seed 42 · 64\u00d748" in page
+    failed = page[page.index('id="failed"'):]
+    assert "unknown style" in failed and str(escape(XSS[1])) in failed
+
+
+def test_fragments_are_the_sections_alone(site):
+    live, recent = site.get("/fragments/live"), site.get("/fragments/recent")
+    assert live.status_code == recent.status_code == 200
+    assert 'id="in-flight"' in live.text and "<html" not in live.text
+    assert 'id="done"' in recent.text and "<html" not in recent.text
+
+
+@pytest.mark.parametrize("path", ["/", "/fragments/live", "/fragments/recent", "/images/{xss0}", "/images/{xss1}",
+                                  "/images/{failed}", "/images/{running}", "/images/{waiting}",
+                                  "/fragments/images/{running}"])
+def test_producer_strings_are_text_everywhere(site, path):
+    answer = site.get(path.format(**site.ids))
+    assert answer.status_code == 200
+    assert_escaped(answer.text)
+
+
+def test_escaped_prompts_are_in_text_and_attributes(site):
+    page = site.get("/").text
+    for prompt in XSS:
+        assert str(escape(prompt)) in page  # as text …
+        assert f'alt="{escape(prompt)!s}"' in page  # … and in the thumbnail's alt attribute
+
+
+def test_a_finished_rows_page_shows_the_image_and_every_parameter(site):
+    image_id = site.ids["xss1"]
+    page = site.get(f"/images/{image_id}").text
+    assert f'<img class="full" src="/images/{image_id}/full"' in page
+    assert "ReadyToPublish" in page and "data-src" not in page.split("<main>")[1]  # finished: no refresh
+    for field in ("prompt", "negative prompt", "seed", "width", "height", "model", "params", "generation"):
+        assert f"<dt>{field}</dt>" in page, field
+    assert "&#34;note&#34;: " in page  # params as indented JSON, escaped
+
+
+def test_a_waiting_rows_page_shows_its_place_and_refreshes(site):
+    page = site.get(f"/images/{site.ids['waiting']}").text
+    assert "0 rows ahead; should start" in page
+    assert f'data-src="/fragments/images/{site.ids["waiting"]}"' in page
+    running = site.get(f"/fragments/images/{site.ids['running']}").text
+    assert 'data-progress="0.420"' in running
+
+
+def test_image_bytes(site):
+    for route in ("thumbnail", "full"):
+        answer = site.get(f"/images/{site.ids['plain']}/{route}")
+        assert answer.status_code == 200, route
+        assert answer.headers["content-type"] == "image/png"
+        assert answer.content.startswith(b"\x89PNG\r\n\x1a\n")
+    waiting = site.get(f"/images/{site.ids['waiting']}/full")
+    assert waiting.status_code == 404 and "ReadyToGenerate" in waiting.json()["error"]
+    failed = site.get(f"/images/{site.ids['failed']}/thumbnail")
+    assert failed.status_code == 404 and "error" in failed.json()
+    missing = site.get("/images/987654/full")
+    assert missing.status_code == 404 and missing.json() == {"error": "no image with id 987654"}
+
+
+@pytest.mark.parametrize("path", ["/images/987654", "/images/99999999999999999999999", "/images/1;DROP",
+                                  "/images/..%2F..%2Fetc%2Fpasswd", "/images/-1/full", "/images/1x/thumbnail",
+                                  "/static/../dashboard.py", "/static/nope.js"])
+def test_unknown_ids_and_paths_are_404(site, path):
+    answer = site.get(path)
+    assert answer.status_code == 404
+    assert "root:" not in answer.text
+
+
+def test_static_files(site):
+    script = site.get("/static/dashboard.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "innerHTML = html" in script.text  # only server-rendered fragments go in
+    assert site.get("/static/dashboard.css").headers["content-type"].startswith("text/css")
+
+
+def test_buttons_call_the_api_with_the_token(site):
+    page = site.get("/").text
+    assert f'data-post="/v1/images/{site.ids["running"]}/cancel"' in page
+    assert f'data-post="/v1/images/{site.ids["waiting"]}/cancel"' in page
+    assert f'data-post="/v1/images/{site.ids["failed"]}/retry"' in page
+    assert 'data-post="/v1/backends/placeholder/pause"' in page and 'data-post="/v1/backends/%2A/pause"' in page
+    assert not re.search(r"data-post=[^>]* disabled", page)  # a token is configured: the buttons work
+    assert 'id="token"' in page
+
+
+def test_pauses_show_on_the_page(site):
+    site.conn.execute("INSERT INTO imagend_paused (backend, paused_by) VALUES ('local', 'test')")
+    try:
+        def paused() -> str | None:
+            page = site.get("/fragments/live").text
+            return page if 'data-post="/v1/backends/local/resume"' in page else None
+        page = wait_until(paused, timeout=10, what="the pause to show")  # the snapshot is cached 2 s
+        assert "paused" in page[page.index('data-backend="local"'):]
+    finally:
+        site.conn.execute("DELETE FROM imagend_paused WHERE backend = 'local'")
+
+
+def test_without_a_token_the_buttons_are_disabled_with_a_hint(site):
+    with HttpDaemon(site.url, token=None) as daemon:
+        page = daemon.get("/").text
+    buttons = re.findall(r"<button[^>]*data-post=[^>]*>", page)
+    assert buttons and all("disabled" in b and "IMAGEND_HTTP_TOKEN" in b for b in buttons)
+    assert "read-only: no IMAGEND_HTTP_TOKEN" in page and 'id="token"' not in page
+
+
+def test_reads_off_loopback_need_the_token(site):
+    with HttpDaemon(site.url, host="0.0.0.0") as daemon:
+        shell = daemon.get("/")
+        assert shell.status_code == 401
+        assert "Reads need the token" in shell.text and "lighthouse" not in shell.text  # the shell holds no data
+        for path in ("/fragments/live", "/fragments/recent", f"/images/{site.ids['plain']}",
+                     f"/images/{site.ids['plain']}/thumbnail", f"/images/{site.ids['plain']}/full",
+                     f"/fragments/images/{site.ids['plain']}", "/static/dashboard.js"):
+            assert daemon.get(path).status_code == 401, path
+            assert daemon.get(path, headers=daemon.auth).status_code == 200, path
