@@ -42,19 +42,25 @@ _PIXELS = b"".join(
 _TAIL = _chunk(b"IDAT", zlib.compress(_PIXELS, 9)) + _chunk(b"IEND", b"")
 
 
-def placeholder_png(prompt: str, seed: int | None = None, negative_prompt: str | None = None) -> bytes:
-    """A valid 16x16 PNG whose two colours derive from the prompt and seed, with the A1111-style
-    `parameters` chunk every backend's images carry (image_formats.py keeps it across formats)."""
+def placeholder_png(
+    prompt: str, seed: int | None = None, negative_prompt: str | None = None, parameters: bool = False
+) -> bytes:
+    """A valid 16x16 PNG whose two colours derive from the prompt and seed. With `parameters`, it carries
+    the A1111-style `parameters` chunk (image_formats.py keeps it across formats): the generator asks for
+    it when the row names a format, so the drain's default rows stay the bytes they always were (the
+    chunk would double a 16x16 image's base64; on a real image it is nothing)."""
     digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
+    if not parameters:
+        return _HEAD + _chunk(b"PLTE", digest[:6]) + _TAIL
     negative = f"\nNegative prompt: {negative_prompt}" if negative_prompt else ""
     size = f"{PLACEHOLDER_SIDE_PX}x{PLACEHOLDER_SIDE_PX}"
-    parameters = f"{prompt}{negative}\nSeed: {seed}, Size: {size}, Model: placeholder, Version: imagend {__version__}"
+    text = f"{prompt}{negative}\nSeed: {seed}, Size: {size}, Model: placeholder, Version: imagend {__version__}"
     # tEXt is Latin-1; a prompt beyond it goes in iTXt (UTF-8), which Pillow and A1111 read alike.
     try:
-        text = _chunk(b"tEXt", b"parameters\0" + parameters.encode("latin-1"))
+        chunk = _chunk(b"tEXt", b"parameters\0" + text.encode("latin-1"))
     except UnicodeEncodeError:
-        text = _chunk(b"iTXt", b"parameters\0\0\0\0\0" + parameters.encode("utf-8"))
-    return _HEAD + _chunk(b"PLTE", digest[:6]) + text + _TAIL
+        chunk = _chunk(b"iTXt", b"parameters\0\0\0\0\0" + text.encode("utf-8"))
+    return _HEAD + _chunk(b"PLTE", digest[:6]) + chunk + _TAIL
 
 
 class PlaceholderBackend:
@@ -94,7 +100,8 @@ class PlaceholderBackend:
                 time.sleep(self.delay_seconds)
             images.append(
                 Image(
-                    placeholder_png(request.prompt, request.seed, request.negative_prompt),
+                    placeholder_png(request.prompt, request.seed, request.negative_prompt,
+                                    parameters=request.output is not None),
                     request.seed,
                     time.monotonic() - started,
                 )

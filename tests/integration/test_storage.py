@@ -38,7 +38,7 @@ def a1111_user_comment(data: bytes) -> str:
 
 def test_an_image_is_stored_before_its_row_finishes_and_reads_back(conn, make_settings, make_repo, s3_server,
                                                                    s3_bucket):
-    image_id = insert_image(conn, "a lighthouse in a storm", seed=7)
+    image_id = insert_image(conn, "a lighthouse in a storm", seed=7, format="png")
     assert run_generator(make_settings, make_repo, **s3_server.env(s3_bucket, "gallery/2026")).done == 1
     row = fetch_image(conn, image_id)
     assert row["status"] == "ReadyToPublish"
@@ -83,7 +83,7 @@ def test_without_a_storage_target_the_thumbnail_is_base64_in_the_row(conn, make_
 
 def test_formats_and_quality_with_their_parameters(conn, make_settings, make_repo, s3_server, s3_bucket):
     ids = {
-        "png": insert_image(conn, "a fox, png", seed=1, negative_prompt="blurry"),
+        "png": insert_image(conn, "a fox, png", seed=1, negative_prompt="blurry", format="png"),
         "webp": insert_image(conn, "a fox, webp", seed=2, negative_prompt="blurry", format="webp", quality=60),
         "jpeg": insert_image(conn, "a fox, jpeg", seed=3, negative_prompt="blurry", format="JPG", quality=95),
     }

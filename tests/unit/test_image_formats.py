@@ -38,7 +38,7 @@ def test_bad_values_say_what_is_wrong(fmt, quality, message):
 
 
 def test_sniffing_and_parameters_survive_every_conversion():
-    png = placeholder_png("a fox", 42, "blurry")
+    png = placeholder_png("a fox", 42, "blurry", parameters=True)
     parameters = read_parameters(png)
     assert parameters is not None and parameters.startswith("a fox\nNegative prompt: blurry\nSeed: 42")
     for fmt in ("webp", "jpeg", "png"):
