@@ -14,8 +14,10 @@ progress and the database are all real, but every image is noise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ OUTPUT_DIR = Path("demo-output")
 MODEL_DIR = DEMO_DIR / "tiny-sdxl"
 WAIT_SECONDS = 150.0
 STOP_SECONDS = 30.0
+DASHBOARD_PORT = 9464
 SIDE_PX = 128
 STEPS = 8
 
@@ -99,7 +102,18 @@ def insert_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     return ids
 
 
-def daemon_env() -> dict[str, str]:
+def dashboard_address() -> str:
+    """127.0.0.1:9464 (Prometheus' registry lists 9464 for exporters like this one), or a free port."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", DASHBOARD_PORT))
+            return f"127.0.0.1:{DASHBOARD_PORT}"
+        except OSError:
+            probe.bind(("127.0.0.1", 0))
+            return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def daemon_env(http: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("DB_")}
     env.update(
         IMAGEND_BACKEND="local",
@@ -108,6 +122,7 @@ def daemon_env() -> dict[str, str]:
         IMAGEND_OUTPUT_DIR=str(OUTPUT_DIR.resolve()),
         IMAGEND_DATA_DIR=str(DEMO_DIR.resolve()),
         IMAGEND_MAX_BATCH="4",
+        IMAGEND_HTTP=http,
         HF_HUB_OFFLINE="1",
         PYTHONWARNINGS="ignore",
     )
@@ -155,6 +170,13 @@ def print_rows(conn: psycopg.Connection[dict[str, Any]], ids: list[int]) -> None
         say("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
 
 
+def keep_dashboard_open(http: str) -> None:
+    """At a terminal, the daemon (and its dashboard) stays up until Enter; elsewhere (CI) it stops."""
+    say(f"\n   the rows are done: look at them on http://{http}/ — press Enter to stop the daemon")
+    with contextlib.suppress(EOFError, KeyboardInterrupt):
+        input()
+
+
 def stop(daemon: subprocess.Popen[bytes]) -> int:
     if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
@@ -186,16 +208,20 @@ def main() -> int:
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         ids = insert_rows(conn)
         log_path = DEMO_DIR / "daemon.log"
+        http = dashboard_address()
         say(f"4. the daemon: python -m imagend -cron (local backend; logs in {log_path})")
+        say(f"   the dashboard, live while it runs: http://{http}/  (metrics: http://{http}/metrics)")
         with log_path.open("wb") as log_file:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
-                env=daemon_env(),
+                env=daemon_env(http),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
             try:
                 finished = wait_until_done(url, ids, daemon)
+                if finished and sys.stdin.isatty():
+                    keep_dashboard_open(http)
             finally:
                 code = stop(daemon)
         if not finished:
