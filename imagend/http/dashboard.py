@@ -46,6 +46,8 @@ FAILED_SHOWN = 20
 PARAMS_SHOWN_CHARS = 20_000
 STATUSES = ("ReadyToGenerate", "Generate", "ReadyToPublish", "Failed")
 WAITING, RUNNING, FAILED = "ReadyToGenerate", "Generate", "Failed"
+# The counts' column heads (the status itself is the cell's title).
+STATUS_LABELS = {"ReadyToGenerate": "waiting", "Generate": "generating", "ReadyToPublish": "done", "Failed": "failed"}
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -82,7 +84,7 @@ def _ago(value: datetime | None) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} s"
+    return "—" if value is None else f"{value:.1f}\u00a0s"  # no line break inside "1.0 s"
 
 
 def _params(text: str | None) -> str:
@@ -155,6 +157,7 @@ class Dashboard:
             "snap": snap,
             "stale": stale,
             "counts": counts_table(snap, default) if snap else None,
+            "labels": STATUS_LABELS,
             "oldest": sorted(((b or default, s) for b, s in snap.oldest_waiting.items())) if snap else [],
             "pauses": snap.paused if snap else [],
             "paused": paused,
