@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imagend import __version__
+from imagend.backends.registry import BACKEND_NAMES
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import Refused, check_read
 from imagend.http.context import HttpContext
@@ -152,6 +153,7 @@ class Dashboard:
         if snap is not None:
             backends |= {b for d in snap.daemons for b in d.backends}
             backends |= {backend or default for _, backend, _ in snap.counts}
+            backends &= set(BACKEND_NAMES)  # a producer's unknown backend is in the counts, not pausable
             backends |= paused - {ALL_BACKENDS}
         return {
             "snap": snap,

@@ -141,6 +141,27 @@ def test_a_thumbnail_opens_the_rows_page(board, finished):
     assert board.js("return typeof window.__xss") == "undefined"
 
 
+def test_a_button_sends_the_pasted_token(board, finished):
+    board.open()
+    pause_all = "button[data-post='/v1/backends/%2A/pause']"
+    wait_until(lambda: board.js(f"return document.querySelector(\"{pause_all}\")"), timeout=10, what="the button")
+    board.js(f"document.querySelector(\"{pause_all}\").click()")  # no token yet: said, nothing sent
+    assert "Paste the token" in board.js("return document.getElementById('note').textContent")
+    board.browser.find_element("id", "token").send_keys(board.daemon.token)
+    board.browser.find_element("css selector", "#token-form button[type=submit]").click()
+    board.js(f"document.querySelector(\"{pause_all}\").click()")
+    wait_until(lambda: board.js("return document.getElementById('note').textContent") == "paused all", timeout=10,
+               what="the pause to be answered")
+    assert board.conn.execute("SELECT backend FROM imagend_paused").fetchall() == [{"backend": "*"}]
+    resume_all = "button[data-post='/v1/backends/%2A/resume']"
+    wait_until(lambda: board.js(f"return document.querySelector(\"{resume_all}\")"), timeout=10,
+               what="the page to show the pause")
+    board.js(f"document.querySelector(\"{resume_all}\").click()")
+    wait_until(lambda: not board.conn.execute("SELECT 1 FROM imagend_paused").fetchall(), timeout=10,
+               what="the resume")
+    assert board.js("return sessionStorage.getItem('imagend.token')") == board.daemon.token
+
+
 def test_the_page_fits_a_phone(board, finished):
     board.browser.set_window_size(390, 844)
     try:

@@ -197,3 +197,19 @@ def test_reads_off_loopback_need_the_token(site):
                      f"/fragments/images/{site.ids['plain']}", "/static/dashboard.js"):
             assert daemon.get(path).status_code == 401, path
             assert daemon.get(path, headers=daemon.auth).status_code == 200, path
+
+
+def test_the_buttons_urls_are_the_apis(site):
+    """Each button's URL, POSTed with the token as dashboard.js does, is a working API call (last in
+    the module: it changes rows)."""
+    page = site.get("/").text
+    urls = set(re.findall(r'data-post="([^"]+)"', page))
+    pauses = sorted(u for u in urls if u.startswith("/v1/backends/") and u.endswith("/pause"))
+    assert "/v1/backends/%2A/pause" in pauses
+    for url in pauses:
+        assert site.daemon.post(url).status_code < 300, url
+        assert site.daemon.post(url.replace("/pause", "/resume")).status_code < 300, url
+    assert site.conn.execute("SELECT count(*) AS n FROM imagend_paused").fetchone()["n"] == 0
+    assert site.daemon.post(f"/v1/images/{site.ids['waiting']}/cancel").status_code < 300
+    assert site.daemon.post(f"/v1/images/{site.ids['failed']}/retry").status_code < 300
+    assert site.daemon.post(f"/v1/images/{site.ids['failed']}/retry", auth=False).status_code == 401
