@@ -5,6 +5,7 @@ One daemon for the module; the few tests that need another setting start their o
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 from markupsafe import escape
 from psycopg.rows import dict_row
+
+from imagend.backends.placeholder import placeholder_png
 
 from support.db import TERMINAL, insert_image, wait_until
 from support.http_daemon import HttpDaemon, own_database
@@ -139,6 +142,33 @@ def test_image_bytes(site):
     assert failed.status_code == 404 and "error" in failed.json()
     missing = site.get("/images/987654/full")
     assert missing.status_code == 404 and missing.json() == {"error": "no image with id 987654"}
+
+
+def test_where_the_image_lives(site, tmp_path):
+    """images.py reads each place a finished row's image may be, and never a file that is no image."""
+    png = placeholder_png("stored")
+    (tmp_path / "1.png").write_bytes(png)
+    (tmp_path / "not-an-image.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+
+    def finished(**columns: Any) -> int:
+        return insert_image(site.conn, "stored", status="ReadyToPublish", backend="local", **columns)
+
+    in_file = finished(output_path=str(tmp_path / "1.png"))
+    in_file_url = finished(output_url=(tmp_path / "1.png").as_uri(), format="png")
+    elsewhere = finished(output_url="https://images.example/1.png", thumbnail_url="https://images.example/1.webp")
+    passwd = finished(output_path="/etc/passwd", output_url=(tmp_path / "not-an-image.txt").as_uri())
+    webp = b"RIFF\0\0\0\0WEBPVP8 "
+    thumb = finished(base64=base64.b64encode(png).decode(), thumbnail=base64.b64encode(webp).decode())
+    for image_id in (in_file, in_file_url):
+        answer = site.get(f"/images/{image_id}/full")
+        assert (answer.status_code, answer.headers["content-type"], answer.content) == (200, "image/png", png)
+    redirect = site.get(f"/images/{elsewhere}/full")
+    assert (redirect.status_code, redirect.headers["location"]) == (307, "https://images.example/1.png")
+    assert site.get(f"/images/{elsewhere}/thumbnail").headers["location"] == "https://images.example/1.webp"
+    refused = site.get(f"/images/{passwd}/full")
+    assert refused.status_code == 404 and "root:" not in refused.text
+    assert site.get(f"/images/{thumb}/thumbnail").headers["content-type"] == "image/webp"
+    assert site.get(f"/images/{thumb}/full").content == png
 
 
 @pytest.mark.parametrize("path", ["/images/987654", "/images/99999999999999999999999", "/images/1;DROP",
