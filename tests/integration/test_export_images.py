@@ -8,10 +8,11 @@ import base64
 import json
 
 from imagend.export import export_images
-from imagend.storage import open_store
+from imagend.storage import StoreUnavailable, open_store
 
 from support.daemons import InProcess, run_imagend
 from support.db import base_env, fetch_image, insert_image
+from support.s3 import MotoServer
 
 
 def finish_without_storage(conn, make_settings, make_repo, count: int) -> list[int]:
@@ -71,3 +72,36 @@ def test_export_needs_a_storage_target(db_url):
     result = run_imagend(["-export-images"], base_env(db_url))
     assert result.returncode == 2
     assert "-export-images needs IMAGEND_STORAGE_URL" in result.stderr
+
+
+def test_an_export_the_store_stops_exits_1_and_a_new_run_resumes(conn, make_settings, make_repo, db_url):
+    ids = finish_without_storage(conn, make_settings, make_repo, 3)
+    with MotoServer() as server:
+        bucket = server.create_bucket("imagend-export-away")
+        env = base_env(db_url, **server.env(bucket))
+        server.stop()
+        stopped = run_imagend(["-export-images"], env)
+        assert stopped.returncode == 2  # the start's check: the store cannot be reached
+        assert "cannot reach the store" in stopped.stderr
+        server.start()
+        server.create_bucket(bucket)
+        settings = make_settings(**server.env(bucket))
+        store = open_store(settings.storage, settings.env.values)
+        repo = make_repo(settings)
+        export_images(repo, store, keep_base64=True, batch_rows=1, max_batches=1)
+        server.stop()  # goes away mid-export: the rows it could not write stay as they were
+        try:
+            export_images(repo, store, keep_base64=True, batch_rows=1)
+        except StoreUnavailable as exc:
+            assert f"s3://{bucket}/images" in str(exc)
+        else:
+            raise AssertionError("the export went on without its store")
+        assert [fetch_image(conn, i)["output_url"] is not None for i in ids] == [True, False, False]
+        server.start()
+        server.create_bucket(bucket)
+        resumed = run_imagend(["-export-images"], env)
+        assert resumed.returncode == 0, resumed.stderr
+        assert json.loads(resumed.stdout)["exported"] == 2
+        for image_id in ids[1:]:
+            row = fetch_image(conn, image_id)
+            assert server.get(row["output_url"])[0] == base64.b64decode(row["base64"])
