@@ -106,7 +106,7 @@ def test_a_running_rows_progress_bar_moves(board):
 
     later = wait_until(moved, timeout=10, what=f"the bar to move past {seen}")
     assert later > seen
-    assert board.js("return document.getElementById('in-flight').classList.contains('stale')") is False
+    assert board.js("return document.getElementById('live').classList.contains('stale')") is False
     wait_until(lambda: board.status(ids) == {"ReadyToPublish"}, timeout=30, what="the batch to finish")
 
 
