@@ -98,6 +98,9 @@ class Metrics:
         self.failures = Counter("imagend_failures", "Failed attempts (retried or final), by kind of error",
                                 ["backend", "kind"], registry=r)
         self.claimed = Counter("imagend_claimed_rows", "Rows claimed", ["backend"], registry=r)
+        self.retention = Counter("imagend_retention", "What retention removed (docs/storage.md), by what: "
+                                 "failed_deleted, done_deleted, base64_dropped, objects_deleted, objects_left",
+                                 ["what"], registry=r)
         self.lost = Counter("imagend_lost_results", "Results dropped: the row was no longer ours", ["backend"],
                             registry=r)
         self.in_flight = Gauge("imagend_rows_in_flight", "Rows this daemon generates or submits right now",

@@ -50,6 +50,9 @@ class Processor:
             kept = self.retention.run_once()
             counts.expired += kept.rows
             counts.more = counts.more or kept.more
+            for what, rows in kept.summary().items():
+                if what != "more":
+                    self.outcomes.metrics.retention.labels(what).inc(rows)
         for name, backend in self.remote.items():
             # Each due task is polled once per pass: a pending one is pushed into the future.
             while not self.stopping.is_set():

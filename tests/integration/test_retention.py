@@ -130,3 +130,21 @@ def test_bad_ages_stop_the_start_naming_the_variable(db_url):
     result = run_imagend(["-processor"], base_env(db_url, IMAGEND_RETENTION_BASE64="1h"))
     assert result.returncode == 2
     assert "IMAGEND_RETENTION_BASE64 needs IMAGEND_STORAGE_URL" in result.stderr
+
+
+def test_retention_is_counted_in_the_metrics(conn, make_settings, make_repo):
+    finished(conn, "Failed", OLD)
+    finished(conn, "ReadyToPublish", OLD)
+    settings = make_settings(IMAGEND_RETENTION_FAILED="1h", IMAGEND_RETENTION_DONE="1h")
+    repo = make_repo(settings)
+    retention.prepare(repo, settings.retention)
+    run = InProcess(repo, settings)
+    try:
+        counts = run.processor.run_once()
+    finally:
+        run.close()
+    assert counts.expired == 2
+    registry = run.processor.outcomes.metrics.registry
+    for what in ("failed_deleted", "done_deleted"):
+        assert registry.get_sample_value("imagend_retention_total", {"what": what}) == 1
+    assert remaining(conn) == set()
