@@ -51,20 +51,20 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Updates that change neither status nor backend (lease renewals, progress) add nothing.
+-- Net change per (status, backend): what the new rows count minus what the old rows counted. No
+-- join of the two transition tables (unindexed: a nested loop over a 1,000-row claim cost the drain
+-- over half its speed); updates that change neither status nor backend (lease renewals, progress)
+-- cancel out and add nothing.
 CREATE OR REPLACE FUNCTION imagend_count_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO imagend_queue_changes
-    SELECT status, backend, sum(rows)
-    FROM (SELECT n.status, COALESCE(n.backend, '') AS backend, 1 AS rows
-          FROM new_rows AS n JOIN old_rows AS o USING (id)
-          WHERE (n.status, n.backend) IS DISTINCT FROM (o.status, o.backend)
+    SELECT d.status, d.backend, sum(d.rows)
+    FROM (SELECT n.status, COALESCE(n.backend, '') AS backend, count(*) AS rows FROM new_rows AS n GROUP BY 1, 2
           UNION ALL
-          SELECT o.status, COALESCE(o.backend, ''), -1
-          FROM new_rows AS n JOIN old_rows AS o USING (id)
-          WHERE (n.status, n.backend) IS DISTINCT FROM (o.status, o.backend)) AS moved
-    GROUP BY 1, 2;
+          SELECT o.status, COALESCE(o.backend, ''), -count(*) FROM old_rows AS o GROUP BY 1, 2) AS d
+    GROUP BY 1, 2
+    HAVING sum(d.rows) <> 0;
     RETURN NULL;
 END $$;
 
