@@ -11,7 +11,7 @@ import uvicorn
 from psycopg_pool import ConnectionPool
 
 from imagend.config import HttpSettings, Settings
-from imagend.db import APPLICATION_NAME, POOL_WAIT_SECONDS
+from imagend.db import APPLICATION_NAME
 from imagend.errors import ConfigError
 from imagend.health import LoopHealth, ReadyCheck
 from imagend.http.app import create_app
@@ -23,6 +23,9 @@ from imagend.operations_repository import OperationsRepository
 log = get_logger()
 
 HTTP_POOL_MAX = 3  # requests never take (or wait for) the loops' connections
+# A probe or a scrape while Postgres is down answers (503, or stale gauges) within about a second,
+# well inside a load balancer's health-check timeout; the loops' pool waits longer (db.py).
+HTTP_POOL_WAIT_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 10.0
 
 
@@ -31,7 +34,7 @@ class HttpServer:
                  health: LoopHealth, served_backends: tuple[str, ...]) -> None:
         self.http = http
         self.pool = ConnectionPool(
-            database_url, min_size=0, max_size=HTTP_POOL_MAX, timeout=POOL_WAIT_SECONDS, open=False,
+            database_url, min_size=0, max_size=HTTP_POOL_MAX, timeout=HTTP_POOL_WAIT_SECONDS, open=False,
             kwargs={"autocommit": True, "prepare_threshold": None, "application_name": f"{APPLICATION_NAME}-http"},
             check=ConnectionPool.check_connection, name="imagend-http",
         )
