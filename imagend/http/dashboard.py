@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from imagend import __version__
 from imagend.backends.registry import BACKEND_NAMES
 from imagend.errors import DatabaseUnavailable
-from imagend.http.auth import Refused, check_read
+from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
 from imagend.http.images import image_response, thumbnail_response
 from imagend.operations_repository import ALL_BACKENDS, FleetDaemon, QueueSnapshot
@@ -194,6 +194,14 @@ class Dashboard:
 def routes(context: HttpContext) -> list[BaseRoute]:
     board = Dashboard(context)
 
+    def session(request: Request) -> Response:
+        """The read cookie (auth.py) for a browser that pasted the token: links and images load."""
+        check_token(context, request)
+        response = Response(status_code=204)
+        response.set_cookie(READ_COOKIE, read_cookie_value(context) or "", httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
     def index(request: Request) -> Response:
         try:
             check_read(context, request)
@@ -263,4 +271,5 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         Route("/images/{id:int}/full", full, methods=["GET"]),
         Route("/images/{id:int}/thumbnail", thumbnail, methods=["GET"]),
         Route("/static/{name:str}", static, methods=["GET"]),
+        Route("/session", session, methods=["POST"]),
     ]

@@ -111,3 +111,25 @@ def test_reads_on_a_non_loopback_address_need_the_token(module_db, failed_id):
         # The probes answer anyone: load balancers and systemd ask them.
         assert daemon.get("/healthz").status_code == 200
         assert daemon.get("/readyz").status_code == 200
+
+
+def test_a_browser_gets_a_read_cookie_for_the_token_that_never_writes(module_db, db, failed_id):
+    with HttpDaemon(module_db, host="0.0.0.0") as daemon:
+        assert daemon.post("/session", auth=False).status_code == 401  # no token, no cookie
+        answer = daemon.post("/session")
+        assert answer.status_code == 204
+        daemon.client.cookies.clear()  # sent by hand below
+        cookie = answer.cookies.get("imagend_read")
+        assert cookie and TOKEN not in cookie  # a value derived from the token, not the token
+        assert "httponly" in answer.headers["set-cookie"].lower()
+        assert "samesite=strict" in answer.headers["set-cookie"].lower()
+
+        def with_cookie(value: str) -> dict[str, str]:
+            return {"Cookie": f"imagend_read={value}"}
+
+        assert daemon.get(f"/images/{failed_id}", headers=with_cookie(cookie)).status_code == 200
+        assert daemon.get(f"/images/{failed_id}", headers=with_cookie(cookie[:-1] + "0")).status_code == 401
+        before = state(db)
+        refused = daemon.post(f"/v1/images/{failed_id}/retry", auth=False, headers=with_cookie(cookie))
+        assert refused.status_code == 401
+        assert state(db) == before

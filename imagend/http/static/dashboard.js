@@ -49,6 +49,8 @@
         event.preventDefault();
         sessionStorage.setItem(KEY, input.value.trim());
         say(input.value.trim() ? "Token kept for this tab." : "Token cleared.");
+        // The read cookie, so that images and row pages opened by a link load on a non-loopback address.
+        if (token()) fetch("/session", { method: "POST", headers: headers(), credentials: "same-origin" });
         refreshAll();
       });
     }
