@@ -51,7 +51,7 @@ def run_in(checkout: Path, command: str) -> subprocess.CompletedProcess[str]:
 def test_the_readmes_command_shows_the_demos_rows_and_nothing_else(checkout):
     result = run_in(checkout, readme_demo_status_command())
     assert result.returncode == 0, result.stderr
-    lines = json.loads(result.stdout)
+    lines = json.loads(result.stdout)["queue"]
     waiting = [line for line in lines if line["status"] == "ReadyToGenerate"]
     assert sum(line["rows"] for line in waiting) == 5  # the demo's five rows, not an empty database
     # Quiet: no INFO lines from the embedded server, no platformdirs RuntimeDirWarning.
