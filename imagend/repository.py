@@ -10,6 +10,7 @@ by column name (by_name, a positional class_row) into the types of rows.py.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -63,7 +64,12 @@ def by_name(cls: type[T]) -> RowFactory[T]:
         if sorted(names) != sorted(fields):
             raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
         order = [names.index(name) for name in fields]
-        return lambda values: cls(*[values[i] for i in order])
+        if order == list(range(len(fields))):  # the query returns the fields in order: no reshuffle
+            return lambda values: cls(*values)
+        if len(order) == 1:
+            return lambda values: cls(values[order[0]])
+        pick = operator.itemgetter(*order)
+        return lambda values: cls(*pick(values))
 
     return factory
 

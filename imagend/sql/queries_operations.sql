@@ -5,13 +5,13 @@
 -- name: paused_add
 -- Pause `backends` ('*': all). Already paused: kept as it was.
 INSERT INTO imagend_paused (backend, paused_by)
-SELECT unnest(%(backends)s::text[]), %(by)s
+SELECT unnest(%(backends)b::text[]), %(by)s
 ON CONFLICT (backend) DO NOTHING;
 
 -- name: paused_remove
 -- Resume `backends` (NULL: every pause, '*' included); the delete wakes the daemons.
 DELETE FROM imagend_paused
-WHERE %(backends)s::text[] IS NULL OR backend = ANY (%(backends)s::text[])
+WHERE %(backends)b::text[] IS NULL OR backend = ANY (%(backends)b::text[])
 RETURNING backend;
 
 -- name: paused_list
