@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +58,7 @@ def by_name(cls: type[T]) -> RowFactory[T]:
     per statement (a missing or extra column fails there), then each row is one positional call.
     The claim makes thousands of rows a second; class_row's dict-per-row showed in the drain."""
     fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    make: Callable[..., T] = cls
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
         names = [column.name for column in cursor.description or ()]
@@ -65,11 +66,11 @@ def by_name(cls: type[T]) -> RowFactory[T]:
             raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
         order = [names.index(name) for name in fields]
         if order == list(range(len(fields))):  # the query returns the fields in order: no reshuffle
-            return lambda values: cls(*values)
+            return lambda values: make(*values)
         if len(order) == 1:
-            return lambda values: cls(values[order[0]])
+            return lambda values: make(values[order[0]])
         pick = operator.itemgetter(*order)
-        return lambda values: cls(*pick(values))
+        return lambda values: make(*pick(values))
 
     return factory
 
