@@ -41,15 +41,24 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # - synchronous_commit off: begin_work is on the path of every batch, and its WAL flush cost a drain
 #   ~10 %. Only a crash of the Postgres server can lose it, and then the batch counts as not begun
 #   (handed back uncharged): a daemon's death, the case it is written for, cannot.
+# - enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch
+#   (images_ready_idx). Without server-side prepared statements (PgBouncer) each claim is planned
+#   with its values, and on statistics stale after a burst of inserts the planner took a bitmap of
+#   every waiting row and sorted them all (on disk): a claim cost grew with the backlog.
+# - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
+#   way (it took the rows' side for one row), the planner looped over the arrays once per row:
+#   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
 LOCK_TIMEOUT = "2s"
 LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     **dict.fromkeys(
-        ("images_mark_done", "images_fail_attempt", "images_release", "images_set_warning",
-         "images_mark_submitted", "images_poll_later"),
+        ("images_fail_attempt", "images_release", "images_set_warning", "images_mark_submitted",
+         "images_poll_later"),
         LOCK_BOUNDED,
     ),
+    "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
     "images_begin_work": {"synchronous_commit": "off"},
+    "images_claim_batch": {"enable_sort": "off"},
 }
 
 
@@ -195,8 +204,8 @@ class Statements:
                 return cur.fetchall() if cur.description else []
             # Pipelined, the messages (BEGIN, the SETs, the statement, COMMIT) cost one round trip.
             with cur.connection.pipeline(), cur.connection.transaction():
-                for setting, value in settings.items():
-                    cur.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                for setting, value in settings.items():  # on a cursor of their own: not the row factory's
+                    cur.connection.execute("SELECT set_config(%s, %s, true)", [setting, value])
                 cur.execute(self._sql[name], params)
             return cur.fetchall() if cur.description else []
 
