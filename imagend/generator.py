@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
@@ -38,6 +39,9 @@ from imagend.validation import validate_row
 log = get_logger()
 
 PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second per batch
+# Finishing writes of earlier batches in flight while the next batch generates: with two, a
+# fast backend never waits for the database to finish the batch before last.
+FINISHING_IN_FLIGHT = 2
 
 
 def batch_key(request: Request) -> Hashable:
@@ -114,9 +118,9 @@ class Generator:
         self.metrics = metrics or Metrics()
         self.progressed = progressed  # the loop made progress (health.py): each batch, each lease renewal
         self.outcomes = Outcomes(repo, settings, self.metrics)
-        # The write that ends the previous batch runs while the next one is claimed and
-        # generated; at most one is in flight, and a pass waits for it before it returns.
-        self._finishing: Future[PassCounts] | None = None
+        # The writes that end earlier batches run while the next one is claimed and generated; at
+        # most FINISHING_IN_FLIGHT at once, and a pass waits for them before it returns.
+        self._finishing: deque[Future[PassCounts]] = deque()
         # The next batch of a generating backend is claimed while this one generates, so the
         # claim's round trip is hidden behind the GPU work (its rows' leases ride on the heartbeat).
         # Kept across a pass that returns early for the processor.
@@ -245,14 +249,15 @@ class Generator:
             in_flight.set(0)
 
     def _finish_in_background(self, backend: str, results: list[tuple[Claim, Image]], counts: PassCounts) -> None:
-        self._wait_for_finishing(counts)
+        while len(self._finishing) >= FINISHING_IN_FLIGHT:
+            counts.merge(self._finishing.popleft().result())
 
         def finish() -> PassCounts:
             own = PassCounts()
             self.outcomes.done(backend, results, own)
             return own
 
-        self._finishing = self.io_pool.submit(finish)
+        self._finishing.append(self.io_pool.submit(finish))
 
     def _held_ahead(self) -> list[int]:
         return [
@@ -273,9 +278,8 @@ class Generator:
         self._claimed_ahead.clear()
 
     def _wait_for_finishing(self, counts: PassCounts) -> None:
-        if self._finishing is not None:
-            finishing, self._finishing = self._finishing, None
-            counts.merge(finishing.result())
+        while self._finishing:
+            counts.merge(self._finishing.popleft().result())
 
     def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
         if not requests:
