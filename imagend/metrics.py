@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from imagend import __version__
 from imagend.errors import BadInput, Cancelled, DatabaseUnavailable, PermanentError, RetryableError, UnexpectedError
 from imagend.logs import get_logger
-from imagend.operations_repository import ALL_BACKENDS, OperationsRepository, QueueSnapshot
+from imagend.operations_repository import OperationsRepository, QueueSnapshot
 
 log = get_logger()
 
@@ -192,10 +192,6 @@ class QueueCollector(Collector):
             paused.add_metric([pause.backend], 1)
         yield paused
         yield GaugeMetricFamily("imagend_daemons", "Daemons with a recent heartbeat", value=len(snap.daemons))
-
-    def is_paused(self, backend: str) -> bool:
-        snap, _ = self.snapshot()
-        return snap is not None and any(p.backend in (backend, ALL_BACKENDS) for p in snap.paused)
 
 
 class GpuCollector(Collector):

@@ -67,10 +67,10 @@ class Processor:
         for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
             counts.rescued += 1
             counts.failed += row.status == "Failed"
-            self.outcomes.metrics.count(row.backend or self.settings.default_backend, "rescued")
+            backend = row.backend or self.settings.default_backend
+            self.outcomes.metrics.count(backend, "rescued")
             if row.status == "Failed":
-                kind = "crashed" if row.crashed else "lease_expired"
-                self.outcomes.metrics.failed(row.backend or self.settings.default_backend, kind, final=True)
+                self.outcomes.metrics.failed(backend, "crashed" if row.crashed else "lease_expired", final=True)
             if not row.begun:
                 log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,
                          reason="its daemon is gone; it had not begun, so nothing is charged")

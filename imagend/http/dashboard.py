@@ -229,21 +229,19 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         return {"row": row, "params": context.ops.params(image_id),
                 "terminal": row["status"] not in (WAITING, RUNNING)}
 
-    def image_page(request: Request) -> Response:
+    def _image(request: Request, template: str) -> Response:
         check_read(context, request)
         image_id = request.path_params["id"]
         values = _image_values(image_id)
         if values is None:
             return board.render("missing.html", status=404, image_id=image_id)
-        return board.render("image.html", **values)
+        return board.render(template, **values)
+
+    def image_page(request: Request) -> Response:
+        return _image(request, "image.html")
 
     def image_fragment(request: Request) -> Response:
-        check_read(context, request)
-        image_id = request.path_params["id"]
-        values = _image_values(image_id)
-        if values is None:
-            return board.render("missing.html", status=404, image_id=image_id)
-        return board.render("image_body.html", **values)
+        return _image(request, "image_body.html")
 
     def full(request: Request) -> Response:
         check_read(context, request)
