@@ -46,6 +46,7 @@ class Processor:
     def run_once(self) -> PassCounts:
         counts = PassCounts()
         self.rescue(counts)
+        self.repo.fold_queue_counts()
         if self.retention.due():
             kept = self.retention.run_once()
             counts.expired += kept.rows

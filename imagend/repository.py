@@ -336,6 +336,9 @@ class Repository(Statements):
 
     # -- the processor's side ---------------------------------------------------------
 
+    def fold_queue_counts(self) -> None:
+        self._rows("images_fold_queue_counts", {})
+
     def rescue(self, crash_backoffs: Sequence[float], now: datetime | None = None) -> list[Rescued]:
         """Take back rows of dead daemons, and rows whose lease ran out (see images_rescue)."""
         return self._rows(

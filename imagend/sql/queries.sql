@@ -440,3 +440,8 @@ WHERE i.id = d.id
   AND i.output_url IS NULL
   AND i.base64 IS NOT NULL
 RETURNING i.id;
+
+-- name: images_fold_queue_counts
+-- Every processor pass: the queue counts' appended changes folded into their totals once there
+-- are many (schema_operations.sql), so that table stays small when nobody reads the counts.
+SELECT imagend_fold_queue_changes();

@@ -100,10 +100,10 @@ BEGIN
     END IF;
 END $$;
 
--- The rows per (status, backend) now. Folds the changes into the totals first when there are
--- many (one caller at a time; the others read totals + changes, which is as exact).
-CREATE OR REPLACE FUNCTION imagend_queue_counts()
-RETURNS TABLE (status TEXT, backend TEXT, rows BIGINT)
+-- Folds the appended changes into the totals once there are many (one caller at a time; the
+-- others skip). Called by every read of the counts and by every processor pass, so the changes
+-- stay a few thousand rows whether or not anybody scrapes.
+CREATE OR REPLACE FUNCTION imagend_fold_queue_changes() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF (SELECT count(*) FROM (SELECT 1 FROM imagend_queue_changes LIMIT 1000) AS c) >= 1000
@@ -115,6 +115,14 @@ BEGIN
         ON CONFLICT ON CONSTRAINT imagend_queue_totals_pkey DO UPDATE SET rows = t.rows + EXCLUDED.rows;
         DELETE FROM imagend_queue_totals AS t WHERE t.rows = 0;
     END IF;
+END $$;
+
+-- The rows per (status, backend) now: the totals plus the changes not folded yet (as exact).
+CREATE OR REPLACE FUNCTION imagend_queue_counts()
+RETURNS TABLE (status TEXT, backend TEXT, rows BIGINT)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM imagend_fold_queue_changes();
     RETURN QUERY
     SELECT a.status, NULLIF(a.backend, ''), sum(a.rows)::bigint
     FROM (SELECT t.status, t.backend, t.rows FROM imagend_queue_totals AS t

@@ -14,7 +14,7 @@ from imagend.operations_repository import OperationsRepository
 from imagend.repository import Finished
 from imagend.rows import Claim
 
-from support.daemons import run_imagend
+from support.daemons import InProcess, run_imagend
 from support.db import base_env, insert_image
 
 
@@ -63,6 +63,20 @@ def test_queue_counts_fold_their_changes_and_stay_exact(conn):
     assert conn.execute("SELECT count(*) AS n FROM imagend_queue_changes").fetchone()["n"] == 0
     conn.execute("UPDATE images SET status = 'Failed' WHERE id % 3 = 0")
     assert counts(conn) == truth(conn)
+
+
+def test_a_processor_pass_folds_the_changes_when_nobody_reads_the_counts(conn, make_settings, make_repo):
+    settings = make_settings()
+    repo = make_repo(settings)
+    for n in range(1100):  # one change row per statement
+        insert_image(conn, f"single {n}")
+    daemon = InProcess(repo, settings)
+    try:
+        daemon.processor.run_once()
+    finally:
+        daemon.close()
+    assert conn.execute("SELECT count(*) AS n FROM imagend_queue_changes").fetchone()["n"] == 0
+    assert counts(conn) == truth(conn) == {("ReadyToGenerate", None): 1100}
 
 
 def test_the_status_view_reads_the_counts_not_the_table(conn):
