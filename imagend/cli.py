@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a miniature random-weights SDXL pipeline (it makes noise) to DIR and exit",
     )
     parser.add_argument(
+        "-make-tiny-models",
+        "--make-tiny-models",
+        metavar="DIR",
+        help="write every miniature random-weights model (two SDXL checkpoints, LoRAs, an IP-Adapter, an x4 upscaler;"
+        " they make noise) under DIR, print the IMAGEND_* lines that use them, and exit",
+    )
+    parser.add_argument(
         "-env-file",
         "--env-file",
         metavar="PATH",
@@ -88,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images"})
-VALUE_FLAGS = frozenset({"make-tiny-model", "env-file"})
+VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file"})
 _GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
 
 
@@ -115,15 +122,35 @@ def go_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     return out
 
 
+def make_tiny_models(directory: str) -> int:
+    """-make-tiny-models DIR: every miniature model (random weights, they make noise), then the
+    IMAGEND_* lines that point the local backend at them."""
+    from imagend.testing.tiny_extras import write_tiny_models
+
+    paths = write_tiny_models(directory)
+    print(f"imagend: wrote miniature random-weights models (they make noise) under {directory}:")
+    for name, path in paths.items():
+        print(f"  {name:<15} {path}")
+    print("imagend: to use them with the local backend:")
+    print(f"IMAGEND_MODELS=sdxl={paths['sdxl']},sdxl-b={paths['sdxl-b']}")
+    print(f"IMAGEND_LORA_DIR={paths['loras']}")
+    print(f"IMAGEND_IP_ADAPTER={paths['ip-adapter']}")
+    print(f"IMAGEND_UPSCALER={paths['upscaler']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(go_flags(parser, sys.argv[1:] if argv is None else argv))
-    if args.make_tiny_model:
+    if args.make_tiny_model or args.make_tiny_models:
+        flag = "-make-tiny-model" if args.make_tiny_model else "-make-tiny-models"
         missing = missing_libraries("local")
         if missing is not None:
-            print(f"imagend: -make-tiny-model builds a diffusers pipeline, but {missing}: install imagend[local]",
+            print(f"imagend: {flag} builds a diffusers pipeline, but {missing}: install imagend[local]",
                   file=sys.stderr)
             return 2
+        if not args.make_tiny_model:
+            return make_tiny_models(args.make_tiny_models)
         from imagend.testing.tiny_model import write_tiny_model
 
         write_tiny_model(args.make_tiny_model)

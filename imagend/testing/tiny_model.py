@@ -87,14 +87,14 @@ def write_tokenizer(folder: Path) -> None:
     )
 
 
-def build_tiny_components(vocab_size: int) -> dict[str, Any]:
-    """The miniature modules (random weights, fixed torch seed)."""
+def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[str, Any]:
+    """The miniature modules (random weights drawn from torch's generator seeded with `seed`)."""
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     diffusers: Any = importlib.import_module("diffusers")  # untyped constructors: keep mypy out of them
 
-    torch.manual_seed(TINY_MODEL_SEED)
+    torch.manual_seed(seed)
     text_hidden = 32
     text_config = CLIPTextConfig(
         vocab_size=vocab_size,
@@ -157,8 +157,10 @@ def build_tiny_components(vocab_size: int) -> dict[str, Any]:
     }
 
 
-def write_tiny_model(directory: str | Path) -> Path:
-    """Write the miniature pipeline to `directory` (created); returns its path. No network."""
+def write_tiny_model(directory: str | Path, seed: int = TINY_MODEL_SEED) -> Path:
+    """Write the miniature pipeline to `directory` (created); returns its path. No network.
+
+    Another `seed` gives another checkpoint of the same architecture (other weights, other pixels)."""
     from transformers import CLIPTokenizer
 
     from imagend.backends.local.sdxl import quiet_libraries
@@ -172,7 +174,7 @@ def write_tiny_model(directory: str | Path) -> Path:
     write_tokenizer(folder / "tokenizer_2")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-    components = build_tiny_components(vocab_size=len(tokenizer))
+    components = build_tiny_components(vocab_size=len(tokenizer), seed=seed)
     pipe = diffusers.StableDiffusionXLPipeline(
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=True, **components
     )
