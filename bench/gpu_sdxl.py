@@ -240,7 +240,7 @@ def run(args: argparse.Namespace, device: str, pipe: Any, workdir: Path) -> list
         def body() -> None:
             batch = rows(backend)
             for start in range(0, n, backend.max_batch):
-                backend.generate(batch[start : start + backend.max_batch], lambda progress=None: None)
+                backend.generate(batch[start : start + backend.max_batch], lambda progress=None, preview=None: None)
 
         return body
 
@@ -248,7 +248,7 @@ def run(args: argparse.Namespace, device: str, pipe: Any, workdir: Path) -> list
     batched = imagend_backend(pipe, device, args.batch, side, steps, workdir)
     print("  warming up (one image each way)", flush=True)
     pipe(prompt="warm-up", width=side, height=side, num_inference_steps=2)
-    one.generate([rows(one)[0]], lambda progress=None: None)
+    one.generate([rows(one)[0]], lambda progress=None, preview=None: None)
     results = [
         measure("bare diffusers, batch 1", n, bare, device),
         measure("imagend, batch 1", n, through(one), device),

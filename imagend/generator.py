@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 
-from imagend.backends.base import Backend, GeneratingBackend, Image, RemoteBackend, Request
+from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
 from imagend.config import Settings
 from imagend.errors import (
     BadInput,
@@ -32,7 +32,7 @@ from imagend.errors import (
 from imagend.logs import get_logger
 from imagend.metrics import Metrics
 from imagend.outcomes import Outcomes, PassCounts
-from imagend.repository import Repository
+from imagend.repository import ModelPreference, Repository
 from imagend.rows import Claim, ClaimedRow
 from imagend.validation import validate_row
 
@@ -44,9 +44,19 @@ PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second
 FINISHING_IN_FLIGHT = 2
 
 
+PREVIEW_WRITE_SECONDS = 2.0  # step previews (local backend) are written at most this often per batch
+
+
 def batch_key(request: Request) -> Hashable:
-    """Rows with the same key can share one pipeline call (the model is daemon-wide)."""
-    return (request.width, request.height, request.steps, request.guidance, request.scheduler)
+    """Rows with the same key can share one pipeline call."""
+    return (request.width, request.height, request.steps, request.guidance, request.scheduler,
+            request.inputs.batch_key(request.id))
+
+
+def claim_preference(backend: Backend) -> ModelPreference | None:
+    """The models a backend holds loaded, for the claim's model affinity (None: it has one model)."""
+    prefer = getattr(backend, "claim_preference", None)
+    return prefer() if callable(prefer) else None
 
 
 class LeaseKeeper:
@@ -70,13 +80,17 @@ class LeaseKeeper:
         self.progressed = progressed
         self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
         self.last_write = time.monotonic()
+        self.last_preview = self.last_write
         self.cancelled: set[int] = set()
 
-    def __call__(self, progress: float | None = None) -> None:
+    def __call__(self, progress: float | None = None, preview: PreviewSource | None = None) -> None:
         if self.aborting.is_set():
             raise Interrupted("daemon stopping")
         self.progressed()
         now = time.monotonic()
+        if preview is not None and now - self.last_preview >= PREVIEW_WRITE_SECONDS:
+            self.last_preview = now
+            self._write_previews(preview)
         if now - self.last_write < self.interval:
             return
         self.last_write = now
@@ -90,6 +104,13 @@ class LeaseKeeper:
         self.cancelled = {image_id for image_id in self.ids if owned.get(image_id)}
         if self.cancelled:
             raise Cancelled()
+
+    def _write_previews(self, preview: PreviewSource) -> None:
+        previews = {image_id: text for image_id, text in preview().items() if image_id in self.ids}
+        try:
+            self.repo.set_previews(previews)
+        except (DatabaseUnavailable, RowLocked):
+            log.debug("preview_not_written", ids=self.ids)  # a preview is worth no wait and no retry
 
 
 class Generator:
@@ -151,7 +172,7 @@ class Generator:
                 if name in exhausted:
                     continue
                 ahead = self._claimed_ahead.pop(name, None)
-                rows = ahead.result() if ahead is not None else self.repo.claim_batch(name, backend.max_batch)
+                rows = ahead.result() if ahead is not None else self._claim(name, backend)
                 if not rows:
                     exhausted.add(name)
                     continue
@@ -164,7 +185,7 @@ class Generator:
                 else:
                     assert isinstance(backend, GeneratingBackend)
                     if not self.stopping.is_set():
-                        self._claimed_ahead[name] = self.io_pool.submit(self.repo.claim_batch, name, backend.max_batch)
+                        self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend)
                     self._generate_all(backend, requests, counts)
                 if self.processor_due():
                     counts.more = True
@@ -172,14 +193,20 @@ class Generator:
             if not claimed_any and not self.wake.is_set():
                 break
 
+    def _claim(self, name: str, backend: Backend) -> list[ClaimedRow]:
+        return self.repo.claim_batch(name, backend.max_batch, prefer=claim_preference(backend))
+
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
+        source_ids = {source for row in rows for source in row.source_ids}
+        sources = self.repo.source_rows(sorted(source_ids)) if source_ids else {}
+        store = self.outcomes.results.store
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
                 self.outcomes.fail(backend.name, row.claim, Cancelled(), counts)
                 continue
             try:
-                validated = validate_row(row, self.settings)
+                validated = validate_row(row, self.settings, sources, store.read_url if store else None)
                 request = backend.validate(validated.request)
             except BadInput as exc:
                 self.outcomes.fail(backend.name, row.claim, exc, counts)

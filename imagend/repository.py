@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,10 +23,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagend.backends.registry import BACKEND_NAMES, REMOTE_BACKENDS
 from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked
-from imagend.rows import Claim, ClaimedRow, RemoteTask
+from imagend.rows import Claim, ClaimedRow, RemoteTask, SourceRow
 from imagend.sql import queries
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreference:
+    """For the claim's model affinity: the models loaded ('' is the default model), and how long a
+    row of another model may be passed over (IMAGEND_MODEL_SWITCH_SECONDS)."""
+
+    loaded: tuple[str, ...]
+    switch_seconds: float
 
 # "The database cannot do this for now": back off and try again on a fresh connection. Operational
 # errors cover a lost connection, an admin shutdown, a statement or lock timeout, too many clients.
@@ -53,7 +62,7 @@ LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     **dict.fromkeys(
         ("images_fail_attempt", "images_release", "images_set_warning", "images_mark_submitted",
-         "images_poll_later"),
+         "images_poll_later", "images_set_previews"),
         LOCK_BOUNDED,
     ),
     "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
@@ -237,9 +246,12 @@ class Repository(Statements):
 
     # -- the generator's side ---------------------------------------------------------
 
-    def claim_batch(self, backend: str, limit: int, now: datetime | None = None) -> list[ClaimedRow]:
+    def claim_batch(
+        self, backend: str, limit: int, now: datetime | None = None, prefer: ModelPreference | None = None
+    ) -> list[ClaimedRow]:
         """Claim up to `limit` waiting rows for `backend`. Rows naming an unknown backend are
-        claimed too (by whichever backend asks first) so that they fail instead of waiting forever."""
+        claimed too (by whichever backend asks first) so that they fail instead of waiting forever.
+        `prefer`: the models loaded, whose rows come first within a priority (model affinity)."""
         skip = [name for name in BACKEND_NAMES if name != backend]
         rows: list[ClaimedRow] = self._rows(
             "images_claim_batch",
@@ -251,10 +263,23 @@ class Repository(Statements):
                 "limit": limit,
                 "owner": self.owner,
                 "lease_seconds": self.lease_seconds,
+                "loaded_models": list(prefer.loaded) if prefer else None,
+                "switch_seconds": prefer.switch_seconds if prefer else 0.0,
             },
             by_name(ClaimedRow),
         )
         return sorted(rows, key=lambda r: r.id)
+
+    def source_rows(self, ids: Sequence[int]) -> dict[int, SourceRow]:
+        """The rows chained rows take their input image from (source_images.py)."""
+        rows: list[SourceRow] = self._rows("images_source_images", {"ids": list(ids)}, by_name(SourceRow))
+        return {row.id: row for row in rows}
+
+    def set_previews(self, previews: Mapping[int, str]) -> None:
+        """Step previews of rows this daemon generates (a row locked by someone else is skipped)."""
+        if previews:
+            self._rows("images_set_previews",
+                       {"ids": list(previews), "previews": list(previews.values()), "owner": self.owner})
 
     def begin_work(self, ids: Sequence[int]) -> None:
         """Work on `ids` begins: from now on a death of this daemon counts as a crash of theirs."""

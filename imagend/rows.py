@@ -46,10 +46,39 @@ class ClaimedRow:
     format: str | None = None  # checked in validation.py (image_formats.parse_output_format)
     quality: int | None = None
     waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
+    # The local backend's inputs (docs/local.md), checked in validation.py and image_inputs.py.
+    model: str | None = None
+    loras: str | None = None  # JSON text, as params
+    task: str | None = None
+    init_image: str | None = None  # base64
+    init_image_id: int | None = None
+    strength: float | None = None
+    mask_image: str | None = None
+    reference_image: str | None = None
+    reference_image_id: int | None = None
+    reference_scale: float | None = None
+    upscale: float | None = None
 
     @property
     def claim(self) -> Claim:
         return Claim(self.id, self.attempt)
+
+    @property
+    def source_ids(self) -> list[int]:
+        """The rows whose finished image this row takes as an input."""
+        return [i for i in (self.init_image_id, self.reference_image_id) if i is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """A row named by another row's init_image_id or reference_image_id (images_source_images)."""
+
+    id: int
+    status: str
+    base64: str | None
+    output_path: str | None
+    output_url: str | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,61 @@ Every backend passes the conformance suite in tests/conformance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from imagend.errors import BadInput
 from imagend.image_formats import OutputFormat
 from imagend.rows import Claim
+
+
+@dataclass(frozen=True, slots=True)
+class Lora:
+    """One entry of a row's `loras`: a file name in IMAGEND_LORA_DIR (no extension) and its weight."""
+
+    name: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInputs:
+    """What a row asks beyond text-to-image (local backend; docs/local.md). Images arrive decoded
+    and checked (image_inputs.py): RGB PIL images, the mask in mode L (white = repaint)."""
+
+    model: str | None = None  # a name of IMAGEND_MODELS; None: IMAGEND_MODEL
+    loras: tuple[Lora, ...] = ()
+    task: str | None = None  # None (inferred from the images) or "upscale"
+    init_image: Any = None
+    strength: float | None = None
+    mask_image: Any = None
+    reference_image: Any = None
+    reference_scale: float | None = None
+    upscale: float | None = None
+    size_from_init: bool = False  # width and height were NULL: the init image's size decides
+
+    @property
+    def used(self) -> list[str]:
+        """The columns set beyond text-to-image, for a backend that takes none of them."""
+        names = ["model", "loras", "task", "init_image", "strength", "mask_image", "reference_image",
+                 "reference_scale", "upscale"]
+        return [name for name in names if getattr(self, name) not in (None, ())]
+
+    def batch_key(self, image_id: int) -> Hashable:
+        """Rows share a pipeline call only with the same model, LoRAs and settings; a row with an
+        image input is a call of its own."""
+        own = image_id if self.init_image is not None or self.reference_image is not None else None
+        return (self.model, self.loras, self.task, self.strength, self.reference_scale, self.upscale, own)
+
+
+NO_INPUTS = ImageInputs()
+
+
+def refuse_image_inputs(request: Request, backend: str) -> None:
+    """For the backends that make text-to-image only: a row that asks more fails, naming the columns."""
+    used = request.inputs.used
+    if used:
+        raise BadInput(f"backend {backend} does not take {', '.join(used)} (the local backend does; docs/local.md)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +85,7 @@ class Request:
     params: dict[str, Any] = field(default_factory=dict)
     attempt: int = 1
     output: OutputFormat | None = None  # the row's format and quality (None: PNG, or as the backend made it)
+    inputs: ImageInputs = NO_INPUTS
 
     @property
     def claim(self) -> Claim:
@@ -67,15 +117,20 @@ class Pending:
     poll_after_seconds: float
 
 
+# Previews of the images forming, by row id (base64 WebP): called only when one is to be written.
+PreviewSource = Callable[[], Mapping[int, str]]
+
+
 class Heartbeat(Protocol):
     """Called by a generating backend whenever work really advances (each diffusion step).
 
-    It extends the batch's leases and writes progress (throttled), and raises
+    It extends the batch's leases and writes progress (throttled), and the previews when given
+    (at most every PREVIEW_WRITE_SECONDS: `preview` is only called then), and raises
     `Cancelled` when a producer asked to cancel, or `Interrupted` when the daemon is
     stopping or the rows are no longer ours. Backends let both propagate.
     """
 
-    def __call__(self, progress: float | None = None) -> None: ...
+    def __call__(self, progress: float | None = None, preview: PreviewSource | None = None) -> None: ...
 
 
 @runtime_checkable

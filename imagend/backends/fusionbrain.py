@@ -40,7 +40,7 @@ from tenacity import (
 )
 
 from imagend import __version__
-from imagend.backends.base import Image, Pending, Request, Submission
+from imagend.backends.base import Image, Pending, Request, Submission, refuse_image_inputs
 from imagend.config import Settings
 from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError
 from imagend.logs import get_logger
@@ -173,6 +173,7 @@ class FusionBrainBackend:
     # -- validate -----------------------------------------------------------------------
 
     def validate(self, request: Request) -> Request:
+        refuse_image_inputs(request, self.name)
         for side_name, side in (("width", request.width), ("height", request.height)):
             if not MIN_SIDE_PX <= side <= MAX_SIDE_PX:
                 raise BadInput(

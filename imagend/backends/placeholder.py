@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Sequence
 
 from imagend import __version__
-from imagend.backends.base import Heartbeat, Image, Request
+from imagend.backends.base import Heartbeat, Image, Request, refuse_image_inputs
 from imagend.config import Settings
 from imagend.errors import BadInput
 from imagend.styles import STYLE_NAMES
@@ -83,6 +83,7 @@ class PlaceholderBackend:
         )
 
     def validate(self, request: Request) -> Request:
+        refuse_image_inputs(request, self.name)
         for name, side in (("width", request.width), ("height", request.height)):
             if side > MAX_SIDE_PX:
                 raise BadInput(f"{name} must be at most {MAX_SIDE_PX} pixels for the placeholder backend, got {side}")

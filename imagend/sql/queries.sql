@@ -11,15 +11,30 @@
 
 -- name: images_claim_batch
 -- One statement: pick waiting rows, stamp owner, lease and attempt, commit.
+-- Model affinity (local backend, several models): loaded_models lists the models this daemon holds
+-- loaded ('' for the default model); within a priority, their rows come first, and so do rows that
+-- have waited switch_seconds or more, so affinity delays no row longer than that. NULL (one model, or
+-- another backend): the CASE folds to a constant, which the planner drops; the ready index's order stands.
 WITH picked AS (
-    SELECT id
-    FROM images
-    WHERE status = 'ReadyToGenerate'
-      AND run_after <= COALESCE(%(now)s::timestamptz, now())
-      AND COALESCE(backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+    SELECT w.id
+    FROM images AS w
+    WHERE w.status = 'ReadyToGenerate'
+      AND w.run_after <= COALESCE(%(now)s::timestamptz, now())
+      AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
       -- Paused (imagend -pause): claim nothing. Read once per claim, so a pause reaches every daemon at once.
       AND NOT EXISTS (SELECT 1 FROM imagend_paused WHERE imagend_paused.backend IN (%(backend)s, '*'))
-    ORDER BY priority DESC, id
+      -- Chained on another row's image: wait until that row has ended (a failed source fails it then).
+      AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM images AS source
+                          WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
+                            AND source.status IN ('ReadyToGenerate', 'Generate')))
+    ORDER BY w.priority DESC,
+             CASE WHEN %(loaded_models)b::text[] IS NULL THEN 0
+                  WHEN COALESCE(w.model, '') = ANY (%(loaded_models)b::text[]) THEN 0
+                  WHEN w.run_after <= COALESCE(%(now)s::timestamptz, now())
+                                      - make_interval(secs => %(switch_seconds)s) THEN 0
+                  ELSE 1 END,
+             w.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 )
@@ -31,16 +46,26 @@ SET status       = 'Generate',
     attempts     = i.attempts + 1,
     started_at   = COALESCE(%(now)s::timestamptz, now()),
     progress     = 0,
+    preview      = NULL,
     uuid         = NULL,
     submitted_at = NULL
 FROM picked
 WHERE i.id = picked.id
--- params as text: decoded per row in validation.py, so JSON that Postgres accepts but Python
+-- params and loras as text: decoded per row in validation.py, so JSON that Postgres accepts but Python
 -- cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
 RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
           i.steps, i.guidance, i.scheduler, i.backend, i.params::text AS params, i.max_attempts,
           i.cancel_requested, i.format, i.quality,
-          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds;
+          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds,
+          i.model, i.loras::text AS loras, i.task, i.init_image, i.init_image_id, i.strength, i.mask_image,
+          i.reference_image, i.reference_image_id, i.reference_scale, i.upscale;
+
+-- name: images_source_images
+-- The rows named by *_image_id of claimed rows: their state, and their image where the row holds it
+-- (base64) or where storage does (output_path, output_url).
+SELECT id, status, base64, output_path, output_url, error
+FROM images
+WHERE id = ANY (%(ids)b::int[]);
 
 -- name: images_mark_done
 -- Ends a whole batch in one statement; returns the ids that were still ours. The image is already
@@ -57,6 +82,7 @@ SET status             = 'ReadyToPublish',
     generation_seconds = d.generation_seconds,
     warning            = COALESCE(d.warning, i.warning),
     progress           = 1,
+    preview            = NULL,
     error              = NULL,
     finished_at        = now(),
     locked_by          = NULL,
@@ -85,6 +111,7 @@ SET status       = next.status,
     error        = %(error)s,
     finished_at  = CASE WHEN next.status = 'Failed' THEN now() END,
     progress     = NULL,
+    preview      = NULL,
     locked_by    = NULL,
     lease_until  = NULL,
     uuid         = NULL,
@@ -112,6 +139,7 @@ SET status      = CASE WHEN uuid IS NULL THEN 'ReadyToGenerate' ELSE 'Generate' 
     lease_until = CASE WHEN uuid IS NULL THEN NULL ELSE now() END,
     error       = COALESCE(%(reason)s, error),
     progress    = NULL,
+    preview     = NULL,
     locked_by   = NULL
 WHERE (%(ids)b::int[] IS NULL OR id = ANY (%(ids)b::int[]))
   AND status = 'Generate'
@@ -150,6 +178,16 @@ SELECT id, cancel_requested FROM mine;
 -- only claimed ahead go back uncharged. One small write per batch, not one per row; a
 -- cancel or a loss since the claim is heard at the batch's first lease renewal.
 UPDATE imagend_daemons SET working = %(ids)b::int[] WHERE owner = %(owner)s;
+
+-- name: images_set_previews
+-- Step previews (local backend, every 2 s or so): rows still ours, not locked by anyone right now.
+UPDATE images AS i
+SET preview = d.preview
+FROM unnest(%(ids)b::int[], %(previews)b::text[]) AS d(id, preview)
+WHERE i.id = d.id
+  AND i.id IN (SELECT id FROM images
+               WHERE id = ANY (%(ids)b::int[]) AND status = 'Generate' AND locked_by = %(owner)s
+               FOR UPDATE SKIP LOCKED);
 
 -- name: images_set_warning
 UPDATE images
@@ -221,6 +259,7 @@ SET status      = CASE WHEN j.crashes >= %(max_crashes)s OR (j.begun AND NOT j.o
                                                              AND j.attempts >= j.max_attempts)
                        THEN now() END,
     progress    = NULL,
+    preview     = NULL,
     locked_by   = NULL,
     lease_until = NULL
 FROM judged AS j

@@ -31,7 +31,23 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS priority          INTEGER NOT NULL D
 ALTER TABLE images ADD COLUMN IF NOT EXISTS params            JSONB;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS max_attempts      INTEGER;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS cancel_requested  BOOLEAN NOT NULL DEFAULT false;
+-- The local backend's inputs (docs/local.md): a model by name (IMAGEND_MODELS), LoRAs, an init image
+-- (image-to-image; with a mask, inpainting; task 'upscale'), a reference image (IP-Adapter). An
+-- *_image_id names another row whose finished image is the input: the row waits until that row ends.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS model              TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS loras              JSONB;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS task               TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS init_image         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS init_image_id      INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS strength           REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS mask_image         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image    TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image_id INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_scale    REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS upscale            REAL;
 -- What the daemon writes.
+-- preview: a small WebP (base64) of the image forming, every 2 s or so while it generates.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS preview           TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS run_after         TIMESTAMPTZ NOT NULL DEFAULT now();
 -- attempts: claims that counted (the current claim's number while in Generate).
 -- crashes: times a daemon died while generating the row; not attempts (see images_rescue).
@@ -107,6 +123,12 @@ BEGIN
     END IF;
 END $$;
 
+-- Rows that wait for another row's image (init_image_id, reference_image_id): few, and read when a
+-- row ends to wake the daemons (images_notify_sources_done).
+CREATE INDEX IF NOT EXISTS images_chained_idx
+    ON images (id) WHERE status = 'ReadyToGenerate'
+                     AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL);
+
 CREATE OR REPLACE FUNCTION imagend_touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -139,6 +161,26 @@ CREATE OR REPLACE TRIGGER images_notify_requeued
     WHEN (NEW.status = 'ReadyToGenerate' AND OLD.status IS DISTINCT FROM NEW.status
           AND NEW.run_after <= now())
     EXECUTE FUNCTION imagend_notify_new();
+
+-- A row that ends may be the input of a row waiting for it (init_image_id, reference_image_id): the
+-- claim skips such a row until then, so the daemons are woken as for a new row. Per statement, and
+-- the chained index is almost always empty: a batch of 1,000 finished rows costs one probe.
+CREATE OR REPLACE FUNCTION imagend_notify_sources_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM images
+               WHERE status = 'ReadyToGenerate'
+                 AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL))
+       AND EXISTS (SELECT 1 FROM ended WHERE status IN ('ReadyToPublish', 'Failed')) THEN
+        PERFORM pg_notify('imagend_new', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_sources_done
+    AFTER UPDATE ON images
+    REFERENCING NEW TABLE AS ended
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_sources_done();
 
 -- A producer putting a finished row back (README, "Trying again") means a fresh start:
 -- the cancel flag, the crash count and, unless the producer set it, the attempt count

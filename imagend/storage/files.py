@@ -65,7 +65,11 @@ class FileStore:
         return deleted
 
     def read_url(self, url: str) -> bytes:
-        return Path(unquote(urlsplit(url).path)).read_bytes()
+        # Only files of this store: a chained row's source URL is a column a producer can write.
+        path = Path(unquote(urlsplit(url).path)).resolve()
+        if self.folder.resolve() not in path.parents:
+            raise ValueError(f"{url} is not in {self.target.describe()}")
+        return path.read_bytes()
 
     def close(self) -> None:
         pass

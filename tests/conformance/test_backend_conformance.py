@@ -98,7 +98,7 @@ def _one_image(backend: Backend, request: Request, fake: Any) -> Image:
                 return outcome
         raise AssertionError("the remote task never finished")
     assert isinstance(backend, GeneratingBackend)
-    images = backend.generate([request], lambda progress=None: None)
+    images = backend.generate([request], lambda progress=None, preview=None: None)
     assert len(images) == 1
     return images[0]
 

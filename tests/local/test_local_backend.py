@@ -186,7 +186,8 @@ def test_cancel_from_the_heartbeat_aborts_and_frees_the_device(backend: Any) -> 
         return original(sample, *args, **kwargs)
 
     backend.pipe.unet.forward = counting
-    heartbeat = RecordingHeartbeat(raise_at=3, error=Cancelled())  # one beat while encoding, then a step each
+    # One beat before the model is fetched from the cache, one while encoding, then one a step.
+    heartbeat = RecordingHeartbeat(raise_at=4, error=Cancelled())
     with pytest.raises(Cancelled) as raised:
         backend.generate([backend.validate(request(steps=20))], heartbeat)
     assert len(latents) == 2  # stopped at the step after the cancel, not after 20

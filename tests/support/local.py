@@ -41,11 +41,14 @@ class RecordingHeartbeat:
 
     def __init__(self, raise_at: int | None = None, error: BaseException | None = None) -> None:
         self.progress: list[float | None] = []
+        self.previews: list[dict[int, str]] = []  # every preview offered (the daemon's keeper throttles them)
         self.raise_at = raise_at
         self.error = error
 
-    def __call__(self, progress: float | None = None) -> None:
+    def __call__(self, progress: float | None = None, preview: Any = None) -> None:
         self.progress.append(progress)
+        if preview is not None:
+            self.previews.append(dict(preview()))
         if self.raise_at is not None and len(self.progress) >= self.raise_at and self.error is not None:
             raise self.error
 

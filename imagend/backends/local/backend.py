@@ -1,13 +1,19 @@
 """The local backend: SDXL with diffusers and compel on this host's GPU (or CPU).
 
-One pipeline is loaded at start and kept warm for the daemon's life. A `generate` call
-takes a batch of compatible rows (same size, steps, guidance, scheduler), holds the
-device lock (gpu_lock.py) while the GPU works, and returns one PNG per row.
+Checkpoints are loaded into a cache (models.py: IMAGEND_MODEL, and a row's `model` from
+IMAGEND_MODELS); the claim prefers rows of the loaded ones (claim_preference). A `generate` call
+takes a batch of compatible rows (same model, LoRAs, size, steps, guidance, scheduler; a row with an
+image input is alone), holds the device lock (gpu_lock.py) while the GPU works, and returns one PNG
+per row.
 
 - Each row's prompt is encoded alone with compel; rows whose conditioning has the same
   token length run as one pipeline call with one CPU generator per image.
+- The task follows from the inputs: text-to-image; an init image, image-to-image; with a mask,
+  inpainting; a reference image adds the IP-Adapter (ip_adapter.py); task 'upscale' runs the
+  upscaler (upscaler.py). LoRAs are switched per batch (loras.py).
 - The step callback is the heartbeat: leases and progress advance only while steps
-  do; a cancel or a stop raises from it and aborts the call; so does the timeout.
+  do; a cancel or a stop raises from it and aborts the call; so does the timeout. It also
+  hands the heartbeat a preview of the latents (previews.py), written every 2 s or so.
 - CUDA out-of-memory: free memory, wait, retry with VAE tiling, then CPU offload.
 
 docs/local.md describes the settings and what a producer sees.
@@ -19,34 +25,42 @@ import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image as PILImage
 
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.backends.local.gpu_lock import DeviceLock
+from imagend.backends.local.ip_adapter import IpAdapter
+from imagend.backends.local.loras import LoraLibrary
+from imagend.backends.local.models import LoadedModel, ModelCache
 from imagend.backends.local.options import (
+    DEFAULT_INPAINT_STRENGTH,
+    DEFAULT_REFERENCE_SCALE,
+    DEFAULT_STRENGTH,
     SCHEDULERS,
     SIDE_MULTIPLE_PX,
     LocalSettings,
-    is_tiny_model,
     style_prompts,
 )
 from imagend.backends.local.png_metadata import GenerationParameters, encode_png
+from imagend.backends.local.previews import latent_previews
 from imagend.backends.local.sdxl import (
     Conditioning,
-    PromptEncoder,
-    Schedulers,
+    check_model_source,
     device_generator,
     free_memory,
     load_pipeline,
     place,
     stack,
 )
+from imagend.backends.local.upscaler import Upscaler
 from imagend.config import Settings
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
+from imagend.image_inputs import fit_size
 from imagend.logs import get_logger
+from imagend.repository import ModelPreference
 from imagend.styles import STYLE_NAMES
 
 log = get_logger()
@@ -72,6 +86,33 @@ class _Job:
     prompt: str
     negative: str | None
     conditioning: Conditioning | None = None
+    model_label: str = ""
+    tiny: bool = False
+
+
+def default_strength(task: str) -> float:
+    return DEFAULT_INPAINT_STRENGTH if task == "inpaint" else DEFAULT_STRENGTH
+
+
+def effective_steps(steps: int, strength: float | None) -> int:
+    """The steps an image-to-image call really runs: diffusers skips the first (1 - strength) of them."""
+    return steps if strength is None else max(1, min(int(steps * strength), steps))
+
+
+def _floor(side: int) -> int:
+    return max(SIDE_MULTIPLE_PX, side // SIDE_MULTIPLE_PX * SIDE_MULTIPLE_PX)
+
+
+TASK_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting", "upscale": "upscale"}
+
+
+def task_of(request: Request) -> str:
+    inputs = request.inputs
+    if inputs.task == "upscale":
+        return "upscale"
+    if inputs.mask_image is not None:
+        return "inpaint"
+    return "img2img" if inputs.init_image is not None else "txt2img"
 
 
 class LocalBackend:
@@ -85,21 +126,34 @@ class LocalBackend:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`pipe`: IMAGEND_MODEL's pipeline, loaded (the others load when a row asks for them)."""
         self.options = options
-        self.pipe = pipe
         self.max_batch = max_batch
         self.clock = clock
         self.sleep = sleep
         self.lock = DeviceLock(options.lock_dir, options.device)
-        self.encoder = PromptEncoder(pipe)
-        self.schedulers = Schedulers(pipe.scheduler.config)  # the checkpoint's, before any job replaced it
-        self.model_label = Path(options.model).name if Path(options.model).expanduser().exists() else options.model
         self.oom_fallback = 0  # 0 none; 1 VAE tiling; 2 model CPU offload; 3 sequential offload (CUDA only)
-        self.tiny = is_tiny_model(options.model)
+        self.models = ModelCache(options, prepare=self._prepare_model)
+        self.models.loaded[options.model] = LoadedModel("", options.model, pipe)
+        self.current = self.models.loaded[options.model]
+        self.loras = LoraLibrary(options.lora_dir, options.lora_cache)
+        self.ip_adapter = IpAdapter(options.ip_adapter, options.device, getattr(torch, options.dtype))
+        self.upscaler = Upscaler(options)
+
+    # The model a row with `model` NULL gets, as the tests and tools see it.
+    @property
+    def pipe(self) -> Any:
+        return self.models.get(None).pipe
+
+    @property
+    def encoder(self) -> Any:
+        return self.models.get(None).encoder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
         options = LocalSettings.from_settings(settings, cuda_available=torch.cuda.is_available())
+        for name, source in options.models.items():
+            check_model_source(source, f"IMAGEND_MODELS ({name})")  # a typo stops the start, not a row
         started = time.monotonic()
         pipe = load_pipeline(options)
         backend = cls(options, pipe, max_batch=settings.max_batch)
@@ -112,9 +166,11 @@ class LocalBackend:
             offload=options.offload,
             compile=options.compile_unet,
             max_batch=backend.max_batch,
+            models=sorted(options.models) or None,
+            model_cache=options.model_cache,
             seconds=round(time.monotonic() - started, 2),
         )
-        if backend.tiny:
+        if backend.current.tiny:
             log.warning(
                 "miniature_model",
                 model=options.model,
@@ -126,9 +182,17 @@ class LocalBackend:
 
     # -- the protocol ------------------------------------------------------------------------
 
+    def claim_preference(self) -> ModelPreference | None:
+        """Model affinity for the claim: the loaded checkpoints' names (None with one model)."""
+        if not self.options.models:
+            return None
+        return ModelPreference(self.models.loaded_names(), self.options.model_switch_seconds)
+
     def validate(self, request: Request) -> Request:
         opts = self.options
-        for side_name, side in (("width", request.width), ("height", request.height)):
+        request = self._validate_inputs(request)
+        sides = () if request.inputs.task == "upscale" else (("width", request.width), ("height", request.height))
+        for side_name, side in sides:
             if side % SIDE_MULTIPLE_PX:
                 lower = max(SIDE_MULTIPLE_PX, side // SIDE_MULTIPLE_PX * SIDE_MULTIPLE_PX)
                 raise BadInput(
@@ -147,13 +211,41 @@ class LocalBackend:
             error = self.encoder.syntax_error(text) if text else None
             if error:
                 raise BadInput(f"{column}: compel cannot parse it ({error}); see the weighting syntax in docs/local.md")
+        steps = request.steps if request.steps is not None else opts.default_steps
+        task = task_of(request)
+        if task in ("img2img", "inpaint"):
+            strength = request.inputs.strength if request.inputs.strength is not None else default_strength(task)
+            if int(steps * strength) < 1:
+                raise BadInput(
+                    f"strength {strength:g} of {steps} steps runs no step (it runs strength x steps); "
+                    f"raise steps or strength"
+                )
         return dataclasses.replace(
             request,
-            steps=request.steps if request.steps is not None else opts.default_steps,
+            steps=steps,
             guidance=request.guidance if request.guidance is not None else opts.default_guidance,
             scheduler=scheduler,
             style=style,
         )
+
+    def _validate_inputs(self, request: Request) -> Request:
+        """The model, LoRAs, adapters and image sizes, off the device."""
+        inputs = request.inputs
+        self.models.source_of(inputs.model)
+        self.loras.check(inputs.loras)
+        if inputs.reference_image is not None:
+            self.ip_adapter.check()
+        if inputs.task == "upscale":
+            if inputs.loras or inputs.reference_image is not None or inputs.mask_image is not None:
+                raise BadInput("task 'upscale' takes an init image and a prompt only (no loras, mask or reference)")
+            assert inputs.upscale is not None
+            width, height = inputs.init_image.size
+            self.upscaler.check(width, height, inputs.upscale)
+            return dataclasses.replace(request, width=width, height=height)
+        if inputs.size_from_init:
+            width, height = fit_size(request.width, request.height, SIDE_MULTIPLE_PX, self.options.max_side)
+            return dataclasses.replace(request, width=width, height=height)
+        return request
 
     def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:
         jobs = [self._job(request) for request in batch]
@@ -170,8 +262,9 @@ class LocalBackend:
                 remaining = [job for job in remaining if job.request.id not in images]
                 exc_text = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
                 exc.__traceback__ = None  # it holds the failed call's frames, and so its tensors
-                if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
-                    self.pipe.maybe_free_model_hooks()
+                pipe = self.current.pipe
+                if pipe is not None and hasattr(pipe, "maybe_free_model_hooks"):
+                    pipe.maybe_free_model_hooks()
                 free_memory(self.options.device)
                 retries += 1
                 if retries > self.options.oom_retries:
@@ -190,7 +283,8 @@ class LocalBackend:
         return [self._png(job, images[job.request.id], seconds[job.request.id]) for job in jobs]
 
     def close(self) -> None:
-        self.pipe = None
+        self.models.close()
+        self.upscaler.close()
         free_memory(self.options.device)
 
     # -- one pass over the batch, device held -------------------------------------------------
@@ -204,23 +298,38 @@ class LocalBackend:
         seconds: dict[int, float],
     ) -> None:
         wall_started = time.time()
+        first = jobs[0].request
+        task = task_of(first)
+        heartbeat(None)  # a model load may take a while: the lease first
+        model = self.current = self.models.get(first.inputs.model)
         for job in jobs:
-            if job.conditioning is None:
-                # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
-                # for the whole batch's encoding. Parsing already happened at validation, off the device.
-                heartbeat(None)
-                job.conditioning = self.encoder.encode(job.prompt, job.negative)
+            job.model_label, job.tiny = model.label, model.tiny
+        if task == "upscale":
+            pipe = self.upscaler.pipeline()
+        else:
+            pipe = model.pipeline(task)
+            self.loras.activate(model, first.inputs.loras)
+            reference = first.inputs.reference_image is not None
+            scale = first.inputs.reference_scale
+            self.ip_adapter.prepare(
+                model, pipe, (DEFAULT_REFERENCE_SCALE if scale is None else scale) if reference else None
+            )
+            for job in jobs:
+                if job.conditioning is None:
+                    # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
+                    # for the whole batch's encoding. Parsing already happened at validation, off the device.
+                    heartbeat(None)
+                    job.conditioning = model.encoder.encode(job.prompt, job.negative)
         # Rows are grouped by token length so each row's conditioning is what it would be alone;
         # after an OOM, one image per call.
         groups: dict[int, list[_Job]] = {}
         for job in jobs:
-            assert job.conditioning is not None
-            groups.setdefault(job.conditioning.tokens, []).append(job)
+            groups.setdefault(job.conditioning.tokens if job.conditioning is not None else 0, []).append(job)
         calls = [[j] for j in jobs] if self.oom_fallback else list(groups.values())
         for group in calls:
             done_before = len(images)
             started = self.clock()
-            pictures = self._call(group, heartbeat, _progress_scale(done_before, len(group), total))
+            pictures = self._call(model, pipe, task, group, heartbeat, _progress_scale(done_before, len(group), total))
             per_image = (self.clock() - started) / len(group)
             for job, picture in zip(group, pictures, strict=True):
                 images[job.request.id] = picture
@@ -229,38 +338,91 @@ class LocalBackend:
             "batch_generated",
             ids=[j.request.id for j in jobs],
             device=self.options.device,
-            size=f"{jobs[0].request.width}x{jobs[0].request.height}",
-            steps=jobs[0].request.steps,
+            model=model.label,
+            task=task,
+            size=f"{first.width}x{first.height}",
+            steps=first.steps,
             calls=len(calls),
             device_started=wall_started,
             device_finished=time.time(),
         )
 
-    def _call(self, group: list[_Job], heartbeat: Heartbeat, progress_of: Callable[[float], float]) -> list[Any]:
+    def _arguments(self, task: str, group: list[_Job]) -> dict[str, Any]:
+        """The pipeline call's arguments beyond the prompt, seeds and steps, by task."""
+        first = group[0].request
+        inputs = first.inputs
+        if task == "upscale":
+            init = inputs.init_image
+            width, height = _floor(init.width), _floor(init.height)  # the x4 UNet halves the size three times
+            return {
+                "prompt": group[0].prompt,
+                "negative_prompt": group[0].negative,
+                **self.upscaler.call_arguments(
+                    init.resize((width, height)) if init.size != (width, height) else init, inputs.upscale or 4.0
+                ),
+            }
+        assert all(job.conditioning is not None for job in group)
+        arguments: dict[str, Any] = stack([job.conditioning for job in group if job.conditioning is not None])
+        size = (first.width, first.height)
+        if task in ("img2img", "inpaint"):
+            init = inputs.init_image
+            arguments["image"] = init.resize(size, PILImage.Resampling.LANCZOS) if init.size != size else init
+            arguments["strength"] = inputs.strength if inputs.strength is not None else default_strength(task)
+        if task == "inpaint":
+            mask = inputs.mask_image
+            arguments["mask_image"] = mask.resize(size, PILImage.Resampling.LANCZOS) if mask.size != size else mask
+        if task != "img2img":  # the image-to-image pipeline takes its size from the image
+            arguments.update(width=first.width, height=first.height)
+        if inputs.reference_image is not None:
+            arguments["ip_adapter_image"] = inputs.reference_image
+        return arguments
+
+    def _call(
+        self,
+        model: LoadedModel,
+        pipe: Any,
+        task: str,
+        group: list[_Job],
+        heartbeat: Heartbeat,
+        progress_of: Callable[[float], float],
+    ) -> list[Any]:
         """One pipeline call for rows with equal conditioning length; aborts from the step callback."""
         first = group[0].request
         steps = int(first.steps or self.options.default_steps)
+        arguments = self._arguments(task, group)
+        runs = effective_steps(steps, arguments.get("strength"))
         deadline = self.clock() + self.options.image_timeout_seconds * len(group)
+        ids = [job.request.id for job in group]
 
-        def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            heartbeat(min(progress_of((step + 1) / steps), PROGRESS_BEFORE_WRITE))
+        def step_done(step: int, latents: Any) -> None:
+            preview = None
+            if self.options.previews and latents is not None:
+                preview = lambda: dict(zip(ids, latent_previews(latents) or [], strict=False))  # noqa: E731
+            heartbeat(min(progress_of((step + 1) / runs), PROGRESS_BEFORE_WRITE), preview)
             if self.clock() > deadline:
                 raise ImageTimeout()
+
+        def on_step_end(_pipe: Any, step: int, _timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            step_done(step, tensors.get("latents"))
             return tensors
 
-        assert first.scheduler is not None
-        self.pipe.scheduler = self.schedulers.fresh(first.scheduler)
-        conditionings = [job.conditioning for job in group if job.conditioning is not None]
+        if task == "upscale":
+            callbacks: dict[str, Any] = {
+                "callback": lambda step, _t, _latents: step_done(step, None),
+                "callback_steps": 1,
+            }
+        else:
+            assert first.scheduler is not None
+            pipe.scheduler = model.schedulers.fresh(first.scheduler)
+            callbacks = {"callback_on_step_end": on_step_end}
         aborted: BaseException | None = None
         try:
-            output = self.pipe(
-                **stack(conditionings),
-                width=first.width,
-                height=first.height,
+            output = pipe(
+                **arguments,
                 num_inference_steps=steps,
                 guidance_scale=first.guidance if first.guidance is not None else self.options.default_guidance,
                 generator=[device_generator(job.seed) for job in group],
-                callback_on_step_end=on_step_end,
+                **callbacks,
             )
         except ImageTimeout as exc:
             exc.__traceback__ = None
@@ -272,13 +434,17 @@ class LocalBackend:
         if aborted is not None:
             # An abort's traceback holds the pipeline's frames and so its tensors: dropped above,
             # so that this frees them before the device is handed on.
-            self._after_abort()
+            self._after_abort(pipe)
             raise aborted from None
-        return list(output.images)
+        pictures = list(output.images)
+        if task == "upscale":
+            inputs = first.inputs
+            pictures = [Upscaler.finish(p, inputs.init_image.size, inputs.upscale or 4.0) for p in pictures]
+        return pictures
 
-    def _after_abort(self) -> None:
-        if self.pipe is not None and hasattr(self.pipe, "maybe_free_model_hooks"):
-            self.pipe.maybe_free_model_hooks()
+    def _after_abort(self, pipe: Any) -> None:
+        if pipe is not None and hasattr(pipe, "maybe_free_model_hooks"):
+            pipe.maybe_free_model_hooks()
         free_memory(self.options.device)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -290,20 +456,54 @@ class LocalBackend:
 
     def _png(self, job: _Job, picture: Any, seconds: float) -> Image:
         request = job.request
+        inputs = request.inputs
         assert request.scheduler is not None and request.steps is not None and request.guidance is not None
+        task = task_of(request)
+        label, tiny = (self.upscaler.label, self.upscaler.tiny) if task == "upscale" else (job.model_label, job.tiny)
+        extra: list[tuple[str, str]] = []
+        if task in ("img2img", "inpaint"):
+            extra.append(
+                (
+                    "Denoising strength",
+                    f"{inputs.strength if inputs.strength is not None else default_strength(task):g}",
+                )
+            )
+        if task == "inpaint":
+            extra.append(("Inpaint", "mask_image"))
+        if inputs.reference_image is not None:
+            scale = inputs.reference_scale if inputs.reference_scale is not None else DEFAULT_REFERENCE_SCALE
+            extra.append(("IP-Adapter scale", f"{scale:g}"))
+        if inputs.loras:
+            extra.append(("Lora hashes", f'"{self.loras.hashes(inputs.loras)}"'))
+        if task == "upscale":
+            extra += [("Postprocess upscale by", f"{inputs.upscale or 4:g}"), ("Postprocess upscaler", label)]
+        width, height = picture.size
         parameters = GenerationParameters(
-            prompt=job.prompt,
+            prompt=job.prompt + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in inputs.loras),
             negative_prompt=job.negative,
             steps=request.steps,
             sampler=SCHEDULERS[request.scheduler][2],
             guidance=request.guidance,
             seed=job.seed,
-            width=request.width,
-            height=request.height,
-            model=self.model_label + (" (miniature random weights: noise)" if self.tiny else ""),
+            width=width,
+            height=height,
+            model=label + (" (miniature random weights: noise)" if tiny else ""),
             style=request.style,
+            extra=tuple(extra),
         )
         return Image(encode_png(picture, parameters), job.seed, seconds)
+
+    def _prepare_model(self, model: LoadedModel) -> None:
+        """A checkpoint loaded after an out-of-memory fallback gets the same fallback."""
+        if self.oom_fallback:
+            self._apply_fallback(model.pipe, self.oom_fallback)
+
+    def _apply_fallback(self, pipe: Any, level: int) -> None:
+        pipe.vae.enable_slicing()
+        pipe.vae.enable_tiling()
+        if level >= 2 and self.options.device.startswith("cuda") and self.options.offload == "none":
+            pipe.remove_all_hooks()
+            place(pipe, self.options, offload="model" if level == 2 else "sequential")
 
     def _fall_back_after_oom(self, retry: int) -> None:
         """Retry 1: VAE slicing + tiling, one image per call. Retry 2: model CPU offload. 3+: sequential."""
@@ -311,12 +511,9 @@ class LocalBackend:
         if level <= self.oom_fallback:
             return
         self.oom_fallback = level
-        self.pipe.vae.enable_slicing()
-        self.pipe.vae.enable_tiling()
-        on_cuda = self.options.device.startswith("cuda")
-        if level >= 2 and on_cuda and self.options.offload == "none":
-            self.pipe.remove_all_hooks()
-            place(self.pipe, self.options, offload="model" if level == 2 else "sequential")
+        for model in self.models.loaded.values():
+            if model.on_device:
+                self._apply_fallback(model.pipe, level)
         log.warning(
             "oom_fallback_enabled",
             level=level,
@@ -351,7 +548,7 @@ class LocalBackend:
             )
             jobs = [self._job(dataclasses.replace(request, id=-i)) for i in range(size)]
             with self.lock.hold():
-                self._run(jobs, len(jobs), lambda progress=None: None, {}, {})
+                self._run(jobs, len(jobs), lambda progress=None, preview=None: None, {}, {})
         log.info(
             "compile_warmed_up",
             size=f"{width}x{height}",

@@ -6,7 +6,8 @@ stops the daemon at start with an error naming the variable. docs/local.md lists
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagend.config import Settings
@@ -27,6 +28,13 @@ SIDE_MULTIPLE_PX = 8  # the VAE downscales by 8
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DEFAULT_MODEL_CACHE = 1  # pipelines kept on the device; an SDXL checkpoint takes ~7 GB of VRAM in fp16
+DEFAULT_MODEL_SWITCH_SECONDS = 60.0
+DEFAULT_LORA_CACHE = 8
+DEFAULT_STRENGTH = 0.6  # image-to-image, as the issue and A1111's img2img tab (0.75) roughly agree
+DEFAULT_INPAINT_STRENGTH = 1.0  # inpainting repaints the masked region from noise
+DEFAULT_REFERENCE_SCALE = 0.6
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # imagend.testing.tiny_model writes this file, containing these words, into a miniature model's folder.
 TINY_MODEL_MARKER_FILE = "README.txt"
 TINY_MODEL_MARKER_TEXT = "RANDOM WEIGHTS"
@@ -80,6 +88,16 @@ class LocalSettings:
     image_timeout_seconds: float
     lock_dir: Path
     warmup_size: tuple[int, int]  # (width, height) of the compile warm-up: the daemon's default size
+    # Several models (IMAGEND_MODELS), the cache of loaded ones, and affinity.
+    models: dict[str, str] = field(default_factory=dict)  # name -> hub id or folder; "" is IMAGEND_MODEL
+    model_cache: int = DEFAULT_MODEL_CACHE
+    model_cache_cpu: int = 0  # evicted pipelines kept in CPU memory (a faster reload), beyond model_cache
+    model_switch_seconds: float = DEFAULT_MODEL_SWITCH_SECONDS
+    lora_dir: Path | None = None
+    lora_cache: int = DEFAULT_LORA_CACHE
+    ip_adapter: str | None = None  # folder or hub id [":" subfolder/weight file]
+    upscaler: str | None = None  # a diffusers upscaler pipeline (folder or hub id)
+    previews: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, cuda_available: bool) -> LocalSettings:
@@ -118,7 +136,47 @@ class LocalSettings:
             image_timeout_seconds=env.seconds("IMAGEND_IMAGE_TIMEOUT", IMAGE_TIMEOUT_SECONDS, minimum=0.001),
             lock_dir=Path(env.str("IMAGEND_LOCK_DIR") or settings.data_dir / "locks").expanduser(),
             warmup_size=(_round_side(settings.default_width, max_side), _round_side(settings.default_height, max_side)),
+            models=parse_models(env.str("IMAGEND_MODELS")),
+            model_cache=env.int("IMAGEND_MODEL_CACHE", DEFAULT_MODEL_CACHE, minimum=1, maximum=16),
+            model_cache_cpu=env.int("IMAGEND_MODEL_CACHE_CPU", 0, minimum=0, maximum=16),
+            model_switch_seconds=env.seconds("IMAGEND_MODEL_SWITCH_SECONDS", DEFAULT_MODEL_SWITCH_SECONDS),
+            lora_dir=_folder(env.str("IMAGEND_LORA_DIR"), "IMAGEND_LORA_DIR"),
+            lora_cache=env.int("IMAGEND_LORA_CACHE", DEFAULT_LORA_CACHE, minimum=1, maximum=64),
+            ip_adapter=env.str("IMAGEND_IP_ADAPTER"),
+            upscaler=env.str("IMAGEND_UPSCALER"),
+            previews=env.bool("IMAGEND_PREVIEWS", True),
         )
+
+    def source_of(self, name: str | None) -> str:
+        """The hub id or folder of a row's `model` (None or '': IMAGEND_MODEL)."""
+        return self.models[name] if name else self.model
+
+
+def parse_models(text: str | None) -> dict[str, str]:
+    """IMAGEND_MODELS: `name=hub-id-or-folder,name2=…`."""
+    models: dict[str, str] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        name, sep, source = (part.strip() for part in item.partition("="))
+        if not sep or not source or not MODEL_NAME.fullmatch(name):
+            raise ConfigError(
+                f"IMAGEND_MODELS: {item.strip()!r} is not name=hub-id-or-folder (names: letters, digits, . _ -), "
+                "e.g. IMAGEND_MODELS=sdxl=stabilityai/stable-diffusion-xl-base-1.0,juggernaut=/srv/models/juggernaut-xl"
+            )
+        if name in models:
+            raise ConfigError(f"IMAGEND_MODELS names {name!r} twice")
+        models[name] = source
+    return models
+
+
+def _folder(text: str | None, setting: str) -> Path | None:
+    if not text:
+        return None
+    folder = Path(text).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{setting}={text}: no such folder")
+    return folder.resolve()
 
 
 def _round_side(side: int, max_side: int) -> int:

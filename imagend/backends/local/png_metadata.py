@@ -33,6 +33,7 @@ class GenerationParameters:
     height: int
     model: str
     style: str | None = None
+    extra: tuple[tuple[str, str], ...] = ()  # A1111's further fields: Denoising strength, Lora hashes, …
 
     def a1111(self) -> str:
         lines = [self.prompt]
@@ -48,6 +49,7 @@ class GenerationParameters:
         ]
         if self.style and self.style != "DEFAULT":
             fields.append(("Style", self.style))
+        fields += [(key, value if value.startswith('"') else _one_line(value)) for key, value in self.extra]
         fields.append(("Version", f"imagend {__version__}"))
         lines.append(", ".join(f"{key}: {value}" for key, value in fields))
         return "\n".join(lines)

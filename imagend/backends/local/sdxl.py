@@ -61,38 +61,56 @@ def quiet_libraries() -> None:
     transformers_logging.set_verbosity_error()
 
 
-def load_pipeline(options: LocalSettings) -> Any:
-    """The pipeline, ready on its device. Any failure is a ConfigError naming IMAGEND_MODEL or IMAGEND_VAE."""
-    quiet_libraries()
-    diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
-    dtype = getattr(torch, options.dtype)
-    model = options.model
-    if _looks_like_folder(model) and not (Path(model).expanduser() / "model_index.json").is_file():
+def load_vae(options: LocalSettings) -> Any:
+    """IMAGEND_VAE (the fp16-fix VAE by default on a GPU), loaded once and shared by every model; None: each
+    model keeps its own."""
+    if options.vae is None:
+        return None
+    diffusers: Any = importlib.import_module("diffusers")
+    try:
+        return diffusers.AutoencoderKL.from_pretrained(
+            str(Path(options.vae).expanduser()) if _looks_like_folder(options.vae) else options.vae,
+            dtype=getattr(torch, options.dtype),
+        )
+    except Exception as exc:  # any failure to load is a start-up configuration problem
         raise ConfigError(
-            f"IMAGEND_MODEL={model}: no SDXL pipeline there (no model_index.json). Set IMAGEND_MODEL to a folder "
+            f"IMAGEND_VAE={options.vae}: cannot load this VAE ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Set IMAGEND_VAE to a folder or a cached hub id, or IMAGEND_VAE=model to keep the model's own"
+        ) from exc
+
+
+def check_model_source(source: str, setting: str) -> None:
+    """At start, before any load: a folder named as a model must hold a pipeline."""
+    if _looks_like_folder(source) and not (Path(source).expanduser() / "model_index.json").is_file():
+        raise ConfigError(
+            f"{setting}={source}: no SDXL pipeline there (no model_index.json). Set {setting} to a folder "
             f"written by save_pretrained or to a hub id such as stabilityai/stable-diffusion-xl-base-1.0; "
             f"{TINY_MODEL_HINT}"
         )
-    kwargs: dict[str, Any] = {"dtype": dtype}
+
+
+def load_pipeline(options: LocalSettings, source: str | None = None, setting: str = "IMAGEND_MODEL",
+                  vae: Any = None) -> Any:
+    """The pipeline of `source` (default IMAGEND_MODEL), ready on its device. Any failure is a ConfigError
+    naming `setting`."""
+    quiet_libraries()
+    diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
+    model = options.model if source is None else source
+    check_model_source(model, setting)
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, options.dtype)}
     if options.model_variant:
         kwargs["variant"] = options.model_variant  # e.g. fp16: the half-size weight files of a hub repo
-    if options.vae is not None:
-        try:
-            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(
-                str(Path(options.vae).expanduser()) if _looks_like_folder(options.vae) else options.vae, dtype=dtype
-            )
-        except Exception as exc:  # any failure to load is a start-up configuration problem
-            raise ConfigError(
-                f"IMAGEND_VAE={options.vae}: cannot load this VAE ({type(exc).__name__}: {_first_line(exc)}). "
-                f"Set IMAGEND_VAE to a folder or a cached hub id, or IMAGEND_VAE=model to keep the model's own"
-            ) from exc
-    source = str(Path(model).expanduser()) if _looks_like_folder(model) else model
+    vae = load_vae(options) if vae is None else vae
+    if vae is not None:
+        kwargs["vae"] = vae
     try:
-        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(source, **kwargs)
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            str(Path(model).expanduser()) if _looks_like_folder(model) else model, **kwargs
+        )
     except Exception as exc:
         raise ConfigError(
-            f"IMAGEND_MODEL={model}: cannot load an SDXL pipeline ({type(exc).__name__}: {_first_line(exc)}). "
-            f"Set IMAGEND_MODEL to a local folder with model_index.json or a hub id already in the Hugging Face "
+            f"{setting}={model}: cannot load an SDXL pipeline ({type(exc).__name__}: {_first_line(exc)}). "
+            f"Set {setting} to a local folder with model_index.json or a hub id already in the Hugging Face "
             f"cache (or reachable); {TINY_MODEL_HINT}"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
