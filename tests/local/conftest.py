@@ -21,6 +21,34 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two checkpoints, two LoRAs (kohya, diffusers), an IP-Adapter and an x4 upscaler (imagend.testing.tiny_extras)."""
+    from imagend.testing.tiny_extras import write_mismatched_lora, write_tiny_models
+
+    models = write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+    write_mismatched_lora(models["loras"] / "misfit.safetensors", models["sdxl"])
+    (models["loras"] / "not-a-lora.safetensors").write_bytes(b"this is no safetensors file")
+    return models
+
+
+@pytest.fixture
+def extras_env(tiny_models: dict[str, Path], local_env: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
+    """local_env with IMAGEND_MODELS (sdxl, sdxl-b), IMAGEND_LORA_DIR, IMAGEND_IP_ADAPTER and IMAGEND_UPSCALER."""
+
+    def make(**overrides: str) -> dict[str, str]:
+        extras = {
+            "IMAGEND_MODEL": str(tiny_models["sdxl"]),
+            "IMAGEND_MODELS": f"sdxl={tiny_models['sdxl']},sdxl-b={tiny_models['sdxl-b']}",
+            "IMAGEND_LORA_DIR": str(tiny_models["loras"]),
+            "IMAGEND_IP_ADAPTER": str(tiny_models["ip-adapter"]),
+            "IMAGEND_UPSCALER": str(tiny_models["upscaler"]),
+        }
+        return local_env(**{**extras, **overrides})
+
+    return make
+
+
 @pytest.fixture
 def local_env(tiny_model: Path, tmp_path: Path) -> Callable[..., dict[str, str]]:
     """IMAGEND_* for the local backend on the miniature model; each test gets its own lock dir."""

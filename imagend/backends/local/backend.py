@@ -437,6 +437,9 @@ class LocalBackend:
             self._after_abort(pipe)
             raise aborted from None
         pictures = list(output.images)
+        if task == "inpaint":
+            # As A1111 does: the unmasked pixels are the input's own, not their trip through the VAE.
+            pictures = [PILImage.composite(p, arguments["image"], arguments["mask_image"]) for p in pictures]
         if task == "upscale":
             inputs = first.inputs
             pictures = [Upscaler.finish(p, inputs.init_image.size, inputs.upscale or 4.0) for p in pictures]
