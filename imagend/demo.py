@@ -1,9 +1,11 @@
 """`make demo`: the whole thing end to end on a machine with no database, no GPU and no weights.
 
 1. starts the embedded Postgres under ./.imagend-demo/ (the same one `imagend` would start);
-2. writes the miniature random-weights SDXL pipeline to ./.imagend-demo/tiny-sdxl/ (once);
+2. writes the miniature random-weights models to ./.imagend-demo/tiny-models/ (once): two SDXL
+   checkpoints, a LoRA, an IP-Adapter and an x4 upscaler (`imagend -make-tiny-models`);
 3. inserts a handful of rows as a producer would (a prompt over 77 tokens, a negative
-   prompt with compel weighting, a fixed seed, a style, and one bad row);
+   prompt with compel weighting, a fixed seed, a style, the other checkpoint with a LoRA, an
+   image-to-image row chained on another row's result, an inpainting row, and one bad row);
 4. runs the daemon (`python -m imagend -cron`, local backend) until every row is done,
    listening on `imagend_done`;
 5. prints the rows and where the PNGs are, and stops the daemon with SIGTERM.
@@ -14,7 +16,9 @@ progress and the database are all real, but every image is noise.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import os
 import signal
 import socket
@@ -22,10 +26,12 @@ import subprocess
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from PIL import Image as PILImage
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -33,7 +39,8 @@ from imagend.backends import missing_libraries
 
 DEMO_DIR = Path(".imagend-demo")
 OUTPUT_DIR = Path("demo-output")
-MODEL_DIR = DEMO_DIR / "tiny-sdxl"
+MODELS_DIR = DEMO_DIR / "tiny-models"
+MODEL_DIR = MODELS_DIR / "sdxl"
 WAIT_SECONDS = 150.0
 STOP_SECONDS = 30.0
 DASHBOARD_PORT = 9464
@@ -48,6 +55,24 @@ LONG_PROMPT = (
     "dramatic lighting, highly detailed, wide angle composition"
 )
 
+
+@dataclass(frozen=True)
+class RowOf:
+    """In ROWS, the id of the row inserted earlier under `label` (a chained row names its source)."""
+
+    label: str
+
+
+def mask_right_half(side: int = SIDE_PX) -> str:
+    """A base64 PNG mask: white (repaint) on the right half."""
+    mask = PILImage.new("L", (side, side), 0)
+    mask.paste(255, (side // 2, 0, side, side))
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+RAMEN = "fixed seed 42, euler_a"
 # (label, columns) — each a producer's INSERT.
 ROWS: list[tuple[str, dict[str, Any]]] = [
     ("long prompt (> 77 tokens, compel chunks it)", {"prompt": LONG_PROMPT}),
@@ -55,7 +80,21 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
         "negative prompt + weighting",
         {"prompt": "a (red)++ fox in the (snow)-", "negative_prompt": "blurry, lowres, watermark"},
     ),
-    ("fixed seed 42, euler_a", {"prompt": "a bowl of ramen, studio photo", "seed": 42, "scheduler": "euler_a"}),
+    (RAMEN, {"prompt": "a bowl of ramen, studio photo", "seed": 42, "scheduler": "euler_a"}),
+    (
+        "image-to-image on the ramen row's result (waits for it)",
+        {"prompt": "a bowl of ramen, watercolour", "init_image_id": RowOf(RAMEN), "strength": 0.5},
+    ),
+    (
+        "inpainting: the right half of the ramen row repainted",
+        {"prompt": "a bowl of ramen with a red chopstick", "init_image_id": RowOf(RAMEN),
+         "mask_image": mask_right_half()},
+    ),
+    (
+        "the other checkpoint (model sdxl-b) with a LoRA",
+        {"prompt": "a castle on a hill", "model": "sdxl-b",
+         "loras": '[{"name": "pixel-kohya", "weight": 0.8}]'},
+    ),
     (
         "style ANIME, dpmpp_2m_karras",
         {"prompt": "a girl on a bicycle", "style": "ANIME", "scheduler": "dpmpp_2m_karras"},
@@ -78,26 +117,31 @@ def start_database() -> str:
 
 def build_model() -> None:
     from imagend.backends.local.options import is_tiny_model
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.testing.tiny_extras import write_tiny_models
 
-    if is_tiny_model(str(MODEL_DIR)) and (MODEL_DIR / "model_index.json").is_file():
-        say(f"  miniature model already at {MODEL_DIR}/ (random weights: it makes noise)")
+    complete = MODELS_DIR / "upscaler" / "model_index.json"  # written last
+    if is_tiny_model(str(MODEL_DIR)) and complete.is_file():
+        say(f"  miniature models already at {MODELS_DIR}/ (random weights: they make noise)")
         return
     started = time.monotonic()
-    write_tiny_model(MODEL_DIR)
-    say(f"  wrote the miniature model to {MODEL_DIR}/ in {time.monotonic() - started:.1f} s (random weights: noise)")
+    write_tiny_models(MODELS_DIR)
+    say(f"  wrote the miniature models to {MODELS_DIR}/ in {time.monotonic() - started:.1f} s: two checkpoints, "
+        "a LoRA, an IP-Adapter, an x4 upscaler (random weights: noise)")
 
 
 def insert_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
-    ids = []
+    ids: list[int] = []
+    by_label: dict[str, int] = {}
     for label, columns in ROWS:
         values = {"width": SIDE_PX, "height": SIDE_PX, "steps": STEPS, **columns}
+        values = {k: by_label[v.label] if isinstance(v, RowOf) else v for k, v in values.items()}
         query = sql.SQL("INSERT INTO images ({}) VALUES ({}) RETURNING id").format(
             sql.SQL(", ").join(map(sql.Identifier, values)), sql.SQL(", ").join(sql.Placeholder() * len(values))
         )
         row = conn.execute(query, list(values.values())).fetchone()
         assert row is not None
         ids.append(int(row["id"]))
+        by_label[label] = int(row["id"])
         say(f"  row {row['id']}: {label}")
     return ids
 
@@ -119,6 +163,11 @@ def daemon_env(http: str) -> dict[str, str]:
         IMAGEND_BACKEND="local",
         IMAGEND_BACKENDS="local",
         IMAGEND_MODEL=str(MODEL_DIR.resolve()),
+        IMAGEND_MODELS=f"sdxl={MODEL_DIR.resolve()},sdxl-b={(MODELS_DIR / 'sdxl-b').resolve()}",
+        IMAGEND_MODEL_CACHE="2",
+        IMAGEND_LORA_DIR=str((MODELS_DIR / "loras").resolve()),
+        IMAGEND_IP_ADAPTER=str((MODELS_DIR / "ip-adapter").resolve()),
+        IMAGEND_UPSCALER=str((MODELS_DIR / "upscaler").resolve()),
         IMAGEND_OUTPUT_DIR=str(OUTPUT_DIR.resolve()),
         IMAGEND_DATA_DIR=str(DEMO_DIR.resolve()),
         IMAGEND_MAX_BATCH="4",
@@ -202,7 +251,7 @@ def main() -> int:
     DEMO_DIR.mkdir(exist_ok=True)
     say(f"1. embedded Postgres under {DEMO_DIR}/")
     url = start_database()
-    say("2. the miniature SDXL pipeline")
+    say("2. the miniature models")
     build_model()
     say("3. a producer inserts rows")
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:

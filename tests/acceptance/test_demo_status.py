@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from imagend import demo
+
 from support.daemons import process_env
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -53,7 +55,7 @@ def test_the_readmes_command_shows_the_demos_rows_and_nothing_else(checkout):
     assert result.returncode == 0, result.stderr
     lines = json.loads(result.stdout)["queue"]
     waiting = [line for line in lines if line["status"] == "ReadyToGenerate"]
-    assert sum(line["rows"] for line in waiting) == 5  # the demo's five rows, not an empty database
+    assert sum(line["rows"] for line in waiting) == len(demo.ROWS)  # the demo's rows, not an empty database
     # Quiet: no INFO lines from the embedded server, no platformdirs RuntimeDirWarning.
     assert result.stderr == ""
 
