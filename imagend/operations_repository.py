@@ -118,6 +118,11 @@ class OperationsRepository(Statements):
         rows = self._rows("images_thumbnail", {"id": image_id}, dict_row)
         return rows[0] if rows else None
 
+    def preview(self, image_id: int) -> dict[str, Any] | None:
+        """The row's step preview (base64 WebP, None when there is none); None when there is no row."""
+        rows = self._rows("images_preview", {"id": image_id}, dict_row)
+        return rows[0] if rows else None
+
     # -- the JSON API's producer statements --------------------------------------------
 
     def insert(self, columns: dict[str, Any]) -> int:
@@ -153,4 +158,7 @@ class OperationsRepository(Statements):
 INSERTABLE = (
     "prompt", "negative_prompt", "style", "width", "height", "seed", "steps", "guidance", "scheduler",
     "backend", "priority", "params", "max_attempts", "run_after", "format", "quality",
+    # The local backend's inputs (validation.image_inputs_of).
+    "model", "loras", "task", "init_image", "init_image_id", "strength", "mask_image", "reference_image",
+    "reference_image_id", "reference_scale", "upscale",
 )

@@ -4,6 +4,7 @@ mobile app), and the operator's pause and resume.
     POST /v1/images                   a JSON object of producer columns → 201 {"id": …}, Location
     GET  /v1/images/{id}              status, progress, error, position, timings, parameters
     GET  /v1/images/{id}/image        the image bytes (images.py, shared with the dashboard)
+    GET  /v1/images/{id}/preview      the image forming (WebP), while the local backend generates it
     POST /v1/images/{id}/cancel       what `UPDATE images SET cancel_requested = true` does
     POST /v1/images/{id}/retry        the README's "Trying again", for a Failed row
     GET  /v1/backends                 every backend: served here, paused
@@ -18,6 +19,8 @@ the final judge of a row it claims (validation.py), exactly as for a row INSERTe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from datetime import date, datetime
@@ -35,7 +38,7 @@ from imagend.config import PROMPT_MAX_CHARS
 from imagend.errors import BadInput, clip
 from imagend.http.auth import check_read, check_write
 from imagend.http.context import HttpContext
-from imagend.http.images import image_response
+from imagend.http.images import image_kind, image_response
 from imagend.http.openapi import document
 from imagend.http.responses import error
 from imagend.image_formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
@@ -46,9 +49,13 @@ from imagend.validation import (
     MAX_SIDE_PX,
     NAME_MAX_CHARS,
     NEGATIVE_PROMPT_MAX_CHARS,
+    REFERENCE_SCALE_RANGE,
     SEED_MAX,
     STEPS_RANGE,
+    TASKS,
+    UPSCALE_FACTORS,
     decode_params,
+    parse_loras,
 )
 
 BODY_MAX_BYTES = 64 * 1024  # a request body past this is refused (413) while it is being read
@@ -62,8 +69,12 @@ ECHO_MAX_CHARS = 60
 DAEMON_COLUMNS = frozenset({
     "id", "status", "base64", "error", "warning", "progress", "attempts", "crashes", "locked_by",
     "lease_until", "uuid", "submitted_at", "started_at", "finished_at", "generation_seconds",
-    "output_path", "output_url", "thumbnail_url", "thumbnail", "created_at", "updated_at",
+    "output_path", "output_url", "thumbnail_url", "thumbnail", "created_at", "updated_at", "preview",
 })
+# Base64 images a producer hands in (image_inputs.py decodes and checks them when the row is claimed);
+# here they only have to fit the body, so big ones are INSERTed in SQL or chained with *_image_id.
+IMAGE_COLUMNS = ("init_image", "mask_image", "reference_image")
+PREVIEW_CACHE_CONTROL = "no-store"  # it changes every 2 s or so, and is gone once the row ends
 
 
 class BadRequest(Exception):
@@ -129,6 +140,12 @@ def _integer(name: str, value: Any, low: int, high: int) -> int:
     return value
 
 
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadRequest(422, f"{name} must be a number, got a JSON {_json_type(value)}")
+    return float(value)
+
+
 def _text(name: str, value: Any, max_chars: int) -> str:
     if not isinstance(value, str):
         raise BadRequest(422, f"{name} must be a string, got a JSON {_json_type(value)}")
@@ -162,12 +179,14 @@ def _check_column(name: str, value: Any) -> Any:
     if name == "quality":
         return _integer(name, value, *QUALITY_RANGE)
     if name == "guidance":
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise BadRequest(422, f"guidance must be a number, got a JSON {_json_type(value)}")
-        if not GUIDANCE_RANGE[0] <= value <= GUIDANCE_RANGE[1]:
+        guidance = _number(name, value)
+        if not GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]:
             raise BadRequest(422, f"guidance must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, "
-                                  f"got {value:g}")
-        return float(value)
+                                  f"got {guidance:g}")
+        return guidance
+    if name in ("model", "loras", "task", "strength", "reference_scale", "upscale", "init_image_id",
+                "reference_image_id", *IMAGE_COLUMNS):
+        return _check_input(name, value)
     if name == "scheduler":
         return _text(name, value, NAME_MAX_CHARS)
     if name == "style":
@@ -207,6 +226,73 @@ def _check_column(name: str, value: Any) -> Any:
     raise AssertionError(name)  # pragma: no cover: every INSERTABLE column is handled above
 
 
+def _check_input(name: str, value: Any) -> Any:
+    """The local backend's columns, with the limits validation.image_inputs_of applies at the claim."""
+    if name == "model":
+        model = _text(name, value, NAME_MAX_CHARS)
+        if not model.strip():
+            raise BadRequest(422, "model is empty: null (or no model) means the daemon's IMAGEND_MODEL")
+        return model
+    if name == "loras":
+        if not isinstance(value, list):
+            raise BadRequest(422, 'loras must be a JSON array like [{"name": "pixel-art", "weight": 0.8}], '
+                                  f"got a JSON {_json_type(value)}")
+        try:
+            parse_loras(json.dumps(value))
+        except RecursionError:
+            raise BadRequest(422, "loras is nested too deeply: each LoRA is {\"name\": …, \"weight\": …}") from None
+        except BadInput as exc:
+            message = str(exc)
+            raise BadRequest(422, message if message.startswith("loras") else f"loras: {message}") from None
+        return Jsonb(value)
+    if name == "task":
+        task = _text(name, value, NAME_MAX_CHARS)
+        if task.strip().lower() not in TASKS:
+            raise BadRequest(422, f"unknown task {clip(task, ECHO_MAX_CHARS)!r}; use null (inferred from the "
+                                  f"images) or one of: {', '.join(TASKS)}")
+        return task
+    if name in IMAGE_COLUMNS:
+        image = _text(name, value, BODY_MAX_BYTES)
+        if not image.strip():
+            raise BadRequest(422, f"{name} is empty: a base64-encoded PNG, JPEG or WebP is expected")
+        return image
+    if name in ("init_image_id", "reference_image_id"):
+        return _integer(name, value, 1, INT4_MAX)
+    number = _number(name, value)
+    if name == "strength" and not 0 < number <= 1:
+        raise BadRequest(422, f"strength must be above 0 and at most 1, got {number:g}")
+    if name == "reference_scale" and not REFERENCE_SCALE_RANGE[0] <= number <= REFERENCE_SCALE_RANGE[1]:
+        raise BadRequest(422, f"reference_scale must be between {REFERENCE_SCALE_RANGE[0]:g} and "
+                              f"{REFERENCE_SCALE_RANGE[1]:g}, got {number:g}")
+    if name == "upscale" and number not in UPSCALE_FACTORS:
+        raise BadRequest(422, f"upscale must be {' or '.join(f'{f:g}' for f in UPSCALE_FACTORS)}, got {number:g}")
+    return number
+
+
+def _check_inputs_together(columns: dict[str, Any]) -> None:
+    """What the local columns need of each other (validation.image_inputs_of says the same at the claim)."""
+    def given(name: str) -> bool:
+        return columns.get(name) is not None
+
+    for image in ("init_image", "reference_image"):
+        if given(image) and given(f"{image}_id"):
+            raise BadRequest(422, f"{image} and {image}_id are both set; set one")
+    init = given("init_image") or given("init_image_id")
+    if given("mask_image") and not init:
+        raise BadRequest(422, "mask_image needs an init image (init_image or init_image_id) to paint into")
+    if given("strength") and not init:
+        raise BadRequest(422, "strength needs an init image (init_image or init_image_id)")
+    if given("reference_scale") and not (given("reference_image") or given("reference_image_id")):
+        raise BadRequest(422, "reference_scale needs a reference image (reference_image or reference_image_id)")
+    upscaling = given("task") and columns["task"].strip().lower() == "upscale"
+    if upscaling and not init:
+        raise BadRequest(422, "task 'upscale' needs an init image (init_image or init_image_id) to upscale")
+    if upscaling and not given("upscale"):
+        raise BadRequest(422, f"task 'upscale' needs upscale: {' or '.join(f'{f:g}' for f in UPSCALE_FACTORS)}")
+    if given("upscale") and not upscaling:
+        raise BadRequest(422, "upscale is only read with task 'upscale'")
+
+
 def check_columns(body: dict[str, Any]) -> dict[str, Any]:
     """The producer's columns, checked: 400 for columns a producer may not write, 422 for values
     that are wrong whatever the daemon's settings. JSON null means the daemon's default, as NULL
@@ -223,13 +309,17 @@ def check_columns(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest(400, f"unknown columns: {shown}; a producer may write: {', '.join(INSERTABLE)}")
     if body.get("prompt") is None:
         raise BadRequest(422, "prompt is required")
-    return {name: None if value is None else _check_column(name, value) for name, value in body.items()}
+    columns = {name: None if value is None else _check_column(name, value) for name, value in body.items()}
+    _check_inputs_together(columns)
+    return columns
 
 
 # -- what a row looks like ----------------------------------------------------------------
 
 PARAMETERS = ("prompt", "negative_prompt", "style", "width", "height", "seed", "steps", "guidance",
-              "scheduler", "backend", "priority", "model", "format", "quality", "max_attempts")
+              "scheduler", "backend", "priority", "model", "format", "quality", "max_attempts",
+              "task", "init_image_id", "strength", "reference_image_id", "reference_scale", "upscale",
+              *IMAGE_COLUMNS)  # the images as whether they are set (images_get), never their bytes
 TIMINGS = ("created_at", "run_after", "started_at", "finished_at", "generation_seconds")
 
 
@@ -242,6 +332,16 @@ def _params(text: str | None) -> Any:
     try:
         return decode_params(text)
     except BadInput:
+        return text
+
+
+def _loras(text: str | None) -> Any:
+    """The row's loras: the JSON value, or the text itself when Python cannot decode it."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError):
         return text
 
 
@@ -259,9 +359,11 @@ def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
         "position": row["position"],
         "estimated_start": _json_value(row["estimated_start"]),
         "timings": {name: _json_value(row[name]) for name in TIMINGS},
-        "parameters": {**{name: row[name] for name in PARAMETERS}, "params": _params(params)},
+        "parameters": {**{name: row[name] for name in PARAMETERS}, "loras": _loras(row["loras"]),
+                       "params": _params(params)},
         "image_url": f"/v1/images/{image_id}/image" if row["status"] == "ReadyToPublish" and row["has_image"]
         else None,
+        "preview_url": f"/v1/images/{image_id}/preview" if row["preview_tag"] is not None else None,
         "output_url": row["output_url"],
         "thumbnail_url": row["thumbnail_url"],
     }
@@ -292,6 +394,18 @@ def _id_or_none(request: Request) -> int | None:
     """The path's id (Starlette's int converter: digits only); None past an INTEGER (no such row)."""
     image_id = int(request.path_params["id"])
     return image_id if image_id <= INT4_MAX else None
+
+
+def _decode_preview(text: str | None) -> tuple[bytes, str] | None:
+    """The preview's bytes and kind (webp; png or jpeg if someone wrote one); None when it is not an image."""
+    if not text:
+        return None
+    try:
+        data = base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError):
+        return None
+    kind = image_kind(data)
+    return (data, kind) if kind is not None else None
 
 
 def _not_found(image_id: int | str) -> JSONResponse:
@@ -328,6 +442,20 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         if image_id is None:
             return _not_found(request.path_params["id"])
         return image_response(context, image_id)
+
+    def preview(request: Request) -> Response:
+        check_read(context, request)
+        image_id = _id_or_none(request)
+        row = ops.preview(image_id) if image_id is not None else None
+        if row is None:
+            return _not_found(request.path_params["id"])
+        decoded = _decode_preview(row["preview"])
+        if decoded is None:
+            return error(404, f"image {image_id} has no preview: one is written every 2 s or so while the local "
+                              f"backend generates it, and its status is {row['status']}")
+        data, kind = decoded
+        return Response(data, media_type=FORMATS[kind][1],
+                        headers={"Cache-Control": PREVIEW_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"})
 
     def cancel(request: Request) -> Response:
         check_write(context, request)
@@ -379,6 +507,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         Route("/v1/images", create, methods=["POST"]),
         Route("/v1/images/{id:int}", show, methods=["GET"]),
         Route("/v1/images/{id:int}/image", image, methods=["GET"]),
+        Route("/v1/images/{id:int}/preview", preview, methods=["GET"]),
         Route("/v1/images/{id:int}/cancel", cancel, methods=["POST"]),
         Route("/v1/images/{id:int}/retry", retry, methods=["POST"]),
         Route("/v1/backends", backends, methods=["GET"]),

@@ -4,6 +4,8 @@
   the newest finished images (thumbnails) and the recent failures.
 - `GET /fragments/live` and `/fragments/recent`: the same sections alone; dashboard.js fetches them
   every second (live) and every few seconds (recent) and swaps them in, so the bars move.
+  Rows in flight on the local backend show the image forming (an <img> of the JSON API's
+  /v1/images/{id}/preview, its URL tagged with the preview's hash so that a new one loads).
 - `GET /images/{id}` a row's page (the image full size, every parameter, its place in the queue);
   `/images/{id}/full` and `/images/{id}/thumbnail` the bytes (images.py, shared with the API).
 - `GET /static/dashboard.css|js`.
@@ -100,10 +102,31 @@ def _params(text: str | None) -> str:
     return shown if len(shown) <= PARAMS_SHOWN_CHARS else shown[:PARAMS_SHOWN_CHARS] + "\n…"
 
 
+def _loras(text: str | None) -> str:
+    """A row's loras (JSON text) as `name (weight), …`; an entry of another shape as its JSON, the whole
+    as its text when it is no array or Python cannot decode it. Plain text: the template escapes it."""
+    if text is None:
+        return ""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        value = None
+    if not isinstance(value, list):
+        return _params(text)  # the JSON indented, or raw; cut at PARAMS_SHOWN_CHARS
+    parts = []
+    for entry in value:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and set(entry) <= {"name", "weight"}:
+            parts.append(f"{entry['name']} ({json.dumps(entry.get('weight', 1))})")
+        else:
+            parts.append(entry if isinstance(entry, str) else json.dumps(entry, ensure_ascii=False))
+    shown = ", ".join(parts) or "none"
+    return shown if len(shown) <= PARAMS_SHOWN_CHARS else shown[:PARAMS_SHOWN_CHARS] + "…"
+
+
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("imagend.http"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(when=_when, ago=_ago, seconds=_seconds, params=_params)
+    env.filters.update(when=_when, ago=_ago, seconds=_seconds, params=_params, loras=_loras)
     return env
 
 

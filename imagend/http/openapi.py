@@ -9,10 +9,23 @@ from imagend import __version__
 from imagend.backends.registry import BACKEND_NAMES
 from imagend.image_formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
 from imagend.styles import STYLE_NAMES
-from imagend.validation import GUIDANCE_RANGE, MAX_SIDE_PX, NAME_MAX_CHARS, SEED_MAX, STEPS_RANGE
+from imagend.validation import (
+    GUIDANCE_RANGE,
+    LORA_WEIGHT_RANGE,
+    LORAS_MAX,
+    MAX_SIDE_PX,
+    NAME_MAX_CHARS,
+    REFERENCE_SCALE_RANGE,
+    SEED_MAX,
+    STEPS_RANGE,
+    TASKS,
+    UPSCALE_FACTORS,
+)
 
 STATUSES = ["ReadyToGenerate", "Generate", "ReadyToPublish", "Failed"]
 INT4 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+BIG_IMAGES = ("The request body is at most 64 KiB: a bigger image is INSERTed in SQL, or chained with "
+              "init_image_id / reference_image_id (another row's finished image)")
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -69,10 +82,48 @@ def _image_create() -> dict[str, Any]:
                                 "description": "Not before this time (with a time zone); default now"}),
         "format": _nullable({"type": "string", "enum": [*FORMATS, *FORMAT_ALIASES]}),
         "quality": _nullable({"type": "integer", "minimum": QUALITY_RANGE[0], "maximum": QUALITY_RANGE[1]}),
+        **_local_inputs(),
     }
     return {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": properties,
             "description": "The columns a producer may INSERT (README, the producer's guide); null or absent: "
-                           "the daemon's default. The daemon's columns (status, base64, …) are refused (400)."}
+                           "the daemon's default. The daemon's columns (status, base64, …) are refused (400). "
+                           f"The local backend's inputs (docs/local.md) come last. {BIG_IMAGES}."}
+
+
+def _local_inputs() -> dict[str, Any]:
+    """The local backend's columns (validation.image_inputs_of); the other backends fail a row that sets them."""
+    image = {"type": "string", "minLength": 1, "contentEncoding": "base64"}
+    row_id = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+    lora = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
+        "name": {"type": "string", "maxLength": NAME_MAX_CHARS,
+                 "description": "A file in IMAGEND_LORA_DIR, without its extension (letters, digits, . _ - space)"},
+        "weight": {"type": "number", "minimum": LORA_WEIGHT_RANGE[0], "maximum": LORA_WEIGHT_RANGE[1],
+                   "description": "Default 1"}}}
+    return {
+        "model": _nullable({"type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS,
+                            "description": "A checkpoint named in IMAGEND_MODELS; null: IMAGEND_MODEL"}),
+        "loras": _nullable({"type": "array", "maxItems": LORAS_MAX, "items": lora,
+                            "description": "LoRAs applied to this row, each name once"}),
+        "task": _nullable({"type": "string", "enum": list(TASKS),
+                           "description": "null: inferred (text-to-image, image-to-image with an init image, "
+                                          "inpainting with a mask too)"}),
+        "init_image": _nullable({**image, "description": "Image-to-image (or inpainting, or upscale) source: a "
+                                                         f"base64 PNG, JPEG or WebP. {BIG_IMAGES}"}),
+        "init_image_id": _nullable({**row_id, "description": "Another row whose finished image is the init "
+                                                             "image; this row waits until that row ends"}),
+        "strength": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1,
+                               "description": "How much of the init image is repainted (needs an init image)"}),
+        "mask_image": _nullable({**image, "description": "Inpainting: white is repainted; the init image's size "
+                                                         "(needs an init image)"}),
+        "reference_image": _nullable({**image, "description": "IP-Adapter reference: a base64 PNG, JPEG or WebP"}),
+        "reference_image_id": _nullable({**row_id, "description": "Another row whose finished image is the "
+                                                                  "reference; this row waits until that row ends"}),
+        "reference_scale": _nullable({"type": "number", "minimum": REFERENCE_SCALE_RANGE[0],
+                                      "maximum": REFERENCE_SCALE_RANGE[1],
+                                      "description": "How strongly the reference steers (needs a reference image)"}),
+        "upscale": _nullable({"type": "number", "enum": list(UPSCALE_FACTORS),
+                              "description": "The factor, with task 'upscale' only"}),
+    }
 
 
 def _image() -> dict[str, Any]:
@@ -95,8 +146,12 @@ def _image() -> dict[str, Any]:
                 "created_at": timestamp, "run_after": timestamp, "started_at": timestamp,
                 "finished_at": timestamp, "generation_seconds": {"type": ["number", "null"]}}},
             "parameters": {"type": "object", "description": "What the producer asked for (and the daemon filled "
-                           "in); `params` is the producer's object (its text if it is not valid JSON)"},
+                           "in); `params` is the producer's object (its text if it is not valid JSON), as is "
+                           "`loras`; init_image, mask_image and reference_image say whether they are set "
+                           "(true/false), never the image"},
             "image_url": {"type": ["string", "null"], "description": "Where the image is served, once finished"},
+            "preview_url": {"type": ["string", "null"],
+                            "description": "Where the image forming is served while the local backend generates it"},
             "output_url": {"type": ["string", "null"]},
             "thumbnail_url": {"type": ["string", "null"]},
         },
@@ -146,7 +201,7 @@ def document() -> dict[str, Any]:
                 "summary": "Queue an image (INSERT INTO images)",
                 "operationId": "createImage",
                 "security": WRITE,
-                "requestBody": {"required": True, "description": "At most 64 KiB", "content": {
+                "requestBody": {"required": True, "description": f"At most 64 KiB. {BIG_IMAGES}.", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}}}},
                 "responses": {
                     "201": {**_json("Queued; Location names the row", "Created"),
@@ -172,6 +227,18 @@ def document() -> dict[str, Any]:
                     "307": {"description": "The image is at this http(s) URL"},
                     **READ_ERRORS,
                     "404": _error("No such row, not finished, or its image is no longer stored"),
+                },
+            }},
+            "/v1/images/{id}/preview": {"get": {
+                "summary": "The image forming: a small WebP the local backend writes every 2 s or so while it "
+                           "generates the row (never cached)",
+                "operationId": "getImagePreview",
+                "parameters": [ID_PARAMETER],
+                "responses": {
+                    "200": {"description": "The preview", "content": {
+                        "image/webp": {"schema": {"type": "string", "contentMediaType": "image/webp"}}}},
+                    **READ_ERRORS,
+                    "404": _error("No such row, or it has no preview (not generating, or not on the local backend)"),
                 },
             }},
             "/v1/images/{id}/cancel": {"post": {

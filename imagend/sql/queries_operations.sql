@@ -38,8 +38,9 @@ WHERE heartbeat_at > now() - make_interval(secs => %(dead_after)s)
 ORDER BY host, pid, owner;
 
 -- name: images_in_flight
--- Rows being generated now, with their progress (the lease index holds Generate rows only).
-SELECT id, prompt, backend, locked_by, progress, attempts, started_at
+-- Rows being generated now, with their progress (the lease index holds Generate rows only) and a tag
+-- of their step preview (local backend), which changes with it: the dashboard's <img> URL carries it.
+SELECT id, prompt, backend, locked_by, progress, attempts, started_at, left(md5(preview), 12) AS preview_tag
 FROM images
 WHERE status = 'Generate'
 ORDER BY id
@@ -48,7 +49,7 @@ LIMIT %(limit)s;
 -- name: images_recent_done
 -- The newest finished images, read backwards on the primary key.
 SELECT id, prompt, negative_prompt, seed, width, height, steps, guidance, scheduler, backend,
-       params ->> 'model' AS model, format, finished_at, generation_seconds, output_url, thumbnail_url,
+       COALESCE(model, params ->> 'model') AS model, format, finished_at, generation_seconds, output_url, thumbnail_url,
        base64 IS NOT NULL OR output_url IS NOT NULL OR output_path IS NOT NULL AS has_image
 FROM images
 WHERE status = 'ReadyToPublish'
@@ -64,10 +65,15 @@ LIMIT %(limit)s;
 
 -- name: images_get
 -- One row as the API and the dashboard's detail page show it (no image bytes), with its place
--- in the queue while it waits (imagend_position).
+-- in the queue while it waits (imagend_position). The model is the column's, else the one a producer
+-- noted in params. Input images are never read, only whether they are set; loras as text (shown raw
+-- when Python cannot decode it, as params).
 SELECT i.id, i.status, i.progress, i.error, i.warning, i.prompt, i.negative_prompt, i.style,
        i.width, i.height, i.seed, i.steps, i.guidance, i.scheduler, i.backend, i.priority,
-       i.params ->> 'model' AS model, i.format, i.quality, i.attempts, i.max_attempts,
+       COALESCE(i.model, i.params ->> 'model') AS model, i.format, i.quality, i.attempts, i.max_attempts,
+       i.loras::text AS loras, i.task, i.init_image IS NOT NULL AS init_image, i.init_image_id, i.strength,
+       i.mask_image IS NOT NULL AS mask_image, i.reference_image IS NOT NULL AS reference_image,
+       i.reference_image_id, i.reference_scale, i.upscale, left(md5(i.preview), 12) AS preview_tag,
        i.cancel_requested, i.created_at, i.run_after, i.started_at, i.finished_at,
        i.generation_seconds, i.output_url, i.thumbnail_url,
        i.base64 IS NOT NULL OR i.output_url IS NOT NULL OR i.output_path IS NOT NULL AS has_image,
@@ -83,13 +89,22 @@ SELECT status, format, base64, output_path, output_url FROM images WHERE id = %(
 -- name: images_thumbnail
 SELECT thumbnail, thumbnail_url FROM images WHERE id = %(id)s;
 
+-- name: images_preview
+-- The step preview of a row in Generate (local backend; NULL otherwise).
+SELECT status, preview FROM images WHERE id = %(id)s;
+
 -- name: images_insert
 -- The API's INSERT: the columns a producer may write (NULL: the daemon's default, as in SQL).
 INSERT INTO images (prompt, negative_prompt, style, width, height, seed, steps, guidance, scheduler,
-                    backend, priority, params, max_attempts, run_after, format, quality)
+                    backend, priority, params, max_attempts, run_after, format, quality,
+                    model, loras, task, init_image, init_image_id, strength, mask_image,
+                    reference_image, reference_image_id, reference_scale, upscale)
 VALUES (%(prompt)s, %(negative_prompt)s, %(style)s, %(width)s, %(height)s, %(seed)s, %(steps)s,
         %(guidance)s, %(scheduler)s, %(backend)s, COALESCE(%(priority)s, 0), %(params)s::jsonb,
-        %(max_attempts)s, COALESCE(%(run_after)s::timestamptz, now()), %(format)s, %(quality)s)
+        %(max_attempts)s, COALESCE(%(run_after)s::timestamptz, now()), %(format)s, %(quality)s,
+        %(model)s, %(loras)s::jsonb, %(task)s, %(init_image)s, %(init_image_id)s, %(strength)s::real,
+        %(mask_image)s, %(reference_image)s, %(reference_image_id)s, %(reference_scale)s::real,
+        %(upscale)s::real)
 RETURNING id;
 
 -- name: images_cancel

@@ -6,6 +6,7 @@ One daemon for the module; the few tests that need another setting start their o
 from __future__ import annotations
 
 import base64
+import io
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 from markupsafe import escape
+from PIL import Image
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from imagend.backends.placeholder import placeholder_png
 
@@ -128,6 +131,54 @@ def test_a_waiting_rows_page_shows_its_place_and_refreshes(site):
     assert f'data-src="/fragments/images/{site.ids["waiting"]}"' in page
     running = site.get(f"/fragments/images/{site.ids['running']}").text
     assert 'data-progress="0.420"' in running
+
+
+def test_a_generating_rows_preview_shows_in_the_live_fragment(site):
+    """A row in Generate with a step preview: an <img> of the API's preview endpoint (same origin: the
+    CSP's img-src 'self'), in the live fragment and on its page; its URL changes with the preview."""
+    image_id = insert_image(site.conn, "forming", backend="local")
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 120, 200)).save(buffer, format="WEBP")
+    site.conn.execute("UPDATE images SET status = 'Generate', locked_by = %s, lease_until = now() + interval '1 hour', "
+                      "started_at = now(), attempts = 1, progress = 0.3, preview = %s WHERE id = %s",
+                      [GHOST, base64.b64encode(buffer.getvalue()).decode(), image_id])
+    live = site.get("/fragments/live")
+    assert "img-src 'self'" in live.headers["content-security-policy"]
+    running = live.text[live.text.index(f'data-id="{image_id}"'):]
+    running = running[:running.index("</progress>")]
+    found = re.search(rf'<img class="preview" src="(/v1/images/{image_id}/preview\?v=[0-9a-f]+)" width="96"', running)
+    assert found, running
+    answer = site.get(found.group(1))
+    assert (answer.status_code, answer.headers["content-type"]) == (200, "image/webp")
+    assert answer.content == buffer.getvalue()
+    assert f'src="{found.group(1)}"' in site.get(f"/fragments/images/{image_id}").text
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="WEBP")
+    site.conn.execute("UPDATE images SET preview = %s WHERE id = %s", [base64.b64encode(buffer.getvalue()).decode(),
+                                                                        image_id])
+    assert found.group(1) not in site.get("/fragments/live").text  # a new preview, a new URL: the browser loads it
+    # Without a preview (a row of another backend, or the first 2 s), no <img>: no broken image.
+    assert f'data-id="{site.ids["running"]}"' in site.get("/fragments/live").text
+    assert f"/v1/images/{site.ids['running']}/preview" not in site.get("/fragments/live").text
+
+
+def test_a_rows_page_shows_the_local_inputs_escaped(site):
+    script = "<script>alert(1)</script>"
+    image_id = insert_image(site.conn, "chained", backend="local", model=XSS[1], task="upscale", upscale=2,
+                            strength=0.75, reference_scale=0.5, init_image_id=site.ids["plain"],
+                            reference_image_id=site.ids["xss0"],
+                            loras=Jsonb([{"name": script, "weight": 0.5}, {"name": "pixel-art"}]))
+    page = site.get(f"/images/{image_id}").text
+    assert script not in page and XSS[1] not in page
+    assert f"<dt>loras</dt><dd class=\"wrap\">{escape(script)} (0.5), pixel-art (1)</dd>" in page
+    assert f"<dt>model</dt><dd>{escape(XSS[1])}</dd>" in page
+    for name, shown in (("task", "upscale"), ("strength", "0.75"), ("reference_scale", "0.5"), ("upscale", "2.0")):
+        assert f"<dt>{name}</dt><dd>{shown}</dd>" in page, name
+    assert f'<dt>init image</dt><dd><a href="/images/{site.ids["plain"]}">#{site.ids["plain"]}</a>' in page
+    assert f'<dt>reference image</dt><dd><a href="/images/{site.ids["xss0"]}">#{site.ids["xss0"]}</a>' in page
+    assert "<dt>mask image</dt>" not in page
+    assert_escaped(page)
 
 
 def test_image_bytes(site):

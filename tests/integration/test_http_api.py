@@ -17,9 +17,20 @@ from PIL import Image
 from psycopg.rows import dict_row
 
 from imagend.backends.registry import BACKEND_NAMES
+from imagend.image_inputs import to_base64_png
 
 from support.db import fetch_image, wait_until
 from support.http_daemon import HttpDaemon, own_database
+
+PNG = to_base64_png(Image.new("RGB", (8, 8), (200, 30, 30)))
+MASK = to_base64_png(Image.new("L", (8, 8), 255))
+
+
+def webp_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 120, 200)).save(buffer, format="WEBP", quality=60)
+    return buffer.getvalue()
+
 
 XSS_PROMPTS = [
     "<script>alert(1)</script>",
@@ -134,6 +145,66 @@ def test_null_columns_take_the_daemons_defaults(daemon, db):
     row = fetch_image(db, answer.json()["id"])
     assert (row["width"], row["priority"]) == (None, 0)
     assert wait_status(daemon, row["id"], ("ReadyToPublish",))["parameters"]["backend"] == "placeholder"
+
+
+def test_the_local_backends_inputs_round_trip_and_show(daemon, db, paused):
+    """Every local column through the API into the row; GET shows them, the images as set or not."""
+    source = daemon.post("/v1/images", json={
+        "prompt": "inpaint a fox", "backend": "local", "model": "sdxl-base",
+        "loras": [{"name": "pixel-art", "weight": 0.8}, {"name": "film grain"}],
+        "init_image": PNG, "strength": 0.6, "mask_image": MASK, "reference_image": PNG, "reference_scale": 0.5,
+    })
+    assert source.status_code == 201, source.text
+    source_id = source.json()["id"]
+    row = fetch_image(db, source_id)
+    assert (row["model"], row["strength"], row["reference_scale"]) == ("sdxl-base", 0.6, 0.5)
+    assert row["loras"] == [{"name": "pixel-art", "weight": 0.8}, {"name": "film grain"}]
+    assert (row["init_image"], row["mask_image"], row["reference_image"]) == (PNG, MASK, PNG)
+    assert (row["task"], row["upscale"], row["init_image_id"], row["reference_image_id"]) == (None,) * 4
+
+    chained = daemon.post("/v1/images", json={"prompt": "bigger", "backend": "local", "task": "upscale",
+                                              "upscale": 2, "init_image_id": source_id,
+                                              "reference_image_id": source_id, "reference_scale": 2})
+    assert chained.status_code == 201, chained.text
+    chained_id = chained.json()["id"]
+    row = fetch_image(db, chained_id)
+    assert (row["task"], row["upscale"], row["init_image_id"], row["reference_image_id"]) == \
+        ("upscale", 2.0, source_id, source_id)
+    assert (row["init_image"], row["loras"], row["model"]) == (None, None, None)
+
+    shown = daemon.get(f"/v1/images/{source_id}")
+    parameters = shown.json()["parameters"]
+    assert parameters["model"] == "sdxl-base" and parameters["strength"] == 0.6
+    assert parameters["loras"] == [{"name": "pixel-art", "weight": 0.8}, {"name": "film grain"}]
+    assert (parameters["init_image"], parameters["mask_image"], parameters["reference_image"]) == (True,) * 3
+    assert parameters["reference_scale"] == 0.5 and parameters["task"] is None and parameters["upscale"] is None
+    assert PNG not in shown.text and MASK not in shown.text  # whether they are set, never the images
+    parameters = daemon.get(f"/v1/images/{chained_id}").json()["parameters"]
+    assert (parameters["task"], parameters["upscale"], parameters["reference_scale"]) == ("upscale", 2.0, 2.0)
+    assert (parameters["init_image_id"], parameters["reference_image_id"]) == (source_id, source_id)
+    assert (parameters["init_image"], parameters["mask_image"], parameters["reference_image"]) == (False,) * 3
+    assert parameters["loras"] is None
+
+
+def test_the_preview_of_a_row_is_served_while_it_has_one(daemon, db, paused):
+    image_id = daemon.post("/v1/images", json={"prompt": "forming"}).json()["id"]
+    none_yet = daemon.get(f"/v1/images/{image_id}/preview")
+    assert none_yet.status_code == 404
+    assert none_yet.json()["error"].startswith(f"image {image_id} has no preview")
+    assert daemon.get(f"/v1/images/{image_id}").json()["preview_url"] is None
+
+    webp = webp_bytes()
+    db.execute("UPDATE images SET preview = %s WHERE id = %s", [base64.b64encode(webp).decode(), image_id])
+    answer = daemon.get(f"/v1/images/{image_id}/preview")
+    assert answer.status_code == 200
+    assert (answer.headers["content-type"], answer.headers["cache-control"]) == ("image/webp", "no-store")
+    assert answer.content == webp and Image.open(io.BytesIO(answer.content)).format == "WEBP"
+    assert daemon.get(f"/v1/images/{image_id}").json()["preview_url"] == f"/v1/images/{image_id}/preview"
+
+    db.execute("UPDATE images SET preview = 'not an image' WHERE id = %s", [image_id])
+    assert daemon.get(f"/v1/images/{image_id}/preview").status_code == 404
+    db.execute("UPDATE images SET preview = NULL WHERE id = %s", [image_id])
+    assert daemon.get(f"/v1/images/{image_id}/preview").status_code == 404
 
 
 def test_a_waiting_row_shows_its_position_and_estimated_start(daemon, paused):
@@ -283,6 +354,7 @@ def test_a_body_that_is_not_a_json_object_is_refused(daemon, db, body, status, m
     ({"prompt": "x", "locked_by": "me", "attempts": 0}, "producers cannot set attempts, locked_by"),
     ({"prompt": "x", "output_path": "/etc/passwd"}, "producers cannot set output_path"),
     ({"prompt": "x", "cancel_requested": True}, "cancel_requested is not set at insert"),
+    ({"prompt": "x", "preview": "AAAA"}, "producers cannot set preview: the daemon writes it"),
 ])
 def test_columns_a_producer_may_not_write_are_400(daemon, db, columns, message):
     before = row_count(db)
@@ -324,6 +396,45 @@ def test_columns_a_producer_may_not_write_are_400(daemon, db, columns, message):
     ({"prompt": "x", "scheduler": "s" * 100}, "scheduler is 100 characters long, at most 64"),
     ({"prompt": "x", "run_after": "tomorrow"}, "run_after must be an ISO 8601 time"),
     ({"prompt": "x", "run_after": "2030-01-01T00:00:00"}, "run_after needs a time zone"),
+    # The local backend's inputs, one column at a time …
+    ({"prompt": "x", "model": ""}, "model is empty"),
+    ({"prompt": "x", "model": 5}, "model must be a string, got a JSON number"),
+    ({"prompt": "x", "model": "m" * 100}, "model is 100 characters long, at most 64"),
+    ({"prompt": "x", "loras": {"name": "a"}}, "loras must be a JSON array like"),
+    ({"prompt": "x", "loras": "pixel-art"}, "loras must be a JSON array like"),
+    ({"prompt": "x", "loras": [{"weight": 1}]}, 'loras: each LoRA is {"name": "<file name>"'),
+    ({"prompt": "x", "loras": [{"name": "a", "scale": 1}]}, "loras: each LoRA is"),
+    ({"prompt": "x", "loras": [7]}, "loras: each LoRA is"),
+    ({"prompt": "x", "loras": [{"name": "a", "weight": "high"}]}, "loras: LoRA 'a': weight must be a number"),
+    ({"prompt": "x", "loras": [{"name": "a", "weight": 9}]}, "loras: LoRA 'a': weight must be between -4 and 4"),
+    ({"prompt": "x", "loras": [{"name": "../../etc/passwd"}]}, "is not a file name"),
+    ({"prompt": "x", "loras": [{"name": f"l{n}"} for n in range(9)]}, "loras lists 9 LoRAs; at most 8"),
+    ({"prompt": "x", "loras": [{"name": "a"}, {"name": "a"}]}, "loras names the same LoRA twice"),
+    ({"prompt": "x", "task": "inpaint"}, "unknown task 'inpaint'; use null (inferred from the images) or one of"),
+    ({"prompt": "x", "task": 1}, "task must be a string, got a JSON number"),
+    ({"prompt": "x", "strength": 0}, "strength must be above 0 and at most 1, got 0"),
+    ({"prompt": "x", "strength": 1.5}, "strength must be above 0 and at most 1, got 1.5"),
+    ({"prompt": "x", "strength": "0.5"}, "strength must be a number, got a JSON string"),
+    ({"prompt": "x", "reference_scale": 3}, "reference_scale must be between 0 and 2, got 3"),
+    ({"prompt": "x", "reference_scale": -0.5}, "reference_scale must be between 0 and 2, got -0.5"),
+    ({"prompt": "x", "upscale": 3}, "upscale must be 2 or 4, got 3"),
+    ({"prompt": "x", "upscale": True}, "upscale must be a number, got a JSON boolean"),
+    ({"prompt": "x", "init_image_id": 0}, "init_image_id must be between 1 and 2147483647, got 0"),
+    ({"prompt": "x", "init_image_id": 2**31}, "init_image_id must be between 1 and"),
+    ({"prompt": "x", "reference_image_id": "7"}, "reference_image_id must be an integer, got a JSON string"),
+    ({"prompt": "x", "init_image": 5}, "init_image must be a string, got a JSON number"),
+    ({"prompt": "x", "mask_image": "  "}, "mask_image is empty"),
+    ({"prompt": "x", "reference_image": "nul \x00"}, "reference_image contains a NUL character"),
+    # … and what they need of each other.
+    ({"prompt": "x", "init_image": PNG, "init_image_id": 1}, "init_image and init_image_id are both set; set one"),
+    ({"prompt": "x", "reference_image": PNG, "reference_image_id": 1},
+     "reference_image and reference_image_id are both set; set one"),
+    ({"prompt": "x", "strength": 0.5}, "strength needs an init image (init_image or init_image_id)"),
+    ({"prompt": "x", "mask_image": MASK}, "mask_image needs an init image"),
+    ({"prompt": "x", "reference_scale": 1}, "reference_scale needs a reference image"),
+    ({"prompt": "x", "task": "upscale", "upscale": 2}, "task 'upscale' needs an init image"),
+    ({"prompt": "x", "task": "Upscale", "init_image": PNG}, "task 'upscale' needs upscale: 2 or 4"),
+    ({"prompt": "x", "init_image": PNG, "upscale": 4}, "upscale is only read with task 'upscale'"),
 ])
 def test_wrong_types_and_ranges_are_422_with_a_readable_error(daemon, db, columns, message):
     before = row_count(db)
@@ -383,7 +494,7 @@ def test_path_traversal_and_injection_in_ids_are_404(daemon, db, path):
 
 @pytest.mark.parametrize("image_id", [0, 987654, 2**31 - 1, 2**31, 10**30])
 def test_an_unknown_id_is_404(daemon, image_id):
-    for path in (f"/v1/images/{image_id}", f"/v1/images/{image_id}/image"):
+    for path in (f"/v1/images/{image_id}", f"/v1/images/{image_id}/image", f"/v1/images/{image_id}/preview"):
         answer = daemon.get(path)
         assert answer.status_code == 404
         assert answer.json() == {"error": f"no image with id {image_id}"}
