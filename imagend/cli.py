@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a miniature random-weights SDXL pipeline (it makes noise) to DIR and exit",
     )
     parser.add_argument(
+        "-family",
+        "--family",
+        choices=("sdxl", "flux", "sd3", "kandinsky3"),
+        default="sdxl",
+        help="with -make-tiny-model: the family of the miniature pipeline (default sdxl)",
+    )
+    parser.add_argument(
         "-make-tiny-models",
         "--make-tiny-models",
         metavar="DIR",
@@ -95,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images"})
-VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file"})
+VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file", "family"})
 _GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
 
 
@@ -151,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if not args.make_tiny_model:
             return make_tiny_models(args.make_tiny_models)
+        if args.family != "sdxl":
+            from imagend.testing.tiny_families import FAMILIES, write_tiny_pipeline
+
+            write_tiny_pipeline(args.make_tiny_model, args.family)
+            print(f"imagend: wrote a miniature random-weights {FAMILIES[args.family][1]} pipeline (it makes noise) "
+                  f"to {args.make_tiny_model}")
+            return 0
         from imagend.testing.tiny_model import write_tiny_model
 
         write_tiny_model(args.make_tiny_model)

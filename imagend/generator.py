@@ -211,9 +211,10 @@ class Generator:
             except BadInput as exc:
                 self.outcomes.fail(backend.name, row.claim, exc, counts)
                 continue
-            if validated.warning:
+            warning = "; ".join(filter(None, (validated.warning, *request.notes)))
+            if warning:
                 with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
-                    self.repo.set_warning(row.id, validated.warning)
+                    self.repo.set_warning(row.id, warning)
             requests.append(request)
         return requests
 

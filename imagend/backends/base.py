@@ -86,6 +86,7 @@ class Request:
     attempt: int = 1
     output: OutputFormat | None = None  # the row's format and quality (None: PNG, or as the backend made it)
     inputs: ImageInputs = NO_INPUTS
+    notes: tuple[str, ...] = ()  # the backend's warnings for the row (what it ignored or used as written)
 
     @property
     def claim(self) -> Claim:

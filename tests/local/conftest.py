@@ -32,6 +32,15 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return models
 
 
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.testing.tiny_families), by family key."""
+    from imagend.testing.tiny_families import FAMILIES, write_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-families")
+    return {family: write_tiny_pipeline(root / family, family) for family in FAMILIES}
+
+
 @pytest.fixture
 def extras_env(tiny_models: dict[str, Path], local_env: Callable[..., dict[str, str]]) -> Callable[..., dict[str, str]]:
     """local_env with IMAGEND_MODELS (sdxl, sdxl-b), IMAGEND_LORA_DIR, IMAGEND_IP_ADAPTER and IMAGEND_UPSCALER."""

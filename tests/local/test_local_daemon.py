@@ -82,7 +82,8 @@ def test_a_missing_model_stops_the_start_and_leaves_rows_waiting(
     result = run_imagend(["-generator"], env, timeout=60)
 
     assert result.returncode == 2
-    assert f"IMAGEND_MODEL={tmp_path / 'no-such-model'}: no SDXL pipeline there (no model_index.json)" in result.stderr
+    missing = tmp_path / "no-such-model"
+    assert f"IMAGEND_MODEL={missing}: no diffusers pipeline there (no model_index.json)" in result.stderr
     assert "imagend -make-tiny-model DIR" in result.stderr
     row = fetch_image(conn, image_id)
     assert (row["status"], row["attempts"], row["error"]) == ("ReadyToGenerate", 0, None)
@@ -96,7 +97,7 @@ def test_an_unreadable_model_folder_names_the_setting(
     (broken / "model_index.json").write_text("{not json")
     result = run_imagend(["-generator"], base_env(db_url, **local_env(IMAGEND_MODEL=str(broken))), timeout=60)
     assert result.returncode == 2
-    assert f"IMAGEND_MODEL={broken}: cannot load an SDXL pipeline" in result.stderr
+    assert f"IMAGEND_MODEL={broken}: cannot read its model_index.json" in result.stderr
 
 
 def test_importing_imagend_and_other_backends_never_imports_torch() -> None:

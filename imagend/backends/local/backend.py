@@ -31,6 +31,7 @@ import torch
 from PIL import Image as PILImage
 
 from imagend.backends.base import Heartbeat, Image, Request
+from imagend.backends.local.families import FAMILIES, SDXL, Family
 from imagend.backends.local.gpu_lock import DeviceLock
 from imagend.backends.local.ip_adapter import IpAdapter
 from imagend.backends.local.loras import LoraLibrary
@@ -46,14 +47,15 @@ from imagend.backends.local.options import (
 )
 from imagend.backends.local.png_metadata import GenerationParameters, encode_png
 from imagend.backends.local.previews import latent_previews
+from imagend.backends.local.prompts import is_weighted, syntax_error
 from imagend.backends.local.sdxl import (
     Conditioning,
     check_model_source,
+    decoder_option,
     device_generator,
     free_memory,
     load_pipeline,
     place,
-    stack,
 )
 from imagend.backends.local.upscaler import Upscaler
 from imagend.config import Settings
@@ -134,7 +136,9 @@ class LocalBackend:
         self.lock = DeviceLock(options.lock_dir, options.device)
         self.oom_fallback = 0  # 0 none; 1 VAE tiling; 2 model CPU offload; 3 sequential offload (CUDA only)
         self.models = ModelCache(options, prepare=self._prepare_model)
-        self.models.loaded[options.model] = LoadedModel("", options.model, pipe)
+        family = FAMILIES.get(type(pipe).__name__, SDXL)
+        self.models.families[options.model] = family
+        self.models.loaded[options.model] = LoadedModel("", options.model, pipe, family)
         self.current = self.models.loaded[options.model]
         self.loras = LoraLibrary(options.lora_dir, options.lora_cache)
         self.ip_adapter = IpAdapter(options.ip_adapter, options.device, getattr(torch, options.dtype))
@@ -190,27 +194,43 @@ class LocalBackend:
 
     def validate(self, request: Request) -> Request:
         opts = self.options
-        request = self._validate_inputs(request)
+        family = self.models.family(request.inputs.model)
+        request = self._validate_inputs(request, family)
+        notes: list[str] = []
         sides = () if request.inputs.task == "upscale" else (("width", request.width), ("height", request.height))
+        multiple = family.side_multiple
         for side_name, side in sides:
-            if side % SIDE_MULTIPLE_PX:
-                lower = max(SIDE_MULTIPLE_PX, side // SIDE_MULTIPLE_PX * SIDE_MULTIPLE_PX)
+            if side % multiple:
+                lower = max(multiple, side // multiple * multiple)
                 raise BadInput(
-                    f"{side_name} must be a multiple of {SIDE_MULTIPLE_PX} for SDXL, got {side} (try {lower})"
+                    f"{side_name} must be a multiple of {multiple} for {family.name}, got {side} (try {lower})"
                 )
             if side > opts.max_side:
                 raise BadInput(f"{side_name} {side} is above this daemon's limit of {opts.max_side} (IMAGEND_MAX_SIDE)")
-        scheduler = (request.scheduler or opts.default_scheduler).strip().lower()
-        if scheduler not in SCHEDULERS:
-            raise BadInput(f"unknown scheduler {request.scheduler!r}; use one of: {', '.join(SCHEDULERS)}")
+        default = opts.default_scheduler if opts.default_scheduler in family.schedulers else family.default_scheduler
+        scheduler = (request.scheduler or default).strip().lower()
+        if scheduler not in family.schedulers:
+            known = "unknown" if scheduler not in SCHEDULERS else f"{family.name} cannot use"
+            raise BadInput(
+                f"{known} scheduler {request.scheduler!r}; {family.name} takes one of: {', '.join(family.schedulers)}"
+            )
         style = (request.style or "DEFAULT").strip().upper()
         if style not in STYLE_NAMES:
             raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLE_NAMES)} (or NULL)")
         prompt, negative = style_prompts(style, request.prompt, request.negative_prompt)
         for column, text in (("prompt", prompt), ("negative_prompt", negative)):
-            error = self.encoder.syntax_error(text) if text else None
-            if error:
-                raise BadInput(f"{column}: compel cannot parse it ({error}); see the weighting syntax in docs/local.md")
+            if not text:
+                continue
+            if family.weighting:
+                error = syntax_error(text)
+                if error:
+                    raise BadInput(
+                        f"{column}: compel cannot parse it ({error}); see the weighting syntax in docs/local.md"
+                    )
+            elif is_weighted(text):
+                notes.append(f"{column}: {family.name} has no prompt weighting here; the text is used as written")
+        if negative and not family.negative_prompt:
+            notes.append(f"negative_prompt: {family.name} takes no negative prompt; it was ignored")
         steps = request.steps if request.steps is not None else opts.default_steps
         task = task_of(request)
         if task in ("img2img", "inpaint"):
@@ -220,18 +240,26 @@ class LocalBackend:
                     f"strength {strength:g} of {steps} steps runs no step (it runs strength x steps); "
                     f"raise steps or strength"
                 )
+        guidance = opts.default_guidance if family is SDXL else family.default_guidance
         return dataclasses.replace(
             request,
             steps=steps,
-            guidance=request.guidance if request.guidance is not None else opts.default_guidance,
+            guidance=request.guidance if request.guidance is not None else guidance,
             scheduler=scheduler,
             style=style,
+            notes=(*request.notes, *notes),
         )
 
-    def _validate_inputs(self, request: Request) -> Request:
+    def _validate_inputs(self, request: Request, family: Family) -> Request:
         """The model, LoRAs, adapters and image sizes, off the device."""
         inputs = request.inputs
-        self.models.source_of(inputs.model)
+        if not family.image_inputs and inputs.task != "upscale":
+            used = [name for name in inputs.used if name not in ("model", "task", "upscale")]
+            if used:
+                raise BadInput(
+                    f"model {inputs.model or '(IMAGEND_MODEL)'!s} is {family.name}, which takes text only here; "
+                    f"{', '.join(used)} need an SDXL model"
+                )
         self.loras.check(inputs.loras)
         if inputs.reference_image is not None:
             self.ip_adapter.check()
@@ -308,12 +336,12 @@ class LocalBackend:
             pipe = self.upscaler.pipeline()
         else:
             pipe = model.pipeline(task)
-            self.loras.activate(model, first.inputs.loras)
-            reference = first.inputs.reference_image is not None
-            scale = first.inputs.reference_scale
-            self.ip_adapter.prepare(
-                model, pipe, (DEFAULT_REFERENCE_SCALE if scale is None else scale) if reference else None
-            )
+            if model.family.image_inputs:
+                self.loras.activate(model, first.inputs.loras)
+                reference = first.inputs.reference_image is not None
+                scale = first.inputs.reference_scale
+                scale = (DEFAULT_REFERENCE_SCALE if scale is None else scale) if reference else None
+                self.ip_adapter.prepare(model, pipe, scale)
             for job in jobs:
                 if job.conditioning is None:
                     # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
@@ -362,7 +390,7 @@ class LocalBackend:
                 ),
             }
         assert all(job.conditioning is not None for job in group)
-        arguments: dict[str, Any] = stack([job.conditioning for job in group if job.conditioning is not None])
+        arguments: dict[str, Any] = self.current.encoder.arguments([job.conditioning for job in group])
         size = (first.width, first.height)
         if task in ("img2img", "inpaint"):
             init = inputs.init_image
@@ -396,7 +424,7 @@ class LocalBackend:
 
         def step_done(step: int, latents: Any) -> None:
             preview = None
-            if self.options.previews and latents is not None:
+            if self.options.previews and latents is not None and model.family is SDXL:
                 preview = lambda: dict(zip(ids, latent_previews(latents) or [], strict=False))  # noqa: E731
             heartbeat(min(progress_of((step + 1) / runs), PROGRESS_BEFORE_WRITE), preview)
             if self.clock() > deadline:
@@ -502,8 +530,8 @@ class LocalBackend:
             self._apply_fallback(model.pipe, self.oom_fallback)
 
     def _apply_fallback(self, pipe: Any, level: int) -> None:
-        pipe.vae.enable_slicing()
-        pipe.vae.enable_tiling()
+        decoder_option(pipe, "enable_slicing")
+        decoder_option(pipe, "enable_tiling")
         if level >= 2 and self.options.device.startswith("cuda") and self.options.offload == "none":
             pipe.remove_all_hooks()
             place(pipe, self.options, offload="model" if level == 2 else "sequential")

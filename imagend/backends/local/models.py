@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imagend.backends.local.families import SDXL, Family, family_of
 from imagend.backends.local.options import LocalSettings, is_tiny_model
-from imagend.backends.local.sdxl import PromptEncoder, Schedulers, free_memory, load_pipeline, place
+from imagend.backends.local.prompts import encoder_for
+from imagend.backends.local.sdxl import Schedulers, free_memory, load_pipeline, place
 from imagend.errors import BadInput
 from imagend.logs import get_logger
 
@@ -34,11 +36,12 @@ TASK_PIPELINES = {  # task -> the diffusers class that drives it, from_pipe of t
 class LoadedModel:
     """One checkpoint, loaded: its pipelines (sharing one set of weights), prompt encoder, schedulers."""
 
-    def __init__(self, name: str, source: str, pipe: Any) -> None:
+    def __init__(self, name: str, source: str, pipe: Any, family: Family = SDXL) -> None:
         self.name = name
         self.source = source
+        self.family = family
         self.pipe = pipe  # text-to-image
-        self.encoder = PromptEncoder(pipe)
+        self.encoder = encoder_for(family, pipe)
         self.schedulers = Schedulers(pipe.scheduler.config)  # the checkpoint's, before any job replaced it
         self.label = Path(source).name if Path(source).expanduser().exists() else source
         self.tiny = is_tiny_model(source)
@@ -65,7 +68,7 @@ class LoadedModel:
         self.pipe = None
         self._task_pipes.clear()
         self.extras.clear()
-        self.encoder = None  # type: ignore[assignment]  # it holds the pipeline too
+        self.encoder = None  # it holds the pipeline too
 
 
 class ModelCache:
@@ -84,6 +87,7 @@ class ModelCache:
         self.loads = 0  # from disk (or the hub cache)
         self.vae: Any = None
         self.names = {"": options.model, **options.models}
+        self.families: dict[str, Family] = {}  # by source, read from model_index.json before any load
 
     def known(self) -> list[str]:
         return sorted(self.options.models)
@@ -93,6 +97,13 @@ class ModelCache:
             known = ", ".join(self.known()) or "none (IMAGEND_MODELS is not set)"
             raise BadInput(f"unknown model {name!r}; this daemon serves: {known}")
         return self.options.source_of(name)
+
+    def family(self, name: str | None) -> Family:
+        source = self.source_of(name)
+        if source not in self.families:
+            setting = f"IMAGEND_MODELS ({name})" if name else "IMAGEND_MODEL"
+            self.families[source] = family_of(source, setting)
+        return self.families[source]
 
     def loaded_names(self) -> tuple[str, ...]:
         """The row `model` values whose checkpoint is on the device ('' for IMAGEND_MODEL)."""
@@ -108,7 +119,8 @@ class ModelCache:
                 self._to_device(model)
             return model
         started = time.monotonic()
-        model = LoadedModel(name or "", source, self._load(name or "", source))
+        family = self.family(name)
+        model = LoadedModel(name or "", source, self._load(name or "", source), family)
         self.loads += 1
         self.prepare(model)
         self.loaded[source] = model
@@ -123,12 +135,13 @@ class ModelCache:
         return model
 
     def _load_pipeline(self, name: str, source: str) -> Any:
-        if self.vae is None and self.options.vae is not None:
+        family = self.families.get(source)
+        if family is SDXL and self.vae is None and self.options.vae is not None:
             from imagend.backends.local.sdxl import load_vae
 
             self.vae = load_vae(self.options)  # shared by every checkpoint
         setting = f"IMAGEND_MODELS ({name})" if name else "IMAGEND_MODEL"
-        return load_pipeline(self.options, source, setting, vae=self.vae)
+        return load_pipeline(self.options, source, setting, vae=self.vae, family=family)
 
     def _to_device(self, model: LoadedModel) -> None:
         started = time.monotonic()

@@ -50,6 +50,17 @@ SCHEDULERS: dict[str, tuple[str, dict[str, object], str]] = {
         "DPM++ 2M Karras",
     ),
     "ddim": ("DDIMScheduler", {}, "DDIM"),
+    # Kandinsky 3's own.
+    "ddpm": ("DDPMScheduler", {}, "DDPM"),
+    # Flow matching (FLUX.1, SD3): built from the checkpoint's FlowMatchEuler config.
+    "flow_euler": ("FlowMatchEulerDiscreteScheduler", {}, "Euler"),
+    "flow_dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "algorithm_type": "dpmsolver++",
+         "solver_order": 2},
+        "DPM++ 2M",
+    ),
+    "flow_unipc": ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "UniPC"),
 }
 
 # One template per name of imagend.styles (Fusion Brain's names, so producers moving between
@@ -98,6 +109,7 @@ class LocalSettings:
     ip_adapter: str | None = None  # folder or hub id [":" subfolder/weight file]
     upscaler: str | None = None  # a diffusers upscaler pipeline (folder or hub id)
     previews: bool = True
+    sd3_t5: bool = True  # SD3's T5 text encoder (about 9 GB in fp16); without it, T5's part of the prompt is zeros
 
     @classmethod
     def from_settings(cls, settings: Settings, cuda_available: bool) -> LocalSettings:
@@ -145,6 +157,7 @@ class LocalSettings:
             ip_adapter=env.str("IMAGEND_IP_ADAPTER"),
             upscaler=env.str("IMAGEND_UPSCALER"),
             previews=env.bool("IMAGEND_PREVIEWS", True),
+            sd3_t5=env.bool("IMAGEND_SD3_T5", True),
         )
 
     def source_of(self, name: str | None) -> str:

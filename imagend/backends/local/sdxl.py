@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from imagend.backends.local.families import SD3, SDXL, Family, family_of
 from imagend.backends.local.options import SCHEDULERS, LocalSettings
 from imagend.errors import ConfigError
 from imagend.logs import get_logger
@@ -83,45 +84,63 @@ def check_model_source(source: str, setting: str) -> None:
     """At start, before any load: a folder named as a model must hold a pipeline."""
     if _looks_like_folder(source) and not (Path(source).expanduser() / "model_index.json").is_file():
         raise ConfigError(
-            f"{setting}={source}: no SDXL pipeline there (no model_index.json). Set {setting} to a folder "
+            f"{setting}={source}: no diffusers pipeline there (no model_index.json). Set {setting} to a folder "
             f"written by save_pretrained or to a hub id such as stabilityai/stable-diffusion-xl-base-1.0; "
             f"{TINY_MODEL_HINT}"
         )
 
 
 def load_pipeline(options: LocalSettings, source: str | None = None, setting: str = "IMAGEND_MODEL",
-                  vae: Any = None) -> Any:
-    """The pipeline of `source` (default IMAGEND_MODEL), ready on its device. Any failure is a ConfigError
-    naming `setting`."""
+                  vae: Any = None, family: Family | None = None) -> Any:
+    """The pipeline of `source` (default IMAGEND_MODEL), of its family (families.py), ready on its device.
+    Any failure is a ConfigError naming `setting`."""
     quiet_libraries()
     diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
     model = options.model if source is None else source
     check_model_source(model, setting)
+    family = family or family_of(model, setting)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, options.dtype)}
     if options.model_variant:
         kwargs["variant"] = options.model_variant  # e.g. fp16: the half-size weight files of a hub repo
-    vae = load_vae(options) if vae is None else vae
-    if vae is not None:
-        kwargs["vae"] = vae
+    if family is SDXL:
+        vae = load_vae(options) if vae is None else vae
+        if vae is not None:
+            kwargs["vae"] = vae  # the fp16-fix VAE is SDXL's
+    if family is SD3 and not options.sd3_t5:
+        kwargs.update(text_encoder_3=None, tokenizer_3=None)
     try:
-        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+        pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
             str(Path(model).expanduser()) if _looks_like_folder(model) else model, **kwargs
         )
     except Exception as exc:
         raise ConfigError(
-            f"{setting}={model}: cannot load an SDXL pipeline ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{setting}={model}: cannot load a {family.name} pipeline ({type(exc).__name__}: {_first_line(exc)}). "
             f"Set {setting} to a local folder with model_index.json or a hub id already in the Hugging Face "
             f"cache (or reachable); {TINY_MODEL_HINT}"
         ) from exc
     pipe.set_progress_bar_config(disable=True)
     place(pipe, options)
     if options.vae_slicing:
-        pipe.vae.enable_slicing()
+        decoder_option(pipe, "enable_slicing")
     if options.vae_tiling:
-        pipe.vae.enable_tiling()
-    if options.compile_unet:
+        decoder_option(pipe, "enable_tiling")
+    if options.compile_unet and family is SDXL:
         compile_unet(pipe, options.compile_mode)
     return pipe
+
+
+def image_decoder(pipe: Any) -> Any:
+    """The model that turns latents into pixels: `vae`, or Kandinsky's `movq`."""
+    return getattr(pipe, "vae", None) or getattr(pipe, "movq", None)
+
+
+def decoder_option(pipe: Any, method: str) -> bool:
+    """Turn on VAE slicing or tiling where the decoder has it (Kandinsky's MoVQ has neither)."""
+    try:
+        getattr(image_decoder(pipe), method)()
+    except (AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 def compile_unet(pipe: Any, mode: str) -> None:
@@ -218,6 +237,9 @@ class PromptEncoder:
             )
         out = self.compel(main_prompt=prompt, negative_prompt=negative or "")
         return Conditioning(out.embeds, out.pooled_embeds, out.negative_embeds, out.negative_pooled_embeds)
+
+    def arguments(self, conditionings: list[Any]) -> dict[str, torch.Tensor]:
+        return stack(conditionings)
 
     def _encode_plain(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
