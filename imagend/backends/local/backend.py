@@ -161,6 +161,8 @@ class LocalBackend:
         started = time.monotonic()
         pipe = load_pipeline(options)
         backend = cls(options, pipe, max_batch=settings.max_batch)
+        for name in options.models:
+            backend.models.family(name)  # an unsupported family stops the start, not a row
         log.info(
             "local_backend_loaded",
             model=options.model,
