@@ -45,7 +45,8 @@ def test_validate_fills_defaults_and_normalises(backend: Any) -> None:
     [
         ({"width": 100}, "width must be a multiple of 8 for SDXL, got 100 (try 96)"),
         ({"height": 4096}, "height 4096 is above this daemon's limit of 2048 (IMAGEND_MAX_SIDE)"),
-        ({"scheduler": "plms"}, "unknown scheduler 'plms'; SDXL takes one of: euler, euler_a, dpmpp_2m, dpmpp_2m_karras"),
+        ({"scheduler": "plms"},
+         "unknown scheduler 'plms'; SDXL takes one of: euler, euler_a, dpmpp_2m, dpmpp_2m_karras"),
         ({"style": "cubism"}, "unknown style 'cubism'; use one of: DEFAULT, KANDINSKY, UHD, ANIME (or NULL)"),
         ({"prompt": '("a cat", "a dog").blend(0.7)'}, "prompt: compel cannot parse it (while parsing Blend"),
         ({"negative_prompt": '("x", "y").blend(1, 2, 3)'}, "negative_prompt: compel cannot parse it (while parsing"),

@@ -87,4 +87,5 @@ def test_a_model_of_an_unsupported_family_stops_the_start(
             "SD3 (StableDiffusion3Pipeline), Kandinsky 3 (Kandinsky3Pipeline)") in result.stderr
     other = base_env(db_url, **local_env(IMAGEND_MODELS=f"old={sd15}"))
     result = run_imagend(["-generator"], other, timeout=60)
-    assert result.returncode == 2 and f"IMAGEND_MODELS (old)={sd15}: a StableDiffusionPipeline pipeline" in result.stderr
+    assert result.returncode == 2
+    assert f"IMAGEND_MODELS (old)={sd15}: a StableDiffusionPipeline pipeline" in result.stderr

@@ -59,7 +59,8 @@ SD3 = Family(
 KANDINSKY3 = Family(
     name="Kandinsky 3", key="kandinsky3", pipeline_class="Kandinsky3Pipeline", side_multiple=64,
     # Not the Euler ones: its pipeline never calls scale_model_input, which they need.
-    schedulers=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"), default_scheduler="ddpm", default_guidance=3.0, negative_prompt=True,
+    schedulers=("ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_karras"), default_scheduler="ddpm", default_guidance=3.0,
+    negative_prompt=True,
     weighting=False, image_inputs=False,
 )
 FAMILIES = {family.pipeline_class: family for family in (SDXL, FLUX, SD3, KANDINSKY3)}
