@@ -47,8 +47,8 @@ lint: install
 test: lint system-deps pg14
 	@echo "== tests against the embedded Postgres"
 	$(VENV)/bin/pytest -W error -q
-	@echo "== tests against $(TEST_SERVER_URL)"
-	IMAGEND_TEST_DATABASE_URL=$(TEST_SERVER_URL) $(VENV)/bin/pytest -W error -q
+	@echo "== tests against $(TEST_SERVER_URL) (those that use a database; tests/conftest.py)"
+	IMAGEND_TEST_DATABASE_ONLY=1 IMAGEND_TEST_DATABASE_URL=$(TEST_SERVER_URL) $(VENV)/bin/pytest -W error -q
 
 bench: install
 	$(PY) bench/queue_drain.py

@@ -6,6 +6,10 @@ started for the session. The schema is applied once to a template; each test get
 a fresh database cloned from it (fast) and dropped afterwards.
 
 Fixtures only: the helpers tests import are in tests/support/ (`support.db`, `support.daemons`, ...).
+
+With IMAGEND_TEST_DATABASE_ONLY=1 (`make test`'s second pass, on the server at 127.0.0.1:5432) only
+the tests that use the server run (those that depend on `server_url`); the others cannot differ
+between the two servers and ran in the first pass. pytest reports them as deselected.
 """
 
 from __future__ import annotations
@@ -124,3 +128,11 @@ def make_repo(db_url: str) -> Iterator[Any]:
     yield make
     for pool in pools:
         pool.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("IMAGEND_TEST_DATABASE_ONLY") != "1":
+        return
+    keep = [item for item in items if "server_url" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
