@@ -1,28 +1,49 @@
-"""GPU benchmark: the full-size SDXL architecture with random weights, imagend's local
-backend against bare diffusers on the same GPU in one run.
+"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed.py) on the
+full-size SDXL architecture with random weights, against bare diffusers on the same GPU in one run.
 
-    .venv/bin/python bench/gpu_sdxl.py [--images 8] [--batch 4] [--side 1024] [--steps 30]
-    .venv/bin/python bench/gpu_sdxl.py --dry-run     # no GPU: check the configs and the code path on CPU
+    .venv/bin/python bench/gpu_sdxl.py                        # everything: about an hour on an H100
+    .venv/bin/python bench/gpu_sdxl.py --only bare,default,best --batches 1,4
+    .venv/bin/python bench/gpu_sdxl.py --dry-run              # no GPU: every code path on the CPU, ~1-2 min
 
-No download: the UNet, VAE and both text encoders are built from SDXL base 1.0's
-published component configs (written out below) with random weights, in fp16, and the
-tokenizers are imagend's byte-level ones. Images are noise; the compute is SDXL's.
+No download: the UNet, VAE and both text encoders are built from SDXL base 1.0's published
+component configs (written out below) with random weights, and the tokenizers are imagend's
+byte-level ones. Images are noise; the compute is SDXL's. FLUX.1-schnell likewise (its transformer,
+T5-XXL and CLIP-L at their real sizes, bfloat16: about 34 GB).
 
-Contenders, each making --images images of --side x --side at --steps steps:
-  1. bare diffusers, batch 1: pipe(prompt=..., generator=CPU generator) per image;
-  2. imagend batch 1: LocalBackend.generate([row]) (compel, device lock, step callback, PNG);
-  3. imagend batched: --batch rows per generate call;
-  4. imagend batched + torch.compile of the UNet (warmed up before the clock starts).
-For each: images/s, the ratio to (1), and peak VRAM (torch.cuda.max_memory_allocated).
-The database is not in this benchmark (bench/local_overhead.py measures the daemon's
-cost per row); this one measures what the backend adds or saves on a real GPU.
-Targets (issue 4): imagend >= 1.0x bare at batch 1, >= 1.3x with batching and compile.
+Contenders (--list prints them), each at every batch size of --batches (default 1, 4, 8), making
+--images images (at least one call) of --side x --side at --steps steps, fp16:
+  bare        bare diffusers, eager: pipe(prompt=[...] * batch) -- 1.0x at its batch size;
+  default     imagend's LocalBackend.generate, every speed option off (compel, device lock, step
+              callback, PNG);
+  bf16, fuse_qkv, channels_last, compile, compile_max_autotune, compile_regional, compile_vae:
+              imagend with that option alone (exact: the same image up to float rounding);
+  best        the fastest exact combination: fused QKV, channels-last, the UNet and the VAE decoder
+              compiled with --compile-mode (default max-autotune: CUDA graphs);
+  deepcache, best_deepcache, lcm, lightning, hyper: NOT exact -- the step cache, and the step-reduction
+              presets (a random LoRA of the real shape, fused: the same compute as the published one).
+Every compiled contender is warmed up (one call per batch size) before its clock starts. Printed:
+seconds per image at batch 1 (latency), images/s at the others, the ratio to bare diffusers at the
+same batch size and to bare diffusers at batch 1, and peak VRAM.
+
+"First image after start": a fresh process builds the pipeline, applies `best`, and makes one image
+(compiling inside it), twice: with an empty compile cache, then with the one the first run left
+(what a restart of the daemon sees; IMAGEND_COMPILE_CACHE_DIR). Weights are random, so the
+checkpoint's read from disk is not in the figure.
+
+Targets (issue): `best` >= 2.0x bare at batch 1, 4 and 8; first image after start <= 60 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
+import gc
+import importlib
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,9 +125,126 @@ SDXL_SCHEDULER: dict[str, Any] = {
     "interpolation_type": "linear",
     "use_karras_sigmas": False,
 }
+# FLUX.1-schnell's published configs (black-forest-labs/FLUX.1-schnell): transformer, T5 v1.1 XXL
+# encoder, CLIP-L text encoder, the 16-channel VAE, the flow-matching scheduler.
+FLUX_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 4096,
+    "pooled_projection_dim": 768,
+    "guidance_embeds": False,  # schnell: no distilled-guidance input
+    "axes_dims_rope": (16, 56, 56),
+}
+FLUX_T5: dict[str, Any] = {
+    "vocab_size": 32128,
+    "d_model": 4096,
+    "d_kv": 64,
+    "d_ff": 10240,
+    "num_layers": 24,
+    "num_heads": 64,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "feed_forward_proj": "gated-gelu",
+    "dense_act_fn": "gelu_new",
+    "is_gated_act": True,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+FLUX_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 16,
+    "norm_num_groups": 32,
+    "sample_size": 1024,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "force_upcast": True,
+}
+FLUX_SCHEDULER: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "use_dynamic_shifting": False,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+FLUX_MIN_GPU_BYTES = 60 * 2**30  # ~34 GB of bf16 weights, activations at 1024^2 and batch 4, headroom
 # Under 75 characters: one 77-token chunk with the byte-level tokenizer, as with SDXL's for ordinary
 # prompts, so bare diffusers (which truncates at 77) and compel encode the same amount of text.
 PROMPT = "an astronaut riding a horse on the moon, dramatic light, {i}"
+WARMUP_STEPS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    dtype: str = "float16"
+    exact: bool = True
+    bare: bool = False
+    compiles: bool = False
+
+
+def contenders(compile_mode: str) -> list[Contender]:
+    compile_env = {"IMAGEND_COMPILE": "1", "IMAGEND_COMPILE_MODE": "default"}
+    best = {
+        "IMAGEND_FUSE_QKV": "1",
+        "IMAGEND_CHANNELS_LAST": "1",
+        "IMAGEND_COMPILE": "1",
+        "IMAGEND_COMPILE_VAE": "1",
+        "IMAGEND_COMPILE_MODE": compile_mode,
+    }
+    return [
+        Contender("bare", "bare diffusers, eager", bare=True),
+        Contender("default", "imagend, every option off"),
+        Contender("bf16", "imagend, bfloat16", dtype="bfloat16"),
+        Contender("fuse_qkv", "imagend + fused QKV", {"IMAGEND_FUSE_QKV": "1"}),
+        Contender("channels_last", "imagend + channels-last", {"IMAGEND_CHANNELS_LAST": "1"}),
+        Contender("compile", "imagend + compile UNet (default mode)", compile_env, compiles=True),
+        Contender(
+            "compile_max_autotune",
+            "imagend + compile UNet (max-autotune, CUDA graphs)",
+            {**compile_env, "IMAGEND_COMPILE_MODE": "max-autotune"},
+            compiles=True,
+        ),
+        Contender(
+            "compile_regional",
+            "imagend + compile UNet blocks (regional)",
+            {**compile_env, "IMAGEND_COMPILE_REGIONAL": "1"},
+            compiles=True,
+        ),
+        Contender("compile_vae", "imagend + compile VAE decoder", {"IMAGEND_COMPILE_VAE": "1"}, compiles=True),
+        Contender("best", f"imagend best exact ({compile_mode})", best, compiles=True),
+        Contender(
+            "deepcache", "imagend + step cache 1:3 (NOT exact)", {"IMAGEND_STEP_CACHE": "deepcache"}, exact=False
+        ),
+        Contender(
+            "best_deepcache",
+            "best + step cache 1:3 (NOT exact)",
+            {**best, "IMAGEND_STEP_CACHE": "deepcache"},
+            exact=False,
+            compiles=True,
+        ),
+        *(
+            Contender(name, f"imagend preset {name} (NOT exact)", {"IMAGEND_FAST_PRESET": name}, exact=False)
+            for name in ("lcm", "lightning", "hyper")
+        ),
+    ]
+
+
+# -- building the pipelines ---------------------------------------------------------------------------
 
 
 def build_sdxl(tokenizer_dir: Path, device: str, dtype: Any) -> Any:
@@ -146,16 +284,94 @@ def build_sdxl(tokenizer_dir: Path, device: str, dtype: Any) -> Any:
     return pipe
 
 
+def build_flux(tokenizer_dir: Path, device: str) -> Any:
+    """FLUX.1-schnell's architecture with random weights in bfloat16, created directly on `device`."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    from imagend.testing.tiny_families import t5_tokenizer
+    from imagend.testing.tiny_model import write_tokenizer
+
+    write_tokenizer(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # never the 48 GB of a float32 transformer
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            transformer = FluxTransformer2DModel(**FLUX_TRANSFORMER)
+            text_encoder_2 = T5EncoderModel(T5Config(**FLUX_T5))
+            text_encoder = CLIPTextModel(
+                CLIPTextConfig(**SDXL_TEXT_ENCODER, **special, pad_token_id=special["eos_token_id"])
+            )
+            vae = AutoencoderKL(**FLUX_VAE)
+    finally:
+        torch.set_default_dtype(previous)
+    pipe = FluxPipeline(
+        transformer=transformer,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=t5_tokenizer(),
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def parameter_counts(pipe: Any) -> dict[str, int]:
     return {
-        name: sum(p.numel() for p in getattr(pipe, name).parameters())
-        for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in pipe.components.items()
+        if hasattr(module, "parameters")
     }
+
+
+def fresh_copy(pristine: Any, dtype: Any) -> Any:
+    """A pipeline of deep copies of `pristine`'s modules (the options change them in place), in `dtype`."""
+    import torch
+
+    components: dict[str, Any] = {}
+    for name, component in pristine.components.items():
+        if isinstance(component, torch.nn.Module):
+            module = copy.deepcopy(component)
+            components[name] = module if getattr(module, "dtype", dtype) == dtype else module.to(dtype=dtype)
+        elif hasattr(component, "config") and hasattr(type(component), "from_config"):
+            components[name] = type(component).from_config(component.config)  # a scheduler
+        else:
+            components[name] = component  # tokenizers, read only
+    pipe = type(pristine)(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_random_lora(unet: Any, path: Path, rank: int = 8) -> Path:
+    """A diffusers-format LoRA for `unet`'s attention projections, random: its compute once fused is
+    the published step-reduction LoRAs' (which cannot be downloaded on a benchmark host)."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator("cpu").manual_seed(0)
+    tensors: dict[str, Any] = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
+            tensors[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * 1e-3
+            tensors[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * 1e-3
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+# -- measuring ----------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
 class Result:
-    name: str
+    key: str
+    label: str
+    batch: int
     images: int
     seconds: float
     peak_bytes: int
@@ -165,38 +381,47 @@ class Result:
         return self.images / self.seconds
 
 
-def measure(name: str, images: int, body: Callable[[], None], device: str) -> Result:
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(key: str, label: str, batch: int, images: int, body: Callable[[], None], device: str) -> Result:
     import torch
 
     on_cuda = device.startswith("cuda")
+    synchronize(device)
     if on_cuda:
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     body()
-    if on_cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     seconds = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() if on_cuda else 0
-    return Result(name, images, seconds, peak)
+    return Result(key, label, batch, images, seconds, peak)
 
 
-def imagend_backend(pipe: Any, device: str, batch: int, side: int, steps: int, lock_dir: Path) -> Any:
+def imagend_backend(pipe: Any, device: str, batch: int, side: int, steps: int, workdir: Path,
+                    dtype: str = "float16", model: str = "sdxl-architecture-random-weights") -> Any:
     from imagend.backends.local import LocalBackend
     from imagend.backends.local.options import LocalSettings
     from imagend.config import load_settings
 
     settings = load_settings(
         environ={
-            "IMAGEND_MODEL": "sdxl-architecture-random-weights",
+            "IMAGEND_MODEL": model,
             "IMAGEND_DEVICE": device,
+            "IMAGEND_DTYPE": dtype if device.startswith("cuda") else "float32",
             "IMAGEND_VAE": "model",
-            "IMAGEND_LOCK_DIR": str(lock_dir),
+            "IMAGEND_LOCK_DIR": str(workdir / "locks"),
             "IMAGEND_MAX_BATCH": str(batch),
             "IMAGEND_DEFAULT_STEPS": str(steps),
+            "IMAGEND_PREVIEWS": "false",
             "DEFAULT_IMAGE_WIDTH": str(side),
             "DEFAULT_IMAGE_HEIGHT": str(side),
-            "IMAGEND_DATA_DIR": str(lock_dir),
+            "IMAGEND_DATA_DIR": str(workdir),
         },
         env_file=None,
     )
@@ -204,105 +429,383 @@ def imagend_backend(pipe: Any, device: str, batch: int, side: int, steps: int, l
     return LocalBackend(options, pipe, max_batch=batch)
 
 
-def run(args: argparse.Namespace, device: str, pipe: Any, workdir: Path) -> list[Result]:
+def requests(backend: Any, count: int, side: int, steps: int, guidance: float | None, first_id: int = 0) -> list[Any]:
+    from imagend.backends.base import Request
+
+    return [
+        backend.validate(
+            Request(
+                id=first_id + i,
+                prompt=PROMPT.format(i=i),
+                negative_prompt=None,
+                style=None,
+                width=side,
+                height=side,
+                seed=i,
+                steps=steps,
+                guidance=guidance,
+                scheduler=None,
+            )
+        )
+        for i in range(count)
+    ]
+
+
+def no_heartbeat(progress: float | None = None, preview: Any = None) -> None:
+    return None
+
+
+@dataclasses.dataclass
+class Runner:
+    """How one contender makes `count` images in calls of `batch`."""
+
+    make: Callable[[int, int, int], None]  # (count, batch, steps)
+    steps: int
+
+
+def bare_runner(pipe: Any, side: int, steps: int, extra: dict[str, Any] | None = None) -> Runner:
     import torch
 
-    from imagend.backends.base import Request
-    from imagend.backends.local.sdxl import compile_unet
-
-    side, steps, n = args.side, args.steps, args.images
-
-    def bare() -> None:
-        for i in range(n):
-            generator = torch.Generator("cpu").manual_seed(i)
-            pipe(prompt=PROMPT.format(i=i), width=side, height=side, num_inference_steps=steps, generator=generator)
-
-    def rows(backend: Any) -> list[Any]:
-        return [
-            backend.validate(
-                Request(
-                    id=i,
-                    prompt=PROMPT.format(i=i),
-                    negative_prompt=None,
-                    style=None,
-                    width=side,
-                    height=side,
-                    seed=i,
-                    steps=steps,
-                    guidance=None,
-                    scheduler=None,
-                )
+    def make(count: int, batch: int, run_steps: int) -> None:
+        for start in range(0, count, batch):
+            size = min(batch, count - start)
+            pipe(
+                prompt=[PROMPT.format(i=start + i) for i in range(size)],
+                width=side,
+                height=side,
+                num_inference_steps=run_steps,
+                generator=[torch.Generator("cpu").manual_seed(start + i) for i in range(size)],
+                **(extra or {}),
             )
-            for i in range(n)
-        ]
 
-    def through(backend: Any) -> Callable[[], None]:
-        def body() -> None:
-            batch = rows(backend)
-            for start in range(0, n, backend.max_batch):
-                backend.generate(batch[start : start + backend.max_batch], lambda progress=None, preview=None: None)
+    return Runner(make, steps)
 
-        return body
 
-    one = imagend_backend(pipe, device, 1, side, steps, workdir)
-    batched = imagend_backend(pipe, device, args.batch, side, steps, workdir)
-    print("  warming up (one image each way)", flush=True)
-    pipe(prompt="warm-up", width=side, height=side, num_inference_steps=2)
-    one.generate([rows(one)[0]], lambda progress=None, preview=None: None)
-    results = [
-        measure("bare diffusers, batch 1", n, bare, device),
-        measure("imagend, batch 1", n, through(one), device),
-        measure(f"imagend, batch {args.batch}", n, through(batched), device),
-    ]
-    if not args.no_compile:
-        compile_unet(pipe, args.compile_mode)
-        started = time.perf_counter()
-        batched.warm_up()
-        print(f"  torch.compile warm-up: {time.perf_counter() - started:.0f} s", flush=True)
-        results.append(measure(f"imagend, batch {args.batch} + compile", n, through(batched), device))
+def imagend_runner(backend: Any, side: int, steps: int, guidance: float | None) -> Runner:
+    def make(count: int, batch: int, run_steps: int) -> None:
+        rows = requests(backend, count, side, run_steps, guidance)
+        for start in range(0, count, batch):
+            backend.generate(rows[start : start + batch], no_heartbeat)
+
+    return Runner(make, steps)
+
+
+def measure_contender(key: str, label: str, runner: Runner, args: argparse.Namespace, device: str) -> list[Result]:
+    """Warm up at each batch size (compiles every shape), then time each."""
+    for batch in args.batch_sizes:
+        runner.make(batch, batch, WARMUP_STEPS)
+    results = []
+    for batch in args.batch_sizes:
+        count = max(batch, -(-args.images // batch) * batch)
+        results.append(measure(key, label, batch, count, lambda b=batch, c=count: runner.make(c, b, runner.steps),
+                               device))
     return results
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--images", type=int, default=8)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--side", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--compile-mode", default="default")
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="no GPU: build the configs on the meta device, then "
-        "run every contender on the CPU with the miniature model at 64x64, 2 steps",
-    )
-    args = p.parse_args()
+def speed_settings(env: dict[str, str], workdir: Path, dry_run: bool) -> Any:
+    from imagend.backends.local.speed import SpeedSettings
+    from imagend.config import Env
 
+    speed = SpeedSettings.from_env(Env(env), data_dir=workdir)
+    if dry_run:
+        # dynamo traces, no code generation: inductor takes minutes per graph on a small CPU.
+        speed = dataclasses.replace(speed, compile_backend="eager")
+    return speed
+
+
+def release(device: str) -> None:
     import torch
+
+    with contextlib.suppress(Exception):
+        import torch._dynamo
+
+        torch._dynamo.reset()
+    if device.startswith("cuda"):
+        with contextlib.suppress(Exception):
+            from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+            reset_cudagraph_trees()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_sdxl(args: argparse.Namespace, device: str, pristine: Any, workdir: Path, lora: Path) -> list[Result]:
+    import torch
+
+    from imagend.backends.local.speed import apply_speed, preset_scheduler
+
+    results: list[Result] = []
+    for contender in contenders(args.compile_mode):
+        if args.only and contender.key not in args.only:
+            continue
+        if args.no_compile and contender.compiles:
+            continue
+        started = time.perf_counter()
+        dtype = getattr(torch, contender.dtype) if device.startswith("cuda") else torch.float32
+        pipe = fresh_copy(pristine, dtype)
+        env = dict(contender.env)
+        if "IMAGEND_FAST_PRESET" in env:
+            env["IMAGEND_FAST_LORA"] = str(lora)
+        speed = speed_settings(env, workdir, args.dry_run)
+        applied = [] if contender.bare else apply_speed(pipe, speed, device)
+        preset = speed.preset
+        steps = preset.steps if preset else args.steps
+        if contender.bare:
+            runner = bare_runner(pipe, args.side, steps)
+        else:
+            backend = imagend_backend(pipe, device, max(args.batch_sizes), args.side, steps, workdir,
+                                      dtype=contender.dtype)
+            if preset is not None:
+                # What the backend's wiring does with a preset: its scheduler for every job.
+                model = backend.current
+                model.schedulers.fresh = lambda _name, c=model.schedulers.config, p=preset: preset_scheduler(c, p)
+            runner = imagend_runner(backend, args.side, steps, preset.guidance if preset else None)
+        print(f"  {contender.key}: {', '.join(applied) or 'nothing applied'}", flush=True)
+        measured = measure_contender(contender.key, contender.label, runner, args, device)
+        results += measured
+        print(
+            f"    {', '.join(f'batch {r.batch}: {r.rate:.3f} img/s' for r in measured)} "
+            f"({time.perf_counter() - started:.0f} s with warm-up)",
+            flush=True,
+        )
+        del pipe, runner
+        release(device)
+    return results
+
+
+def run_flux(args: argparse.Namespace, device: str, workdir: Path) -> list[Result]:
+    """FLUX.1-schnell, 4 steps: bare diffusers, imagend, imagend with compile + fused QKV."""
+    import torch
+
+    from imagend.backends.local.speed import apply_speed
+
+    if args.dry_run:
+        from diffusers import FluxPipeline
+
+        from imagend.testing.tiny_families import write_tiny_pipeline
+
+        pristine = FluxPipeline.from_pretrained(write_tiny_pipeline(workdir / "tiny-flux", "flux"),
+                                                dtype=torch.float32)
+        pristine.set_progress_bar_config(disable=True)
+        side = 32
+    else:
+        total = torch.cuda.get_device_properties(0).total_memory
+        if total < FLUX_MIN_GPU_BYTES:
+            print(f"FLUX.1-schnell skipped: {total / 2**30:.0f} GiB on this GPU, it needs about "
+                  f"{FLUX_MIN_GPU_BYTES / 2**30:.0f}")
+            return []
+        started = time.perf_counter()
+        pristine = build_flux(workdir / "flux-tokenizer", device)
+        counts = parameter_counts(pristine)
+        print(f"FLUX.1-schnell architecture, random weights, bf16, built in {time.perf_counter() - started:.0f} s ("
+              + ", ".join(f"{k} {v / 1e9:.2f}B" for k, v in counts.items()) + ")", flush=True)
+        side = args.side
+    steps, batches = args.flux_steps, args.flux_batch_sizes
+    flux_args = argparse.Namespace(**{**vars(args), "batch_sizes": batches})
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    results: list[Result] = []
+    plans = [
+        ("flux_bare", "FLUX.1-schnell bare diffusers, eager", None),
+        ("flux_default", "FLUX.1-schnell imagend, options off", {}),
+        ("flux_best", f"FLUX.1-schnell imagend, fused QKV + compile ({args.compile_mode})",
+         {"IMAGEND_FUSE_QKV": "1", "IMAGEND_COMPILE": "1", "IMAGEND_COMPILE_VAE": "1",
+          "IMAGEND_COMPILE_MODE": args.compile_mode}),
+    ]
+    for key, label, env in plans:
+        if args.no_compile and env and "IMAGEND_COMPILE" in env:
+            continue
+        pipe = fresh_copy(pristine, dtype)
+        if env is None:
+            runner = bare_runner(pipe, side, steps, {"guidance_scale": 0.0, "max_sequence_length": 256})
+        else:
+            applied = apply_speed(pipe, speed_settings(env, workdir, args.dry_run), device)
+            print(f"  {key}: {', '.join(applied) or 'nothing applied'}", flush=True)
+            backend = imagend_backend(pipe, device, max(batches), side, steps, workdir, dtype="bfloat16",
+                                      model="flux-architecture-random-weights")
+            runner = imagend_runner(backend, side, steps, None)
+        measured = measure_contender(key, label, runner, flux_args, device)
+        results += measured
+        print(f"  {key}: {', '.join(f'batch {r.batch}: {r.rate:.3f} img/s' for r in measured)}", flush=True)
+        del pipe, runner
+        release(device)
+    del pristine
+    release(device)
+    return results
+
+
+# -- first image after start ------------------------------------------------------------------------------
+
+
+def first_image_child(args: argparse.Namespace) -> int:
+    """In a fresh process: build, apply `best`, make one image; print the seconds as JSON."""
+    started = time.perf_counter()
+    import torch
+
+    from imagend.backends.local.speed import apply_speed
+
+    quiet()
+    imported = time.perf_counter()
+    workdir = Path(args.first_image_child)
+    device = "cpu" if args.dry_run else "cuda"
+    if args.dry_run:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(workdir / "tiny"), dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = build_sdxl(workdir / "tokenizer", device, torch.float16)
+    built = time.perf_counter()
+    best = next(c for c in contenders(args.compile_mode) if c.key == "best")
+    env = {**best.env, "IMAGEND_COMPILE_CACHE_DIR": str(workdir / "first-image-cache")}
+    applied = apply_speed(pipe, speed_settings(env, workdir, args.dry_run), device)
+    backend = imagend_backend(pipe, device, 1, args.side, args.steps, workdir)
+    backend.generate(requests(backend, 1, args.side, args.steps, None), no_heartbeat)
+    synchronize(device)
+    done = time.perf_counter()
+    print(json.dumps({
+        "import_s": imported - started,
+        "build_s": built - imported,
+        "apply_and_first_image_s": done - built,
+        "process_s": done - started,
+        "applied": applied,
+    }))
+    return 0
+
+
+def first_image(args: argparse.Namespace, workdir: Path) -> list[tuple[str, dict[str, Any], float]]:
+    """Run the child twice on one fresh compile cache: cold, then as a restart finds it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    command = [sys.executable, __file__, "--first-image-child", str(workdir), "--side", str(args.side),
+               "--steps", str(args.steps), "--compile-mode", args.compile_mode]
+    if args.dry_run:
+        command.append("--dry-run")
+    runs = []
+    # The dry run's compile (dynamo's eager backend) writes no cache: one run says all there is.
+    names = ["empty compile cache"] + ([] if args.dry_run else ["compile cache of the run before"])
+    for name in names:
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600, check=False)
+        wall = time.perf_counter() - started
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode or not lines:
+            print(f"  first image ({name}) failed, exit {done.returncode}:\n{done.stderr[-3000:]}")
+            return runs
+        runs.append((name, json.loads(lines[-1]), wall))
+    return runs
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+
+def report(results: list[Result], batches: list[int], title: str) -> None:
+    bare = {r.batch: r.rate for r in results if r.key.endswith("bare")}
+    one = bare.get(1)
+    print(f"\n{title}: ratios to bare diffusers at the same batch size (x) and to bare at batch 1 (x1)")
+    header = f"  {'':52}"
+    for batch in batches:
+        header += f" {'b1 s/img' if batch == 1 else f'b{batch} img/s':>10} {'x':>5} {'x1':>5}"
+    print(header + f" {'peak VRAM':>9}")
+    by_key: dict[str, list[Result]] = {}
+    for r in results:
+        by_key.setdefault(r.key, []).append(r)
+    for rows in by_key.values():
+        line = f"  {rows[0].label[:52]:52}"
+        cells = {r.batch: r for r in rows}
+        for batch in batches:
+            r = cells.get(batch)
+            if r is None:
+                line += f" {'':>10} {'':>5} {'':>5}"
+                continue
+            value = r.seconds / r.images if batch == 1 else r.rate
+            same = r.rate / bare[batch] if batch in bare else float("nan")
+            first = r.rate / one if one else float("nan")
+            line += f" {value:10.3f} {same:5.2f} {first:5.2f}"
+        peak = max(r.peak_bytes for r in rows)
+        print(line + f" {peak / 2**30:8.1f}G")
+
+
+def quiet() -> None:
+    """No progress bars, no per-batch log lines, no diffusers notes on casting copies."""
+    import logging
+
+    import structlog
 
     from imagend.backends.local.sdxl import quiet_libraries
 
     quiet_libraries()
+    importlib.import_module("diffusers.utils.logging").set_verbosity_error()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def parse_batches(text: str) -> list[int]:
+    return sorted({int(part) for part in text.split(",") if part.strip()})
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("--images", type=int, default=16, help="images per measurement (at least one call)")
+    p.add_argument("--batch", type=int, default=None, help="(older flag) measure batch 1 and this one")
+    p.add_argument("--batches", default="1,4,8", help="batch sizes to measure, comma-separated")
+    p.add_argument("--side", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--no-compile", action="store_true", help="skip every contender that compiles")
+    p.add_argument("--compile-mode", default="max-autotune", help="the mode of `best` and FLUX's compile")
+    p.add_argument("--only", default="", help="contender keys, comma-separated (see --list)")
+    p.add_argument("--list", action="store_true", help="print the contenders and exit")
+    p.add_argument("--skip-flux", action="store_true")
+    p.add_argument("--skip-first-image", action="store_true")
+    p.add_argument("--flux-steps", type=int, default=4)
+    p.add_argument("--flux-batches", default="1,4")
+    p.add_argument("--first-image-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU: build the real configs on the meta device, then run every contender on the CPU "
+        "with the miniature models at 64x64 (FLUX 32x32), 2 steps; compiles trace with dynamo's eager backend",
+    )
+    args = p.parse_args()
+    if args.list:
+        for contender in contenders(args.compile_mode):
+            print(f"{contender.key:22} {contender.label}  {contender.env or ''}")
+        print(f"{'flux_bare, flux_default, flux_best':22} FLUX.1-schnell, {args.flux_steps} steps (--skip-flux)")
+        return 0
+    args.only = {key.strip() for key in args.only.split(",") if key.strip()}
+    args.batch_sizes = sorted({1, args.batch}) if args.batch else parse_batches(args.batches)
+    args.flux_batch_sizes = parse_batches(args.flux_batches)
+    if args.first_image_child:
+        if args.dry_run:
+            args.side, args.steps = 64, 2
+        return first_image_child(args)
+
+    import torch
+
+    quiet()
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="imagend-gpu-bench-") as tmp:
         workdir = Path(tmp)
         if args.dry_run:
             counts = parameter_counts(build_sdxl(workdir / "tokenizer", "meta", torch.float16))
-            print(
-                "SDXL architecture (meta device, no memory):",
-                ", ".join(f"{k} {v / 1e6:,.0f}M" for k, v in counts.items()),
-            )
+            print("SDXL architecture (meta device, no memory):",
+                  ", ".join(f"{k} {v / 1e6:,.0f}M" for k, v in counts.items()))
+            with torch.device("meta"):
+                from diffusers import FluxTransformer2DModel
+
+                flux = sum(p.numel() for p in FluxTransformer2DModel(**FLUX_TRANSFORMER).parameters())
+            print(f"FLUX.1-schnell transformer (meta device): {flux / 1e9:.2f}B parameters")
             from diffusers import StableDiffusionXLPipeline
 
+            from imagend.testing.tiny_extras import write_tiny_lora
             from imagend.testing.tiny_model import write_tiny_model
 
-            pipe = StableDiffusionXLPipeline.from_pretrained(
-                str(write_tiny_model(workdir / "tiny")), dtype=torch.float32
-            )
-            pipe.set_progress_bar_config(disable=True)
-            args.side, args.steps, args.images, args.batch = 64, 2, 4, 2
+            tiny = write_tiny_model(workdir / "tiny")
+            pristine = StableDiffusionXLPipeline.from_pretrained(str(tiny), dtype=torch.float32)
+            pristine.set_progress_bar_config(disable=True)
+            lora = write_tiny_lora(workdir / "fast_4step_lora.safetensors", tiny, format="diffusers", seed=1)
+            args.side, args.steps, args.images = 64, 2, 2
+            args.batch_sizes, args.flux_batch_sizes = [1, 2], [1]
             device = "cpu"
-            print("dry run: the miniature random-weights model on the CPU, 64x64, 2 steps (figures mean nothing)")
+            print("dry run: the miniature random-weights models on the CPU, 64x64, 2 steps (figures mean nothing)")
         else:
             if not torch.cuda.is_available():
                 print(
@@ -312,19 +815,32 @@ def main() -> int:
                 return 0
             device = "cuda"
             started = time.perf_counter()
-            pipe = build_sdxl(workdir / "tokenizer", device, torch.float16)
-            counts = parameter_counts(pipe)
+            pristine = build_sdxl(workdir / "tokenizer", device, torch.float16)
+            counts = parameter_counts(pristine)
             print(
                 f"{torch.cuda.get_device_name()}: SDXL architecture, random weights, fp16, built in "
                 f"{time.perf_counter() - started:.0f} s ("
                 + ", ".join(f"{k} {v / 1e6:,.0f}M" for k, v in counts.items())
-                + f"); {args.images} images of {args.side}x{args.side}, {args.steps} steps"
+                + f"); {args.images} images per measurement, {args.side}x{args.side}, {args.steps} steps, "
+                f"batches {args.batch_sizes}",
+                flush=True,
             )
-        results = run(args, device, pipe, workdir)
-    base = results[0].rate
-    print(f"  {'':34} {'images/s':>9} {'vs bare':>8} {'peak VRAM':>10}")
-    for r in results:
-        print(f"  {r.name:34} {r.rate:9.3f} {r.rate / base:8.2f} {r.peak_bytes / 2**30:9.1f}G")
+            lora = write_random_lora(pristine.unet, workdir / "random_lora.safetensors")
+        results = run_sdxl(args, device, pristine, workdir, lora)
+        del pristine
+        release(device)
+        flux = [] if args.skip_flux or (args.only and not any(k.startswith("flux") for k in args.only)) else (
+            run_flux(args, device, workdir))
+        firsts = [] if args.skip_first_image else first_image(args, workdir)
+    report(results, args.batch_sizes, f"SDXL {args.side}x{args.side}, {args.steps} steps")
+    if flux:
+        report(flux, args.flux_batch_sizes, f"FLUX.1-schnell {args.side if not args.dry_run else 32}px, "
+               f"{args.flux_steps} steps")
+    for name, times, wall in firsts:
+        print(f"\nfirst image after start, best exact, {name}: {wall:.1f} s for the process "
+              f"(import {times['import_s']:.1f} s, build {times['build_s']:.1f} s, apply + compile + first image "
+              f"{times['apply_and_first_image_s']:.1f} s; random weights: no checkpoint read)")
+    print(f"\nbench/gpu_sdxl.py: {time.perf_counter() - began:.0f} s in all")
     return 0
 
 
