@@ -57,6 +57,7 @@ from imagend.backends.local.sdxl import (
     load_pipeline,
     place,
 )
+from imagend.backends.local.speed import SpeedSettings, preset_scheduler
 from imagend.backends.local.upscaler import Upscaler
 from imagend.config import Settings
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
@@ -105,6 +106,7 @@ def _floor(side: int) -> int:
     return max(SIDE_MULTIPLE_PX, side // SIDE_MULTIPLE_PX * SIDE_MULTIPLE_PX)
 
 
+PRESET_SCHEDULER = "preset"  # a row sampled by IMAGEND_FAST_PRESET's scheduler
 TASK_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting", "upscale": "upscale"}
 
 
@@ -127,15 +129,19 @@ class LocalBackend:
         max_batch: int = 1,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        speed: SpeedSettings | None = None,
     ) -> None:
-        """`pipe`: IMAGEND_MODEL's pipeline, loaded (the others load when a row asks for them)."""
+        """`pipe`: IMAGEND_MODEL's pipeline, loaded (the others load when a row asks for them), with
+        `speed` applied (speed.py)."""
         self.options = options
+        self.speed = speed or SpeedSettings()
+        self.preset = self.speed.preset  # a step-reduction preset samples every SDXL row its own way
         self.max_batch = max_batch
         self.clock = clock
         self.sleep = sleep
         self.lock = DeviceLock(options.lock_dir, options.device)
         self.oom_fallback = 0  # 0 none; 1 VAE tiling; 2 model CPU offload; 3 sequential offload (CUDA only)
-        self.models = ModelCache(options, prepare=self._prepare_model)
+        self.models = ModelCache(options, prepare=self._prepare_model, speed=speed)
         family = FAMILIES.get(type(pipe).__name__, SDXL)
         self.models.families[options.model] = family
         self.models.loaded[options.model] = LoadedModel("", options.model, pipe, family)
@@ -158,9 +164,10 @@ class LocalBackend:
         options = LocalSettings.from_settings(settings, cuda_available=torch.cuda.is_available())
         for name, source in options.models.items():
             check_model_source(source, f"IMAGEND_MODELS ({name})")  # a typo stops the start, not a row
+        speed = SpeedSettings.from_env(settings.env, settings.data_dir)
         started = time.monotonic()
-        pipe = load_pipeline(options)
-        backend = cls(options, pipe, max_batch=settings.max_batch)
+        pipe = load_pipeline(options, speed=speed)
+        backend = cls(options, pipe, max_batch=settings.max_batch, speed=speed)
         for name in options.models:
             backend.models.family(name)  # an unsupported family stops the start, not a row
         log.info(
@@ -182,7 +189,7 @@ class LocalBackend:
                 model=options.model,
                 note="random-weights miniature SDXL: every image it makes is noise (tests and demos only)",
             )
-        if options.compile_unet:
+        if speed.compiles and backend.current.family is SDXL:
             backend.warm_up()
         return backend
 
@@ -211,7 +218,13 @@ class LocalBackend:
                 raise BadInput(f"{side_name} {side} is above this daemon's limit of {opts.max_side} (IMAGEND_MAX_SIDE)")
         default = opts.default_scheduler if opts.default_scheduler in family.schedulers else family.default_scheduler
         scheduler = (request.scheduler or default).strip().lower()
-        if scheduler not in family.schedulers:
+        preset = self.preset if family is SDXL else None
+        if preset is not None:
+            if request.scheduler:
+                notes.append(f"scheduler: IMAGEND_FAST_PRESET={preset.name} samples with its own ({preset.sampler}); "
+                             f"{request.scheduler!r} was not used")
+            scheduler = PRESET_SCHEDULER
+        elif scheduler not in family.schedulers:
             known = "unknown" if scheduler not in SCHEDULERS else f"{family.name} cannot use"
             raise BadInput(
                 f"{known} scheduler {request.scheduler!r}; {family.name} takes one of: {', '.join(family.schedulers)}"
@@ -233,7 +246,7 @@ class LocalBackend:
                 notes.append(f"{column}: {family.name} has no prompt weighting here; the text is used as written")
         if negative and not family.negative_prompt:
             notes.append(f"negative_prompt: {family.name} takes no negative prompt; it was ignored")
-        steps = request.steps if request.steps is not None else opts.default_steps
+        steps = request.steps if request.steps is not None else preset.steps if preset else opts.default_steps
         task = task_of(request)
         if task in ("img2img", "inpaint"):
             strength = request.inputs.strength if request.inputs.strength is not None else default_strength(task)
@@ -243,6 +256,7 @@ class LocalBackend:
                     f"raise steps or strength"
                 )
         guidance = opts.default_guidance if family is SDXL else family.default_guidance
+        guidance = preset.guidance if preset else guidance
         return dataclasses.replace(
             request,
             steps=steps,
@@ -443,7 +457,10 @@ class LocalBackend:
             }
         else:
             assert first.scheduler is not None
-            pipe.scheduler = model.schedulers.fresh(first.scheduler)
+            if first.scheduler == PRESET_SCHEDULER and self.preset is not None:
+                pipe.scheduler = preset_scheduler(model.schedulers.config, self.preset)
+            else:
+                pipe.scheduler = model.schedulers.fresh(first.scheduler)
             callbacks = {"callback_on_step_end": on_step_end}
         aborted: BaseException | None = None
         try:
@@ -515,7 +532,8 @@ class LocalBackend:
             prompt=job.prompt + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in inputs.loras),
             negative_prompt=job.negative,
             steps=request.steps,
-            sampler=SCHEDULERS[request.scheduler][2],
+            sampler=self.preset.sampler if request.scheduler == PRESET_SCHEDULER and self.preset
+            else SCHEDULERS[request.scheduler][2],
             guidance=request.guidance,
             seed=job.seed,
             width=width,
@@ -562,11 +580,12 @@ class LocalBackend:
             self.sleep(min(left, 0.25))
 
     def warm_up(self) -> None:
-        """With torch.compile: compile now (minutes on a big GPU) instead of inside the first row."""
-        width, height = self.options.warmup_size
+        """With torch.compile: compile every shape serving will see now (minutes on a big GPU, or a read
+        of IMAGEND_COMPILE_CACHE_DIR) instead of inside the first rows: each batch size up to
+        IMAGEND_MAX_BATCH at the default size and at each of IMAGEND_COMPILE_SIZES."""
         started = time.monotonic()
-        sizes = sorted({1, self.max_batch})
-        for size in sizes:
+        shapes = self.speed.warmup_shapes(self.max_batch, self.options.warmup_size)
+        for batch, width, height in shapes:
             request = Request(
                 id=0,
                 prompt="warm-up",
@@ -577,14 +596,10 @@ class LocalBackend:
                 seed=0,
                 steps=WARMUP_STEPS,
                 guidance=self.options.default_guidance,
-                scheduler=self.options.default_scheduler,
+                scheduler=PRESET_SCHEDULER if self.preset else self.options.default_scheduler,
             )
-            jobs = [self._job(dataclasses.replace(request, id=-i)) for i in range(size)]
+            jobs = [self._job(dataclasses.replace(request, id=-i)) for i in range(batch)]
             with self.lock.hold():
                 self._run(jobs, len(jobs), lambda progress=None, preview=None: None, {}, {})
-        log.info(
-            "compile_warmed_up",
-            size=f"{width}x{height}",
-            batch_sizes=sizes,
-            seconds=round(time.monotonic() - started, 1),
-        )
+        log.info("compile_warmed_up", shapes=[f"{b}x{w}x{h}" for b, w, h in shapes],
+                 seconds=round(time.monotonic() - started, 1))

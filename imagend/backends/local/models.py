@@ -79,8 +79,10 @@ class ModelCache:
         options: LocalSettings,
         load: Callable[[str, str], Any] | None = None,
         prepare: Callable[[LoadedModel], None] = lambda _model: None,
+        speed: Any = None,
     ) -> None:
         self.options = options
+        self.speed = speed  # speed.SpeedSettings, applied to every SDXL checkpoint loaded
         self._load = load or self._load_pipeline
         self.prepare = prepare  # the backend's per-model setup (its OOM fallback level)
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # by source; most recently used last
@@ -141,7 +143,7 @@ class ModelCache:
 
             self.vae = load_vae(self.options)  # shared by every checkpoint
         setting = f"IMAGEND_MODELS ({name})" if name else "IMAGEND_MODEL"
-        return load_pipeline(self.options, source, setting, vae=self.vae, family=family)
+        return load_pipeline(self.options, source, setting, vae=self.vae, family=family, speed=self.speed)
 
     def _to_device(self, model: LoadedModel) -> None:
         started = time.monotonic()

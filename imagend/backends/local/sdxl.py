@@ -91,7 +91,7 @@ def check_model_source(source: str, setting: str) -> None:
 
 
 def load_pipeline(options: LocalSettings, source: str | None = None, setting: str = "IMAGEND_MODEL",
-                  vae: Any = None, family: Family | None = None) -> Any:
+                  vae: Any = None, family: Family | None = None, speed: Any = None) -> Any:
     """The pipeline of `source` (default IMAGEND_MODEL), of its family (families.py), ready on its device.
     Any failure is a ConfigError naming `setting`."""
     quiet_libraries()
@@ -124,7 +124,13 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
         decoder_option(pipe, "enable_slicing")
     if options.vae_tiling:
         decoder_option(pipe, "enable_tiling")
-    if options.compile_unet and family is SDXL:
+    if speed is not None and family is SDXL:  # speed.py's options (compile among them): docs/gpu_speed.md
+        from imagend.backends.local.speed import apply_speed
+
+        applied = apply_speed(pipe, speed, options.device)
+        if applied:
+            log.info("speed_options", model=model, applied=applied, exact=speed.exact)
+    elif options.compile_unet and family is SDXL:
         compile_unet(pipe, options.compile_mode)
     return pipe
 
