@@ -96,3 +96,35 @@ def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
     assert "Sort" not in plan, plan
     # And it is a plan, not a dry claim: nothing changed.
     assert conn.execute("SELECT count(*) AS n FROM images WHERE status = 'Generate'").fetchone()["n"] == 0
+
+
+def test_model_affinity_orders_within_a_priority_and_lets_a_row_go_after_its_bound(conn, make_settings, make_repo):
+    from datetime import datetime, timedelta, timezone
+
+    from imagend.repository import ModelPreference
+
+    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    other_old = insert_image(conn, "other, waited 90 s", model="b", run_after=now - timedelta(seconds=90))
+    other_new = insert_image(conn, "other, waited 5 s", model="b", run_after=now - timedelta(seconds=5))
+    loaded = insert_image(conn, "loaded", model="a", run_after=now - timedelta(seconds=1))
+    default = insert_image(conn, "the default model", run_after=now - timedelta(seconds=1))
+    urgent = insert_image(conn, "other, higher priority", model="b", priority=5, run_after=now)
+    repo = make_repo(make_settings())
+    prefer = ModelPreference(loaded=("a", ""), switch_seconds=60)
+    order = [repo.claim_batch("placeholder", 1, now=now, prefer=prefer)[0].id for _ in range(5)]
+    # Priority first; then the loaded models and the row past its 60 s; then the rest, each in id order.
+    assert order == [urgent, other_old, loaded, default, other_new]
+
+
+def test_a_chained_row_is_claimed_only_once_its_source_has_ended(conn, make_settings, make_repo):
+    source = insert_image(conn, "the source")
+    chained = insert_image(conn, "chained", init_image_id=source)
+    itself = insert_image(conn, "its own source")
+    conn.execute("UPDATE images SET reference_image_id = id WHERE id = %s", [itself])
+    repo = make_repo(make_settings())
+    first = repo.claim_batch("placeholder", 10)
+    # The source, and the row naming itself (claimed so that it fails, not left waiting forever).
+    assert sorted(row.id for row in first) == sorted([source, itself])
+    assert repo.claim_batch("placeholder", 10) == []  # the source is in Generate: still waiting
+    conn.execute("UPDATE images SET status = 'Failed', locked_by = NULL WHERE id = %s", [source])
+    assert [row.id for row in repo.claim_batch("placeholder", 10)] == [chained]
