@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC
 
 from imagend.sql import queries
 
@@ -99,11 +100,11 @@ def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
 
 
 def test_model_affinity_orders_within_a_priority_and_lets_a_row_go_after_its_bound(conn, make_settings, make_repo):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from imagend.repository import ModelPreference
 
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
     other_old = insert_image(conn, "other, waited 90 s", model="b", run_after=now - timedelta(seconds=90))
     other_new = insert_image(conn, "other, waited 5 s", model="b", run_after=now - timedelta(seconds=5))
     loaded = insert_image(conn, "loaded", model="a", run_after=now - timedelta(seconds=1))
