@@ -150,14 +150,15 @@ class LocalBackend:
         self.ip_adapter = IpAdapter(options.ip_adapter, options.device, getattr(torch, options.dtype))
         self.upscaler = Upscaler(options)
 
-    # The model a row with `model` NULL gets, as the tests and tools see it.
+    # For tests and tools: IMAGEND_MODEL's pipeline while loaded, else the one in use. Never a load
+    # (a load outside the device lock, and one more each time the cache had dropped it).
     @property
     def pipe(self) -> Any:
-        return self.models.get(None).pipe
+        return self.models.loaded.get(self.options.model, self.current).pipe
 
     @property
     def encoder(self) -> Any:
-        return self.models.get(None).encoder
+        return self.models.loaded.get(self.options.model, self.current).encoder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalBackend:
