@@ -164,26 +164,27 @@ def test_affinity_groups_rows_by_loaded_model_within_its_bound(
     wait_until(lambda: events(daemon, "local_backend_loaded"), 60, what="the daemon to start")
     with conn.transaction():  # all at once: the daemon sees them together
         other = insert_image(conn, "the other model, first in line", model="sdxl-b", **SMALL)
-        mine = [insert_image(conn, f"the loaded model {n}", **SMALL) for n in range(24)]
+        mine = [insert_image(conn, f"the loaded model {n}", **SMALL) for n in range(12)]
     wait_finished(conn, [other, *mine], daemon)
     started = {row["id"]: row["started_at"] for row in conn.execute("SELECT id, started_at FROM images").fetchall()}
     waited = (started[other] - fetch_image(conn, other)["run_after"]).total_seconds()
     before_it = [image_id for image_id in mine if started[image_id] < started[other]]
     # Affinity: rows of the loaded model went first although inserted after it ...
     assert before_it, "the other model's row went first: no affinity"
-    # ... but not all of them: once it had waited the bound (2 s), it was claimed.
-    assert len(before_it) < len(mine), "the other model's row waited for every row of the loaded model"
-    assert waited < 2 + 3, waited  # the bound, plus a row in progress and a claimed-ahead one
+    # ... and it waited no longer than the bound (2 s), plus a row in progress and a claimed-ahead one
+    # (whether the loaded rows outlast the bound depends on the machine's speed: the order at the
+    # bound is tested at the SQL, with a fixed clock, in tests/integration/test_claims.py).
+    assert waited < 2 + 3, waited
     assert len(events(daemon, "model_loaded")) <= 2  # sdxl-b once, the default back once at most
 
 
 def test_a_row_shows_previews_while_it_generates(
     conn: psycopg.Connection[Any], start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    image_id = insert_image(conn, "a slow one", width=64, height=64, steps=200)
+    image_id = insert_image(conn, "a slow one", width=96, height=96, steps=200)
     daemon = start_daemon()
     preview = wait_until(lambda: fetch_image(conn, image_id)["preview"], 90, what="a preview in the row")
     with PILImage.open(io.BytesIO(base64.b64decode(preview))) as image:
-        assert image.format == "WEBP" and image.size == (8, 8)
+        assert image.format == "WEBP" and image.size == (12, 12)
     wait_finished(conn, [image_id], daemon)
     assert fetch_image(conn, image_id)["preview"] is None
