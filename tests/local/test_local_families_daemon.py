@@ -44,16 +44,19 @@ def test_each_family_from_an_insert_with_progress_cancel_and_seeds(
             insert_image(conn, "a red fox", seed=11, **size),
             insert_image(conn, "a red fox", seed=12, **size),
         ]
-    slow = insert_image(conn, "a long one", model="flux", width=256, height=256, steps=200, seed=1)
+    # Long enough on any machine to be seen running and cancelled: 200 steps at 512 px.
+    slow = insert_image(conn, "a long one", model="flux", width=512, height=512, steps=200, seed=1)
     daemon = DaemonProcess(["-cron"], env, log_dir=tmp_path)
     try:
         def progress() -> float:
             assert daemon.alive(), daemon.output()[-3000:]
             return fetch_image(conn, slow)["progress"] or 0.0
 
-        first = wait_until(lambda: (p := progress()) > 0 and p, 60, interval=0.1, what="progress in the slow row")
-        wait_until(lambda: progress() > first, 30, interval=0.1, what="progress to rise")
+        first = wait_until(lambda: (p := progress()) > 0 and p, 60, interval=0.05, what="progress in the slow row")
+        wait_until(lambda: progress() > first, 30, interval=0.05, what="progress to rise")
         conn.execute("UPDATE images SET cancel_requested = true WHERE id = %s", [slow])
+        assert fetch_image(conn, slow)["status"] == "Generate", "the slow row ended before the cancel"
+
         cancelled = wait_until(lambda: (row := fetch_image(conn, slow))["status"] == "Failed" and row, 30,
                                what="the cancel")
         assert cancelled["error"] == "cancelled" and cancelled["progress"] is None
@@ -85,7 +88,18 @@ def test_a_model_of_an_unsupported_family_stops_the_start(
     assert (f"IMAGEND_MODEL={sd15}: a StableDiffusionPipeline pipeline, which the local backend does not drive; "
             "supported families: SDXL (StableDiffusionXLPipeline), FLUX.1 (FluxPipeline), "
             "SD3 (StableDiffusion3Pipeline), Kandinsky 3 (Kandinsky3Pipeline)") in result.stderr
-    other = base_env(db_url, **local_env(IMAGEND_MODELS=f"old={sd15}"))
-    result = run_imagend(["-generator"], other, timeout=60)
-    assert result.returncode == 2
-    assert f"IMAGEND_MODELS (old)={sd15}: a StableDiffusionPipeline pipeline" in result.stderr
+
+
+def test_a_checkpoint_of_an_unsupported_family_in_imagend_models_is_refused(
+    local_env: Callable[..., dict[str, str]], tiny_model: Path, tmp_path: Path
+) -> None:
+    from imagend.backends.local import LocalBackend
+    from imagend.config import load_settings
+    from imagend.errors import ConfigError
+
+    sd15 = tmp_path / "sd15"
+    sd15.mkdir()
+    (sd15 / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    env = {"IMAGEND_DATA_DIR": str(tmp_path / "data"), **local_env(IMAGEND_MODELS=f"old={sd15}")}
+    with pytest.raises(ConfigError, match=r"IMAGEND_MODELS \(old\)=.*: a StableDiffusionPipeline pipeline"):
+        LocalBackend.from_settings(load_settings(environ=env, env_file=None))
