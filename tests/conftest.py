@@ -9,7 +9,9 @@ Fixtures only: the helpers tests import are in tests/support/ (`support.db`, `su
 
 With IMAGEND_TEST_DATABASE_ONLY=1 (`make test`'s second pass, on the server at 127.0.0.1:5432) only
 the tests that use the server run (those that depend on `server_url`); the others cannot differ
-between the two servers and ran in the first pass. pytest reports them as deselected.
+between the two servers and ran in the first pass. Nor do tests/local's (the local backend's models on
+the CPU, a daemon's worth of seconds each): their database side is the statements every other test runs
+on both servers. pytest reports them as deselected.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def make_repo(db_url: str) -> Iterator[Any]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("IMAGEND_TEST_DATABASE_ONLY") != "1":
         return
-    keep = [item for item in items if "server_url" in getattr(item, "fixturenames", ())]
+    local = Path(__file__).parent / "local"
+    keep = [item for item in items
+            if "server_url" in getattr(item, "fixturenames", ()) and local not in Path(item.path).parents]
     config.hook.pytest_deselected(items=[item for item in items if item not in keep])
     items[:] = keep

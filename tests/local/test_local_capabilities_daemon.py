@@ -181,10 +181,13 @@ def test_affinity_groups_rows_by_loaded_model_within_its_bound(
 def test_a_row_shows_previews_while_it_generates(
     conn: psycopg.Connection[Any], start_daemon: Callable[..., DaemonProcess]
 ) -> None:
-    image_id = insert_image(conn, "a slow one", width=96, height=96, steps=200)
+    # Long enough on any machine for a preview (the first is written 2 s into the batch): 512 px, 200 steps.
+    image_id = insert_image(conn, "a slow one", width=512, height=512, steps=200)
     daemon = start_daemon()
-    preview = wait_until(lambda: fetch_image(conn, image_id)["preview"], 90, what="a preview in the row")
+    preview = wait_until(lambda: fetch_image(conn, image_id)["preview"], 60, what="a preview in the row")
     with PILImage.open(io.BytesIO(base64.b64decode(preview))) as image:
-        assert image.format == "WEBP" and image.size == (12, 12)
+        assert image.format == "WEBP" and image.size == (64, 64)
+    conn.execute("UPDATE images SET cancel_requested = true WHERE id = %s", [image_id])  # seen: no need to wait
     wait_finished(conn, [image_id], daemon)
-    assert fetch_image(conn, image_id)["preview"] is None
+    row = fetch_image(conn, image_id)
+    assert (row["status"], row["error"], row["preview"]) == ("Failed", "cancelled", None)  # cleared at the end
