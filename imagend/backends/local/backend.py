@@ -47,7 +47,7 @@ from imagend.backends.local.options import (
 )
 from imagend.backends.local.png_metadata import GenerationParameters, encode_png
 from imagend.backends.local.previews import latent_previews
-from imagend.backends.local.prompts import is_weighted, syntax_error
+from imagend.backends.local.prompts import is_weighted
 from imagend.backends.local.sdxl import (
     Conditioning,
     check_model_source,
@@ -56,6 +56,7 @@ from imagend.backends.local.sdxl import (
     free_memory,
     load_pipeline,
     place,
+    syntax_error,
 )
 from imagend.backends.local.speed import SpeedSettings, preset_scheduler
 from imagend.backends.local.upscaler import Upscaler
@@ -107,7 +108,6 @@ def _floor(side: int) -> int:
 
 
 PRESET_SCHEDULER = "preset"  # a row sampled by IMAGEND_FAST_PRESET's scheduler
-TASK_NAMES = {"txt2img": "text-to-image", "img2img": "image-to-image", "inpaint": "inpainting", "upscale": "upscale"}
 
 
 def task_of(request: Request) -> str:
@@ -402,9 +402,7 @@ class LocalBackend:
             return {
                 "prompt": group[0].prompt,
                 "negative_prompt": group[0].negative,
-                **self.upscaler.call_arguments(
-                    init.resize((width, height)) if init.size != (width, height) else init, inputs.upscale or 4.0
-                ),
+                **self.upscaler.call_arguments(init.resize((width, height)) if init.size != (width, height) else init),
             }
         assert all(job.conditioning is not None for job in group)
         arguments: dict[str, Any] = self.current.encoder.arguments([job.conditioning for job in group])

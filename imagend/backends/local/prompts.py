@@ -11,46 +11,20 @@ row's conditioning does not depend on its batch; `arguments` stacks a call's row
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from imagend.backends.local.families import Family
-from imagend.backends.local.sdxl import _MAYBE_SYNTAX, PARSED_PROMPTS_KEPT
-
-
-@functools.lru_cache(maxsize=1)
-def _parser() -> Any:
-    from compel.prompt_parser import PromptParser
-
-    return PromptParser()
-
-
-@functools.lru_cache(maxsize=PARSED_PROMPTS_KEPT)
-def _parse(text: str) -> Any:
-    return _parser().parse_conjunction(text)
-
-
-def syntax_error(text: str) -> str | None:
-    """Why compel cannot parse `text`, or None."""
-    if not _MAYBE_SYNTAX.search(text):
-        return None
-    from compel.prompt_parser import PromptParser
-
-    try:
-        _parse(text)
-    except PromptParser.ParsingException as exc:
-        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return None
+from imagend.backends.local.sdxl import MAYBE_SYNTAX, parse_prompt, syntax_error
 
 
 def is_weighted(text: str) -> bool:
     """compel would read `text` as more than plain text (weights, groups, blends)."""
-    if not _MAYBE_SYNTAX.search(text) or syntax_error(text):
+    if not MAYBE_SYNTAX.search(text) or syntax_error(text):
         return False
-    conjunction = _parse(text)
+    conjunction = parse_prompt(text)
     fragments = getattr(conjunction.prompts[0], "children", None) if len(conjunction.prompts) == 1 else None
     return not (fragments and len(fragments) == 1 and fragments[0].weight == 1.0)
 
@@ -67,9 +41,6 @@ class Written:
 class PlainEncoder:
     def __init__(self, family: Family) -> None:
         self.family = family
-
-    def syntax_error(self, text: str) -> str | None:
-        return None  # used as written
 
     def encode(self, prompt: str, negative: str | None) -> Written:
         return Written(prompt, negative)
@@ -97,9 +68,6 @@ class FluxEncoder:
         self.family = family
         self.device = pipe._execution_device
         self._compel: Any = None
-
-    def syntax_error(self, text: str) -> str | None:
-        return syntax_error(text)
 
     @torch.no_grad()
     def encode(self, prompt: str, negative: str | None) -> FluxConditioning:

@@ -31,7 +31,7 @@ log = get_logger()
 PARSED_PROMPTS_KEPT = 256
 # Characters compel's syntax needs (weights, groups, blends, escapes): a prompt with none of
 # them is plain text and need not be parsed.
-_MAYBE_SYNTAX = re.compile(r'[()\[\]+\-"\\]')
+MAYBE_SYNTAX = re.compile(r'[()\[\]+\-"\\]')
 TINY_MODEL_HINT = "for a trial without weights, `imagend -make-tiny-model DIR` writes a miniature (noise-making) model"
 
 
@@ -175,42 +175,53 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else ""
 
 
+@functools.lru_cache(maxsize=1)
+def _prompt_parser() -> Any:
+    from compel.prompt_parser import PromptParser
+
+    return PromptParser()
+
+
+@functools.lru_cache(maxsize=PARSED_PROMPTS_KEPT)
+def parse_prompt(text: str) -> Any:
+    """compel's parse of `text`. compel builds its pyparsing grammar anew for every string it parses,
+    and validation and every encoder (both of SDXL's, FLUX's) parse the same strings: one parser built
+    once, and its (read-only) results remembered, parse the same way for a fraction of the time."""
+    return _prompt_parser().parse_conjunction(text)
+
+
+def syntax_error(text: str) -> str | None:
+    """Why compel cannot parse `text` (e.g. a blend with more weights than prompts), or None."""
+    if not MAYBE_SYNTAX.search(text):
+        return None
+    from compel.prompt_parser import PromptParser
+
+    try:
+        parse_prompt(text)
+    except PromptParser.ParsingException as exc:
+        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return None
+
+
 class PromptEncoder:
     """compel for SDXL's two text encoders: weighting syntax, and no 77-token truncation."""
 
     def __init__(self, pipe: Any) -> None:
         from compel import CompelForSDXL
-        from compel.prompt_parser import PromptParser
 
         self.pipe = pipe
         # Read once: the property walks every module of the pipeline (milliseconds per call).
         self.device = pipe._execution_device
         self.compel = CompelForSDXL(pipe, device=str(self.device))
-        # compel builds its pyparsing grammar anew for every string it parses, and both of SDXL's
-        # encoders parse the same strings: one parser built once, and its (read-only) results
-        # remembered, parse the same way for a fraction of the time. Only the lock holder encodes.
-        parse = functools.lru_cache(maxsize=PARSED_PROMPTS_KEPT)(PromptParser().parse_conjunction)
         for compel in (self.compel.compel_1, self.compel.compel_2):
-            compel.parse_prompt_string = parse
-        self._parse = parse
-        self._parse_error: type[Exception] = PromptParser.ParsingException
+            compel.parse_prompt_string = parse_prompt  # only the lock holder encodes
         # diffusers' own rule: with no negative prompt, the unconditional side is zeros.
         self.zero_empty_negative = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
 
-    def syntax_error(self, text: str) -> str | None:
-        """Why compel cannot parse `text` (e.g. a blend with more weights than prompts), or None."""
-        if not _MAYBE_SYNTAX.search(text):
-            return None
-        try:
-            self._parse(text)
-        except self._parse_error as exc:
-            return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return None
-
     def is_plain(self, text: str) -> bool:
         """No weighting (compel parses it to one fragment of weight 1) and within one 77-token window."""
-        if _MAYBE_SYNTAX.search(text):
-            conjunction = self._parse(text)
+        if MAYBE_SYNTAX.search(text):
+            conjunction = parse_prompt(text)
             prompts = conjunction.prompts
             if len(prompts) != 1 or getattr(conjunction, "loras", None):
                 return False

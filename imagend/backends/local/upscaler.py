@@ -72,8 +72,9 @@ class Upscaler:
             log.info("upscaler_loaded", source=source, seconds=round(time.monotonic() - started, 2))
         return self.pipe
 
-    def call_arguments(self, image: Any, factor: float) -> dict[str, Any]:
-        del factor  # always the model's 4x; see finish()
+    @staticmethod
+    def call_arguments(image: Any) -> dict[str, Any]:
+        """Always the model's 4x; finish() brings it to the row's factor."""
         return {"image": image, "noise_level": NOISE_LEVEL}
 
     @staticmethod
