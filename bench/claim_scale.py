@@ -11,9 +11,9 @@ import time
 
 import psycopg
 
-from imagend.config import load_settings
-from imagend.db import apply_schema, open_pool
-from imagend.repository import Repository
+from imagend.config.settings import load_settings
+from imagend.db.connect import apply_schema, open_pool
+from imagend.db.repository import Repository
 
 from _common import fresh_database, parser, percentile, postgres
 

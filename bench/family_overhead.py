@@ -43,7 +43,7 @@ from pathlib import Path
 
 import psycopg
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from _common import daemon, fresh_database, parser, postgres, wait_until
 
@@ -178,8 +178,8 @@ def main() -> None:
     if args.side % 64:
         p.error("--side: a multiple of 64 (Kandinsky 3; FLUX.1 and SD3 take multiples of 16)")
 
-    from imagend.testing.tiny_families import write_tiny_pipeline
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.backends.local.miniature.families import write_tiny_pipeline
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="imagend-bench-family-") as tmp, postgres(args.database_url) as server:
         workdir = Path(tmp)

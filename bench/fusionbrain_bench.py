@@ -19,7 +19,7 @@ import psycopg
 
 from imagend.backends.base import Image, Request
 from imagend.backends.fusionbrain import FusionBrainBackend, FusionBrainConfig
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 from imagend.logs import configure
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 

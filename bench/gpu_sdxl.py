@@ -1,4 +1,4 @@
-"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed.py) on the
+"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed/apply.py) on the
 full-size SDXL architecture with random weights, against bare diffusers on the same GPU in one run.
 
     .venv/bin/python bench/gpu_sdxl.py                        # everything: about an hour on an H100
@@ -253,7 +253,7 @@ def build_sdxl(tokenizer_dir: Path, device: str, dtype: Any) -> Any:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from imagend.testing.tiny_model import write_tokenizer
+    from imagend.backends.local.miniature.sdxl import write_tokenizer
 
     write_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -290,8 +290,8 @@ def build_flux(tokenizer_dir: Path, device: str) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
-    from imagend.testing.tiny_families import t5_tokenizer
-    from imagend.testing.tiny_model import write_tokenizer
+    from imagend.backends.local.miniature.families import t5_tokenizer
+    from imagend.backends.local.miniature.sdxl import write_tokenizer
 
     write_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -407,7 +407,7 @@ def imagend_backend(pipe: Any, device: str, batch: int, side: int, steps: int, w
                     dtype: str = "float16", model: str = "sdxl-architecture-random-weights") -> Any:
     from imagend.backends.local import LocalBackend
     from imagend.backends.local.options import LocalSettings
-    from imagend.config import load_settings
+    from imagend.config.settings import load_settings
 
     settings = load_settings(
         environ={
@@ -503,8 +503,8 @@ def measure_contender(key: str, label: str, runner: Runner, args: argparse.Names
 
 
 def speed_settings(env: dict[str, str], workdir: Path, dry_run: bool) -> Any:
-    from imagend.backends.local.speed import SpeedSettings
-    from imagend.config import Env
+    from imagend.backends.local.speed.apply import SpeedSettings
+    from imagend.config.settings import Env
 
     speed = SpeedSettings.from_env(Env(env), data_dir=workdir)
     if dry_run:
@@ -533,7 +533,7 @@ def release(device: str) -> None:
 def run_sdxl(args: argparse.Namespace, device: str, pristine: Any, workdir: Path, lora: Path) -> list[Result]:
     import torch
 
-    from imagend.backends.local.speed import apply_speed, preset_scheduler
+    from imagend.backends.local.speed.apply import apply_speed, preset_scheduler
 
     results: list[Result] = []
     for contender in contenders(args.compile_mode):
@@ -578,12 +578,12 @@ def run_flux(args: argparse.Namespace, device: str, workdir: Path) -> list[Resul
     """FLUX.1-schnell, 4 steps: bare diffusers, imagend, imagend with compile + fused QKV."""
     import torch
 
-    from imagend.backends.local.speed import apply_speed
+    from imagend.backends.local.speed.apply import apply_speed
 
     if args.dry_run:
         from diffusers import FluxPipeline
 
-        from imagend.testing.tiny_families import write_tiny_pipeline
+        from imagend.backends.local.miniature.families import write_tiny_pipeline
 
         pristine = FluxPipeline.from_pretrained(write_tiny_pipeline(workdir / "tiny-flux", "flux"),
                                                 dtype=torch.float32)
@@ -642,7 +642,7 @@ def first_image_child(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     import torch
 
-    from imagend.backends.local.speed import apply_speed
+    from imagend.backends.local.speed.apply import apply_speed
 
     quiet()
     imported = time.perf_counter()
@@ -731,7 +731,7 @@ def quiet() -> None:
 
     import structlog
 
-    from imagend.backends.local.sdxl import quiet_libraries
+    from imagend.backends.local.pipelines import quiet_libraries
 
     quiet_libraries()
     importlib.import_module("diffusers.utils.logging").set_verbosity_error()
@@ -795,8 +795,8 @@ def main() -> int:
             print(f"FLUX.1-schnell transformer (meta device): {flux / 1e9:.2f}B parameters")
             from diffusers import StableDiffusionXLPipeline
 
-            from imagend.testing.tiny_extras import write_tiny_lora
-            from imagend.testing.tiny_model import write_tiny_model
+            from imagend.backends.local.miniature.extras import write_tiny_lora
+            from imagend.backends.local.miniature.sdxl import write_tiny_model
 
             tiny = write_tiny_model(workdir / "tiny")
             pristine = StableDiffusionXLPipeline.from_pretrained(str(tiny), dtype=torch.float32)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psycopg
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from _common import daemon, fresh_database, parser, postgres, wait_until
 
@@ -137,7 +137,7 @@ def main() -> None:
         print(json.dumps({"images_per_second": rate}))
         return
 
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="imagend-bench-local-") as tmp, postgres(args.database_url) as server:
         workdir = Path(tmp)

@@ -23,8 +23,8 @@ def main() -> None:
     p.add_argument("--waiting", type=int, default=1_000, help="of them, rows still waiting (the rest finished)")
     p.add_argument("--scrapes", type=int, default=20)
     args = p.parse_args()
-    from imagend.db import apply_schema
-    from imagend.metrics import QUEUE_CACHE_SECONDS
+    from imagend.db.connect import apply_schema
+    from imagend.operations.metrics import QUEUE_CACHE_SECONDS
 
     with postgres(args.database_url) as server:
         db = fresh_database(server, "bench_metrics")

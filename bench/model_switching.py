@@ -3,7 +3,7 @@ alternating between two models through one `imagend -cron`, with and without mod
 
     .venv/bin/python bench/model_switching.py [--rows 40] [--side 64] [--steps 3] [--rounds 3] [--no-cache2]
 
-The rows (`model` = sdxl, sdxl-b, sdxl, …, the pair imagend.testing.tiny_extras.write_tiny_models
+The rows (`model` = sdxl, sdxl-b, sdxl, …, the pair imagend.backends.local.miniature.extras.write_tiny_models
 writes) are inserted before the daemon starts, then one daemon (IMAGEND_BACKEND=local,
 IMAGEND_MODEL = the sdxl folder, IMAGEND_MODELS=sdxl=…,sdxl-b=…, max batch 1) drains them:
 
@@ -36,7 +36,7 @@ from typing import Any
 
 import psycopg
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from _common import daemon, fresh_database, parser, postgres, wait_until
 
@@ -135,7 +135,7 @@ def main() -> None:
     p.add_argument("--no-cache2", action="store_true", help="skip the IMAGEND_MODEL_CACHE=2 configuration")
     args = p.parse_args()
 
-    from imagend.testing.tiny_model import TINY_MODEL_SEED, write_tiny_model
+    from imagend.backends.local.miniature.sdxl import TINY_MODEL_SEED, write_tiny_model
 
     configs = [Config("affinity, cache 1", 1, 600), Config("no affinity, cache 1", 1, 0)]
     if not args.no_cache2:

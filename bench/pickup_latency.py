@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from _common import daemon, fresh_database, parser, percentile, postgres, wait_until
 

@@ -16,7 +16,7 @@ import time
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from _common import daemon, fresh_database, parser, postgres, wait_until
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from imagend.db import apply_schema
-from imagend.sql import queries
+from imagend.db.connect import apply_schema
+from imagend.db.sql import queries
 
 from _common import daemon, fresh_database, parser, postgres
 from support.s3 import MotoServer

@@ -16,20 +16,21 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from imagend import __version__, retention
+from imagend import __version__
 from imagend.backends import create_backends, missing_libraries
 from imagend.backends.registry import BACKEND_NAMES
-from imagend.config import Settings, load_settings
-from imagend.daemon import Daemon, daemon_identity
-from imagend.db import apply_schema, database_setting, database_url, open_pool
+from imagend.config.settings import Settings, load_settings
+from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
+from imagend.db.operations import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
+from imagend.db.repository import Repository
 from imagend.errors import ConfigError, DatabaseUnavailable
-from imagend.export import export_images
-from imagend.health import LoopHealth, stuck_after
 from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
-from imagend.metrics import Metrics
-from imagend.operations_repository import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
-from imagend.repository import Repository
+from imagend.maintenance import retention
+from imagend.maintenance.export import export_images
+from imagend.operations.health import LoopHealth, stuck_after
+from imagend.operations.metrics import Metrics
+from imagend.queue.daemon import Daemon, daemon_identity
 from imagend.storage import StoreUnavailable, open_store
 
 
@@ -132,7 +133,7 @@ def go_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
 def make_tiny_models(directory: str) -> int:
     """-make-tiny-models DIR: every miniature model (random weights, they make noise), then the
     IMAGEND_* lines that point the local backend at them."""
-    from imagend.testing.tiny_extras import write_tiny_models
+    from imagend.backends.local.miniature.extras import write_tiny_models
 
     paths = write_tiny_models(directory)
     print(f"imagend: wrote miniature random-weights models (they make noise) under {directory}:")
@@ -159,13 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.make_tiny_model:
             return make_tiny_models(args.make_tiny_models)
         if args.family != "sdxl":
-            from imagend.testing.tiny_families import FAMILIES, write_tiny_pipeline
+            from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline
 
             write_tiny_pipeline(args.make_tiny_model, args.family)
             print(f"imagend: wrote a miniature random-weights {FAMILIES[args.family][1]} pipeline (it makes noise) "
                   f"to {args.make_tiny_model}")
             return 0
-        from imagend.testing.tiny_model import write_tiny_model
+        from imagend.backends.local.miniature.sdxl import write_tiny_model
 
         write_tiny_model(args.make_tiny_model)
         print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")

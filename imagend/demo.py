@@ -108,7 +108,7 @@ def say(text: str = "") -> None:
 
 
 def start_database() -> str:
-    from imagend.db import apply_schema, embedded_database_url
+    from imagend.db.connect import apply_schema, embedded_database_url
 
     url = embedded_database_url(DEMO_DIR.resolve())
     apply_schema(url)
@@ -116,8 +116,8 @@ def start_database() -> str:
 
 
 def build_model() -> None:
+    from imagend.backends.local.miniature.extras import write_tiny_models
     from imagend.backends.local.options import is_tiny_model
-    from imagend.testing.tiny_extras import write_tiny_models
 
     complete = MODELS_DIR / "upscaler" / "model_index.json"  # written last
     if is_tiny_model(str(MODEL_DIR)) and complete.is_file():

@@ -12,7 +12,7 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
-from imagend.config import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
+from imagend.config.settings import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
 from imagend.errors import DatabaseUnavailable
 
 T = TypeVar("T")

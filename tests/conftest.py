@@ -28,9 +28,9 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from imagend.config import Settings, load_settings
-from imagend.db import apply_schema, open_pool
-from imagend.repository import Repository
+from imagend.config.settings import Settings, load_settings
+from imagend.db.connect import apply_schema, open_pool
+from imagend.db.repository import Repository
 
 from support.db import base_env, import_pgserver, with_dbname
 from support.pgbouncer import PgBouncer

@@ -10,7 +10,7 @@ from imagend.backends.registry import BACKENDS
 from imagend.errors import ConfigError
 
 if TYPE_CHECKING:  # config reads the registry; importing it here at run time would be circular
-    from imagend.config import Settings
+    from imagend.config.settings import Settings
 
 
 def missing_libraries(name: str) -> str | None:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from imagend.db.rows import Claim
 from imagend.errors import BadInput
-from imagend.image_formats import OutputFormat
-from imagend.rows import Claim
+from imagend.images.formats import OutputFormat
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,11 @@ from tenacity import (
 
 from imagend import __version__
 from imagend.backends.base import Image, Pending, Request, Submission, refuse_image_inputs
-from imagend.config import Settings
+from imagend.config.settings import Settings
+from imagend.db.styles import STYLE_NAMES
 from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError
 from imagend.logs import get_logger
 from imagend.retry import http_retry_wait
-from imagend.styles import STYLE_NAMES
 
 log = get_logger()
 

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 
 from imagend import __version__
 from imagend.backends.base import Heartbeat, Image, Request, refuse_image_inputs
-from imagend.config import Settings
+from imagend.config.settings import Settings
+from imagend.db.styles import STYLE_NAMES
 from imagend.errors import BadInput
-from imagend.styles import STYLE_NAMES
 
 PLACEHOLDER_SIDE_PX = 16
 CLAIM_BATCH_WITHOUT_DELAY = 1000

@@ -34,17 +34,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imagend.backends.registry import BACKEND_NAMES
-from imagend.config import PROMPT_MAX_CHARS
+from imagend.config.settings import PROMPT_MAX_CHARS
+from imagend.db.operations import ALL_BACKENDS, INSERTABLE, Pause
+from imagend.db.styles import STYLE_NAMES
 from imagend.errors import BadInput, clip
 from imagend.http.auth import check_read, check_write
 from imagend.http.context import HttpContext
 from imagend.http.images import image_kind, image_response
 from imagend.http.openapi import document
 from imagend.http.responses import error
-from imagend.image_formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
-from imagend.operations_repository import ALL_BACKENDS, INSERTABLE, Pause
-from imagend.styles import STYLE_NAMES
-from imagend.validation import (
+from imagend.images.formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
+from imagend.queue.validation import (
     GUIDANCE_RANGE,
     MAX_SIDE_PX,
     NAME_MAX_CHARS,

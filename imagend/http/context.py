@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from imagend.config import HttpSettings, Settings
-from imagend.health import LoopHealth, ReadyCheck
-from imagend.metrics import QueueCollector
-from imagend.operations_repository import OperationsRepository
+from imagend.config.settings import HttpSettings, Settings
+from imagend.db.operations import OperationsRepository
+from imagend.operations.health import LoopHealth, ReadyCheck
+from imagend.operations.metrics import QueueCollector
 
 
 @dataclass(frozen=True)

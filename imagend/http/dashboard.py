@@ -33,11 +33,11 @@ from starlette.routing import BaseRoute, Route
 
 from imagend import __version__
 from imagend.backends.registry import BACKEND_NAMES
+from imagend.db.operations import ALL_BACKENDS, FleetDaemon, QueueSnapshot
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
 from imagend.http.images import image_response, thumbnail_response
-from imagend.operations_repository import ALL_BACKENDS, FleetDaemon, QueueSnapshot
 
 LIVE_REFRESH_MS = 1000  # the progress bars move once a second (progress is written twice a second)
 RECENT_REFRESH_MS = 4000

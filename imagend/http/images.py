@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 
 from imagend.http.context import HttpContext
 from imagend.http.responses import error
-from imagend.image_formats import FORMAT_ALIASES, FORMATS
+from imagend.images.formats import FORMAT_ALIASES, FORMATS
 from imagend.logs import get_logger
 
 log = get_logger()

@@ -7,9 +7,9 @@ from typing import Any
 
 from imagend import __version__
 from imagend.backends.registry import BACKEND_NAMES
-from imagend.image_formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
-from imagend.styles import STYLE_NAMES
-from imagend.validation import (
+from imagend.db.styles import STYLE_NAMES
+from imagend.images.formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
+from imagend.queue.validation import (
     GUIDANCE_RANGE,
     LORA_WEIGHT_RANGE,
     LORAS_MAX,

@@ -10,15 +10,15 @@ import time
 import uvicorn
 from psycopg_pool import ConnectionPool
 
-from imagend.config import HttpSettings, Settings
-from imagend.db import APPLICATION_NAME
+from imagend.config.settings import HttpSettings, Settings
+from imagend.db.connect import APPLICATION_NAME
+from imagend.db.operations import OperationsRepository
 from imagend.errors import ConfigError
-from imagend.health import LoopHealth, ReadyCheck
 from imagend.http.app import create_app
 from imagend.http.context import HttpContext
 from imagend.logs import get_logger
-from imagend.metrics import GpuCollector, Metrics, QueueCollector
-from imagend.operations_repository import OperationsRepository
+from imagend.operations.health import LoopHealth, ReadyCheck
+from imagend.operations.metrics import GpuCollector, Metrics, QueueCollector
 
 log = get_logger()
 

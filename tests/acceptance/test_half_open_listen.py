@@ -9,7 +9,7 @@ from support.db import base_env, insert_image, wait_until
 from support.tcp_proxy import TcpProxy
 
 CHECK_SECONDS = 1.0
-PROBE_SECONDS = 3.0  # imagend.listener.PROBE_SECONDS
+PROBE_SECONDS = 3.0  # imagend.queue.listener.PROBE_SECONDS
 
 
 def test_a_half_open_listen_connection_is_noticed_and_replaced(db_url, conn, tmp_path):

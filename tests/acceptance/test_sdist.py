@@ -47,8 +47,8 @@ def test_the_licence_file_matches_what_pyproject_declares():
 
 def test_the_sdist_carries_the_licence_docs_unit_and_env_example(sdist):
     inside = members(sdist)
-    wanted = {"LICENSE", ".env.example", "README.md", "pyproject.toml", "imagend/sql/schema.sql",
-              "imagend/sql/queries.sql"}
+    wanted = {"LICENSE", ".env.example", "README.md", "pyproject.toml", "imagend/db/sql/schema.sql",
+              "imagend/db/sql/queries.sql"}
     wanted |= {str(path.relative_to(ROOT)) for folder in ("docs", "systemd") for path in (ROOT / folder).iterdir()}
     assert wanted <= inside, sorted(wanted - inside)
     assert not [name for name in inside if "__pycache__" in name or name.endswith(".pyc")]

@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from imagend.backends import create_backend
 from imagend.backends.base import Backend, GeneratingBackend, Image, Pending, RemoteBackend, Request
 from imagend.backends.registry import BACKEND_NAMES
-from imagend.config import load_settings
+from imagend.config.settings import load_settings
 from imagend.errors import BadInput
 
 SIDE_PX = 64
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     return Path(write_tiny_model(tmp_path_factory.mktemp("conformance-tiny-sdxl")))
 

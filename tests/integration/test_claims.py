@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from datetime import UTC
 
-from imagend.sql import queries
+from imagend.db.sql import queries
 
 from support.db import insert_image
 
@@ -102,7 +102,7 @@ def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
 def test_model_affinity_orders_within_a_priority_and_lets_a_row_go_after_its_bound(conn, make_settings, make_repo):
     from datetime import datetime, timedelta
 
-    from imagend.repository import ModelPreference
+    from imagend.db.repository import ModelPreference
 
     now = datetime(2030, 1, 1, tzinfo=UTC)
     other_old = insert_image(conn, "other, waited 90 s", model="b", run_after=now - timedelta(seconds=90))

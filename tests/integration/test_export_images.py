@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import json
 
-from imagend.export import export_images
+from imagend.maintenance.export import export_images
 from imagend.storage import StoreUnavailable, open_store
 
 from support.daemons import InProcess, run_imagend

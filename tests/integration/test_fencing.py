@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from imagend.db.repository import Finished
+from imagend.db.rows import Claim
 from imagend.errors import LostOwnership
-from imagend.repository import Finished
-from imagend.rows import Claim
 
 from support.db import fetch_image, insert_image
 

@@ -17,7 +17,7 @@ from PIL import Image
 from psycopg.rows import dict_row
 
 from imagend.backends.registry import BACKEND_NAMES
-from imagend.image_inputs import to_base64_png
+from imagend.images.inputs import to_base64_png
 
 from support.db import fetch_image, wait_until
 from support.http_daemon import HttpDaemon, own_database

@@ -10,9 +10,9 @@ from datetime import timedelta
 
 import pytest
 
+from imagend.db.repository import DaemonInfo, Finished
+from imagend.db.rows import Claim
 from imagend.errors import LostOwnership
-from imagend.repository import DaemonInfo, Finished
-from imagend.rows import Claim
 
 from support.db import fetch_image, insert_image
 

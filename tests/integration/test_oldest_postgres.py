@@ -11,7 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from support.daemons import run_imagend
 from support.db import base_env, fetch_image, insert_image

@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from imagend.operations_repository import OperationsRepository
-from imagend.repository import Finished
-from imagend.rows import Claim
+from imagend.db.operations import OperationsRepository
+from imagend.db.repository import Finished
+from imagend.db.rows import Claim
 
 from support.daemons import InProcess, run_imagend
 from support.db import base_env, insert_image

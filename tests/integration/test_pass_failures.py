@@ -3,7 +3,7 @@ database leads to a retry with backoff, never to silence until the next interval
 
 from __future__ import annotations
 
-from imagend.pacer import GENERATOR
+from imagend.queue.pacer import GENERATOR
 from imagend.retry import pass_retry_seconds
 
 from support.daemons import InProcess

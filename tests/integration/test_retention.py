@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
-from imagend import retention
-from imagend.retention import Retention
+from imagend.maintenance import retention
+from imagend.maintenance.retention import Retention
 
 from support.daemons import InProcess, run_imagend
 from support.db import base_env, fetch_image, insert_image

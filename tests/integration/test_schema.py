@@ -12,8 +12,8 @@ import pytest
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from imagend.db import apply_schema, open_pool
-from imagend.repository import Repository
+from imagend.db.connect import apply_schema, open_pool
+from imagend.db.repository import Repository
 
 from support.daemons import InProcess
 from support.db import fetch_image, insert_image, with_dbname

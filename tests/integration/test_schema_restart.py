@@ -6,7 +6,7 @@ import threading
 
 import psycopg
 
-from imagend.db import apply_schema, schema_marker
+from imagend.db.connect import apply_schema, schema_marker
 
 
 def test_applied_schema_is_marked_and_not_reapplied_while_a_producer_holds_the_table(db_url: str) -> None:

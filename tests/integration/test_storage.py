@@ -12,7 +12,7 @@ import piexif.helper
 from PIL import Image as PILImage
 
 from imagend.backends.placeholder import PlaceholderBackend
-from imagend.image_formats import read_parameters
+from imagend.images.formats import read_parameters
 
 from support.daemons import InProcess, run_imagend
 from support.db import base_env, fetch_image, insert_image

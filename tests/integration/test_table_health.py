@@ -3,7 +3,7 @@ index on lease_until replaced by one on id, so that lease renewals (the most fre
 
 from __future__ import annotations
 
-from imagend.db import apply_schema
+from imagend.db.connect import apply_schema
 
 from support.db import insert_image
 

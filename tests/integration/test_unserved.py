@@ -10,7 +10,7 @@ import pytest
 import structlog
 
 from imagend import logs
-from imagend.unserved import UnservedReport
+from imagend.maintenance.unserved import UnservedReport
 
 from support.db import insert_image
 

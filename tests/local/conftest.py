@@ -9,22 +9,22 @@ from typing import Any
 
 import pytest
 
-from imagend.config import load_settings
+from imagend.config.settings import load_settings
 
 from support.local import SIDE_PX, STEPS
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two checkpoints, two LoRAs (kohya, diffusers), an IP-Adapter and an x4 upscaler (imagend.testing.tiny_extras)."""
-    from imagend.testing.tiny_extras import write_mismatched_lora, write_tiny_models
+    """Two checkpoints, two LoRAs (kohya, diffusers), an IP-Adapter and an x4 upscaler (miniature.extras)."""
+    from imagend.backends.local.miniature.extras import write_mismatched_lora, write_tiny_models
 
     models = write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
     write_mismatched_lora(models["loras"] / "misfit.safetensors", models["sdxl"])
@@ -34,8 +34,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.testing.tiny_families), by family key."""
-    from imagend.testing.tiny_families import FAMILIES, write_tiny_pipeline
+    """Miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.backends.local.miniature.families), by family key."""
+    from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline
 
     root = tmp_path_factory.mktemp("tiny-families")
     return {family: write_tiny_pipeline(root / family, family) for family in FAMILIES}

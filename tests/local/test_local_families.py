@@ -13,10 +13,10 @@ import pytest
 from PIL import Image as PILImage
 
 from imagend.backends.local.png_metadata import read_parameters
-from imagend.config import load_settings
+from imagend.config.settings import load_settings
+from imagend.db.rows import ClaimedRow
 from imagend.errors import BadInput, Cancelled
-from imagend.rows import ClaimedRow
-from imagend.validation import validate_row
+from imagend.queue.validation import validate_row
 
 from support.local import TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat
 

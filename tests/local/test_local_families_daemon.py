@@ -94,7 +94,7 @@ def test_a_checkpoint_of_an_unsupported_family_in_imagend_models_is_refused(
     local_env: Callable[..., dict[str, str]], tiny_model: Path, tmp_path: Path
 ) -> None:
     from imagend.backends.local import LocalBackend
-    from imagend.config import load_settings
+    from imagend.config.settings import load_settings
     from imagend.errors import ConfigError
 
     sd15 = tmp_path / "sd15"

@@ -1,4 +1,4 @@
-"""The GPU speed options (imagend.backends.local.speed) on the CPU, on the miniature SDXL model: the
+"""The GPU speed options (imagend.backends.local.speed.apply) on the CPU, on the miniature SDXL model: the
 settings and their errors, the exact options giving the same image, the CUDA-only parts reported
 skipped, the fast presets' LoRA, scheduler and defaults, and the step cache's UNet calls.
 
@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from imagend.backends.local import speed as speed_module
-from imagend.backends.local.speed import (
+from imagend.backends.local.speed.apply import (
     PRESETS,
     SKIPPED,
     SpeedSettings,
@@ -27,7 +26,8 @@ from imagend.backends.local.speed import (
     apply_speed,
     step_cache_of,
 )
-from imagend.config import Env
+from imagend.backends.local.speed.apply import apply as speed_module
+from imagend.config.settings import Env
 from imagend.errors import ConfigError
 
 from support.local import SIDE_PX, TORCH_NUMPY_COPY_WARNING
@@ -44,14 +44,14 @@ EXACT_TOLERANCE = 1e-5
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.testing.tiny_model import write_tiny_model
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     return write_tiny_model(tmp_path_factory.mktemp("tiny-sdxl-speed"))
 
 
 @pytest.fixture(scope="module")
 def tiny_lora(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from imagend.testing.tiny_extras import write_tiny_lora
+    from imagend.backends.local.miniature.extras import write_tiny_lora
 
     return write_tiny_lora(
         tmp_path_factory.mktemp("fast-lora") / "tiny_4step_lora.safetensors", tiny, format="diffusers", seed=7

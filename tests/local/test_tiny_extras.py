@@ -1,4 +1,4 @@
-"""The miniature add-ons (imagend.testing.tiny_extras) through diffusers' own loaders: a second
+"""The miniature add-ons (imagend.backends.local.miniature.extras) through diffusers' own loaders: a second
 checkpoint, LoRAs in kohya and diffusers format, an IP-Adapter, the x4 upscaler, and
 `imagend -make-tiny-models`. Random weights: every image is noise, only the pixels' equality counts."""
 
@@ -14,9 +14,9 @@ import torch
 from PIL import Image as PILImage
 from safetensors.torch import load_file
 
+from imagend.backends.local.miniature import extras as tiny_extras
+from imagend.backends.local.miniature.extras import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 from imagend.backends.local.options import is_tiny_model
-from imagend.testing import tiny_extras
-from imagend.testing.tiny_extras import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 
 from support.local import SIDE_PX, STEPS, TORCH_NUMPY_COPY_WARNING
 

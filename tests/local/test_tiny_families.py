@@ -1,4 +1,4 @@
-"""The miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.testing.tiny_families): each loads with
+"""The miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.backends.local.miniature.families): each loads with
 DiffusionPipeline.from_pretrained to its family's class and makes an image of the asked size in 2 steps,
 seeded. Random weights: the images are noise."""
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline
 from imagend.backends.local.options import is_tiny_model
-from imagend.testing.tiny_families import FAMILIES, write_tiny_pipeline
 
 STEPS = 2
 # (width, height): the smallest each family makes as asked. FLUX packs 2x2 latents of an 8x VAE (multiples

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from imagend.backends.base import Backend
 from imagend.backends.placeholder import PlaceholderBackend
-from imagend.config import Settings
-from imagend.daemon import Daemon
-from imagend.repository import Repository
+from imagend.config.settings import Settings
+from imagend.db.repository import Repository
+from imagend.queue.daemon import Daemon
 
 
 def process_env(env: Mapping[str, str]) -> dict[str, str]:

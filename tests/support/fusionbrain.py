@@ -12,9 +12,9 @@ from typing import Any
 import psycopg
 
 from imagend.backends import create_backends
-from imagend.config import Settings
-from imagend.daemon import Daemon
-from imagend.outcomes import PassCounts
+from imagend.config.settings import Settings
+from imagend.queue.daemon import Daemon
+from imagend.queue.finishing import PassCounts
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
 from support.db import TERMINAL

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from imagend.config import Secret, hide_password, load_settings
+from imagend.config.settings import Secret, hide_password, load_settings
 from imagend.errors import ConfigError
 
 

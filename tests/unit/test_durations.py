@@ -1,4 +1,4 @@
-"""Go durations as the Go service read them: imagend.durations against the cases of Go's own tests
+"""Go durations as the Go service read them: imagend.config.durations against the cases of Go's own tests
 (src/time/time_test.go, parseDurationTests and parseDurationErrorTests, expected values written here
 in nanoseconds), then the settings that take them."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from imagend.config import load_settings
-from imagend.durations import DurationSyntaxError, parse_go_duration
+from imagend.config.durations import DurationSyntaxError, parse_go_duration
+from imagend.config.settings import load_settings
 from imagend.errors import ConfigError
 
 S = 1_000_000_000

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
+from imagend.db.operations import INSERTABLE
 from imagend.http import api, probes
 from imagend.http.openapi import document
-from imagend.operations_repository import INSERTABLE
 
 
 def served() -> set[tuple[str, str]]:

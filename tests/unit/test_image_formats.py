@@ -9,7 +9,7 @@ from PIL import Image as PILImage
 
 from imagend.backends.placeholder import placeholder_png
 from imagend.errors import BadInput
-from imagend.image_formats import OutputFormat, encode, parse_output_format, read_parameters, sniff, thumbnail
+from imagend.images.formats import OutputFormat, encode, parse_output_format, read_parameters, sniff, thumbnail
 
 
 def test_the_default_is_none_and_passes_bytes_through_untouched():

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from imagend.errors import BadInput
-from imagend.image_inputs import (
+from imagend.images.inputs import (
     MAX_INPUT_BYTES,
     MAX_INPUT_PIXELS,
     MAX_INPUT_SIDE,

@@ -7,8 +7,8 @@ import time
 from prometheus_client import generate_latest
 
 from imagend.errors import BadInput, Cancelled, PermanentError, RetryableError, unexpected
-from imagend.health import LoopHealth
-from imagend.metrics import BatchHistogram, Metrics, error_kind
+from imagend.operations.health import LoopHealth
+from imagend.operations.metrics import BatchHistogram, Metrics, error_kind
 
 
 def sample(metrics: Metrics, line_start: str) -> float:

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from imagend.config import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
+from imagend.config.settings import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
 from imagend.errors import DatabaseUnavailable
 from imagend.retry import backoff_seconds, retry_database
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import inspect
 import re
 
-from imagend import operations_repository, repository
-from imagend.sql import queries, schema
+from imagend.db import operations as operations_repository
+from imagend.db import repository
+from imagend.db.sql import queries, schema
 
 EXPECTED = {
     "images_claim_batch", "images_mark_done", "images_fail_attempt", "images_release", "images_extend_lease",

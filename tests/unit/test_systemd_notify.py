@@ -16,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from imagend import logs
-from imagend.systemd_notify import STATUS_MAX_CHARS, Notifier
+from imagend.operations.systemd_notify import STATUS_MAX_CHARS, Notifier
 
 
 class FakeManager:

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from imagend.backends.placeholder import PlaceholderBackend
-from imagend.config import PROMPT_MAX_CHARS, load_settings
+from imagend.config.settings import PROMPT_MAX_CHARS, load_settings
+from imagend.db.rows import ClaimedRow
 from imagend.errors import BadInput
-from imagend.rows import ClaimedRow
-from imagend.validation import truncate_prompt, validate_row
+from imagend.queue.validation import truncate_prompt, validate_row
 
 SETTINGS = load_settings(
     environ={"IMAGEND_BACKEND": "placeholder", "DEFAULT_IMAGE_WIDTH": "640", "DEFAULT_IMAGE_HEIGHT": "480",

@@ -8,7 +8,7 @@
 
 `LocalBackend` is imported on first use, so `imagend.backends.local.options` and `gpu_lock`
 load without torch. The miniature random-weights model for tests and demos is
-`imagend.testing.tiny_model`.
+`imagend.backends.local.miniature.sdxl`.
 """
 
 from __future__ import annotations

@@ -31,10 +31,12 @@ import torch
 from PIL import Image as PILImage
 
 from imagend.backends.base import Heartbeat, Image, Request
-from imagend.backends.local.families import FAMILIES, SDXL, Family
+from imagend.backends.local.addons.ip_adapter import IpAdapter
+from imagend.backends.local.addons.loras import LoraLibrary
+from imagend.backends.local.addons.upscaler import Upscaler
+from imagend.backends.local.families.catalog import FAMILIES, SDXL, Family
+from imagend.backends.local.families.encoders import is_weighted
 from imagend.backends.local.gpu_lock import DeviceLock
-from imagend.backends.local.ip_adapter import IpAdapter
-from imagend.backends.local.loras import LoraLibrary
 from imagend.backends.local.models import LoadedModel, ModelCache
 from imagend.backends.local.options import (
     DEFAULT_INPAINT_STRENGTH,
@@ -45,10 +47,7 @@ from imagend.backends.local.options import (
     LocalSettings,
     style_prompts,
 )
-from imagend.backends.local.png_metadata import GenerationParameters, encode_png
-from imagend.backends.local.previews import latent_previews
-from imagend.backends.local.prompts import is_weighted
-from imagend.backends.local.sdxl import (
+from imagend.backends.local.pipelines import (
     Conditioning,
     check_model_source,
     decoder_option,
@@ -58,14 +57,15 @@ from imagend.backends.local.sdxl import (
     place,
     syntax_error,
 )
-from imagend.backends.local.speed import SpeedSettings, preset_scheduler
-from imagend.backends.local.upscaler import Upscaler
-from imagend.config import Settings
+from imagend.backends.local.png_metadata import GenerationParameters, encode_png
+from imagend.backends.local.previews import latent_previews
+from imagend.backends.local.speed.apply import SpeedSettings, preset_scheduler
+from imagend.config.settings import Settings
+from imagend.db.repository import ModelPreference
+from imagend.db.styles import STYLE_NAMES
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
-from imagend.image_inputs import fit_size
+from imagend.images.inputs import fit_size
 from imagend.logs import get_logger
-from imagend.repository import ModelPreference
-from imagend.styles import STYLE_NAMES
 
 log = get_logger()
 

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from imagend.backends.local.families import SDXL, Family, family_of
+from imagend.backends.local.families.catalog import SDXL, Family, family_of
+from imagend.backends.local.families.encoders import encoder_for
 from imagend.backends.local.options import LocalSettings, is_tiny_model
-from imagend.backends.local.prompts import encoder_for
-from imagend.backends.local.sdxl import Schedulers, free_memory, load_pipeline, place
+from imagend.backends.local.pipelines import Schedulers, free_memory, load_pipeline, place
 from imagend.errors import BadInput
 from imagend.logs import get_logger
 
@@ -139,7 +139,7 @@ class ModelCache:
     def _load_pipeline(self, name: str, source: str) -> Any:
         family = self.families.get(source)
         if family is SDXL and self.vae is None and self.options.vae is not None:
-            from imagend.backends.local.sdxl import load_vae
+            from imagend.backends.local.pipelines import load_vae
 
             self.vae = load_vae(self.options)  # shared by every checkpoint
         setting = f"IMAGEND_MODELS ({name})" if name else "IMAGEND_MODEL"

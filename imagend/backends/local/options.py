@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imagend.config import Settings
+from imagend.config.settings import Settings
+from imagend.db.styles import STYLE_NAMES
 from imagend.errors import ConfigError
-from imagend.styles import STYLE_NAMES
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"  # SDXL's own VAE overflows in fp16
@@ -35,7 +35,7 @@ DEFAULT_STRENGTH = 0.6  # image-to-image, as the issue and A1111's img2img tab (
 DEFAULT_INPAINT_STRENGTH = 1.0  # inpainting repaints the masked region from noise
 DEFAULT_REFERENCE_SCALE = 0.6
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-# imagend.testing.tiny_model writes this file, containing these words, into a miniature model's folder.
+# imagend.backends.local.miniature.sdxl writes this file, containing these words, into a miniature model's folder.
 TINY_MODEL_MARKER_FILE = "README.txt"
 TINY_MODEL_MARKER_TEXT = "RANDOM WEIGHTS"
 
@@ -63,7 +63,7 @@ SCHEDULERS: dict[str, tuple[str, dict[str, object], str]] = {
     "flow_unipc": ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "UniPC"),
 }
 
-# One template per name of imagend.styles (Fusion Brain's names, so producers moving between
+# One template per name of imagend.db.styles (Fusion Brain's names, so producers moving between
 # backends keep working): a prompt template ({prompt}) and words added to the negative prompt.
 # DEFAULT (or NULL) leaves the prompt as written.
 STYLE_TEMPLATES: dict[str, tuple[str, str]] = {
@@ -197,7 +197,7 @@ def _round_side(side: int, max_side: int) -> int:
 
 
 def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple[str, str | None]:
-    """Apply a style template; the style must already be validated (one of imagend.styles.STYLE_NAMES)."""
+    """Apply a style template; the style must already be validated (one of imagend.db.styles.STYLE_NAMES)."""
     template, extra_negative = STYLE_TEMPLATES[style or "DEFAULT"]
     styled = template.replace("{prompt}", prompt)
     if extra_negative:
@@ -206,7 +206,7 @@ def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple
 
 
 def is_tiny_model(model: str) -> bool:
-    """True when IMAGEND_MODEL points at a folder written by imagend.testing.tiny_model (it makes noise)."""
+    """True when IMAGEND_MODEL points at a folder written by imagend.backends.local.miniature.sdxl (it makes noise)."""
     marker = Path(model).expanduser() / TINY_MODEL_MARKER_FILE
     try:
         return marker.is_file() and TINY_MODEL_MARKER_TEXT in marker.read_text(encoding="utf-8")

@@ -1,0 +1,485 @@
+"""Settings: one frozen object, built once in main() from the environment and `.env`.
+
+The Go service's variable names work verbatim; new settings are `IMAGEND_*`. Every
+error names the variable. Backend-specific settings are read by each backend with
+the same `Env` reader when the daemon starts, so a bad value still stops the start.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from imagend.backends.registry import BACKEND_NAMES
+from imagend.config.durations import NANOSECONDS_PER_SECOND, DurationSyntaxError, parse_go_duration
+from imagend.errors import ConfigError
+from imagend.storage.target import StorageTarget, parse_storage_target
+
+# Ancestor defaults (the Go service), then imagend's own.
+DEFAULT_IMAGE_SIDE_PX = 1024
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_GENERATION_TIMEOUT_SECONDS = 300.0
+DEFAULT_CHECK_INTERVAL_SECONDS = 2.0
+GENERATOR_INTERVAL_SECONDS = 300.0
+PROCESSOR_INTERVAL_SECONDS = 600.0
+LEASE_SECONDS = 60.0
+DEAD_AFTER_SECONDS = 10.0
+MAX_CRASHES = 3
+POLL_SECONDS = 2.0
+LISTEN_CHECK_SECONDS = 30.0
+DRAIN_SECONDS = 30.0
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 600.0
+PROMPT_MAX_CHARS = 999
+SECONDS_PER_DAY = 86400
+
+# Plain seconds: decimal digits only (no exponent, inf, nan or underscores, which float() takes).
+_DECIMAL_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+# Retention ages may start with whole days, which Go's durations lack ('30d', '1d12h').
+_DAYS = re.compile(r"([0-9]+)d(.*)")
+
+
+class Secret:
+    """A value that must never be printed: repr and str show stars."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Env:
+    """Typed reads of one environment mapping; every error names the variable."""
+
+    def __init__(self, values: Mapping[builtins.str, builtins.str]) -> None:
+        self.values = values
+
+    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
+        value = self.values.get(name, "").strip()
+        return value if value else default
+
+    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
+        value = (self.str(name) or default).lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int,
+        minimum: builtins.int | None = None,
+        maximum: builtins.int | None = None,
+    ) -> builtins.int:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+        _check_range(name, value, minimum, maximum)
+        return value
+
+    def float(
+        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = None
+    ) -> builtins.float:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        _check_range(name, value, minimum, None)
+        return value
+
+    def seconds(self, name: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
+        """Seconds as a decimal number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms', '.5s',
+        '1μs'); never negative (a wait, a timeout or an interval below zero means nothing)."""
+        raw = self.str(name)
+        if raw is None:
+            return default
+        if _DECIMAL_SECONDS.fullmatch(raw):
+            value = float(raw)
+        else:
+            try:
+                value = parse_go_duration(raw) / NANOSECONDS_PER_SECOND
+            except DurationSyntaxError as exc:
+                raise ConfigError(
+                    f"{name}={raw!r} is not a duration: {exc} "
+                    "(write seconds, like 30 or 0.5, or a Go duration, like 30s, 5m, 1h30m, 500ms)"
+                ) from None
+        if value < 0:
+            raise ConfigError(f"{name}={raw!r} is negative; a duration here must be 0 or more")
+        _check_range(name, value, minimum, None)
+        return value
+
+    def age(self, name: builtins.str) -> builtins.float | None:
+        """An age for retention: a Go duration, optionally led by whole days ('30d', '1d12h', '24h');
+        unset or 0 means off (None)."""
+        raw = self.str(name)
+        if raw is None:
+            return None
+        match = _DAYS.fullmatch(raw)
+        try:
+            days = int(match.group(1)) if match else 0
+            rest = match.group(2) if match else raw
+            seconds = days * SECONDS_PER_DAY + (parse_go_duration(rest) / NANOSECONDS_PER_SECOND if rest else 0.0)
+        except DurationSyntaxError as exc:
+            raise ConfigError(
+                f"{name}={raw!r} is not an age: {exc} (write a Go duration, like 24h or 90m, or days, like 30d)"
+            ) from None
+        if seconds < 0:
+            raise ConfigError(f"{name}={raw!r} is negative; an age must be 0 (off) or more")
+        return seconds or None
+
+    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
+        raw = self.str(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+
+    def secret(self, name: builtins.str) -> Secret | None:
+        value = self.str(name)
+        return Secret(value) if value else None
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={value} is above the maximum {maximum}")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "imagend"
+
+
+# The longest side of a thumbnail, in pixels; smaller than a list page's tiles would need is pointless.
+THUMBNAIL_MIN_PX = 16
+THUMBNAIL_MAX_PX = 2048
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """IMAGEND_RETENTION_*: ages (seconds after finished_at) past which terminal rows go; None: kept."""
+
+    failed_seconds: float | None = None
+    done_seconds: float | None = None
+    base64_seconds: float | None = None
+    delete_objects: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return any(age is not None for age in (self.failed_seconds, self.done_seconds, self.base64_seconds))
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """IMAGEND_HTTP (host:port of the listener: metrics, probes, dashboard, API) and the token
+    writes need (IMAGEND_HTTP_TOKEN; without it the listener is read-only)."""
+
+    host: str
+    port: int
+    token: Secret | None
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+
+
+def _http(env: Env) -> HttpSettings | None:
+    value = env.str("IMAGEND_HTTP")
+    if not value:
+        return None
+    host, sep, port_text = value.rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536 or (sep and not host):
+        raise ConfigError(f"IMAGEND_HTTP={value!r}: say where to listen as host:port, e.g. 127.0.0.1:9464")
+    token = env.secret("IMAGEND_HTTP_TOKEN")
+    if token is not None and len(token.reveal()) < 16:
+        raise ConfigError("IMAGEND_HTTP_TOKEN is too short: use at least 16 random characters")
+    return HttpSettings(host=host, port=int(port_text), token=token)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Database: DATABASE_URL, else the ancestor's DB_*, else the embedded Postgres.
+    database_url: Secret | None
+    db_pool_max: int
+    db_pool_min: int
+    db_conn_max_lifetime_seconds: float
+    # Where LISTEN goes: straight to Postgres when DATABASE_URL is a transaction pooler.
+    listen_url: Secret | None
+    data_dir: Path
+    # Generation defaults applied where a row has NULL (ancestor names).
+    default_width: int
+    default_height: int
+    default_style: str | None
+    default_negative_prompt: str | None
+    default_max_attempts: int
+    generation_timeout_seconds: float
+    check_interval_seconds: float
+    # Daemon.
+    default_backend: str
+    served_backends: tuple[str, ...]
+    lease_seconds: float
+    dead_after_seconds: float
+    max_crashes: int
+    poll_seconds: float
+    listen_check_seconds: float
+    generator_interval_seconds: float
+    processor_interval_seconds: float
+    drain_seconds: float
+    max_batch: int
+    # Where finished images go besides (or instead of) the row's base64 (storage/target.py).
+    storage: StorageTarget | None
+    store_base64: bool
+    thumbnail_px: int  # 0: no thumbnail
+    retention: RetentionSettings
+    placeholder_delay_seconds: float
+    retry_base_seconds: float
+    # Fusion Brain credentials (ancestor names); read by the backend, hidden from logs.
+    fusion_brain_api_key: Secret | None
+    fusion_brain_secret_key: Secret | None
+    env: Env = field(repr=False, compare=False)
+    http: HttpSettings | None = None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for the log redactor."""
+        found = [
+            s.reveal()
+            for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key,
+                      self.http.token if self.http else None)
+            if s
+        ]
+        others = [self.env.str(name) for name in ("DB_PASSWORD", *AWS_SECRET_VARIABLES)]
+        return [*found, *(value for value in others if value)]
+
+
+def load_environment(
+    env_file: str | Path | None = ".env", environ: Mapping[str, str] | None = None, env_file_required: bool = False
+) -> dict[str, str]:
+    """The process environment over the `.env` file (the environment wins, as with Go's godotenv).
+
+    A missing file is skipped unless `env_file_required` (a file named with -env-file)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and (env_file_required or os.path.lexists(env_file)):
+        named = f"-env-file {env_file}" if env_file_required else f"the env file {env_file}"
+        if not os.path.exists(env_file):
+            raise ConfigError(f"{named}: no such file")
+        if os.path.isdir(env_file):
+            raise ConfigError(f"{named}: is a directory, not a file")
+        try:
+            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{named}: cannot be read: {exc}") from None
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+# Read by the S3 store from the environment or .env (storage/s3.py); the secret ones are redacted.
+AWS_SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def _storage(env: Env) -> tuple[StorageTarget | None, bool, int]:
+    """IMAGEND_STORAGE_URL (or IMAGEND_OUTPUT_DIR), IMAGEND_STORE_BASE64, IMAGEND_THUMBNAIL."""
+    target = parse_storage_target(
+        env.str("IMAGEND_STORAGE_URL"), env.str("IMAGEND_OUTPUT_DIR"), env.str("IMAGEND_S3_ENDPOINT_URL")
+    )
+    store_base64 = env.bool("IMAGEND_STORE_BASE64", True)
+    if not store_base64 and target is None:
+        raise ConfigError("IMAGEND_STORE_BASE64=false needs IMAGEND_STORAGE_URL: without base64 and without a "
+                          "storage target an image would live nowhere")
+    thumbnail = env.int("IMAGEND_THUMBNAIL", 0, minimum=0, maximum=THUMBNAIL_MAX_PX)
+    if 0 < thumbnail < THUMBNAIL_MIN_PX:
+        raise ConfigError(f"IMAGEND_THUMBNAIL={thumbnail} is below {THUMBNAIL_MIN_PX} pixels (0 turns it off)")
+    return target, store_base64, thumbnail
+
+
+def _retention(env: Env, target: StorageTarget | None) -> RetentionSettings:
+    retention = RetentionSettings(
+        failed_seconds=env.age("IMAGEND_RETENTION_FAILED"),
+        done_seconds=env.age("IMAGEND_RETENTION_DONE"),
+        base64_seconds=env.age("IMAGEND_RETENTION_BASE64"),
+        delete_objects=env.bool("IMAGEND_RETENTION_DELETE_OBJECTS", False),
+    )
+    if retention.base64_seconds is not None and target is None:
+        raise ConfigError("IMAGEND_RETENTION_BASE64 needs IMAGEND_STORAGE_URL: base64 is only dropped from rows "
+                          "whose image is stored there")
+    return retention
+
+
+# libpq's sslmode values; any other fails the first connect without naming the setting.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_URI_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^@/:]*:([^@/]*)@", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
+
+
+def conninfo_passwords(conninfo: str) -> list[str]:
+    """The password(s) written in a libpq URL or key=value string, as written and decoded, longest
+    first; found by pattern, so even in a string libpq cannot parse."""
+    from urllib.parse import unquote
+
+    found: set[str] = set()
+    for pattern in (_URI_PASSWORD, _QUERY_PASSWORD, _KEYWORD_PASSWORD):
+        for match in pattern.finditer(conninfo):
+            value = match.group(1)
+            found.update({value, value.strip("'"), unquote(value)})
+    return sorted((p for p in found if p), key=len, reverse=True)
+
+
+def hide_password(text: str, conninfo: str) -> str:
+    """`text` (a libpq message, which may quote the string it parsed) with the password starred."""
+    for password in conninfo_passwords(conninfo):
+        text = text.replace(password, "***")
+    return text
+
+
+def check_conninfo(name: str, conninfo: str) -> dict[str, str]:
+    """Parse a libpq URL or key=value string the way libpq will, and check what libpq only checks
+    at the first connect (sslmode, port): a bad value names the variable, never the password."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    except ProgrammingError as exc:
+        reason = hide_password(str(exc).strip(), conninfo)
+        raise ConfigError(f"{name} is not a valid libpq URL or connection string: {reason}") from None
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in SSL_MODES:
+        raise ConfigError(f"{name}: sslmode={sslmode!r} is not one of: {', '.join(SSL_MODES)}")
+    for port in params.get("port", "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{name}: port={port!r} is not a port number (1-65535)")
+    return params
+
+
+def _conninfo_setting(env: Env, name: str) -> Secret | None:
+    value = env.str(name)
+    if value is None:
+        return None
+    check_conninfo(name, value)
+    return Secret(value)
+
+
+def _database_url(env: Env) -> Secret | None:
+    url = _conninfo_setting(env, "DATABASE_URL")
+    if url is not None:
+        return url
+    parts = {
+        "host": env.str("DB_HOST"),
+        "port": env.str("DB_PORT"),
+        "user": env.str("DB_USER"),
+        "password": env.str("DB_PASSWORD"),
+        "dbname": env.str("DB_NAME"),
+        "sslmode": env.str("DB_SSL_MODE"),
+    }
+    if not (parts["host"] or parts["dbname"]):
+        return None
+    if parts["port"] is not None:
+        env.int("DB_PORT", 5432, minimum=1, maximum=65535)
+    if parts["sslmode"] is not None:  # libpq's modes; otherwise the first connect fails without naming it
+        parts["sslmode"] = env.choice("DB_SSL_MODE", "prefer", SSL_MODES)
+    from psycopg.conninfo import make_conninfo
+
+    return Secret(make_conninfo(**{k: v for k, v in parts.items() if v is not None}))
+
+
+def _served_backends(env: Env, default_backend: str, has_fusion_keys: bool) -> tuple[str, ...]:
+    raw = env.str("IMAGEND_BACKENDS")
+    if raw is None:
+        served = {default_backend, "placeholder"} | ({"fusionbrain"} if has_fusion_keys else set())
+        return tuple(name for name in BACKEND_NAMES if name in served)
+    names = tuple(dict.fromkeys(n.strip().lower() for n in raw.split(",") if n.strip()))
+    unknown = [n for n in names if n not in BACKEND_NAMES]
+    if unknown or not names:
+        raise ConfigError(f"IMAGEND_BACKENDS={raw!r}: each name must be one of {', '.join(BACKEND_NAMES)}")
+    return names
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env", env_file_required: bool = False
+) -> Settings:
+    env = Env(load_environment(env_file, environ, env_file_required))
+    num_images = env.int("DEFAULT_NUM_IMAGES", 1, minimum=1)
+    if num_images != 1:
+        raise ConfigError(f"DEFAULT_NUM_IMAGES={num_images}: one image per row is all imagend (and Fusion Brain) makes")
+    api_key = env.secret("FUSION_BRAIN_API_KEY")
+    secret_key = env.secret("FUSION_BRAIN_SECRET_KEY")
+    default_backend = env.choice("IMAGEND_BACKEND", "local", BACKEND_NAMES)
+    storage, store_base64, thumbnail_px = _storage(env)
+    pool_max = env.int("DB_MAX_OPEN_CONNS", 10, minimum=2)
+    return Settings(
+        database_url=_database_url(env),
+        db_pool_max=pool_max,
+        db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 2, minimum=1), pool_max),
+        db_conn_max_lifetime_seconds=env.seconds("DB_CONN_MAX_LIFETIME", 3600.0, minimum=1.0),
+        listen_url=_conninfo_setting(env, "IMAGEND_LISTEN_URL"),
+        data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
+        default_width=env.int("DEFAULT_IMAGE_WIDTH", DEFAULT_IMAGE_SIDE_PX, minimum=1),
+        default_height=env.int("DEFAULT_IMAGE_HEIGHT", DEFAULT_IMAGE_SIDE_PX, minimum=1),
+        default_style=env.str("DEFAULT_STYLE"),
+        default_negative_prompt=env.str("DEFAULT_NEGATIVE_PROMPT"),
+        default_max_attempts=env.int("DEFAULT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1),
+        generation_timeout_seconds=env.seconds(
+            "DEFAULT_GENERATION_TIMEOUT", DEFAULT_GENERATION_TIMEOUT_SECONDS, minimum=1.0
+        ),
+        check_interval_seconds=env.seconds("DEFAULT_CHECK_INTERVAL", DEFAULT_CHECK_INTERVAL_SECONDS, minimum=0.05),
+        default_backend=default_backend,
+        served_backends=_served_backends(env, default_backend, api_key is not None and secret_key is not None),
+        lease_seconds=env.seconds("IMAGEND_LEASE_SECONDS", LEASE_SECONDS, minimum=1.0),
+        # The liveness thread beats every dead_after/10 s and a peer is "alive" within 3 beats:
+        # below 1 s that is too tight for a busy 2-core host.
+        dead_after_seconds=env.seconds("IMAGEND_DEAD_AFTER", DEAD_AFTER_SECONDS, minimum=1.0),
+        max_crashes=env.int("IMAGEND_MAX_CRASHES", MAX_CRASHES, minimum=1),
+        poll_seconds=env.seconds("IMAGEND_POLL_SECONDS", POLL_SECONDS, minimum=0.05),
+        listen_check_seconds=env.seconds("IMAGEND_LISTEN_CHECK", LISTEN_CHECK_SECONDS, minimum=0.5),
+        generator_interval_seconds=env.seconds("IMAGEND_GENERATOR_INTERVAL", GENERATOR_INTERVAL_SECONDS, minimum=0.1),
+        processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
+        drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),
+        max_batch=env.int("IMAGEND_MAX_BATCH", 1, minimum=1, maximum=64),
+        storage=storage,
+        store_base64=store_base64,
+        thumbnail_px=thumbnail_px,
+        retention=_retention(env, storage),
+        placeholder_delay_seconds=env.seconds("IMAGEND_PLACEHOLDER_DELAY", 0.0),
+        retry_base_seconds=env.seconds("IMAGEND_RETRY_BACKOFF", BACKOFF_BASE_SECONDS),
+        fusion_brain_api_key=api_key,
+        fusion_brain_secret_key=secret_key,
+        env=env,
+        http=_http(env),
+    )

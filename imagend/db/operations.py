@@ -1,0 +1,164 @@
+"""The operator's and the API's side of the database (queries_operations.sql): pause and resume,
+the fleet, the queue counts /metrics and `-status` read, what the dashboard shows, and the
+producer statements of the JSON API. Nothing here is on the loops' path."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from imagend.db.repository import Statements, by_name
+
+ALL_BACKENDS = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    backend: str  # '*': every backend
+    paused_at: datetime
+    paused_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDaemon:
+    """A running daemon, as its liveness heartbeat describes it."""
+
+    owner: str
+    host: str
+    pid: int
+    version: str
+    backends: list[str]
+    device: str | None
+    model: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    rows_held: int
+    working: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What one scrape reads, in one round trip."""
+
+    counts: list[tuple[str, str | None, int]]  # (status, backend (None: the default), rows)
+    oldest_waiting: dict[str | None, float]  # backend -> seconds
+    paused: list[Pause]
+    daemons: list[FleetDaemon]
+
+
+class OperationsRepository(Statements):
+    def __init__(self, pool: Any, *, dead_after_seconds: float) -> None:
+        super().__init__(pool)
+        self.dead_after_seconds = dead_after_seconds
+
+    def ping(self) -> None:
+        self._rows("database_ping", {})
+
+    # -- pause ------------------------------------------------------------------------
+
+    def pause(self, backends: Sequence[str], by: str) -> None:
+        """Pause `backends` (empty: all of them)."""
+        self._rows("paused_add", {"backends": list(backends) or [ALL_BACKENDS], "by": by})
+
+    def resume(self, backends: Sequence[str]) -> list[str]:
+        """Resume `backends` (empty: every pause); returns the pauses lifted."""
+        return [row[0] for row in self._rows("paused_remove", {"backends": list(backends) or None})]
+
+    def paused(self) -> list[Pause]:
+        return self._rows("paused_list", {}, by_name(Pause))
+
+    # -- what the scrape, -status and the dashboard read ----------------------------------
+
+    def snapshot(self) -> QueueSnapshot:
+        """Counts, oldest waiting rows, pauses and the fleet: four small reads, one round trip."""
+        with self._cursor() as cur:
+            conn = cur.connection
+            paused_cur = conn.cursor(row_factory=by_name(Pause))
+            fleet_cur = conn.cursor(row_factory=by_name(FleetDaemon))
+            oldest_cur = conn.cursor()
+            with conn.pipeline():  # all four sent before any result is read
+                cur.execute(self._sql["images_queue_counts"])
+                oldest_cur.execute(self._sql["images_oldest_waiting"])
+                paused_cur.execute(self._sql["paused_list"])
+                fleet_cur.execute(self._sql["daemons_list"], {"dead_after": self.dead_after_seconds})
+            counts, oldest = cur.fetchall(), oldest_cur.fetchall()
+            paused, daemons = paused_cur.fetchall(), fleet_cur.fetchall()
+        return QueueSnapshot(
+            counts=[(status, backend, int(rows)) for status, backend, rows in counts],
+            oldest_waiting={backend: float(seconds) for backend, seconds in oldest},
+            paused=paused,
+            daemons=daemons,
+        )
+
+    def daemons(self) -> list[FleetDaemon]:
+        return self._rows("daemons_list", {"dead_after": self.dead_after_seconds}, by_name(FleetDaemon))
+
+    def in_flight(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self._rows("images_in_flight", {"limit": limit}, dict_row)
+
+    def recent_done(self, limit: int = 24) -> list[dict[str, Any]]:
+        return self._rows("images_recent_done", {"limit": limit}, dict_row)
+
+    def recent_failed(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self._rows("images_recent_failed", {"limit": limit}, dict_row)
+
+    def get(self, image_id: int) -> dict[str, Any] | None:
+        rows = self._rows("images_get", {"id": image_id}, dict_row)
+        return rows[0] if rows else None
+
+    def image(self, image_id: int) -> dict[str, Any] | None:
+        rows = self._rows("images_image", {"id": image_id}, dict_row)
+        return rows[0] if rows else None
+
+    def thumbnail(self, image_id: int) -> dict[str, Any] | None:
+        rows = self._rows("images_thumbnail", {"id": image_id}, dict_row)
+        return rows[0] if rows else None
+
+    def preview(self, image_id: int) -> dict[str, Any] | None:
+        """The row's step preview (base64 WebP, None when there is none); None when there is no row."""
+        rows = self._rows("images_preview", {"id": image_id}, dict_row)
+        return rows[0] if rows else None
+
+    # -- the JSON API's producer statements --------------------------------------------
+
+    def insert(self, columns: dict[str, Any]) -> int:
+        """INSERT one row; `columns` holds the producer's columns (missing ones: NULL, the default)."""
+        params = dict.fromkeys(INSERTABLE)
+        params.update(columns)
+        return int(self._rows("images_insert", params)[0][0])
+
+    def cancel(self, image_id: int) -> str | None:
+        """Ask a waiting or running row to stop; returns its status, or None if it is not cancellable."""
+        rows = self._rows("images_cancel", {"id": image_id})
+        return str(rows[0][1]) if rows else None
+
+    def retry(self, image_id: int) -> bool:
+        return bool(self._rows("images_retry", {"id": image_id}))
+
+    def status_of(self, image_id: int) -> str | None:
+        rows = self._rows("images_status_of", {"id": image_id})
+        return str(rows[0][0]) if rows else None
+
+    def waiting(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The next waiting rows, in the claim's order (the dashboard's queue)."""
+        return self._rows("images_waiting", {"limit": limit}, dict_row)
+
+    def params(self, image_id: int) -> str | None:
+        """A row's params as JSON text (None: no row or no params); text, so JSON Postgres accepts
+        but Python cannot decode is still shown."""
+        rows = self._rows("images_params", {"id": image_id})
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+# The columns images_insert takes: what a producer may INSERT (the README's producer's guide).
+INSERTABLE = (
+    "prompt", "negative_prompt", "style", "width", "height", "seed", "steps", "guidance", "scheduler",
+    "backend", "priority", "params", "max_attempts", "run_after", "format", "quality",
+    # The local backend's inputs (validation.image_inputs_of).
+    "model", "loras", "task", "init_image", "init_image_id", "strength", "mask_image", "reference_image",
+    "reference_image_id", "reference_scale", "upscale",
+)

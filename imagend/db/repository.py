@@ -1,0 +1,523 @@
+"""The only place that talks to the database: one typed function per named query.
+
+Every status change is guarded by the status, owner and attempt it expects. A guarded
+write that matches nothing raises LostOwnership: another daemon owns the row now, and
+the caller drops its result instead of writing over theirs. Database faults surface as
+DatabaseUnavailable so loops can back off without knowing psycopg. Rows come back bound
+by column name (by_name, a positional class_row) into the types of rows.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import RowFactory, RowMaker, dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from imagend.backends.registry import BACKEND_NAMES, REMOTE_BACKENDS
+from imagend.db.rows import Claim, ClaimedRow, RemoteTask, SourceRow
+from imagend.db.sql import queries
+from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreference:
+    """For the claim's model affinity: the models loaded ('' is the default model), and how long a
+    row of another model may be passed over (IMAGEND_MODEL_SWITCH_SECONDS)."""
+
+    loaded: tuple[str, ...]
+    switch_seconds: float
+
+# "The database cannot do this for now": back off and try again on a fresh connection. Operational
+# errors cover a lost connection, an admin shutdown, a statement or lock timeout, too many clients.
+UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
+
+
+# Settings some statements run under, each in a transaction of its own (SET LOCAL: pooler-safe, no
+# session state outlives it).
+# - lock_timeout: statements that change a row a producer may hold locked (SELECT … FOR UPDATE from
+#   an admin tool or an ORM) wait at most this long, then raise RowLocked: one locked row must delay
+#   only itself. The others never wait: the claim, the rescue and lease renewals skip locked rows.
+# - synchronous_commit off: begin_work is on the path of every batch, and its WAL flush cost a drain
+#   ~10 %. Only a crash of the Postgres server can lose it, and then the batch counts as not begun
+#   (handed back uncharged): a daemon's death, the case it is written for, cannot.
+# - enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch
+#   (images_ready_idx). Without server-side prepared statements (PgBouncer) each claim is planned
+#   with its values, and on statistics stale after a burst of inserts the planner took a bitmap of
+#   every waiting row and sorted them all (on disk): a claim cost grew with the backlog.
+# - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
+#   way (it took the rows' side for one row), the planner looped over the arrays once per row:
+#   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
+LOCK_TIMEOUT = "2s"
+LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
+TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
+    **dict.fromkeys(
+        ("images_fail_attempt", "images_release", "images_set_warning", "images_mark_submitted",
+         "images_poll_later", "images_set_previews"),
+        LOCK_BOUNDED,
+    ),
+    "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
+    "images_begin_work": {"synchronous_commit": "off"},
+    "images_claim_batch": {"enable_sort": "off"},
+}
+
+
+def by_name(cls: type[T]) -> RowFactory[T]:
+    """psycopg's class_row, built positionally: the columns are matched to the fields by name once
+    per statement (a missing or extra column fails there), then each row is one positional call.
+    The claim makes thousands of rows a second; class_row's dict-per-row showed in the drain."""
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    make: Callable[..., T] = cls
+
+    def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
+        names = [column.name for column in cursor.description or ()]
+        if sorted(names) != sorted(fields):
+            raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
+        order = [names.index(name) for name in fields]
+        if order == list(range(len(fields))):  # the query returns the fields in order: no reshuffle
+            return lambda values: make(*values)
+        if len(order) == 1:
+            return lambda values: make(values[order[0]])
+        pick = operator.itemgetter(*order)
+        return lambda values: make(*pick(values))
+
+    return factory
+
+
+def first_line(exc: Exception) -> str:
+    """libpq's message, first line only (the rest repeats the statement), cut short."""
+    return str(exc).strip().split("\n", 1)[0][:200]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One result for images_mark_done."""
+
+    claim: Claim
+    base64: str | None  # None: kept only in storage (IMAGEND_STORE_BASE64=false)
+    seed: int | None
+    output_path: str | None
+    generation_seconds: float | None
+    warning: str | None = None
+    output_url: str | None = None
+    thumbnail_url: str | None = None
+    thumbnail: str | None = None  # base64 WebP, when there is no storage target
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """One row retention deleted, with where its objects were (images_expire)."""
+
+    id: int
+    output_url: str | None
+    thumbnail_url: str | None
+    output_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Exportable:
+    """A finished row whose image is only in its base64 (images_export_batch)."""
+
+    id: int
+    base64: str
+    format: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """One row images_rescue took back from a dead or stuck owner."""
+
+    id: int
+    status: str
+    backend: str | None
+    old_owner: str | None
+    begun: bool  # work on it had begun (otherwise nothing was charged)
+    crashed: bool  # its owner died while generating it: a crash, not an attempt
+    crashes: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeups:
+    """Seconds from now until the next generator / processor work (negative: due already)."""
+
+    generator: float | None
+    processor: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnservedRows:
+    """Waiting rows for one backend a daemon does not serve (images_unserved)."""
+
+    backend: str
+    rows: int
+    oldest_waiting_seconds: float
+    daemons_serving: int  # running daemons (a heartbeat within dead_after) that serve this backend
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """What a daemon says of itself in imagend_daemons."""
+
+    host: str
+    pid: int
+    version: str
+    backends: list[str]
+    device: str | None = None
+    model: str | None = None
+
+
+class Statements:
+    """Runs the named queries on a pool: database faults become DatabaseUnavailable, a row held
+    locked past LOCK_TIMEOUT becomes RowLocked, rows come back as tuples or through a row factory.
+    Shared by Repository (the loops) and OperationsRepository (the operator's and API's side)."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self._sql = queries()
+
+    @contextmanager
+    def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
+        try:
+            with self.pool.connection() as conn:
+                try:
+                    with conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
+                        yield cur
+                except psycopg.errors.LockNotAvailable:
+                    raise
+                except UNAVAILABLE:
+                    # Its session may carry what caused this (default_transaction_read_only, a 1 ms
+                    # statement_timeout set on the database when it connected): the pool replaces it.
+                    conn.close()
+                    raise
+        except psycopg.errors.LockNotAvailable:
+            raise RowLocked(f"a row is locked by another session (waited {LOCK_TIMEOUT})") from None
+        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
+            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {first_line(exc)}") from exc
+
+    def _rows(self, name: str, params: dict[str, Any], row_factory: RowFactory[Any] | None = None) -> list[Any]:
+        with self._cursor(row_factory) as cur:
+            settings = TRANSACTION_SETTINGS.get(name)
+            if settings is None:
+                cur.execute(self._sql[name], params)
+                return cur.fetchall() if cur.description else []
+            # Pipelined, the messages (BEGIN, the SETs, the statement, COMMIT) cost one round trip.
+            with cur.connection.pipeline(), cur.connection.transaction():
+                for setting, value in settings.items():  # on a cursor of their own: not the row factory's
+                    cur.connection.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                cur.execute(self._sql[name], params)
+            return cur.fetchall() if cur.description else []
+
+
+class Repository(Statements):
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        owner: str,
+        *,
+        lease_seconds: float,
+        default_backend: str,
+        default_max_attempts: int,
+        dead_after_seconds: float = 10.0,
+        max_crashes: int = 3,
+    ) -> None:
+        super().__init__(pool)
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+        self.default_backend = default_backend
+        self.default_max_attempts = default_max_attempts
+        self.dead_after_seconds = dead_after_seconds
+        self.max_crashes = max_crashes
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often the liveness thread beats: ten beats before a daemon counts as dead."""
+        return self.dead_after_seconds / 10
+
+    # -- the generator's side ---------------------------------------------------------
+
+    def claim_batch(
+        self, backend: str, limit: int, now: datetime | None = None, prefer: ModelPreference | None = None
+    ) -> list[ClaimedRow]:
+        """Claim up to `limit` waiting rows for `backend`. Rows naming an unknown backend are
+        claimed too (by whichever backend asks first) so that they fail instead of waiting forever.
+        `prefer`: the models loaded, whose rows come first within a priority (model affinity)."""
+        skip = [name for name in BACKEND_NAMES if name != backend]
+        rows: list[ClaimedRow] = self._rows(
+            "images_claim_batch",
+            {
+                "now": now,
+                "backend": backend,
+                "default_backend": self.default_backend,
+                "skip_backends": skip,
+                "limit": limit,
+                "owner": self.owner,
+                "lease_seconds": self.lease_seconds,
+                "loaded_models": list(prefer.loaded) if prefer else None,
+                "switch_seconds": prefer.switch_seconds if prefer else 0.0,
+            },
+            by_name(ClaimedRow),
+        )
+        return sorted(rows, key=lambda r: r.id)
+
+    def source_rows(self, ids: Sequence[int]) -> dict[int, SourceRow]:
+        """The rows chained rows take their input image from (source_images.py)."""
+        rows: list[SourceRow] = self._rows("images_source_images", {"ids": list(ids)}, by_name(SourceRow))
+        return {row.id: row for row in rows}
+
+    def set_previews(self, previews: Mapping[int, str]) -> None:
+        """Step previews of rows this daemon generates (a row locked by someone else is skipped)."""
+        if previews:
+            self._rows("images_set_previews",
+                       {"ids": list(previews), "previews": list(previews.values()), "owner": self.owner})
+
+    def begin_work(self, ids: Sequence[int]) -> None:
+        """Work on `ids` begins: from now on a death of this daemon counts as a crash of theirs."""
+        self._rows("images_begin_work", {"ids": list(ids), "owner": self.owner})
+
+    def mark_done(self, results: Sequence[Finished]) -> set[int]:
+        """End rows ReadyToPublish with their image in one statement; returns the ids still ours."""
+        if not results:
+            return set()
+        rows = self._rows(
+            "images_mark_done",
+            {
+                "ids": [r.claim.id for r in results],
+                "attempts": [r.claim.attempt for r in results],
+                "base64s": [r.base64 for r in results],
+                "seeds": [r.seed for r in results],
+                "output_paths": [r.output_path for r in results],
+                "output_urls": [r.output_url for r in results],
+                "thumbnail_urls": [r.thumbnail_url for r in results],
+                "thumbnails": [r.thumbnail for r in results],
+                "formats": [r.format for r in results],
+                "generation_seconds": [r.generation_seconds for r in results],
+                "warnings": [r.warning for r in results],
+                "owner": self.owner,
+            },
+        )
+        return {row[0] for row in rows}
+
+    def fail_attempt(self, claim: Claim, error: str, *, retryable: bool, backoff_seconds: float) -> str:
+        """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed)."""
+        rows = self._rows(
+            "images_fail_attempt",
+            {
+                "id": claim.id,
+                "attempt": claim.attempt,
+                "error": error,
+                "retryable": retryable,
+                "backoff_seconds": backoff_seconds,
+                "default_max_attempts": self.default_max_attempts,
+                "owner": self.owner,
+            },
+        )
+        if not rows:
+            raise LostOwnership(claim.id, "fail_attempt")
+        return str(rows[0][0])
+
+    def release(self, ids: Sequence[int] | None, *, delay_seconds: float = 0.0, reason: str | None = None) -> list[int]:
+        """Give rows back without counting the attempt. ids=None: every row this daemon holds."""
+        rows = self._rows(
+            "images_release",
+            {
+                "ids": None if ids is None else list(ids),
+                "delay_seconds": delay_seconds,
+                "reason": reason,
+                "owner": self.owner,
+            },
+        )
+        return [row[0] for row in rows]
+
+    def extend_lease(
+        self, ids: Sequence[int], progress: float | None = None, progress_ids: Sequence[int] | None = None
+    ) -> dict[int, bool]:
+        """Renew leases, and the progress of `progress_ids` (default: all of `ids`);
+        returns {id: cancel_requested} for the rows still ours."""
+        rows = self._rows(
+            "images_extend_lease",
+            {
+                "ids": list(ids),
+                "progress": progress,
+                "progress_ids": list(ids if progress_ids is None else progress_ids),
+                "lease_seconds": self.lease_seconds,
+                "owner": self.owner,
+            },
+        )
+        return {row[0]: bool(row[1]) for row in rows}
+
+    def set_warning(self, image_id: int, warning: str) -> None:
+        self._rows("images_set_warning", {"id": image_id, "warning": warning, "owner": self.owner})
+
+    # -- the processor's side ---------------------------------------------------------
+
+    def fold_queue_counts(self) -> None:
+        self._rows("images_fold_queue_counts", {})
+
+    def rescue(self, crash_backoffs: Sequence[float], now: datetime | None = None) -> list[Rescued]:
+        """Take back rows of dead daemons, and rows whose lease ran out (see images_rescue)."""
+        return self._rows(
+            "images_rescue",
+            {
+                "now": now,
+                "lease_seconds": self.lease_seconds,
+                "dead_after": self.dead_after_seconds,
+                "max_crashes": self.max_crashes,
+                "crash_backoff": list(crash_backoffs),
+                "default_max_attempts": self.default_max_attempts,
+                "remote_backends": list(REMOTE_BACKENDS),
+            },
+            by_name(Rescued),
+        )
+
+    def claim_polls(self, backends: Sequence[str], limit: int, now: datetime | None = None) -> list[RemoteTask]:
+        return self._rows(
+            "images_claim_polls",
+            {
+                "now": now,
+                "backends": list(backends),
+                "limit": limit,
+                "owner": self.owner,
+                "lease_seconds": self.lease_seconds,
+                "dead_after": self.dead_after_seconds,
+            },
+            by_name(RemoteTask),
+        )
+
+    def mark_submitted(self, claim: Claim, task_id: str, poll_after_seconds: float) -> None:
+        rows = self._rows(
+            "images_mark_submitted",
+            {
+                "id": claim.id,
+                "attempt": claim.attempt,
+                "uuid": task_id,
+                "poll_after_seconds": poll_after_seconds,
+                "owner": self.owner,
+            },
+        )
+        if not rows:
+            raise LostOwnership(claim.id, "mark_submitted")
+
+    def poll_later(self, claim: Claim, poll_after_seconds: float) -> None:
+        rows = self._rows(
+            "images_poll_later",
+            {"id": claim.id, "attempt": claim.attempt, "poll_after_seconds": poll_after_seconds, "owner": self.owner},
+        )
+        if not rows:
+            raise LostOwnership(claim.id, "poll_later")
+
+    def next_wakeups(self, served: Sequence[str]) -> Wakeups:
+        """When this daemon's generator and processor next have work, by the database's clock
+        (so host clock skew cannot shift wake-ups)."""
+        rows: list[Wakeups] = self._rows(
+            "images_next_wakeups",
+            {
+                "default_backend": self.default_backend,
+                "served": list(served),
+                "known": list(BACKEND_NAMES),
+                "lease_seconds": self.lease_seconds,
+            },
+            by_name(Wakeups),
+        )
+        return rows[0]
+
+    # -- liveness ---------------------------------------------------------------------
+
+    @property
+    def alive_within_seconds(self) -> float:
+        """A peer silent for longer may be dead: the liveness thread schedules a rescue for the moment
+        it will count as dead (dead_after)."""
+        return 3 * self.heartbeat_seconds
+
+    def heartbeat(self, me: DaemonInfo) -> float | None:
+        """Say this daemon is alive; returns in how many seconds a rescue is due (None: none in sight)."""
+        rows = self._rows(
+            "daemons_heartbeat",
+            {
+                "owner": self.owner,
+                "host": me.host,
+                "pid": me.pid,
+                "version": me.version,
+                "backends": me.backends,
+                "device": me.device,
+                "model": me.model,
+                "dead_after": self.dead_after_seconds,
+                "alive_within": self.alive_within_seconds,
+            },
+        )
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    def remove_daemon(self) -> None:
+        """This daemon stopped cleanly (its rows released); long-dead daemons holding nothing go too."""
+        self._rows("daemons_remove", {"owner": self.owner})
+
+    def listen_probe(self, channel: str) -> None:
+        self._rows("listen_probe", {"channel": channel})
+
+    def queue_status(self) -> list[dict[str, Any]]:
+        with self._cursor(dict_row) as cur:
+            cur.execute(self._sql["images_queue_status"])
+            return cur.fetchall()
+
+    def unserved(self, served: Sequence[str]) -> list[UnservedRows]:
+        """Waiting rows for the known backends not in `served`, per backend, with how many running
+        daemons serve each (0: nobody will ever claim them)."""
+        rows: list[UnservedRows] = self._rows(
+            "images_unserved",
+            {
+                "default_backend": self.default_backend,
+                "served": list(served),
+                "known": list(BACKEND_NAMES),
+                "dead_after": self.dead_after_seconds,
+            },
+            by_name(UnservedRows),
+        )
+        return rows
+
+    # -- retention and export (retention.py, export.py) -------------------------------------
+
+    def expire(self, status: str, age_seconds: float, limit: int) -> list[Expired]:
+        """Delete up to `limit` rows of a terminal `status` finished more than `age_seconds` ago."""
+        if status not in ("ReadyToPublish", "Failed"):
+            raise ValueError(f"retention deletes terminal rows only, not {status!r}")
+        rows: list[Expired] = self._rows(
+            "images_expire", {"status": status, "age_seconds": age_seconds, "limit": limit}, by_name(Expired)
+        )
+        return rows
+
+    def drop_base64(self, age_seconds: float, limit: int) -> int:
+        """Drop the base64 of up to `limit` stored rows finished more than `age_seconds` ago; how many."""
+        return len(self._rows("images_drop_inline", {"age_seconds": age_seconds, "limit": limit}))
+
+    def build_index(self, name: str) -> None:
+        """images_retention_index_finished / _base64: CREATE INDEX CONCURRENTLY IF NOT EXISTS."""
+        if name not in ("images_retention_index_finished", "images_retention_index_inline"):
+            raise ValueError(name)
+        self._rows(name, {})
+
+    def invalid_indexes(self) -> list[str]:
+        return [row[0] for row in self._rows("images_invalid_indexes", {})]
+
+    def export_batch(self, after_id: int, limit: int) -> list[Exportable]:
+        rows: list[Exportable] = self._rows(
+            "images_export_batch", {"after_id": after_id, "limit": limit}, by_name(Exportable)
+        )
+        return rows
+
+    def export_mark(self, ids: Sequence[int], output_urls: Sequence[str], formats: Sequence[str], *,
+                    keep_base64: bool) -> set[int]:
+        rows = self._rows(
+            "images_export_mark",
+            {"ids": list(ids), "output_urls": list(output_urls), "formats": list(formats), "keep_base64": keep_base64},
+        )
+        return {row[0] for row in rows}

@@ -1,0 +1,104 @@
+"""What the repository hands out, bound by column name (psycopg's class_row), and the
+claim token that travels with a row from its claim to the write that ends it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from imagend.errors import BadInput
+from imagend.images.formats import OutputFormat, parse_output_format
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One claim of one row: its id and the attempt number the claim stamped. Every write
+    that ends a claim is fenced by both (see queries.sql), so a late result of an earlier
+    claim of the same row can never land on a later one."""
+
+    id: int
+    attempt: int
+    # What the finishing write needs of the row (its `format` and `quality`), carried from the claim
+    # so that finishing costs no read; not part of the fence.
+    output: OutputFormat | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """A row this daemon now owns in `Generate`, exactly as the producer wrote it
+    (the columns of images_claim_batch's RETURNING, by name)."""
+
+    id: int
+    attempt: int
+    prompt: str | None
+    negative_prompt: str | None
+    style: str | None
+    width: int | None
+    height: int | None
+    seed: int | None
+    steps: int | None
+    guidance: float | None
+    scheduler: str | None
+    backend: str
+    params: str | None  # JSON text, decoded by validation.decode_params
+    max_attempts: int | None
+    cancel_requested: bool = False
+    format: str | None = None  # checked in validation.py (image_formats.parse_output_format)
+    quality: int | None = None
+    waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
+    # The local backend's inputs (docs/local.md), checked in validation.py and image_inputs.py.
+    model: str | None = None
+    loras: str | None = None  # JSON text, as params
+    task: str | None = None
+    init_image: str | None = None  # base64
+    init_image_id: int | None = None
+    strength: float | None = None
+    mask_image: str | None = None
+    reference_image: str | None = None
+    reference_image_id: int | None = None
+    reference_scale: float | None = None
+    upscale: float | None = None
+
+    @property
+    def claim(self) -> Claim:
+        return Claim(self.id, self.attempt)
+
+    @property
+    def source_ids(self) -> list[int]:
+        """The rows whose finished image this row takes as an input."""
+        return [i for i in (self.init_image_id, self.reference_image_id) if i is not None]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """A row named by another row's init_image_id or reference_image_id (images_source_images)."""
+
+    id: int
+    status: str
+    base64: str | None
+    output_path: str | None
+    output_url: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTask:
+    """A row in `Generate` whose remote task is due for a poll, now owned by this daemon."""
+
+    id: int
+    attempt: int
+    task_id: str
+    submitted_at: datetime | None
+    backend: str
+    format: str | None = None
+    quality: int | None = None
+
+    @property
+    def claim(self) -> Claim:
+        """format and quality were checked before the submit; made wrong since, they are ignored (the image
+        is kept as the backend made it) rather than failing a result that cannot be fetched again."""
+        try:
+            output = parse_output_format(self.format, self.quality)
+        except BadInput:
+            output = None
+        return Claim(self.id, self.attempt, output)

@@ -1,0 +1,252 @@
+-- imagend schema. Idempotent: the daemon applies it at every start, and
+-- `psql -f imagend/db/sql/schema.sql` does the same by hand. An ancestor (Go service)
+-- table is upgraded in place: its columns and rows are kept, new columns added.
+BEGIN;
+
+-- Two daemons starting together must not race on CREATE/ALTER.
+SELECT pg_advisory_xact_lock(hashtext('imagend.schema'));
+
+-- The ancestor's table, unchanged.
+CREATE TABLE IF NOT EXISTS images (
+    id         SERIAL PRIMARY KEY,
+    prompt     TEXT NOT NULL,
+    uuid       TEXT,
+    status     TEXT NOT NULL DEFAULT 'ReadyToGenerate',
+    base64     TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- What a producer may write (all optional; NULL means "the daemon's default").
+ALTER TABLE images ADD COLUMN IF NOT EXISTS negative_prompt   TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS style             TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS width             INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS height            INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS seed              BIGINT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS steps             INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS guidance          DOUBLE PRECISION;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS scheduler         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS backend           TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS priority          INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS params            JSONB;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS max_attempts      INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS cancel_requested  BOOLEAN NOT NULL DEFAULT false;
+-- The local backend's inputs (docs/local.md): a model by name (IMAGEND_MODELS), LoRAs, an init image
+-- (image-to-image; with a mask, inpainting; task 'upscale'), a reference image (IP-Adapter). An
+-- *_image_id names another row whose finished image is the input: the row waits until that row ends.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS model              TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS loras              JSONB;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS task               TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS init_image         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS init_image_id      INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS strength           REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS mask_image         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image    TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image_id INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_scale    REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS upscale            REAL;
+-- What the daemon writes.
+-- preview: a small WebP (base64) of the image forming, every 2 s or so while it generates.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS preview           TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS run_after         TIMESTAMPTZ NOT NULL DEFAULT now();
+-- attempts: claims that counted (the current claim's number while in Generate).
+-- crashes: times a daemon died while generating the row; not attempts (see images_rescue).
+ALTER TABLE images ADD COLUMN IF NOT EXISTS attempts          INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS crashes           INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS error             TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS warning           TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS progress          REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS locked_by         TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS lease_until       TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS submitted_at      TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS started_at        TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS finished_at       TIMESTAMPTZ;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS generation_seconds DOUBLE PRECISION;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS output_path       TEXT;
+-- Where the image lives besides (or instead of) base64 (IMAGEND_STORAGE_URL), and its thumbnail.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS output_url        TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail_url     TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail         TEXT;
+-- Producer: png (default), webp or jpeg, and quality 1-100 (validation.py); the daemon writes back
+-- the format the image was stored in.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS format            TEXT;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS quality           INTEGER;
+
+-- Ancestor rows caught mid-flight by the upgrade: only Fusion Brain rows ever had a
+-- task uuid, so they are resumed by polling instead of being lost.
+UPDATE images SET backend = 'fusionbrain'
+WHERE status = 'Generate' AND uuid IS NOT NULL AND backend IS NULL;
+
+-- NOT VALID: an upgraded ancestor table may hold odd historic values; new writes are checked.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'images_status_known') THEN
+        ALTER TABLE images ADD CONSTRAINT images_status_known
+            CHECK (status IN ('ReadyToGenerate', 'Generate', 'ReadyToPublish', 'Failed')) NOT VALID;
+    END IF;
+END $$;
+
+-- Serves the claim: only waiting rows are indexed, so finished rows cost nothing.
+CREATE INDEX IF NOT EXISTS images_ready_idx
+    ON images (priority DESC, id) WHERE status = 'ReadyToGenerate';
+-- Serves lease expiry, remote polling and the next wake-up time: every row in Generate (a few per
+-- daemon), whose leases are then read from the heap. Keyed on id, not lease_until, so that the most
+-- frequent write of all, a lease renewal with its progress (twice a second per generating batch),
+-- touches no indexed column and can be a HOT update (see fillfactor below; docs/storage.md).
+-- Before 0.1 the index was on lease_until: replaced once.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_indexes
+               WHERE indexname = 'images_lease_idx' AND indexdef LIKE '%(lease_until)%') THEN
+        DROP INDEX images_lease_idx;
+    END IF;
+END $$;
+CREATE INDEX IF NOT EXISTS images_lease_idx
+    ON images (id) WHERE status = 'Generate';
+
+-- Table health under years of traffic (measured in bench/storage_soak.py; docs/storage.md):
+-- fillfactor 90 leaves each heap page room for the HOT updates of lease renewals and progress;
+-- autovacuum visits the table after 1,000 + 2 % of its rows changed (the default 20 % lets a
+-- queue of millions of finished rows carry hundreds of thousands of dead ones), and after
+-- inserts alone too (visibility map kept current for index-only scans). Set only when different,
+-- as ALTER TABLE … SET waits for (and cancels) a running autovacuum.
+DO $$
+DECLARE
+    wanted text[] := ARRAY['fillfactor=90', 'autovacuum_vacuum_scale_factor=0.02',
+                           'autovacuum_vacuum_threshold=1000', 'autovacuum_analyze_scale_factor=0.02',
+                           'autovacuum_vacuum_insert_scale_factor=0.05'];
+BEGIN
+    IF NOT (SELECT COALESCE(reloptions, '{}') @> wanted FROM pg_class WHERE oid = 'images'::regclass) THEN
+        ALTER TABLE images SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.02,
+                                autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02,
+                                autovacuum_vacuum_insert_scale_factor = 0.05);
+    END IF;
+END $$;
+
+-- Rows that wait for another row's image (init_image_id, reference_image_id): few, and read when a
+-- row ends to wake the daemons (images_notify_sources_done).
+CREATE INDEX IF NOT EXISTS images_chained_idx
+    ON images (id) WHERE status = 'ReadyToGenerate'
+                     AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL);
+
+CREATE OR REPLACE FUNCTION imagend_touch_updated_at() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_touch_updated_at
+    BEFORE UPDATE ON images
+    FOR EACH ROW EXECUTE FUNCTION imagend_touch_updated_at();
+
+-- Channel `imagend_new`, no payload: on every INSERT statement, and whenever a row
+-- returns to ReadyToGenerate due now (a producer's retry, a release, a rescue). Daemons
+-- LISTEN and claim at once instead of waiting for the next interval run.
+CREATE OR REPLACE FUNCTION imagend_notify_new() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imagend_new', '');
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_new
+    AFTER INSERT ON images
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+
+-- Row level, but Postgres folds identical notifications of one transaction into one.
+CREATE OR REPLACE TRIGGER images_notify_requeued
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status = 'ReadyToGenerate' AND OLD.status IS DISTINCT FROM NEW.status
+          AND NEW.run_after <= now())
+    EXECUTE FUNCTION imagend_notify_new();
+
+-- A row that ends may be the input of a row waiting for it (init_image_id, reference_image_id): the
+-- claim skips such a row until then, so the daemons are woken as for a new row. Per statement, and
+-- the chained index is almost always empty: a batch of 1,000 finished rows costs one probe.
+CREATE OR REPLACE FUNCTION imagend_notify_sources_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM images
+               WHERE status = 'ReadyToGenerate'
+                 AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL))
+       AND EXISTS (SELECT 1 FROM ended WHERE status IN ('ReadyToPublish', 'Failed')) THEN
+        PERFORM pg_notify('imagend_new', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_sources_done
+    AFTER UPDATE ON images
+    REFERENCING NEW TABLE AS ended
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_sources_done();
+
+-- A producer putting a finished row back (README, "Trying again") means a fresh start:
+-- the cancel flag, the crash count and, unless the producer set it, the attempt count
+-- are reset, so `UPDATE images SET status = 'ReadyToGenerate' WHERE id = 42` just works.
+CREATE OR REPLACE FUNCTION imagend_requeue_finished() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.cancel_requested IS NOT DISTINCT FROM OLD.cancel_requested THEN
+        NEW.cancel_requested := false;
+    END IF;
+    IF NEW.attempts IS NOT DISTINCT FROM OLD.attempts THEN
+        NEW.attempts := 0;
+    END IF;
+    NEW.crashes := 0;
+    NEW.finished_at := NULL;
+    NEW.progress := NULL;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_requeue_finished
+    BEFORE UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate')
+    EXECUTE FUNCTION imagend_requeue_finished();
+
+-- Channel `imagend_done`: payload {"id": …, "status": "ReadyToPublish"|"Failed"} on
+-- every terminal transition, so producers can LISTEN instead of polling.
+CREATE OR REPLACE FUNCTION imagend_notify_done() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imagend_done',
+                      json_build_object('id', NEW.id, 'status', NEW.status)::text);
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_notify_done
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION imagend_notify_done();
+
+-- One row per running daemon, written by its liveness thread every second or so. A
+-- daemon whose heartbeat is older than IMAGEND_DEAD_AFTER is dead: any other daemon
+-- rescues its rows at once (images_rescue) instead of waiting for their leases.
+CREATE TABLE IF NOT EXISTS imagend_daemons (
+    owner        TEXT PRIMARY KEY,          -- what images.locked_by shows: host:pid:random
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    version      TEXT NOT NULL,
+    backends     TEXT[] NOT NULL,
+    device       TEXT,
+    model        TEXT,
+    started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    rows_held    INTEGER NOT NULL DEFAULT 0,
+    -- The rows whose generation (or submission) it began last: if it dies, these were in its
+    -- hands (a crash each), the rest of what it held was only claimed ahead (charged nothing).
+    working      INTEGER[] NOT NULL DEFAULT '{}'
+);
+
+-- Which daemon is working on which row right now (not rows it merely holds, claimed ahead).
+CREATE OR REPLACE VIEW imagend_working AS
+SELECT i.id, i.locked_by AS owner, i.progress
+FROM imagend_daemons AS d
+JOIN images AS i ON i.id = ANY (d.working) AND i.locked_by = d.owner AND i.status = 'Generate';
+
+-- The operators' view of the queue (images_queue_status) is in schema_operations.sql.
+
+COMMIT;

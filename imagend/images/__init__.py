@@ -1,0 +1,1 @@
+"""Pixels: output formats (encoding, thumbnails, metadata) and strict decoding of input images."""

@@ -1,0 +1,66 @@
+"""The daemon's heartbeat: a row in `imagend_daemons`, renewed about ten times per
+IMAGEND_DEAD_AFTER by a thread of its own (so a long GPU call or a busy pass never
+delays it). A daemon whose heartbeat is older than IMAGEND_DEAD_AFTER is dead: others
+rescue its rows at once. The same statement tells when a rescue falls due (a lease ran
+out, or a silent peer holding rows will count as dead), so an idle daemon rescues at that
+moment instead of at its next interval run."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+
+from imagend.db.repository import DaemonInfo, Repository
+from imagend.errors import DatabaseUnavailable
+from imagend.logs import get_logger
+
+log = get_logger()
+
+DEATH_SLACK_SECONDS = 0.05  # a peer counts as dead strictly after dead_after: look just past it
+
+
+class Liveness:
+    def __init__(self, repo: Repository, me: DaemonInfo, on_rescue_due: Callable[[float], None]) -> None:
+        self.repo = repo
+        self.me = me
+        self.on_rescue_due = on_rescue_due
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    def start(self) -> None:
+        """Beat once now (so this daemon is known before it claims anything), then keep beating."""
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="imagend-liveness", daemon=True)
+        self._thread.start()
+
+    def stop(self, remove: bool = True) -> None:
+        """Stop beating; `remove` the daemon's row (a clean stop, its rows already released)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        if remove:  # if the database is away, its heartbeat goes stale instead; it holds no rows
+            with contextlib.suppress(DatabaseUnavailable):
+                self.repo.remove_daemon()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.repo.heartbeat_seconds):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            rescue_in = self.repo.heartbeat(self.me)
+        except DatabaseUnavailable as exc:
+            if not self._failing:
+                log.warning("heartbeat_failed", error=str(exc), dead_after_seconds=self.repo.dead_after_seconds)
+            self._failing = True
+            return
+        except Exception:  # never let the thread die silently: others would think this daemon dead
+            log.exception("heartbeat_failed")
+            return
+        if self._failing:
+            log.info("heartbeat_resumed")
+            self._failing = False
+        if rescue_in is not None:
+            self.on_rescue_due(rescue_in + DEATH_SLACK_SECONDS)

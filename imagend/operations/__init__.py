@@ -1,0 +1,1 @@
+"""Operations: metrics, health, systemd notification and the `-status` report."""

@@ -1,0 +1,165 @@
+"""How a pass ends rows: done, failed (or back for another attempt), released.
+
+Shared by the generator and the processor so that both write, count and log the same
+way. Every write is guarded by the row's claim (see repository.py); a write that lost
+its guard is counted as `lost` and logged, and the result is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from imagend.backends.base import Image
+from imagend.config.settings import Settings
+from imagend.db.repository import Repository
+from imagend.db.rows import Claim
+from imagend.errors import LostOwnership, RowError, RowLocked
+from imagend.logs import get_logger, redact
+from imagend.operations.metrics import Metrics
+from imagend.queue.publishing import Results
+from imagend.retry import backoff_seconds, retry_database
+
+log = get_logger()
+T = TypeVar("T")
+
+
+COUNT_FIELDS = (
+    "claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost", "expired",
+)
+
+
+@dataclass
+class PassCounts:
+    """What one generator or processor pass did; tests assert on it."""
+
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    submitted: int = 0
+    polled: int = 0
+    rescued: int = 0
+    lost: int = 0
+    expired: int = 0  # rows deleted or base64 dropped by retention (retention.py logs the detail)
+    # The pass stopped early, with work left, because the other pass fell due.
+    more: bool = False
+
+    def merge(self, other: PassCounts) -> None:
+        for name in COUNT_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.more = self.more or other.more
+
+    def summary(self) -> dict[str, int]:
+        """The non-zero counts, for a log line."""
+        return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name)}
+
+
+class Outcomes:
+    """Every outcome is also counted in `metrics` (by the row's backend), a batch at a time."""
+
+    def __init__(self, repo: Repository, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.repo = repo
+        self.settings = settings
+        self.results = Results(settings)
+        self.metrics = metrics or Metrics()
+
+    def done(self, backend: str, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *,
+             one_shot: bool = False) -> None:
+        """The image goes to storage first (results.py), then the row is finished in one statement,
+        fenced by each claim.
+
+        An image the store cannot take (down, refusing, a folder that cannot be written) fails its attempt
+        (retried with backoff) with the store's error, unless it is `one_shot` (a remote result, fetched
+        once and gone): that one is kept in the row's base64 with a warning rather than thrown away."""
+        rows, failed = self.results.finished(results, one_shot=one_shot)
+        for claim, error in failed:
+            self.fail(backend, claim, error, counts)
+        if not rows:
+            return
+        written = self._per_row_if_locked(self.repo.mark_done, rows, lambda row: row.claim.id)
+        counts.done += len(written)
+        self.metrics.count(backend, "done", len(written))
+        self.metrics.generation_seconds.observe(
+            backend, (image.generation_seconds for claim, image in results if claim.id in written))
+        kept = {row.claim for row in rows}
+        for claim, image in results:
+            if claim not in kept:
+                continue
+            if claim.id in written:
+                log.debug(
+                    "image_done",
+                    id=claim.id,
+                    status="ReadyToPublish",
+                    attempt=claim.attempt,
+                    seconds=image.generation_seconds,
+                )
+            else:
+                counts.lost += 1
+                self.metrics.lost.labels(backend).inc()
+                log.warning(
+                    "result_dropped",
+                    id=claim.id,
+                    status="Generate",
+                    attempt=claim.attempt,
+                    reason="row is no longer ours (lease expired, the producer changed it, or holds it locked)",
+                )
+
+    def _per_row_if_locked(self, write: Callable[[list[T]], Iterable[int]], items: Sequence[T],
+                           row_id: Callable[[T], int]) -> set[int]:
+        """Run a batch write; if a row of it is locked by another session, write row by row so that
+        the locked one (dropped: its lease brings it back) delays only itself."""
+        try:
+            return set(retry_database(lambda: write(list(items)), self.settings.lease_seconds))
+        except RowLocked:
+            if len(items) == 1:
+                log.warning("row_locked", id=row_id(items[0]), action="dropped; its lease brings it back")
+                return set()
+        return {written for item in items for written in self._per_row_if_locked(write, [item], row_id)}
+
+    def fail(self, backend: str, claim: Claim, error: RowError | str, counts: PassCounts, *,
+             retryable: bool | None = None) -> None:
+        message = redact(str(error))
+        if retryable is None:
+            retryable = isinstance(error, RowError) and error.retryable
+        backoff = backoff_seconds(claim.attempt, self.settings.retry_base_seconds) if retryable else 0.0
+        try:
+            status = retry_database(
+                lambda: self.repo.fail_attempt(claim, message, retryable=retryable, backoff_seconds=backoff),
+                self.settings.lease_seconds,
+            )
+        except (LostOwnership, RowLocked):
+            counts.lost += 1
+            self.metrics.lost.labels(backend).inc()
+            log.warning("failure_dropped", id=claim.id, status="Generate", attempt=claim.attempt, error=message)
+            return
+        self.metrics.failed(backend, error, final=status == "Failed")
+        if status == "Failed":
+            counts.failed += 1
+            log.info("image_failed", id=claim.id, status=status, attempt=claim.attempt, error=message)
+        else:
+            counts.retried += 1
+            log.info(
+                "image_retry_later",
+                id=claim.id,
+                status=status,
+                attempt=claim.attempt,
+                error=message,
+                backoff_seconds=round(backoff, 1),
+            )
+
+    def release(
+        self, backend: str, ids: Sequence[int], counts: PassCounts, *, delay_seconds: float = 0.0,
+        reason: str | None = None,
+    ) -> None:
+        if not ids:
+            return
+        released = self._per_row_if_locked(
+            lambda batch: self.repo.release(batch, delay_seconds=delay_seconds, reason=reason), ids, lambda i: i
+        )
+        counts.released += len(released)
+        self.metrics.count(backend, "released", len(released))
+        for image_id in released:
+            log.info("image_released", id=image_id, reason=reason or "daemon stopping")

@@ -1,0 +1,353 @@
+"""The generator pass: claim waiting rows, check them, then generate (local backends) or
+submit (remote backends). Loops until nothing is left to claim, the daemon stops, or the
+processor falls due (then it returns early with `more` set, and the pacer runs it again).
+
+A claimed row is only *begun* (imagend_daemons.working) right before work on it starts: a
+row claimed ahead or waiting its turn in a batch goes back uncharged if this daemon dies."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import groupby
+
+from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
+from imagend.config.settings import Settings
+from imagend.db.repository import ModelPreference, Repository
+from imagend.db.rows import Claim, ClaimedRow
+from imagend.errors import (
+    BadInput,
+    Cancelled,
+    DatabaseUnavailable,
+    Interrupted,
+    LostOwnership,
+    QueueClosed,
+    RetryableError,
+    RowError,
+    RowLocked,
+    unexpected,
+)
+from imagend.logs import get_logger
+from imagend.operations.metrics import Metrics
+from imagend.queue.finishing import Outcomes, PassCounts
+from imagend.queue.validation import validate_row
+
+log = get_logger()
+
+PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second per batch
+# Finishing writes of earlier batches in flight while the next batch generates: with two, a
+# fast backend never waits for the database to finish the batch before last.
+FINISHING_IN_FLIGHT = 2
+
+
+PREVIEW_WRITE_SECONDS = 2.0  # step previews (local backend) are written at most this often per batch
+
+
+def batch_key(request: Request) -> Hashable:
+    """Rows with the same key can share one pipeline call."""
+    return (request.width, request.height, request.steps, request.guidance, request.scheduler,
+            request.inputs.batch_key(request.id))
+
+
+def claim_preference(backend: Backend) -> ModelPreference | None:
+    """The models a backend holds loaded, for the claim's model affinity (None: it has one model)."""
+    prefer = getattr(backend, "claim_preference", None)
+    return prefer() if callable(prefer) else None
+
+
+class LeaseKeeper:
+    """The Heartbeat handed to a generating backend for one batch (see backends/base.py).
+
+    It also keeps the leases of rows claimed ahead (`held`), which wait for this batch:
+    their progress, cancellation and loss are theirs to report when their turn comes."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        ids: Sequence[int],
+        aborting: threading.Event,
+        held: Callable[[], list[int]] = list,
+        progressed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.repo = repo
+        self.ids = list(ids)
+        self.aborting = aborting
+        self.held = held
+        self.progressed = progressed
+        self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
+        self.last_write = time.monotonic()
+        self.last_preview = self.last_write
+        self.cancelled: set[int] = set()
+
+    def __call__(self, progress: float | None = None, preview: PreviewSource | None = None) -> None:
+        if self.aborting.is_set():
+            raise Interrupted("daemon stopping")
+        self.progressed()
+        now = time.monotonic()
+        if preview is not None and now - self.last_preview >= PREVIEW_WRITE_SECONDS:
+            self.last_preview = now
+            self._write_previews(preview)
+        if now - self.last_write < self.interval:
+            return
+        self.last_write = now
+        try:
+            owned = self.repo.extend_lease([*self.ids, *self.held()], progress, progress_ids=self.ids)
+        except DatabaseUnavailable:
+            log.warning("lease_not_extended", ids=self.ids, reason="database unavailable")
+            return
+        if not owned.keys() & set(self.ids):
+            raise Interrupted("rows are no longer ours")
+        self.cancelled = {image_id for image_id in self.ids if owned.get(image_id)}
+        if self.cancelled:
+            raise Cancelled()
+
+    def _write_previews(self, preview: PreviewSource) -> None:
+        previews = {image_id: text for image_id, text in preview().items() if image_id in self.ids}
+        try:
+            self.repo.set_previews(previews)
+        except (DatabaseUnavailable, RowLocked):
+            log.debug("preview_not_written", ids=self.ids)  # a preview is worth no wait and no retry
+
+
+class Generator:
+    def __init__(
+        self,
+        repo: Repository,
+        backends: Mapping[str, Backend],
+        settings: Settings,
+        *,
+        stopping: threading.Event,
+        aborting: threading.Event,
+        wake: threading.Event,
+        io_pool: ThreadPoolExecutor,
+        processor_due: Callable[[], bool] = lambda: False,
+        metrics: Metrics | None = None,
+        progressed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.repo = repo
+        self.backends = backends
+        self.settings = settings
+        self.stopping = stopping
+        self.aborting = aborting
+        self.wake = wake
+        self.io_pool = io_pool
+        self.processor_due = processor_due
+        self.metrics = metrics or Metrics()
+        self.progressed = progressed  # the loop made progress (health.py): each batch, each lease renewal
+        self.outcomes = Outcomes(repo, settings, self.metrics)
+        # The writes that end earlier batches run while the next one is claimed and generated; at
+        # most FINISHING_IN_FLIGHT at once, and a pass waits for them before it returns.
+        self._finishing: deque[Future[PassCounts]] = deque()
+        # The next batch of a generating backend is claimed while this one generates, so the
+        # claim's round trip is hidden behind the GPU work (its rows' leases ride on the heartbeat).
+        # Kept across a pass that returns early for the processor.
+        self._claimed_ahead: dict[str, Future[list[ClaimedRow]]] = {}
+
+    def run_once(self) -> PassCounts:
+        counts = PassCounts()
+        try:
+            self._claim_until_empty(counts)
+        finally:
+            if not counts.more or self.stopping.is_set():
+                self._release_claimed_ahead(counts)
+            self._wait_for_finishing(counts)
+        return counts
+
+    def _claim_until_empty(self, counts: PassCounts) -> None:
+        exhausted: set[str] = set()  # backends whose claim came back empty: no new rows until a wake-up
+        while not self.stopping.is_set():
+            # Cleared before the claim: a NOTIFY that arrives after it makes us look again.
+            if self.wake.is_set():
+                self.wake.clear()
+                exhausted.clear()
+            claimed_any = False
+            self.progressed()
+            for name, backend in self.backends.items():
+                if self.stopping.is_set():
+                    break
+                if name in exhausted:
+                    continue
+                ahead = self._claimed_ahead.pop(name, None)
+                rows = ahead.result() if ahead is not None else self._claim(name, backend)
+                if not rows:
+                    exhausted.add(name)
+                    continue
+                claimed_any = True
+                counts.claimed += len(rows)
+                self.metrics.claimed_rows(name, (row.waited_seconds for row in rows))
+                requests = self._validate(backend, rows, counts)
+                if isinstance(backend, RemoteBackend):
+                    self._submit(backend, requests, counts)
+                else:
+                    assert isinstance(backend, GeneratingBackend)
+                    if not self.stopping.is_set():
+                        self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend)
+                    self._generate_all(backend, requests, counts)
+                if self.processor_due():
+                    counts.more = True
+                    return
+            if not claimed_any and not self.wake.is_set():
+                break
+
+    def _claim(self, name: str, backend: Backend) -> list[ClaimedRow]:
+        return self.repo.claim_batch(name, backend.max_batch, prefer=claim_preference(backend))
+
+    def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
+        requests = []
+        source_ids = {source for row in rows for source in row.source_ids}
+        sources = self.repo.source_rows(sorted(source_ids)) if source_ids else {}
+        store = self.outcomes.results.store
+        for row in rows:
+            if row.cancel_requested:  # cancelled while it waited: nothing to start
+                self.outcomes.fail(backend.name, row.claim, Cancelled(), counts)
+                continue
+            try:
+                validated = validate_row(row, self.settings, sources, store.read_url if store else None)
+                request = backend.validate(validated.request)
+            except BadInput as exc:
+                self.outcomes.fail(backend.name, row.claim, exc, counts)
+                continue
+            warning = "; ".join(filter(None, (validated.warning, *request.notes)))
+            if warning:
+                with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
+                    self.repo.set_warning(row.id, warning)
+            requests.append(request)
+        return requests
+
+    def _begin(self, batch: Sequence[Request]) -> None:
+        """Mark `batch` begun (see images_begin_work). A row cancelled or lost since its claim is
+        heard at the batch's first lease renewal (LeaseKeeper)."""
+        self.repo.begin_work([r.id for r in batch])
+
+    def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
+        requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
+        groups = [list(group) for _, group in groupby(requests, key=batch_key)]
+        size = backend.max_batch
+        chunks = [group[start : start + size] for group in groups for start in range(0, len(group), size)]
+        for index, chunk in enumerate(chunks):
+            if self.stopping.is_set():
+                self.outcomes.release(backend.name, [r.id for r in requests_of(chunks[index:])], counts)
+                return
+            waiting = [r.id for r in requests_of(chunks[index + 1 :])]
+            self._begin(chunk)
+            self._generate(backend, chunk, waiting, counts)
+
+    def _generate(
+        self, backend: GeneratingBackend, batch: list[Request], waiting: list[int], counts: PassCounts
+    ) -> None:
+        if not batch:
+            return
+        ids = [r.id for r in batch]
+        keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()],
+                             progressed=self.progressed)
+        log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
+        in_flight = self.metrics.in_flight.labels(backend.name)
+        in_flight.set(len(batch))
+        try:
+            images = backend.generate(batch, keeper)
+            if len(images) != len(batch):
+                raise RetryableError(f"backend {backend.name} returned {len(images)} images for {len(batch)} rows")
+        except Cancelled:
+            cancelled = keeper.cancelled or set(ids)
+            for request in batch:
+                if request.id in cancelled:
+                    self.outcomes.fail(backend.name, request.claim, Cancelled(), counts)
+            self.outcomes.release(backend.name, [i for i in ids if i not in cancelled], counts, reason=None)
+        except Interrupted as exc:
+            log.info("batch_interrupted", ids=ids, reason=str(exc))
+            self.outcomes.release(backend.name, ids, counts)
+        except RowError as exc:
+            for request in batch:
+                self.outcomes.fail(backend.name, request.claim, exc, counts)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # a bug or an unexpected library error: the row gets another attempt
+            log.exception("backend_error", ids=ids, backend=backend.name)
+            for request in batch:
+                self.outcomes.fail(backend.name, request.claim, unexpected(backend.name, exc), counts)
+        else:
+            self._finish_in_background(
+                backend.name, [(r.claim, image) for r, image in zip(batch, images, strict=True)], counts
+            )
+        finally:
+            in_flight.set(0)
+
+    def _finish_in_background(self, backend: str, results: list[tuple[Claim, Image]], counts: PassCounts) -> None:
+        while len(self._finishing) >= FINISHING_IN_FLIGHT:
+            counts.merge(self._finishing.popleft().result())
+
+        def finish() -> PassCounts:
+            own = PassCounts()
+            self.outcomes.done(backend, results, own)
+            return own
+
+        self._finishing.append(self.io_pool.submit(finish))
+
+    def _held_ahead(self) -> list[int]:
+        return [
+            row.id
+            for ahead in self._claimed_ahead.values()
+            if ahead.done() and ahead.exception() is None
+            for row in ahead.result()
+        ]
+
+    def _release_claimed_ahead(self, counts: PassCounts) -> None:
+        """Rows claimed ahead but not reached (the daemon is stopping): back to the queue, attempt not counted."""
+        for name, ahead in self._claimed_ahead.items():
+            try:
+                rows = ahead.result()
+            except DatabaseUnavailable:
+                continue  # their leases (or this daemon's liveness) will bring them back
+            self.outcomes.release(name, [row.id for row in rows], counts)
+        self._claimed_ahead.clear()
+
+    def _wait_for_finishing(self, counts: PassCounts) -> None:
+        while self._finishing:
+            counts.merge(self._finishing.popleft().result())
+
+    def _submit(self, backend: RemoteBackend, requests: list[Request], counts: PassCounts) -> None:
+        if not requests:
+            return
+        self._begin(requests)
+
+        def submit_one(request: Request) -> PassCounts:
+            counts = PassCounts()  # one per thread, merged below
+            self._submit_one(backend, request, counts)
+            return counts
+
+        for one in self.io_pool.map(submit_one, requests):
+            counts.merge(one)
+
+    def _submit_one(self, backend: RemoteBackend, request: Request, counts: PassCounts) -> None:
+        if self.stopping.is_set():
+            self.outcomes.release(backend.name, [request.id], counts)
+            return
+        try:
+            submission = backend.submit(request)
+        except QueueClosed as exc:
+            self.outcomes.release(backend.name, [request.id], counts, delay_seconds=exc.retry_after_seconds,
+                                  reason=str(exc))
+            return
+        except RowError as exc:
+            self.outcomes.fail(backend.name, request.claim, exc, counts)
+            return
+        except Exception as exc:
+            log.exception("backend_error", id=request.id, backend=backend.name)
+            self.outcomes.fail(backend.name, request.claim, unexpected(backend.name, exc), counts)
+            return
+        try:
+            self.repo.mark_submitted(request.claim, submission.task_id, submission.poll_after_seconds)
+        except (LostOwnership, RowLocked):
+            counts.lost += 1
+            log.warning("submission_dropped", id=request.id, attempt=request.attempt)
+            return
+        counts.submitted += 1
+        log.debug("image_submitted", id=request.id, status="Generate", attempt=request.attempt)
+
+
+def requests_of(groups: Sequence[Sequence[Request]]) -> list[Request]:
+    return [request for group in groups for request in group]

@@ -1,0 +1,109 @@
+"""The processor pass: rescue rows of dead daemons and rows whose lease ran out, retention (when
+configured and due: retention.py), and poll remote tasks that are due."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import structlog
+
+from imagend.backends.base import Backend, Pending, RemoteBackend
+from imagend.config.settings import Settings
+from imagend.db.repository import Repository
+from imagend.db.rows import RemoteTask
+from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, unexpected
+from imagend.logs import get_logger
+from imagend.maintenance.retention import Retention
+from imagend.operations.metrics import Metrics
+from imagend.queue.finishing import Outcomes, PassCounts
+from imagend.retry import crash_backoffs
+
+log = get_logger()
+
+
+class Processor:
+    def __init__(
+        self,
+        repo: Repository,
+        backends: Mapping[str, Backend],
+        settings: Settings,
+        *,
+        stopping: threading.Event,
+        io_pool: ThreadPoolExecutor,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.repo = repo
+        self.remote = {name: b for name, b in backends.items() if isinstance(b, RemoteBackend)}
+        self.settings = settings
+        self.stopping = stopping
+        self.io_pool = io_pool
+        self.outcomes = Outcomes(repo, settings, metrics)
+        self.retention = Retention(repo, settings.retention, self.outcomes.results.store)
+
+    def run_once(self) -> PassCounts:
+        counts = PassCounts()
+        self.rescue(counts)
+        self.repo.fold_queue_counts()
+        if self.retention.due():
+            kept = self.retention.run_once()
+            counts.expired += kept.rows
+            counts.more = counts.more or kept.more
+            for what, rows in kept.summary().items():
+                if what != "more":
+                    self.outcomes.metrics.retention.labels(what).inc(rows)
+        for name, backend in self.remote.items():
+            # Each due task is polled once per pass: a pending one is pushed into the future.
+            while not self.stopping.is_set():
+                tasks = self.repo.claim_polls([name], backend.max_batch)
+                if not tasks:
+                    break
+                for one in self.io_pool.map(lambda task, b=backend: self._poll(b, task), tasks):
+                    counts.merge(one)
+        return counts
+
+    def rescue(self, counts: PassCounts) -> None:
+        for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
+            counts.rescued += 1
+            counts.failed += row.status == "Failed"
+            backend = row.backend or self.settings.default_backend
+            self.outcomes.metrics.count(backend, "rescued")
+            if row.status == "Failed":
+                self.outcomes.metrics.failed(backend, "crashed" if row.crashed else "lease_expired", final=True)
+            if not row.begun:
+                log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,
+                         reason="its daemon is gone; it had not begun, so nothing is charged")
+            elif row.crashed:
+                log.warning("daemon_died_generating", id=row.id, status=row.status, owner=row.old_owner,
+                            crashes=row.crashes, error=row.error)
+            else:
+                log.info("lease_expired", id=row.id, status=row.status, owner=row.old_owner, error=row.error)
+
+    def _poll(self, backend: RemoteBackend, task: RemoteTask) -> PassCounts:
+        counts = PassCounts(polled=1)
+        with structlog.contextvars.bound_contextvars(id=task.id):
+            try:
+                outcome = backend.poll(task.task_id)
+            except RowError as exc:
+                self.outcomes.fail(backend.name, task.claim, exc, counts)
+                return counts
+            except Exception as exc:
+                log.exception("backend_error", backend=backend.name)
+                self.outcomes.fail(backend.name, task.claim, unexpected(backend.name, exc), counts)
+                return counts
+        if not isinstance(outcome, Pending):
+            self.outcomes.done(backend.name, [(task.claim, outcome)], counts, one_shot=True)
+            return counts
+        age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
+        if age > self.settings.generation_timeout_seconds:
+            limit = self.settings.generation_timeout_seconds
+            error = RetryableError(f"no result after {age:.0f} s (DEFAULT_GENERATION_TIMEOUT={limit:g} s)")
+            self.outcomes.fail(backend.name, task.claim, error, counts)
+            return counts
+        try:
+            self.repo.poll_later(task.claim, outcome.poll_after_seconds)
+        except (LostOwnership, RowLocked):  # its lease brings it back to a poller
+            counts.lost += 1
+        return counts

@@ -1,0 +1,134 @@
+"""Turning finished Images into what their rows store: the image in the row's format, written to the
+storage target first (with its thumbnail), then base64 and the locations for images_mark_done.
+
+With no storage target, no thumbnail and no format asked, a row costs one base64 encoding and nothing
+else: the drain's finishing path stays as lean as before storage existed.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from imagend.backends.base import Image
+from imagend.config.settings import Settings
+from imagend.db.repository import Finished
+from imagend.db.rows import Claim
+from imagend.errors import RowError
+from imagend.images.formats import Encoded, encode, sniff, thumbnail
+from imagend.storage import Store, StoredObject, StoreUnavailable, open_store
+
+THUMBNAIL_SUFFIX = ".thumb.webp"  # beside `<id>.<ext>`: `<id>.thumb.webp`
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def object_names(image_id: int, extension: str) -> tuple[str, str]:
+    """The image's and its thumbnail's names under the target (`<prefix>/<id>.<ext>`)."""
+    return f"{image_id}.{extension}", f"{image_id}{THUMBNAIL_SUFFIX}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    claim: Claim
+    image: Image
+    encoded: Encoded
+    thumbnail: bytes | None
+
+
+class Results:
+    """One per pass (the store is shared per process: storage.open_store)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store: Store | None = open_store(settings.storage, settings.env.values) if settings.storage else None
+        self.store_base64 = settings.store_base64
+        self.thumbnail_px = settings.thumbnail_px
+
+    def finished(
+        self, results: Sequence[tuple[Claim, Image]], *, one_shot: bool = False
+    ) -> tuple[list[Finished], list[tuple[Claim, RowError]]]:
+        """What to write for each result, and the results whose attempt fails instead (an image that
+        does not decode, a store that is down). A `one_shot` result (a remote one, fetched once) is never
+        failed for the store: it is kept in base64 with a warning."""
+        if self.store is None and not self.thumbnail_px:
+            plain = [(claim, image) for claim, image in results if claim.output is None]
+            if len(plain) == len(results):  # the common case: nothing but base64
+                return [_plain(claim, image) for claim, image in plain], []
+        failed: list[tuple[Claim, RowError]] = []
+        prepared: list[_Prepared] = []
+        for claim, image in results:
+            try:
+                encoded = encode(image.png, claim.output)
+                thumb = thumbnail(encoded.data, self.thumbnail_px) if self.thumbnail_px else None
+            except RowError as exc:
+                failed.append((claim, exc))
+                continue
+            prepared.append(_Prepared(claim, image, encoded, thumb))
+        if self.store is None:
+            return [self._in_row(p) for p in prepared], failed
+        stored = self._store(self.store, prepared)
+        rows = []
+        for item, (urls, error) in zip(prepared, stored, strict=True):
+            if error is None:
+                rows.append(self._in_store(item, urls))
+            elif one_shot:
+                rows.append(self._in_row(item, warning=f"{error}; the image is in base64 only"))
+            else:
+                failed.append((item.claim, error))
+        return rows, failed
+
+    def _store(
+        self, store: Store, prepared: Sequence[_Prepared]
+    ) -> list[tuple[list[str], StoreUnavailable | None]]:
+        """Every object of the batch in one concurrent round; per row, its URLs or the first error."""
+        objects: list[StoredObject] = []
+        owners: list[int] = []
+        for index, item in enumerate(prepared):
+            image_name, thumb_name = object_names(item.claim.id, item.encoded.extension)
+            objects.append(StoredObject(image_name, item.encoded.data, item.encoded.content_type))
+            owners.append(index)
+            if item.thumbnail is not None:
+                objects.append(StoredObject(thumb_name, item.thumbnail, "image/webp"))
+                owners.append(index)
+        outcome: list[tuple[list[str], StoreUnavailable | None]] = [([], None) for _ in prepared]
+        for index, result in zip(owners, store.put_all(objects), strict=True):
+            urls, error = outcome[index]
+            if isinstance(result, StoreUnavailable):
+                outcome[index] = (urls, error or result)
+            else:
+                urls.append(result)
+        return outcome
+
+    def _in_store(self, item: _Prepared, urls: list[str]) -> Finished:
+        output_url = urls[0]
+        return Finished(
+            claim=item.claim,
+            base64=b64(item.encoded.data) if self.store_base64 else None,
+            seed=item.image.seed,
+            # The column the older IMAGEND_OUTPUT_DIR filled: the path, for a folder target.
+            output_path=unquote(urlsplit(output_url).path) if output_url.startswith("file:") else None,
+            generation_seconds=item.image.generation_seconds,
+            output_url=output_url,
+            thumbnail_url=urls[1] if len(urls) > 1 else None,
+            format=item.encoded.format,
+        )
+
+    def _in_row(self, item: _Prepared, warning: str | None = None) -> Finished:
+        return Finished(
+            claim=item.claim,
+            base64=b64(item.encoded.data),
+            seed=item.image.seed,
+            output_path=None,
+            generation_seconds=item.image.generation_seconds,
+            warning=warning,
+            thumbnail=b64(item.thumbnail) if item.thumbnail is not None else None,
+            format=item.encoded.format,
+        )
+
+
+def _plain(claim: Claim, image: Image) -> Finished:
+    return Finished(claim, b64(image.png), image.seed, None, image.generation_seconds, format=sniff(image.png))

@@ -1,0 +1,257 @@
+"""Turn a claimed row into a Request: check what the producer wrote, apply defaults.
+
+Anything wrong raises BadInput with a sentence the producer can act on; the row then
+ends Failed with that sentence in `error`, and the daemon goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from imagend.backends.base import ImageInputs, Lora, Request
+from imagend.backends.registry import BACKEND_NAMES
+from imagend.config.settings import PROMPT_MAX_CHARS, Settings
+from imagend.db.rows import ClaimedRow, SourceRow
+from imagend.errors import BadInput, clip
+from imagend.images.formats import parse_output_format
+from imagend.images.inputs import decode_base64_image, decode_base64_mask, decode_image_bytes
+from imagend.queue.source_images import source_image_bytes
+
+MAX_SIDE_PX = 8192  # beyond any backend; each backend narrows this further
+STEPS_RANGE = (1, 200)
+GUIDANCE_RANGE = (0.0, 50.0)
+SEED_MAX = 2**63 - 1
+ECHO_MAX_CHARS = 80
+# Every text a producer writes is bounded. The negative prompt as Fusion Brain bounds it; names
+# (style, scheduler) are short words.
+NEGATIVE_PROMPT_MAX_CHARS = 1000
+NAME_MAX_CHARS = 64
+TASKS = ("upscale",)  # the others are inferred: text-to-image, image-to-image, inpainting
+UPSCALE_FACTORS = (2.0, 4.0)
+REFERENCE_SCALE_RANGE = (0.0, 2.0)
+LORA_WEIGHT_RANGE = (-4.0, 4.0)
+LORAS_MAX = 8
+LORA_NAME = re.compile(r"[\w][\w .-]{0,63}")  # a file name in IMAGEND_LORA_DIR, never a path
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    request: Request
+    warning: str | None  # normalisation the producer should know about (written to `warning`)
+
+
+def truncate_prompt(prompt: str, limit: int = PROMPT_MAX_CHARS) -> str:
+    """Cut to `limit` characters (code points, as the Go service cut runes), never mid-character."""
+    return prompt[:limit]
+
+
+def decode_params(text: str | None) -> dict[str, Any]:
+    """The row's `params` (JSON text) as a dict; BadInput for anything Python cannot read or that is
+    not an object. json.loads raises RecursionError on deep nesting and ValueError on an integer
+    past Python's int-string limit, both of which Postgres accepts."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        raise BadInput(f"params cannot be read: {type(exc).__name__}: {clip(str(exc), ECHO_MAX_CHARS)}") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"params must be a JSON object, got {type(value).__name__}: {clip(text, ECHO_MAX_CHARS)!r}")
+    return value
+
+
+def validate_row(
+    row: ClaimedRow,
+    settings: Settings,
+    sources: Mapping[int, SourceRow] | None = None,
+    read_stored: Callable[[str], bytes] | None = None,
+) -> Validated:
+    """`sources`: the rows named by the row's *_image_id (images_source_images); `read_stored` reads a
+    stored image by URL (the daemon's storage), for a source whose image is not in its row."""
+    if row.backend not in BACKEND_NAMES:
+        raise BadInput(f"unknown backend {row.backend!r}; use one of: {', '.join(BACKEND_NAMES)}")
+    prompt = row.prompt or ""
+    if not prompt.strip():
+        raise BadInput("prompt is empty")
+    warnings = []
+    if len(prompt) > PROMPT_MAX_CHARS:
+        warnings.append(f"prompt truncated from {len(prompt)} to {PROMPT_MAX_CHARS} characters")
+        prompt = truncate_prompt(prompt)
+    params = decode_params(row.params)
+    if row.max_attempts is not None and row.max_attempts < 1:
+        raise BadInput(f"max_attempts must be at least 1, got {row.max_attempts}")
+    width = settings.default_width if row.width is None else row.width
+    height = settings.default_height if row.height is None else row.height
+    for name, side in (("width", width), ("height", height)):
+        if not 0 < side <= MAX_SIDE_PX:
+            raise BadInput(f"{name} must be between 1 and {MAX_SIDE_PX} pixels, got {side}")
+    if row.steps is not None and not STEPS_RANGE[0] <= row.steps <= STEPS_RANGE[1]:
+        raise BadInput(f"steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}, got {row.steps}")
+    if row.guidance is not None and not GUIDANCE_RANGE[0] <= row.guidance <= GUIDANCE_RANGE[1]:
+        raise BadInput(
+            f"guidance must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, got {row.guidance:g}"
+        )
+    if row.seed is not None and not 0 <= row.seed <= SEED_MAX:
+        raise BadInput(f"seed must be between 0 and {SEED_MAX}, got {row.seed}")
+    negative = row.negative_prompt if row.negative_prompt is not None else settings.default_negative_prompt
+    if negative is not None and len(negative) > NEGATIVE_PROMPT_MAX_CHARS:
+        # Unbounded, it held a GPU for minutes of prompt parsing and encoding.
+        warnings.append(f"negative_prompt truncated from {len(negative)} to {NEGATIVE_PROMPT_MAX_CHARS} characters")
+        negative = truncate_prompt(negative, NEGATIVE_PROMPT_MAX_CHARS)
+    for name, value in (("style", row.style), ("scheduler", row.scheduler)):
+        if value is not None and len(value) > NAME_MAX_CHARS:
+            echoed = clip(value, ECHO_MAX_CHARS)
+            raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {echoed!r}")
+    output = parse_output_format(row.format, row.quality)
+    inputs = image_inputs_of(row, sources or {}, read_stored)
+    if inputs.size_from_init and inputs.init_image is not None:
+        width, height = inputs.init_image.size  # the backend rounds it (image_inputs.fit_size)
+    request = Request(
+        id=row.id,
+        prompt=prompt,
+        negative_prompt=negative or None,
+        style=(row.style or settings.default_style or None),
+        width=width,
+        height=height,
+        seed=row.seed,
+        steps=row.steps,
+        guidance=row.guidance,
+        scheduler=row.scheduler or None,
+        params=params,
+        attempt=row.attempt,
+        output=output,
+        inputs=inputs,
+    )
+    return Validated(request, "; ".join(warnings) or None)
+
+
+def image_inputs_of(
+    row: ClaimedRow, sources: Mapping[int, SourceRow], read_stored: Callable[[str], bytes] | None
+) -> ImageInputs:
+    """The row's model, LoRAs, images and their settings, checked; images decoded (image_inputs.py)."""
+    if row.model is not None and not 0 < len(row.model) <= NAME_MAX_CHARS:
+        raise BadInput(
+            f"model must be a name of 1 to {NAME_MAX_CHARS} characters, got {clip(row.model, ECHO_MAX_CHARS)!r}"
+        )
+    task = row.task.strip().lower() if row.task is not None else None
+    if task is not None and task not in TASKS:
+        raise BadInput(
+            f"unknown task {clip(row.task or '', ECHO_MAX_CHARS)!r}; use NULL (inferred) or one of: {', '.join(TASKS)}"
+        )
+    for column, images in (
+        ("init_image", (row.init_image, row.init_image_id)),
+        ("reference_image", (row.reference_image, row.reference_image_id)),
+    ):
+        if images[0] is not None and images[1] is not None:
+            raise BadInput(f"{column} and {column}_id are both set; set one")
+    init = _image(row.init_image, row.init_image_id, "init_image", row.id, sources, read_stored)
+    reference = _image(row.reference_image, row.reference_image_id, "reference_image", row.id, sources, read_stored)
+    mask = decode_base64_mask(row.mask_image, "mask_image") if row.mask_image is not None else None
+    if mask is not None and init is None:
+        raise BadInput("mask_image needs an init image (init_image or init_image_id) to paint into")
+    if mask is not None and init is not None and mask.size != init.size:
+        raise BadInput(
+            f"mask_image is {mask.size[0]}x{mask.size[1]} but the init image is "
+            f"{init.size[0]}x{init.size[1]}; they must match"
+        )
+    if row.strength is not None and not 0 < row.strength <= 1:
+        raise BadInput(f"strength must be above 0 and at most 1, got {row.strength:g}")
+    if row.strength is not None and init is None:
+        raise BadInput("strength needs an init image (init_image or init_image_id)")
+    if (
+        row.reference_scale is not None
+        and not REFERENCE_SCALE_RANGE[0] <= row.reference_scale <= REFERENCE_SCALE_RANGE[1]
+    ):
+        raise BadInput(
+            f"reference_scale must be between {REFERENCE_SCALE_RANGE[0]:g} and {REFERENCE_SCALE_RANGE[1]:g}, "
+            f"got {row.reference_scale:g}"
+        )
+    if row.reference_scale is not None and reference is None:
+        raise BadInput("reference_scale needs a reference image (reference_image or reference_image_id)")
+    if task == "upscale":
+        if init is None:
+            raise BadInput("task 'upscale' needs an init image (init_image or init_image_id) to upscale")
+        if row.upscale not in UPSCALE_FACTORS:
+            raise BadInput(
+                f"upscale must be {' or '.join(f'{f:g}' for f in UPSCALE_FACTORS)} for task 'upscale', "
+                f"got {row.upscale}"
+            )
+    elif row.upscale is not None:
+        raise BadInput("upscale is only read with task 'upscale'")
+    return ImageInputs(
+        model=row.model,
+        loras=parse_loras(row.loras),
+        task=task,
+        init_image=init,
+        strength=row.strength,
+        mask_image=mask,
+        reference_image=reference,
+        reference_scale=row.reference_scale,
+        upscale=row.upscale,
+        size_from_init=init is not None and row.width is None and row.height is None,
+    )
+
+
+def parse_loras(text: str | None) -> tuple[Lora, ...]:
+    """`[{"name": "pixel-art", "weight": 0.8}, …]` (weight defaults to 1) as Lora values."""
+    if text is None:
+        return ()
+    try:
+        value = json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        raise BadInput(f"loras cannot be read: {type(exc).__name__}") from None
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadInput(
+            'loras must be a JSON array like [{"name": "pixel-art", "weight": 0.8}], '
+            f"got {clip(text, ECHO_MAX_CHARS)}"
+        )
+    if len(value) > LORAS_MAX:
+        raise BadInput(f"loras lists {len(value)} LoRAs; at most {LORAS_MAX}")
+    loras = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - {"name", "weight"}:
+            raise BadInput(
+                'each LoRA is {"name": "<file name>", "weight": <number>}, '
+                f"got {clip(json.dumps(entry), ECHO_MAX_CHARS)}"
+            )
+        name = entry["name"].strip()
+        if not LORA_NAME.fullmatch(name):
+            raise BadInput(
+                f"LoRA name {clip(name, ECHO_MAX_CHARS)!r} is not a file name (letters, digits, . _ - and spaces)"
+            )
+        weight = entry.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise BadInput(f"LoRA {name!r}: weight must be a number, got {clip(json.dumps(weight), ECHO_MAX_CHARS)}")
+        if not LORA_WEIGHT_RANGE[0] <= weight <= LORA_WEIGHT_RANGE[1]:
+            raise BadInput(
+                f"LoRA {name!r}: weight must be between {LORA_WEIGHT_RANGE[0]:g} and "
+                f"{LORA_WEIGHT_RANGE[1]:g}, got {weight:g}"
+            )
+        loras.append(Lora(name, float(weight)))
+    if len({lora.name for lora in loras}) != len(loras):
+        raise BadInput("loras names the same LoRA twice")
+    return tuple(loras)
+
+
+def _image(
+    text: str | None,
+    source_id: int | None,
+    column: str,
+    own_id: int,
+    sources: Mapping[int, SourceRow],
+    read_stored: Callable[[str], bytes] | None,
+) -> Any:
+    if text is not None:
+        return decode_base64_image(text, column)
+    if source_id is None:
+        return None
+    return decode_image_bytes(source_image_bytes(source_id, f"{column}_id", own_id, sources, read_stored), column)
