@@ -18,8 +18,8 @@ from typing import Any
 
 from imagend import __version__
 from imagend.backends import create_backends, missing_libraries
-from imagend.backends.registry import BACKEND_NAMES
 from imagend.config.settings import Settings, load_settings
+from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
 from imagend.db.operations import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
 from imagend.db.repository import Repository

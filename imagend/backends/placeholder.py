@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from imagend import __version__
 from imagend.backends.base import Heartbeat, Image, Request, refuse_image_inputs
 from imagend.config.settings import Settings
-from imagend.db.styles import STYLE_NAMES
+from imagend.db.columns import check_style
 from imagend.errors import BadInput
 
 PLACEHOLDER_SIDE_PX = 16
@@ -87,8 +87,7 @@ class PlaceholderBackend:
         for name, side in (("width", request.width), ("height", request.height)):
             if side > MAX_SIDE_PX:
                 raise BadInput(f"{name} must be at most {MAX_SIDE_PX} pixels for the placeholder backend, got {side}")
-        if request.style is not None and request.style.upper() not in STYLE_NAMES:
-            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLE_NAMES)}")
+        check_style(request.style)
         return request
 
     def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:

@@ -1,5 +1,5 @@
-"""Every backend imagend knows, by name: the one list that config (IMAGEND_BACKEND(S)),
-validation (a row's `backend`), the repository (claims, rescue) and the factory read.
+"""Every backend imagend knows: its class and libraries, by the names of db/columns.py (the one list
+that config, validation, the repository and the API read; a test holds the two equal).
 
 `remote` backends hand work to a service (submit, then poll); the others generate in
 this process. Modules are imported only when a backend is served, so a daemon without
@@ -9,6 +9,8 @@ the local backend never imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from imagend.db.columns import BACKEND_NAMES, REMOTE_BACKENDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,5 +38,6 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("placeholder", "imagend.backends.placeholder", "PlaceholderBackend", remote=False),
     )
 }
-BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)
-REMOTE_BACKENDS: tuple[str, ...] = tuple(name for name, spec in BACKENDS.items() if spec.remote)
+assert tuple(BACKENDS) == BACKEND_NAMES, "a spec for every backend name, in db/columns.py's order"
+assert tuple(n for n, spec in BACKENDS.items() if spec.remote) == REMOTE_BACKENDS, "remote as db/columns.py says"
+__all__ = ["BACKENDS", "BACKEND_NAMES", "REMOTE_BACKENDS", "BackendSpec"]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from imagend.backends.registry import BACKEND_NAMES
 from imagend.config.durations import NANOSECONDS_PER_SECOND, DurationSyntaxError, parse_go_duration
+from imagend.db.columns import BACKEND_NAMES
 from imagend.errors import ConfigError
 from imagend.storage.target import StorageTarget, parse_storage_target
 
@@ -36,7 +36,6 @@ LISTEN_CHECK_SECONDS = 30.0
 DRAIN_SECONDS = 30.0
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 600.0
-PROMPT_MAX_CHARS = 999
 SECONDS_PER_DAY = 86400
 
 # Plain seconds: decimal digits only (no exponent, inf, nan or underscores, which float() takes).

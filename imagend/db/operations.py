@@ -11,6 +11,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from imagend.db.columns import INSERTABLE
 from imagend.db.repository import Statements, by_name
 
 ALL_BACKENDS = "*"
@@ -152,13 +153,3 @@ class OperationsRepository(Statements):
         but Python cannot decode is still shown."""
         rows = self._rows("images_params", {"id": image_id})
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
-
-
-# The columns images_insert takes: what a producer may INSERT (the README's producer's guide).
-INSERTABLE = (
-    "prompt", "negative_prompt", "style", "width", "height", "seed", "steps", "guidance", "scheduler",
-    "backend", "priority", "params", "max_attempts", "run_after", "format", "quality",
-    # The local backend's inputs (validation.image_inputs_of).
-    "model", "loras", "task", "init_image", "init_image_id", "strength", "mask_image", "reference_image",
-    "reference_image_id", "reference_scale", "upscale",
-)

@@ -21,7 +21,7 @@ import psycopg
 from psycopg.rows import RowFactory, RowMaker, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from imagend.backends.registry import BACKEND_NAMES, REMOTE_BACKENDS
+from imagend.db.columns import BACKEND_NAMES, REMOTE_BACKENDS
 from imagend.db.rows import Claim, ClaimedRow, RemoteTask, SourceRow
 from imagend.db.sql import queries
 from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked

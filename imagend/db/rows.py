@@ -25,8 +25,9 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedRow:
-    """A row this daemon now owns in `Generate`, exactly as the producer wrote it
-    (the columns of images_claim_batch's RETURNING, by name)."""
+    """A row this daemon now owns in `Generate`, exactly as the producer wrote it (the columns of
+    images_claim_batch's RETURNING, by name: id and attempt, then db/columns.py's claimed producer
+    columns in its order, then the claim's own; tests/unit/test_columns.py holds them equal)."""
 
     id: int
     attempt: int
@@ -42,10 +43,8 @@ class ClaimedRow:
     backend: str
     params: str | None  # JSON text, decoded by validation.decode_params
     max_attempts: int | None
-    cancel_requested: bool = False
-    format: str | None = None  # checked in validation.py (image_formats.parse_output_format)
+    format: str | None = None  # checked in validation.py (images.formats.parse_output_format)
     quality: int | None = None
-    waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
     # The local backend's inputs (docs/local.md), checked in validation.py and image_inputs.py.
     model: str | None = None
     loras: str | None = None  # JSON text, as params
@@ -58,6 +57,9 @@ class ClaimedRow:
     reference_image_id: int | None = None
     reference_scale: float | None = None
     upscale: float | None = None
+    # Not producer columns: the claim's own.
+    cancel_requested: bool = False
+    waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
 
     @property
     def claim(self) -> Claim:

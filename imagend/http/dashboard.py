@@ -32,7 +32,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imagend import __version__
-from imagend.backends.registry import BACKEND_NAMES
+from imagend.db.columns import BACKEND_NAMES
 from imagend.db.operations import ALL_BACKENDS, FleetDaemon, QueueSnapshot
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value

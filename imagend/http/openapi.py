@@ -1,26 +1,14 @@
 """The OpenAPI 3.1 description served at /openapi.json, written by hand: the JSON API (api.py) and
-the probes (probes.py). The limits in it are the ones api.py checks, imported from where they live."""
+the probes (probes.py). The producer columns come from their one table (db/columns.py), as
+http/checks.py's checks do."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from imagend import __version__
-from imagend.backends.registry import BACKEND_NAMES
-from imagend.db.styles import STYLE_NAMES
-from imagend.images.formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
-from imagend.queue.validation import (
-    GUIDANCE_RANGE,
-    LORA_WEIGHT_RANGE,
-    LORAS_MAX,
-    MAX_SIDE_PX,
-    NAME_MAX_CHARS,
-    REFERENCE_SCALE_RANGE,
-    SEED_MAX,
-    STEPS_RANGE,
-    TASKS,
-    UPSCALE_FACTORS,
-)
+from imagend.db.columns import BACKEND_NAMES, PRODUCER_COLUMNS
+from imagend.images.formats import FORMATS
 
 STATUSES = ["ReadyToGenerate", "Generate", "ReadyToPublish", "Failed"]
 INT4 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
@@ -61,69 +49,11 @@ WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _image_create() -> dict[str, Any]:
-    name = {"type": "string", "maxLength": NAME_MAX_CHARS}
-    properties: dict[str, Any] = {
-        "prompt": {"type": "string", "minLength": 1,
-                   "description": "Required. Cut at 999 characters by the daemon (`warning` says so)"},
-        "negative_prompt": _nullable({"type": "string", "description": "What to avoid"}),
-        "style": _nullable({"type": "string", "enum": list(STYLE_NAMES), "description": "Case-insensitive"}),
-        "width": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_SIDE_PX}),
-        "height": _nullable({"type": "integer", "minimum": 1, "maximum": MAX_SIDE_PX}),
-        "seed": _nullable({"type": "integer", "minimum": 0, "maximum": SEED_MAX}),
-        "steps": _nullable({"type": "integer", "minimum": STEPS_RANGE[0], "maximum": STEPS_RANGE[1]}),
-        "guidance": _nullable({"type": "number", "minimum": GUIDANCE_RANGE[0], "maximum": GUIDANCE_RANGE[1]}),
-        "scheduler": _nullable(name),
-        "backend": _nullable({"type": "string", "enum": list(BACKEND_NAMES),
-                              "description": "null: the daemon's IMAGEND_BACKEND"}),
-        "priority": _nullable({**INT4, "description": "Higher first (default 0)"}),
-        "params": _nullable({"type": "object", "description": "Yours: kept with the row"}),
-        "max_attempts": _nullable({"type": "integer", "minimum": 1, "maximum": 2**31 - 1}),
-        "run_after": _nullable({"type": "string", "format": "date-time",
-                                "description": "Not before this time (with a time zone); default now"}),
-        "format": _nullable({"type": "string", "enum": [*FORMATS, *FORMAT_ALIASES]}),
-        "quality": _nullable({"type": "integer", "minimum": QUALITY_RANGE[0], "maximum": QUALITY_RANGE[1]}),
-        **_local_inputs(),
-    }
+    properties = {column.name: column.json_schema() for column in PRODUCER_COLUMNS}
     return {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": properties,
             "description": "The columns a producer may INSERT (README, the producer's guide); null or absent: "
                            "the daemon's default. The daemon's columns (status, base64, …) are refused (400). "
                            f"The local backend's inputs (docs/local.md) come last. {BIG_IMAGES}."}
-
-
-def _local_inputs() -> dict[str, Any]:
-    """The local backend's columns (validation.image_inputs_of); the other backends fail a row that sets them."""
-    image = {"type": "string", "minLength": 1, "contentEncoding": "base64"}
-    row_id = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
-    lora = {"type": "object", "required": ["name"], "additionalProperties": False, "properties": {
-        "name": {"type": "string", "maxLength": NAME_MAX_CHARS,
-                 "description": "A file in IMAGEND_LORA_DIR, without its extension (letters, digits, . _ - space)"},
-        "weight": {"type": "number", "minimum": LORA_WEIGHT_RANGE[0], "maximum": LORA_WEIGHT_RANGE[1],
-                   "description": "Default 1"}}}
-    return {
-        "model": _nullable({"type": "string", "minLength": 1, "maxLength": NAME_MAX_CHARS,
-                            "description": "A checkpoint named in IMAGEND_MODELS; null: IMAGEND_MODEL"}),
-        "loras": _nullable({"type": "array", "maxItems": LORAS_MAX, "items": lora,
-                            "description": "LoRAs applied to this row, each name once"}),
-        "task": _nullable({"type": "string", "enum": list(TASKS),
-                           "description": "null: inferred (text-to-image, image-to-image with an init image, "
-                                          "inpainting with a mask too)"}),
-        "init_image": _nullable({**image, "description": "Image-to-image (or inpainting, or upscale) source: a "
-                                                         f"base64 PNG, JPEG or WebP. {BIG_IMAGES}"}),
-        "init_image_id": _nullable({**row_id, "description": "Another row whose finished image is the init "
-                                                             "image; this row waits until that row ends"}),
-        "strength": _nullable({"type": "number", "exclusiveMinimum": 0, "maximum": 1,
-                               "description": "How much of the init image is repainted (needs an init image)"}),
-        "mask_image": _nullable({**image, "description": "Inpainting: white is repainted; the init image's size "
-                                                         "(needs an init image)"}),
-        "reference_image": _nullable({**image, "description": "IP-Adapter reference: a base64 PNG, JPEG or WebP"}),
-        "reference_image_id": _nullable({**row_id, "description": "Another row whose finished image is the "
-                                                                  "reference; this row waits until that row ends"}),
-        "reference_scale": _nullable({"type": "number", "minimum": REFERENCE_SCALE_RANGE[0],
-                                      "maximum": REFERENCE_SCALE_RANGE[1],
-                                      "description": "How strongly the reference steers (needs a reference image)"}),
-        "upscale": _nullable({"type": "number", "enum": list(UPSCALE_FACTORS),
-                              "description": "The factor, with task 'upscale' only"}),
-    }
 
 
 def _image() -> dict[str, Any]:

@@ -14,28 +14,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagend.backends.base import ImageInputs, Lora, Request
-from imagend.backends.registry import BACKEND_NAMES
-from imagend.config.settings import PROMPT_MAX_CHARS, Settings
+from imagend.config.settings import Settings
+from imagend.db.columns import (
+    BACKEND_NAMES,
+    COLUMNS,
+    ECHO_MAX_CHARS,
+    LORA_WEIGHT_RANGE,
+    LORAS_MAX,
+    NAME_MAX_CHARS,
+    NEGATIVE_PROMPT_MAX_CHARS,
+    PROMPT_MAX_CHARS,
+    TASKS,
+    UPSCALE_FACTORS,
+)
 from imagend.db.rows import ClaimedRow, SourceRow
 from imagend.errors import BadInput, clip
 from imagend.images.formats import parse_output_format
 from imagend.images.inputs import decode_base64_image, decode_base64_mask, decode_image_bytes
 from imagend.queue.source_images import source_image_bytes
 
-MAX_SIDE_PX = 8192  # beyond any backend; each backend narrows this further
-STEPS_RANGE = (1, 200)
-GUIDANCE_RANGE = (0.0, 50.0)
-SEED_MAX = 2**63 - 1
-ECHO_MAX_CHARS = 80
-# Every text a producer writes is bounded. The negative prompt as Fusion Brain bounds it; names
-# (style, scheduler) are short words.
-NEGATIVE_PROMPT_MAX_CHARS = 1000
-NAME_MAX_CHARS = 64
-TASKS = ("upscale",)  # the others are inferred: text-to-image, image-to-image, inpainting
-UPSCALE_FACTORS = (2.0, 4.0)
-REFERENCE_SCALE_RANGE = (0.0, 2.0)
-LORA_WEIGHT_RANGE = (-4.0, 4.0)
-LORAS_MAX = 8
 LORA_NAME = re.compile(r"[\w][\w .-]{0,63}")  # a file name in IMAGEND_LORA_DIR, never a path
 
 
@@ -48,6 +45,13 @@ class Validated:
 def truncate_prompt(prompt: str, limit: int = PROMPT_MAX_CHARS) -> str:
     """Cut to `limit` characters (code points, as the Go service cut runes), never mid-character."""
     return prompt[:limit]
+
+
+def _check_range(name: str, value: float | None, unit: str = "") -> None:
+    """The column's range, from the one table of producer columns (db/columns.py)."""
+    message = None if value is None else COLUMNS[name].range_error(value, unit)
+    if message is not None:
+        raise BadInput(message)
 
 
 def decode_params(text: str | None) -> dict[str, Any]:
@@ -87,17 +91,11 @@ def validate_row(
         raise BadInput(f"max_attempts must be at least 1, got {row.max_attempts}")
     width = settings.default_width if row.width is None else row.width
     height = settings.default_height if row.height is None else row.height
-    for name, side in (("width", width), ("height", height)):
-        if not 0 < side <= MAX_SIDE_PX:
-            raise BadInput(f"{name} must be between 1 and {MAX_SIDE_PX} pixels, got {side}")
-    if row.steps is not None and not STEPS_RANGE[0] <= row.steps <= STEPS_RANGE[1]:
-        raise BadInput(f"steps must be between {STEPS_RANGE[0]} and {STEPS_RANGE[1]}, got {row.steps}")
-    if row.guidance is not None and not GUIDANCE_RANGE[0] <= row.guidance <= GUIDANCE_RANGE[1]:
-        raise BadInput(
-            f"guidance must be between {GUIDANCE_RANGE[0]:g} and {GUIDANCE_RANGE[1]:g}, got {row.guidance:g}"
-        )
-    if row.seed is not None and not 0 <= row.seed <= SEED_MAX:
-        raise BadInput(f"seed must be between 0 and {SEED_MAX}, got {row.seed}")
+    _check_range("width", width, " pixels")
+    _check_range("height", height, " pixels")
+    _check_range("steps", row.steps)
+    _check_range("guidance", row.guidance)
+    _check_range("seed", row.seed)
     negative = row.negative_prompt if row.negative_prompt is not None else settings.default_negative_prompt
     if negative is not None and len(negative) > NEGATIVE_PROMPT_MAX_CHARS:
         # Unbounded, it held a GPU for minutes of prompt parsing and encoding.
@@ -159,18 +157,10 @@ def image_inputs_of(
             f"mask_image is {mask.size[0]}x{mask.size[1]} but the init image is "
             f"{init.size[0]}x{init.size[1]}; they must match"
         )
-    if row.strength is not None and not 0 < row.strength <= 1:
-        raise BadInput(f"strength must be above 0 and at most 1, got {row.strength:g}")
+    _check_range("strength", row.strength)
     if row.strength is not None and init is None:
         raise BadInput("strength needs an init image (init_image or init_image_id)")
-    if (
-        row.reference_scale is not None
-        and not REFERENCE_SCALE_RANGE[0] <= row.reference_scale <= REFERENCE_SCALE_RANGE[1]
-    ):
-        raise BadInput(
-            f"reference_scale must be between {REFERENCE_SCALE_RANGE[0]:g} and {REFERENCE_SCALE_RANGE[1]:g}, "
-            f"got {row.reference_scale:g}"
-        )
+    _check_range("reference_scale", row.reference_scale)
     if row.reference_scale is not None and reference is None:
         raise BadInput("reference_scale needs a reference image (reference_image or reference_image_id)")
     if task == "upscale":

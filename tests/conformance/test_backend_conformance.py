@@ -17,8 +17,8 @@ from PIL import Image as PILImage
 
 from imagend.backends import create_backend
 from imagend.backends.base import Backend, GeneratingBackend, Image, Pending, RemoteBackend, Request
-from imagend.backends.registry import BACKEND_NAMES
 from imagend.config.settings import load_settings
+from imagend.db.columns import BACKEND_NAMES
 from imagend.errors import BadInput
 
 SIDE_PX = 64

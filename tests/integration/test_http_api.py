@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from psycopg.rows import dict_row
 
-from imagend.backends.registry import BACKEND_NAMES
+from imagend.db.columns import BACKEND_NAMES
 from imagend.images.inputs import to_base64_png
 
 from support.db import fetch_image, wait_until

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from imagend.backends.placeholder import PlaceholderBackend
-from imagend.config.settings import PROMPT_MAX_CHARS, load_settings
+from imagend.config.settings import load_settings
+from imagend.db.columns import PROMPT_MAX_CHARS
 from imagend.db.rows import ClaimedRow
 from imagend.errors import BadInput
 from imagend.queue.validation import truncate_prompt, validate_row

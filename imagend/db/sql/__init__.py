@@ -14,6 +14,13 @@ SCHEMA_FILES = ("schema.sql", "schema_operations.sql")
 QUERY_FILES = ("queries.sql", "queries_operations.sql")
 
 
+def _templates() -> dict[str, str]:
+    """What `{{name}}` stands for in a query: column lists derived from the producer columns' table."""
+    from imagend.db.columns import claimed_columns, insert_columns, insert_values
+
+    return {"claimed_columns": claimed_columns(), "insert_columns": insert_columns(), "insert_values": insert_values()}
+
+
 def _read(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
@@ -26,10 +33,13 @@ def schema() -> str:
 def queries() -> dict[str, str]:
     """Parse the query files into {name: statement}; text before a file's first name is a preamble."""
     named: dict[str, str] = {}
+    templates = _templates()
     for file in QUERY_FILES:
         parts = _NAME.split(_read(file))
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if name in named:
                 raise ValueError(f"query {name} is named twice")
+            for key, text in templates.items():
+                body = body.replace("{{" + key + "}}", text)
             named[name] = body.strip().rstrip(";")
     return named

@@ -51,14 +51,11 @@ SET status       = 'Generate',
     submitted_at = NULL
 FROM picked
 WHERE i.id = picked.id
--- params and loras as text: decoded per row in validation.py, so JSON that Postgres accepts but Python
--- cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
-RETURNING i.id, i.attempts AS attempt, i.prompt, i.negative_prompt, i.style, i.width, i.height, i.seed,
-          i.steps, i.guidance, i.scheduler, i.backend, i.params::text AS params, i.max_attempts,
-          i.cancel_requested, i.format, i.quality,
-          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds,
-          i.model, i.loras::text AS loras, i.task, i.init_image, i.init_image_id, i.strength, i.mask_image,
-          i.reference_image, i.reference_image_id, i.reference_scale, i.upscale;
+-- The producer's columns come from their one table (db/columns.py: claimed_columns), in ClaimedRow's
+-- order; params and loras as text, decoded per row in validation.py, so JSON that Postgres accepts but
+-- Python cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
+RETURNING i.id, i.attempts AS attempt, {{claimed_columns}}, i.cancel_requested,
+          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds;
 
 -- name: images_source_images
 -- The rows named by *_image_id of claimed rows: their state, and their image where the row holds it

@@ -95,16 +95,9 @@ SELECT status, preview FROM images WHERE id = %(id)s;
 
 -- name: images_insert
 -- The API's INSERT: the columns a producer may write (NULL: the daemon's default, as in SQL).
-INSERT INTO images (prompt, negative_prompt, style, width, height, seed, steps, guidance, scheduler,
-                    backend, priority, params, max_attempts, run_after, format, quality,
-                    model, loras, task, init_image, init_image_id, strength, mask_image,
-                    reference_image, reference_image_id, reference_scale, upscale)
-VALUES (%(prompt)s, %(negative_prompt)s, %(style)s, %(width)s, %(height)s, %(seed)s, %(steps)s,
-        %(guidance)s, %(scheduler)s, %(backend)s, COALESCE(%(priority)s, 0), %(params)s::jsonb,
-        %(max_attempts)s, COALESCE(%(run_after)s::timestamptz, now()), %(format)s, %(quality)s,
-        %(model)s, %(loras)s::jsonb, %(task)s, %(init_image)s, %(init_image_id)s, %(strength)s::real,
-        %(mask_image)s, %(reference_image)s, %(reference_image_id)s, %(reference_scale)s::real,
-        %(upscale)s::real)
+-- Its columns and values come from the one table of producer columns (db/columns.py: insert_columns).
+INSERT INTO images ({{insert_columns}})
+VALUES ({{insert_values}})
 RETURNING id;
 
 -- name: images_cancel
