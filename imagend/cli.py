@@ -23,6 +23,7 @@ from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
 from imagend.db.operations import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
 from imagend.db.repository import Repository
+from imagend.db.rows import Status
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
@@ -308,7 +309,7 @@ def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, i
     average = line.get("avg_generation_seconds")
     if average is not None:
         line["avg_generation_seconds"] = round(float(average), 3)
-    if line["status"] == "ReadyToGenerate":
+    if line["status"] == Status.READY_TO_GENERATE:
         count = serving.get(line["backend"] or default_backend)  # None: no such backend; any daemon fails them
         line["daemons_serving"] = count
         line["unserved"] = count == 0

@@ -36,6 +36,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from imagend.backends import missing_libraries
+from imagend.db.rows import ENDED
 
 DEMO_DIR = Path(".imagend-demo")
 OUTPUT_DIR = Path("demo-output")
@@ -186,7 +187,7 @@ def wait_until_done(url: str, ids: list[int], daemon: subprocess.Popen[bytes]) -
             if daemon.poll() is not None:
                 return False
             done = listener.execute(
-                "SELECT count(*) FROM images WHERE id = ANY(%s) AND status IN ('ReadyToPublish', 'Failed')", [ids]
+                "SELECT count(*) FROM images WHERE id = ANY(%s) AND status = ANY(%s)", [ids, list(ENDED)]
             ).fetchone()
             if done is not None and done[0] == len(ids):
                 return True

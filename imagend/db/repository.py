@@ -22,7 +22,7 @@ from psycopg.rows import RowFactory, RowMaker, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from imagend.db.columns import BACKEND_NAMES, REMOTE_BACKENDS
-from imagend.db.rows import Claim, ClaimedRow, RemoteTask, SourceRow
+from imagend.db.rows import ENDED, Claim, ClaimedRow, RemoteTask, SourceRow
 from imagend.db.sql import queries
 from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked
 
@@ -488,7 +488,7 @@ class Repository(Statements):
 
     def expire(self, status: str, age_seconds: float, limit: int) -> list[Expired]:
         """Delete up to `limit` rows of a terminal `status` finished more than `age_seconds` ago."""
-        if status not in ("ReadyToPublish", "Failed"):
+        if status not in ENDED:
             raise ValueError(f"retention deletes terminal rows only, not {status!r}")
         rows: list[Expired] = self._rows(
             "images_expire", {"status": status, "age_seconds": age_seconds, "limit": limit}, by_name(Expired)

@@ -5,9 +5,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from imagend.errors import BadInput
 from imagend.images.formats import OutputFormat, parse_output_format
+
+
+class Status(StrEnum):
+    """A row's status (schema.sql's CHECK; docs/state_machine.md draws the machine). StrEnum: each
+    member is its text, so it reaches Postgres and JSON by value and compares equal to a row's text."""
+
+    # Waiting: a daemon's claim (images_claim_batch) moves it to Generate; a producer's cancel, a
+    # failed chained source, or retention's bad-row pass to Failed.
+    READY_TO_GENERATE = "ReadyToGenerate"
+    # Owned by one daemon under a lease: that daemon finishes it (ReadyToPublish or Failed) or hands it
+    # back (ReadyToGenerate); if it dies, the rescue (maintenance) takes it back.
+    GENERATE = "Generate"
+    # Done, image written: final. Only the producer (or retention, deleting it) moves it on.
+    READY_TO_PUBLISH = "ReadyToPublish"
+    # Ended without an image (`error` says why): final, until a producer retries it (README's "Trying
+    # again", `POST /v1/images/{id}/retry`: back to ReadyToGenerate) or retention deletes it.
+    FAILED = "Failed"
+
+
+ENDED = (Status.READY_TO_PUBLISH, Status.FAILED)
 
 
 @dataclass(frozen=True, slots=True)

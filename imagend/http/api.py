@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
 from imagend.db.operations import ALL_BACKENDS, Pause
+from imagend.db.rows import Status
 from imagend.errors import BadInput, clip
 from imagend.http.auth import check_read, check_write
 from imagend.http.checks import BadRequest, check_columns, parse_object, read_body
@@ -94,7 +95,7 @@ def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
         "timings": {name: _json_value(row[name]) for name in TIMINGS},
         "parameters": {**{name: row[name] for name in PARAMETERS}, "loras": _loras(row["loras"]),
                        "params": _params(params)},
-        "image_url": f"/v1/images/{image_id}/image" if row["status"] == "ReadyToPublish" and row["has_image"]
+        "image_url": f"/v1/images/{image_id}/image" if row["status"] == Status.READY_TO_PUBLISH and row["has_image"]
         else None,
         "preview_url": f"/v1/images/{image_id}/preview" if row["preview_tag"] is not None else None,
         "output_url": row["output_url"],
@@ -206,7 +207,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         check_write(context, request)
         image_id = _id_or_none(request)
         if image_id is not None and ops.retry(image_id):
-            return JSONResponse({"id": image_id, "status": "ReadyToGenerate"})
+            return JSONResponse({"id": image_id, "status": Status.READY_TO_GENERATE})
         current = ops.status_of(image_id) if image_id is not None else None
         if current is None:
             return _not_found(request.path_params["id"])

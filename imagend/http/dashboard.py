@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from imagend import __version__
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.operations import ALL_BACKENDS, FleetDaemon, QueueSnapshot
+from imagend.db.rows import Status
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
@@ -47,10 +48,11 @@ WAITING_SHOWN = 10
 DONE_SHOWN = 24
 FAILED_SHOWN = 20
 PARAMS_SHOWN_CHARS = 20_000
-STATUSES = ("ReadyToGenerate", "Generate", "ReadyToPublish", "Failed")
-WAITING, RUNNING, FAILED = "ReadyToGenerate", "Generate", "Failed"
+STATUSES = tuple(Status)
+WAITING, RUNNING, FAILED = Status.READY_TO_GENERATE, Status.GENERATE, Status.FAILED
 # The counts' column heads (the status itself is the cell's title).
-STATUS_LABELS = {"ReadyToGenerate": "waiting", "Generate": "generating", "ReadyToPublish": "done", "Failed": "failed"}
+STATUS_LABELS = {Status.READY_TO_GENERATE: "waiting", Status.GENERATE: "generating", Status.READY_TO_PUBLISH: "done",
+                 Status.FAILED: "failed"}
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

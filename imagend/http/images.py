@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from starlette.responses import RedirectResponse, Response
 
+from imagend.db.rows import Status
 from imagend.http.context import HttpContext
 from imagend.http.responses import error
 from imagend.images.formats import FORMAT_ALIASES, FORMATS
@@ -25,7 +26,7 @@ from imagend.logs import get_logger
 
 log = get_logger()
 
-FINISHED = "ReadyToPublish"
+FINISHED = Status.READY_TO_PUBLISH
 # A finished image does not change (a retry is for Failed rows only); the browser may keep it a while.
 CACHE_CONTROL = "private, max-age=300"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # bigger than any image a backend makes

@@ -8,9 +8,9 @@ from typing import Any
 
 from imagend import __version__
 from imagend.db.columns import BACKEND_NAMES, PRODUCER_COLUMNS
+from imagend.db.rows import Status
 from imagend.images.formats import FORMATS
 
-STATUSES = ["ReadyToGenerate", "Generate", "ReadyToPublish", "Failed"]
 INT4 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 BIG_IMAGES = ("The request body is at most 64 KiB: a bigger image is INSERTed in SQL, or chained with "
               "init_image_id / reference_image_id (another row's finished image)")
@@ -63,7 +63,7 @@ def _image() -> dict[str, Any]:
         "required": ["id", "status", "progress", "error", "position", "timings", "parameters"],
         "properties": {
             "id": {"type": "integer"},
-            "status": {"type": "string", "enum": STATUSES},
+            "status": {"type": "string", "enum": [status.value for status in Status]},
             "progress": {"type": ["number", "null"], "description": "0 … 1 while generated"},
             "error": {"type": ["string", "null"]},
             "warning": {"type": ["string", "null"]},

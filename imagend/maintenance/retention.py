@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 
 from imagend.config.settings import RetentionSettings
 from imagend.db.repository import Expired, Repository
+from imagend.db.rows import Status
 from imagend.logs import get_logger
 from imagend.storage import Store, StoreUnavailable
 
@@ -84,8 +85,8 @@ class Retention:
         counts = RetentionCounts()
         budget = MAX_BATCHES_PER_PASS
         steps = [
-            ("Failed", self.policy.failed_seconds, "failed_deleted"),
-            ("ReadyToPublish", self.policy.done_seconds, "done_deleted"),
+            (Status.FAILED, self.policy.failed_seconds, "failed_deleted"),
+            (Status.READY_TO_PUBLISH, self.policy.done_seconds, "done_deleted"),
         ]
         for status, age, field_name in steps:
             while age is not None and budget > 0:

@@ -14,7 +14,7 @@ from typing import TypeVar
 from imagend.backends.base import Image
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, Status
 from imagend.errors import LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
 from imagend.operations.metrics import Metrics
@@ -92,7 +92,7 @@ class Outcomes:
                 log.debug(
                     "image_done",
                     id=claim.id,
-                    status="ReadyToPublish",
+                    status=Status.READY_TO_PUBLISH,
                     attempt=claim.attempt,
                     seconds=image.generation_seconds,
                 )
@@ -102,7 +102,7 @@ class Outcomes:
                 log.warning(
                     "result_dropped",
                     id=claim.id,
-                    status="Generate",
+                    status=Status.GENERATE,
                     attempt=claim.attempt,
                     reason="row is no longer ours (lease expired, the producer changed it, or holds it locked)",
                 )
@@ -133,10 +133,10 @@ class Outcomes:
         except (LostOwnership, RowLocked):
             counts.lost += 1
             self.metrics.lost.labels(backend).inc()
-            log.warning("failure_dropped", id=claim.id, status="Generate", attempt=claim.attempt, error=message)
+            log.warning("failure_dropped", id=claim.id, status=Status.GENERATE, attempt=claim.attempt, error=message)
             return
-        self.metrics.failed(backend, error, final=status == "Failed")
-        if status == "Failed":
+        self.metrics.failed(backend, error, final=status == Status.FAILED)
+        if status == Status.FAILED:
             counts.failed += 1
             log.info("image_failed", id=claim.id, status=status, attempt=claim.attempt, error=message)
         else:

@@ -18,7 +18,7 @@ from itertools import groupby
 from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
 from imagend.config.settings import Settings
 from imagend.db.repository import ModelPreference, Repository
-from imagend.db.rows import Claim, ClaimedRow
+from imagend.db.rows import Claim, ClaimedRow, Status
 from imagend.errors import (
     BadInput,
     Cancelled,
@@ -244,7 +244,7 @@ class Generator:
         ids = [r.id for r in batch]
         keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()],
                              progressed=self.progressed)
-        log.debug("batch_started", ids=ids, status="Generate", backend=backend.name)
+        log.debug("batch_started", ids=ids, status=Status.GENERATE, backend=backend.name)
         in_flight = self.metrics.in_flight.labels(backend.name)
         in_flight.set(len(batch))
         try:
@@ -346,7 +346,7 @@ class Generator:
             log.warning("submission_dropped", id=request.id, attempt=request.attempt)
             return
         counts.submitted += 1
-        log.debug("image_submitted", id=request.id, status="Generate", attempt=request.attempt)
+        log.debug("image_submitted", id=request.id, status=Status.GENERATE, attempt=request.attempt)
 
 
 def requests_of(groups: Sequence[Sequence[Request]]) -> list[Request]:

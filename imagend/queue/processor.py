@@ -13,7 +13,7 @@ import structlog
 from imagend.backends.base import Backend, Pending, RemoteBackend
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
-from imagend.db.rows import RemoteTask
+from imagend.db.rows import RemoteTask, Status
 from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, unexpected
 from imagend.logs import get_logger
 from imagend.maintenance.retention import Retention
@@ -67,10 +67,10 @@ class Processor:
     def rescue(self, counts: PassCounts) -> None:
         for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
             counts.rescued += 1
-            counts.failed += row.status == "Failed"
+            counts.failed += row.status == Status.FAILED
             backend = row.backend or self.settings.default_backend
             self.outcomes.metrics.count(backend, "rescued")
-            if row.status == "Failed":
+            if row.status == Status.FAILED:
                 self.outcomes.metrics.failed(backend, "crashed" if row.crashed else "lease_expired", final=True)
             if not row.begun:
                 log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,

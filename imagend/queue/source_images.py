@@ -13,10 +13,10 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping
 
-from imagend.db.rows import SourceRow
+from imagend.db.rows import SourceRow, Status
 from imagend.errors import BadInput, clip
 
-FINISHED = "ReadyToPublish"
+FINISHED = Status.READY_TO_PUBLISH
 ERROR_ECHO_CHARS = 120
 
 
@@ -33,7 +33,7 @@ def source_image_bytes(
     source = sources.get(source_id)
     if source is None:
         raise BadInput(f"{column} {source_id}: no such row")
-    if source.status == "Failed":
+    if source.status == Status.FAILED:
         reason = f" ({clip(source.error, ERROR_ECHO_CHARS)})" if source.error else ""
         raise BadInput(f"{column} {source_id} failed{reason}, so there is no image to start from")
     if source.status != FINISHED:
