@@ -73,12 +73,20 @@ class QueueClosed(ImagendError):
 
 
 UNEXPECTED_TEXT_MAX_CHARS = 300
+FIRST_LINE_MAX_CHARS = 200
 
 
 def clip(text: str, limit: int) -> str:
     """Text echoed in an error (producer input, a library's message) is cut, so an error never
     grows with what it quotes."""
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+def first_line(exc: BaseException, limit: int = FIRST_LINE_MAX_CHARS) -> str:
+    """A library's message (libpq's, diffusers'), first line only (the rest repeats the statement or
+    a traceback), cut short; empty when it says nothing."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
 
 
 class UnexpectedError(RetryableError):

@@ -42,8 +42,8 @@ from tenacity import (
 from imagend import __version__
 from imagend.backends.base import Image, Pending, Request, Submission, refuse_image_inputs
 from imagend.config.settings import Settings
-from imagend.db.styles import STYLE_NAMES
-from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError
+from imagend.db.columns import STYLE_NAMES
+from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError, clip
 from imagend.logs import get_logger
 from imagend.retry import http_retry_wait
 
@@ -340,11 +340,12 @@ class FusionBrainBackend:
             description = (
                 body.get("errorDescription") or result.get("errorDescription") or body.get("statusDescription")
             )
-            raise RetryableError(f"Fusion Brain task failed: {_clip(str(description or 'no errorDescription given'))}")
+            described = clip(str(description or "no errorDescription given"), MESSAGE_MAX_CHARS)
+            raise RetryableError(f"Fusion Brain task failed: {described}")
         if status == "CANCEL":
             raise RetryableError("Fusion Brain cancelled the task")
         # Unknown states are waited out; DEFAULT_GENERATION_TIMEOUT bounds the wait.
-        log.warning("fusionbrain_unknown_status", uuid=task_id, status=_clip(str(status), 40))
+        log.warning("fusionbrain_unknown_status", uuid=task_id, status=clip(str(status), 40))
         return Pending(self.config.check_interval_seconds)
 
     def _image(self, task_id: str, body: dict[str, Any]) -> Image:
@@ -461,11 +462,7 @@ def _detail(response: httpx.Response) -> str:
     except ValueError:
         return ""
     message = body.get("message") if isinstance(body, dict) else None
-    return f": {_clip(str(message))}" if message else ""
-
-
-def _clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return f": {clip(str(message), MESSAGE_MAX_CHARS)}" if message else ""
 
 
 def _queue_closed(body: Any) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from imagend.db.columns import INSERTABLE
-from imagend.db.repository import Statements, by_name
+from imagend.db.statements import Statements, by_name
 
 ALL_BACKENDS = "*"
 

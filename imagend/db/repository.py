@@ -1,222 +1,39 @@
-"""The only place that talks to the database: one typed function per named query.
+"""The daemon's loops' queries: one typed function per named query (db/sql/queries.sql).
 
 Every status change is guarded by the status, owner and attempt it expects. A guarded
 write that matches nothing raises LostOwnership: another daemon owns the row now, and
 the caller drops its result instead of writing over theirs. Database faults surface as
-DatabaseUnavailable so loops can back off without knowing psycopg. Rows come back bound
-by column name (by_name, a positional class_row) into the types of rows.py.
+DatabaseUnavailable (statements.py) so loops can back off without knowing psycopg. Rows come
+back bound by column name (statements.by_name) into the types of rows.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
-from psycopg.rows import RowFactory, RowMaker, dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
 from imagend.db.columns import BACKEND_NAMES, REMOTE_BACKENDS
-from imagend.db.rows import ENDED, Claim, ClaimedRow, RemoteTask, SourceRow
-from imagend.db.sql import queries
-from imagend.errors import DatabaseUnavailable, LostOwnership, RowLocked
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ModelPreference:
-    """For the claim's model affinity: the models loaded ('' is the default model), and how long a
-    row of another model may be passed over (IMAGEND_MODEL_SWITCH_SECONDS)."""
-
-    loaded: tuple[str, ...]
-    switch_seconds: float
-
-# "The database cannot do this for now": back off and try again on a fresh connection. Operational
-# errors cover a lost connection, an admin shutdown, a statement or lock timeout, too many clients.
-UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
-
-
-# Settings some statements run under, each in a transaction of its own (SET LOCAL: pooler-safe, no
-# session state outlives it).
-# - lock_timeout: statements that change a row a producer may hold locked (SELECT … FOR UPDATE from
-#   an admin tool or an ORM) wait at most this long, then raise RowLocked: one locked row must delay
-#   only itself. The others never wait: the claim, the rescue and lease renewals skip locked rows.
-# - synchronous_commit off: begin_work is on the path of every batch, and its WAL flush cost a drain
-#   ~10 %. Only a crash of the Postgres server can lose it, and then the batch counts as not begun
-#   (handed back uncharged): a daemon's death, the case it is written for, cannot.
-# - enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch
-#   (images_ready_idx). Without server-side prepared statements (PgBouncer) each claim is planned
-#   with its values, and on statistics stale after a burst of inserts the planner took a bitmap of
-#   every waiting row and sorted them all (on disk): a claim cost grew with the backlog.
-# - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
-#   way (it took the rows' side for one row), the planner looped over the arrays once per row:
-#   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
-LOCK_TIMEOUT = "2s"
-LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
-TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
-    **dict.fromkeys(
-        ("images_fail_attempt", "images_release", "images_set_warning", "images_mark_submitted",
-         "images_poll_later", "images_set_previews"),
-        LOCK_BOUNDED,
-    ),
-    "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
-    "images_begin_work": {"synchronous_commit": "off"},
-    "images_claim_batch": {"enable_sort": "off"},
-}
-
-
-def by_name(cls: type[T]) -> RowFactory[T]:
-    """psycopg's class_row, built positionally: the columns are matched to the fields by name once
-    per statement (a missing or extra column fails there), then each row is one positional call.
-    The claim makes thousands of rows a second; class_row's dict-per-row showed in the drain."""
-    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    make: Callable[..., T] = cls
-
-    def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
-        names = [column.name for column in cursor.description or ()]
-        if sorted(names) != sorted(fields):
-            raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
-        order = [names.index(name) for name in fields]
-        if order == list(range(len(fields))):  # the query returns the fields in order: no reshuffle
-            return lambda values: make(*values)
-        if len(order) == 1:
-            return lambda values: make(values[order[0]])
-        pick = operator.itemgetter(*order)
-        return lambda values: make(*pick(values))
-
-    return factory
-
-
-def first_line(exc: Exception) -> str:
-    """libpq's message, first line only (the rest repeats the statement), cut short."""
-    return str(exc).strip().split("\n", 1)[0][:200]
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """One result for images_mark_done."""
-
-    claim: Claim
-    base64: str | None  # None: kept only in storage (IMAGEND_STORE_BASE64=false)
-    seed: int | None
-    output_path: str | None
-    generation_seconds: float | None
-    warning: str | None = None
-    output_url: str | None = None
-    thumbnail_url: str | None = None
-    thumbnail: str | None = None  # base64 WebP, when there is no storage target
-    format: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Expired:
-    """One row retention deleted, with where its objects were (images_expire)."""
-
-    id: int
-    output_url: str | None
-    thumbnail_url: str | None
-    output_path: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Exportable:
-    """A finished row whose image is only in its base64 (images_export_batch)."""
-
-    id: int
-    base64: str
-    format: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Rescued:
-    """One row images_rescue took back from a dead or stuck owner."""
-
-    id: int
-    status: str
-    backend: str | None
-    old_owner: str | None
-    begun: bool  # work on it had begun (otherwise nothing was charged)
-    crashed: bool  # its owner died while generating it: a crash, not an attempt
-    crashes: int
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Wakeups:
-    """Seconds from now until the next generator / processor work (negative: due already)."""
-
-    generator: float | None
-    processor: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class UnservedRows:
-    """Waiting rows for one backend a daemon does not serve (images_unserved)."""
-
-    backend: str
-    rows: int
-    oldest_waiting_seconds: float
-    daemons_serving: int  # running daemons (a heartbeat within dead_after) that serve this backend
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonInfo:
-    """What a daemon says of itself in imagend_daemons."""
-
-    host: str
-    pid: int
-    version: str
-    backends: list[str]
-    device: str | None = None
-    model: str | None = None
-
-
-class Statements:
-    """Runs the named queries on a pool: database faults become DatabaseUnavailable, a row held
-    locked past LOCK_TIMEOUT becomes RowLocked, rows come back as tuples or through a row factory.
-    Shared by Repository (the loops) and OperationsRepository (the operator's and API's side)."""
-
-    def __init__(self, pool: ConnectionPool) -> None:
-        self.pool = pool
-        self._sql = queries()
-
-    @contextmanager
-    def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
-        try:
-            with self.pool.connection() as conn:
-                try:
-                    with conn.cursor(row_factory=row_factory or conn.row_factory) as cur:
-                        yield cur
-                except psycopg.errors.LockNotAvailable:
-                    raise
-                except UNAVAILABLE:
-                    # Its session may carry what caused this (default_transaction_read_only, a 1 ms
-                    # statement_timeout set on the database when it connected): the pool replaces it.
-                    conn.close()
-                    raise
-        except psycopg.errors.LockNotAvailable:
-            raise RowLocked(f"a row is locked by another session (waited {LOCK_TIMEOUT})") from None
-        except (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction, PoolTimeout) as exc:
-            raise DatabaseUnavailable(f"database unavailable: {type(exc).__name__}: {first_line(exc)}") from exc
-
-    def _rows(self, name: str, params: dict[str, Any], row_factory: RowFactory[Any] | None = None) -> list[Any]:
-        with self._cursor(row_factory) as cur:
-            settings = TRANSACTION_SETTINGS.get(name)
-            if settings is None:
-                cur.execute(self._sql[name], params)
-                return cur.fetchall() if cur.description else []
-            # Pipelined, the messages (BEGIN, the SETs, the statement, COMMIT) cost one round trip.
-            with cur.connection.pipeline(), cur.connection.transaction():
-                for setting, value in settings.items():  # on a cursor of their own: not the row factory's
-                    cur.connection.execute("SELECT set_config(%s, %s, true)", [setting, value])
-                cur.execute(self._sql[name], params)
-            return cur.fetchall() if cur.description else []
+from imagend.db.rows import (
+    ENDED,
+    Claim,
+    ClaimedRow,
+    DaemonInfo,
+    Expired,
+    Exportable,
+    Finished,
+    ModelPreference,
+    RemoteTask,
+    Rescued,
+    SourceRow,
+    UnservedRows,
+    Wakeups,
+)
+from imagend.db.statements import Statements, by_name
+from imagend.errors import LostOwnership
 
 
 class Repository(Statements):

@@ -125,3 +125,91 @@ class RemoteTask:
         except BadInput:
             output = None
         return Claim(self.id, self.attempt, output)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPreference:
+    """For the claim's model affinity: the models loaded ('' is the default model), and how long a
+    row of another model may be passed over (IMAGEND_MODEL_SWITCH_SECONDS)."""
+
+    loaded: tuple[str, ...]
+    switch_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """One result for images_mark_done."""
+
+    claim: Claim
+    base64: str | None  # None: kept only in storage (IMAGEND_STORE_BASE64=false)
+    seed: int | None
+    output_path: str | None
+    generation_seconds: float | None
+    warning: str | None = None
+    output_url: str | None = None
+    thumbnail_url: str | None = None
+    thumbnail: str | None = None  # base64 WebP, when there is no storage target
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """One row retention deleted, with where its objects were (images_expire)."""
+
+    id: int
+    output_url: str | None
+    thumbnail_url: str | None
+    output_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Exportable:
+    """A finished row whose image is only in its base64 (images_export_batch)."""
+
+    id: int
+    base64: str
+    format: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rescued:
+    """One row images_rescue took back from a dead or stuck owner."""
+
+    id: int
+    status: str
+    backend: str | None
+    old_owner: str | None
+    begun: bool  # work on it had begun (otherwise nothing was charged)
+    crashed: bool  # its owner died while generating it: a crash, not an attempt
+    crashes: int
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wakeups:
+    """Seconds from now until the next generator / processor work (negative: due already)."""
+
+    generator: float | None
+    processor: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnservedRows:
+    """Waiting rows for one backend a daemon does not serve (images_unserved)."""
+
+    backend: str
+    rows: int
+    oldest_waiting_seconds: float
+    daemons_serving: int  # running daemons (a heartbeat within dead_after) that serve this backend
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonInfo:
+    """What a daemon says of itself in imagend_daemons."""
+
+    host: str
+    pid: int
+    version: str
+    backends: list[str]
+    device: str | None = None
+    model: str | None = None

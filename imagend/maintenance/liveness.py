@@ -11,7 +11,8 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from imagend.db.repository import DaemonInfo, Repository
+from imagend.db.repository import Repository
+from imagend.db.rows import DaemonInfo
 from imagend.errors import DatabaseUnavailable
 from imagend.logs import get_logger
 

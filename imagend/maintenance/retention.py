@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, fields
 
 from imagend.config.settings import RetentionSettings
-from imagend.db.repository import Expired, Repository
-from imagend.db.rows import Status
+from imagend.db.repository import Repository
+from imagend.db.rows import Expired, Status
 from imagend.logs import get_logger
 from imagend.storage import Store, StoreUnavailable
 

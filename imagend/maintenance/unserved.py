@@ -7,7 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from imagend.db.repository import Repository, UnservedRows
+from imagend.db.repository import Repository
+from imagend.db.rows import UnservedRows
 from imagend.errors import DatabaseUnavailable
 from imagend.logs import get_logger
 

@@ -31,7 +31,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from imagend import __version__
 from imagend.backends.base import Backend
 from imagend.config.settings import Settings
-from imagend.db.repository import DaemonInfo, Repository
+from imagend.db.repository import Repository
+from imagend.db.rows import DaemonInfo
 from imagend.errors import DatabaseUnavailable, RowLocked
 from imagend.logs import get_logger
 from imagend.maintenance.liveness import Liveness

@@ -17,8 +17,8 @@ from itertools import groupby
 
 from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
 from imagend.config.settings import Settings
-from imagend.db.repository import ModelPreference, Repository
-from imagend.db.rows import Claim, ClaimedRow, Status
+from imagend.db.repository import Repository
+from imagend.db.rows import Claim, ClaimedRow, ModelPreference, Status
 from imagend.errors import (
     BadInput,
     Cancelled,

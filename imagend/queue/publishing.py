@@ -14,8 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from imagend.backends.base import Image
 from imagend.config.settings import Settings
-from imagend.db.repository import Finished
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, Finished
 from imagend.errors import RowError
 from imagend.images.formats import Encoded, encode, sniff, thumbnail
 from imagend.storage import Store, StoredObject, StoreUnavailable, open_store

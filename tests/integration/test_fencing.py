@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from imagend.db.repository import Finished
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, Finished
 from imagend.errors import LostOwnership
 
 from support.db import fetch_image, insert_image

@@ -10,8 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from imagend.db.repository import DaemonInfo, Finished
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, DaemonInfo, Finished
 from imagend.errors import LostOwnership
 
 from support.db import fetch_image, insert_image

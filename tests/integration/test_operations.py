@@ -11,8 +11,7 @@ import psycopg
 import pytest
 
 from imagend.db.operations import OperationsRepository
-from imagend.db.repository import Finished
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, Finished
 
 from support.daemons import InProcess, run_imagend
 from support.db import base_env, insert_image
