@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   # the main job on the embedded defaults
-#   make test   # lint, types, and the tests (embedded Postgres, then the server on 127.0.0.1:5432)
+#   make test   # lint, types, import contracts, and the tests (embedded Postgres, then the server on 127.0.0.1:5432)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # The CPU wheel on the build machines; any other spec pulls gigabytes of CUDA packages.
@@ -43,6 +43,7 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check imagend tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint system-deps pg14
 	@echo "== tests against the embedded Postgres"
