@@ -50,7 +50,7 @@ from _common import daemon, fresh_database, parser, postgres, wait_until
 
 @dataclass(frozen=True)
 class Contender:
-    key: str  # the IMAGEND_MODELS name (tiny_families' family); "sdxl": IMAGEND_MODEL, model NULL
+    key: str  # the IMAGEND_MODELS name (miniature.families' family); "sdxl": IMAGEND_MODEL, model NULL
     label: str
     scheduler: str  # the diffusers class of the family's default scheduler in imagend
     guidance: float  # imagend's default for the family

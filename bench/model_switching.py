@@ -142,7 +142,7 @@ def main() -> None:
         configs.append(Config("no affinity, cache 2", 2, 0))
     with tempfile.TemporaryDirectory(prefix="imagend-bench-models-") as tmp, postgres(args.database_url) as server:
         workdir = Path(tmp)
-        # The pair tiny_extras.write_tiny_models writes, without its LoRAs, IP-Adapter and upscaler.
+        # The pair miniature.extras.write_tiny_models writes, without its LoRAs, IP-Adapter and upscaler.
         models = {
             "sdxl": write_tiny_model(workdir / "sdxl"),
             "sdxl-b": write_tiny_model(workdir / "sdxl-b", seed=TINY_MODEL_SEED + 1),
