@@ -1,3 +1,5 @@
+"""`python -m imagend`: the same as the `imagend` command."""
+
 import sys
 
 from imagend.cli import main

@@ -12,11 +12,13 @@ from typing import TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 from tenacity.wait import wait_base
 
-from imagend.config.settings import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
 from imagend.errors import DatabaseUnavailable
 
 T = TypeVar("T")
 
+# A failed attempt's backoff (IMAGEND_RETRY_BACKOFF sets the base), capped.
+BACKOFF_BASE_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 600.0
 CRASH_BACKOFF_BASE_SECONDS = 1.0
 CRASH_BACKOFF_MAX_SECONDS = 30.0
 PASS_RETRY_BASE_SECONDS = 0.5

@@ -7,18 +7,18 @@ the same `Env` reader when the daemon starts, so a bad value still stops the sta
 
 from __future__ import annotations
 
-import builtins
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotenv import dotenv_values
 
-from imagend.config.durations import NANOSECONDS_PER_SECOND, DurationSyntaxError, parse_go_duration
-from imagend.db.columns import BACKEND_NAMES
+from imagend.config.backends import BACKEND_NAMES
+from imagend.config.database_url import SSL_MODES, check_conninfo
+from imagend.config.env import Env, Secret
 from imagend.errors import ConfigError
+from imagend.retry import BACKOFF_BASE_SECONDS
 from imagend.storage.target import StorageTarget, parse_storage_target
 
 # Ancestor defaults (the Go service), then imagend's own.
@@ -34,148 +34,8 @@ MAX_CRASHES = 3
 POLL_SECONDS = 2.0
 LISTEN_CHECK_SECONDS = 30.0
 DRAIN_SECONDS = 30.0
-BACKOFF_BASE_SECONDS = 5.0
-BACKOFF_MAX_SECONDS = 600.0
-SECONDS_PER_DAY = 86400
 
 # Plain seconds: decimal digits only (no exponent, inf, nan or underscores, which float() takes).
-_DECIMAL_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-# Retention ages may start with whole days, which Go's durations lack ('30d', '1d12h').
-_DAYS = re.compile(r"([0-9]+)d(.*)")
-
-
-class Secret:
-    """A value that must never be printed: repr and str show stars."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-
-class Env:
-    """Typed reads of one environment mapping; every error names the variable."""
-
-    def __init__(self, values: Mapping[builtins.str, builtins.str]) -> None:
-        self.values = values
-
-    def str(self, name: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
-        value = self.values.get(name, "").strip()
-        return value if value else default
-
-    def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
-        value = (self.str(name) or default).lower()
-        if value not in choices:
-            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
-        return value
-
-    def int(
-        self,
-        name: builtins.str,
-        default: builtins.int,
-        minimum: builtins.int | None = None,
-        maximum: builtins.int | None = None,
-    ) -> builtins.int:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
-        _check_range(name, value, minimum, maximum)
-        return value
-
-    def float(
-        self, name: builtins.str, default: builtins.float, minimum: builtins.float | None = None
-    ) -> builtins.float:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-        _check_range(name, value, minimum, None)
-        return value
-
-    def seconds(self, name: builtins.str, default: builtins.float, minimum: builtins.float = 0.0) -> builtins.float:
-        """Seconds as a decimal number ('300', '0.5') or a Go duration ('5m', '1h30m', '500ms', '.5s',
-        '1μs'); never negative (a wait, a timeout or an interval below zero means nothing)."""
-        raw = self.str(name)
-        if raw is None:
-            return default
-        if _DECIMAL_SECONDS.fullmatch(raw):
-            value = float(raw)
-        else:
-            try:
-                value = parse_go_duration(raw) / NANOSECONDS_PER_SECOND
-            except DurationSyntaxError as exc:
-                raise ConfigError(
-                    f"{name}={raw!r} is not a duration: {exc} "
-                    "(write seconds, like 30 or 0.5, or a Go duration, like 30s, 5m, 1h30m, 500ms)"
-                ) from None
-        if value < 0:
-            raise ConfigError(f"{name}={raw!r} is negative; a duration here must be 0 or more")
-        _check_range(name, value, minimum, None)
-        return value
-
-    def age(self, name: builtins.str) -> builtins.float | None:
-        """An age for retention: a Go duration, optionally led by whole days ('30d', '1d12h', '24h');
-        unset or 0 means off (None)."""
-        raw = self.str(name)
-        if raw is None:
-            return None
-        match = _DAYS.fullmatch(raw)
-        try:
-            days = int(match.group(1)) if match else 0
-            rest = match.group(2) if match else raw
-            seconds = days * SECONDS_PER_DAY + (parse_go_duration(rest) / NANOSECONDS_PER_SECOND if rest else 0.0)
-        except DurationSyntaxError as exc:
-            raise ConfigError(
-                f"{name}={raw!r} is not an age: {exc} (write a Go duration, like 24h or 90m, or days, like 30d)"
-            ) from None
-        if seconds < 0:
-            raise ConfigError(f"{name}={raw!r} is negative; an age must be 0 (off) or more")
-        return seconds or None
-
-    def bool(self, name: builtins.str, default: builtins.bool) -> builtins.bool:
-        raw = self.str(name)
-        if raw is None:
-            return default
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
-
-    def secret(self, name: builtins.str) -> Secret | None:
-        value = self.str(name)
-        return Secret(value) if value else None
-
-
-def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{name}={value} is below the minimum {minimum}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{name}={value} is above the maximum {maximum}")
-
-
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "imagend"
@@ -341,52 +201,6 @@ def _retention(env: Env, target: StorageTarget | None) -> RetentionSettings:
 
 
 # libpq's sslmode values; any other fails the first connect without naming the setting.
-SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_URI_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^@/:]*:([^@/]*)@", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"[?&]password=([^&#]*)", re.IGNORECASE)
-_KEYWORD_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'?|\S+)")
-
-
-def conninfo_passwords(conninfo: str) -> list[str]:
-    """The password(s) written in a libpq URL or key=value string, as written and decoded, longest
-    first; found by pattern, so even in a string libpq cannot parse."""
-    from urllib.parse import unquote
-
-    found: set[str] = set()
-    for pattern in (_URI_PASSWORD, _QUERY_PASSWORD, _KEYWORD_PASSWORD):
-        for match in pattern.finditer(conninfo):
-            value = match.group(1)
-            found.update({value, value.strip("'"), unquote(value)})
-    return sorted((p for p in found if p), key=len, reverse=True)
-
-
-def hide_password(text: str, conninfo: str) -> str:
-    """`text` (a libpq message, which may quote the string it parsed) with the password starred."""
-    for password in conninfo_passwords(conninfo):
-        text = text.replace(password, "***")
-    return text
-
-
-def check_conninfo(name: str, conninfo: str) -> dict[str, str]:
-    """Parse a libpq URL or key=value string the way libpq will, and check what libpq only checks
-    at the first connect (sslmode, port): a bad value names the variable, never the password."""
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        params = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
-    except ProgrammingError as exc:
-        reason = hide_password(str(exc).strip(), conninfo)
-        raise ConfigError(f"{name} is not a valid libpq URL or connection string: {reason}") from None
-    sslmode = params.get("sslmode")
-    if sslmode is not None and sslmode not in SSL_MODES:
-        raise ConfigError(f"{name}: sslmode={sslmode!r} is not one of: {', '.join(SSL_MODES)}")
-    for port in params.get("port", "").split(","):
-        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
-            raise ConfigError(f"{name}: port={port!r} is not a port number (1-65535)")
-    return params
-
-
 def _conninfo_setting(env: Env, name: str) -> Secret | None:
     value = env.str(name)
     if value is None:

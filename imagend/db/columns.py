@@ -4,8 +4,8 @@ its JSON type, its range or choices, who writes it, its one-line doc).
 Derived from it: the claim's column list (queries.sql's `{claimed_columns}`), validation's type and
 range checks, the HTTP API's body checks and INSERTABLE, and the OpenAPI properties. Adding a
 producer column is: schema.sql, a line here, and the code that uses the value. The choices shared by
-several subsystems live here too (backend names, style names), so that no subsystem imports another
-to learn them.
+several subsystems live here too (style names; backend names from config/backends.py), so that no
+subsystem imports another to learn them.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from imagend.config.backends import BACKEND_NAMES, REMOTE_BACKENDS
 from imagend.errors import BadInput
 from imagend.images.formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
 
 # -- choices ---------------------------------------------------------------------------------------
 
-# Every backend imagend knows, by name; `remote` ones hand work to a service (submit, then poll).
-# backends/registry.py maps each name to its class.
-BACKEND_NAMES: tuple[str, ...] = ("local", "fusionbrain", "placeholder")
-REMOTE_BACKENDS: tuple[str, ...] = ("fusionbrain",)
+# A row's `backend`: one of config/backends.py's names (settings read them too).
 # Fusion Brain's style names, which the Go service passed on, so producers moving between backends
 # keep working. Fusion Brain sends the name; the local backend applies a prompt template (its
 # options.STYLE_TEMPLATES, one per name); the placeholder only checks it.
@@ -226,3 +224,6 @@ def check_style(style: str | None) -> str | None:
         shown = style if len(style) <= ECHO_MAX_CHARS else style[:ECHO_MAX_CHARS] + "…"
         raise BadInput(f"unknown style {shown!r}; use one of: {', '.join(STYLE_NAMES)} (or NULL)")
     return name
+
+
+__all__ = ["BACKEND_NAMES", "REMOTE_BACKENDS"]  # re-exported: a row's backend choices

@@ -17,7 +17,8 @@ from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from imagend.config.settings import Settings, hide_password
+from imagend.config.database_url import hide_password
+from imagend.config.settings import Settings
 from imagend.db.sql import schema
 from imagend.errors import ConfigError, DatabaseUnavailable
 

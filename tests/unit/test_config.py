@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from imagend.config.settings import Secret, hide_password, load_settings
+from imagend.config.database_url import hide_password
+from imagend.config.env import Secret
+from imagend.config.settings import load_settings
 from imagend.errors import ConfigError
 
 

@@ -6,9 +6,8 @@ import random
 
 import pytest
 
-from imagend.config.settings import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS
 from imagend.errors import DatabaseUnavailable
-from imagend.retry import backoff_seconds, retry_database
+from imagend.retry import BACKOFF_BASE_SECONDS, BACKOFF_MAX_SECONDS, backoff_seconds, retry_database
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 12])
