@@ -32,7 +32,7 @@ from imagend.maintenance.export import export_images
 from imagend.operations.health import LoopHealth, stuck_after
 from imagend.operations.metrics import Metrics
 from imagend.queue.daemon import Daemon, daemon_identity
-from imagend.storage import StoreUnavailable, open_store
+from imagend.storage import Store, StoreUnavailable, open_store
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,25 +233,29 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.export_images:
             return _export(repo, settings)
-        if settings.storage is not None:
-            open_store(settings.storage, settings.env.values).check()
+        # The one store of this process, built here and handed to the loops and the listener.
+        store = open_store(settings.storage, settings.env.values) if settings.storage is not None else None
+        if store is not None:
+            store.check()
         if settings.retention.enabled and (args.cron or args.processor):
             retention.prepare(repo, settings.retention)
         metrics, health = Metrics(), LoopHealth(stuck_after(settings))
         # Up before the backends load (minutes for a model on a GPU host): /readyz says it is loading.
         http_server = None
         if args.cron and settings.http is not None:
-            http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends)
+            http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends, store)
             http_server.start()
         try:
-            return _run_backends(args, settings, repo, url, metrics, health, http_server)
+            return _run_backends(args, settings, repo, url, metrics, health, http_server, store)
         finally:
             if http_server is not None:
                 http_server.stop()
+            if store is not None:
+                store.close()
 
 
 def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository, url: str, metrics: Metrics,
-                  health: LoopHealth, http_server: HttpServer | None) -> int:
+                  health: LoopHealth, http_server: HttpServer | None, store: Store | None) -> int:
     started = time.monotonic()
     backends = create_backends(settings)
     for name in backends:
@@ -260,7 +264,7 @@ def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository
         http_server.ready.backends_loaded()
     try:
         listen_url = settings.listen_url.reveal() if settings.listen_url else url
-        daemon = Daemon(settings, repo, backends, listen_url=listen_url, metrics=metrics, health=health)
+        daemon = Daemon(settings, repo, backends, listen_url=listen_url, metrics=metrics, health=health, store=store)
         if args.cron:
             return daemon.run_forever()
         try:

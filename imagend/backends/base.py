@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from imagend.db.rows import Claim
+from imagend.db.rows import Claim, ModelPreference
 from imagend.errors import BadInput
 from imagend.images.formats import OutputFormat
 
@@ -143,6 +143,15 @@ class Backend(Protocol):
 
     def validate(self, request: Request) -> Request:
         """Raise BadInput for what this backend cannot make; may normalise (e.g. round sizes)."""
+        ...
+
+    def claim_preference(self) -> ModelPreference | None:
+        """Which rows the claim should prefer (the models held loaded: model affinity); None: none."""
+        ...
+
+    def device_and_model(self) -> tuple[str | None, str | None]:
+        """What imagend_daemons shows of this backend: the device it generates on and its default
+        model; (None, None) for a backend that has neither (remote, placeholder)."""
         ...
 
     def close(self) -> None: ...

@@ -43,6 +43,7 @@ from imagend import __version__
 from imagend.backends.base import Image, Pending, Request, Submission, refuse_image_inputs
 from imagend.config.settings import Settings
 from imagend.db.columns import STYLE_NAMES
+from imagend.db.rows import ModelPreference
 from imagend.errors import BadInput, ConfigError, PermanentError, QueueClosed, RetryableError, clip
 from imagend.logs import get_logger
 from imagend.retry import http_retry_wait
@@ -166,6 +167,12 @@ class FusionBrainBackend:
             raise ConfigError(f"{' and '.join(missing)} must be set to serve the fusionbrain backend")
         api_key, secret_key = (value.reveal() for value in keys.values() if value is not None)
         return cls(FusionBrainConfig.from_settings(settings), api_key, secret_key)
+
+    def claim_preference(self) -> ModelPreference | None:
+        return None
+
+    def device_and_model(self) -> tuple[str | None, str | None]:
+        return None, None
 
     def close(self) -> None:
         self._client.close()

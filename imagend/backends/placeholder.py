@@ -18,6 +18,7 @@ from imagend import __version__
 from imagend.backends.base import Heartbeat, Image, Request, refuse_image_inputs
 from imagend.config.settings import Settings
 from imagend.db.columns import check_style
+from imagend.db.rows import ModelPreference
 from imagend.errors import BadInput
 
 PLACEHOLDER_SIDE_PX = 16
@@ -109,6 +110,12 @@ class PlaceholderBackend:
             if self.delay_seconds:
                 heartbeat(done / len(batch))
         return images
+
+    def claim_preference(self) -> ModelPreference | None:
+        return None
+
+    def device_and_model(self) -> tuple[str | None, str | None]:
+        return None, None
 
     def close(self) -> None:
         pass

@@ -10,6 +10,7 @@ from imagend.config.settings import HttpSettings, Settings
 from imagend.db.operations import OperationsRepository
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import QueueCollector
+from imagend.storage import Store
 
 
 @dataclass(frozen=True)
@@ -22,3 +23,4 @@ class HttpContext:
     health: LoopHealth
     ready: ReadyCheck
     served_backends: tuple[str, ...]
+    store: Store | None  # the daemon's store (IMAGEND_STORAGE_URL), built once at start

@@ -81,12 +81,10 @@ def _from_url(context: HttpContext, url: str, row_format: str | None) -> Respons
         return _bytes_response(data, row_format) if data is not None else None
     if scheme == "s3":
         storage = context.settings.storage
-        if storage is None or storage.scheme != "s3":
+        if storage is None or storage.scheme != "s3" or context.store is None:
             return None
-        from imagend.storage import open_store
-
         try:
-            data = open_store(storage, context.settings.env.values).read_url(url)
+            data = context.store.read_url(url)
         except Exception as exc:  # not in our bucket, gone, or the store is down: say so in the log
             log.warning("http_image_unreadable", url=url, reason=type(exc).__name__)
             return None

@@ -19,6 +19,7 @@ from imagend.http.context import HttpContext
 from imagend.logs import get_logger
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import GpuCollector, Metrics, QueueCollector
+from imagend.storage import Store
 
 log = get_logger()
 
@@ -31,7 +32,7 @@ STARTUP_TIMEOUT_SECONDS = 10.0
 
 class HttpServer:
     def __init__(self, http: HttpSettings, settings: Settings, database_url: str, metrics: Metrics,
-                 health: LoopHealth, served_backends: tuple[str, ...]) -> None:
+                 health: LoopHealth, served_backends: tuple[str, ...], store: Store | None = None) -> None:
         self.http = http
         self.pool = ConnectionPool(
             database_url, min_size=0, max_size=HTTP_POOL_MAX, timeout=HTTP_POOL_WAIT_SECONDS, open=False,
@@ -45,7 +46,7 @@ class HttpServer:
         self.ready = ReadyCheck(ops.ping)
         self.context = HttpContext(
             settings=settings, http=http, ops=ops, registry=metrics.registry, queue=queue, health=health,
-            ready=self.ready, served_backends=served_backends,
+            ready=self.ready, served_backends=served_backends, store=store,
         )
         config = uvicorn.Config(
             create_app(self.context), host=http.host, port=http.port, log_config=None, log_level="warning",

@@ -30,7 +30,6 @@ log = get_logger()
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series beside every counter: nobody graphs them
 
 QUEUE_CACHE_SECONDS = 2.0
-OUTCOMES = ("done", "failed", "retried", "released", "rescued")
 # A failure's kind: a small fixed set, never the raw error text (unbounded label values).
 ERROR_KINDS = ("bad_input", "cancelled", "refused", "transient", "unexpected", "crashed", "lease_expired",
                "other")

@@ -46,6 +46,7 @@ from imagend.queue.listener import Listener
 from imagend.queue.pacer import GENERATOR, PROCESSOR, Pacer
 from imagend.queue.processor import Processor
 from imagend.retry import pass_retry_seconds
+from imagend.storage import Store
 
 log = get_logger()
 
@@ -91,21 +92,23 @@ def daemon_identity() -> str:
 
 
 def describe(backends: Mapping[str, Backend]) -> DaemonInfo:
-    options = [getattr(b, "options", None) for b in backends.values()]
-    local = next((o for o in options if o is not None), None)
+    device, model = next(
+        ((d, m) for d, m in (b.device_and_model() for b in backends.values()) if (d, m) != (None, None)), (None, None)
+    )
     return DaemonInfo(
         host=socket.gethostname(),
         pid=os.getpid(),
         version=__version__,
         backends=list(backends),
-        device=getattr(local, "device", None),
-        model=getattr(local, "model", None),
+        device=device,
+        model=model,
     )
 
 
 class Daemon:
     def __init__(self, settings: Settings, repo: Repository, backends: Mapping[str, Backend], listen_url: str,
-                 *, metrics: Metrics | None = None, health: LoopHealth | None = None) -> None:
+                 *, metrics: Metrics | None = None, health: LoopHealth | None = None,
+                 store: Store | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.backends = backends
@@ -135,9 +138,10 @@ class Daemon:
             processor_due=lambda: self.pacer.is_due(PROCESSOR),
             metrics=self.metrics,
             progressed=self.health.progressed,
+            store=store,
         )
         self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, store=store)
         # Rows waiting for a backend this daemon does not serve (nobody's, perhaps): said at start,
         # then at most every REPORT_EVERY_SECONDS.
         self.unserved_report = UnservedReport(repo, list(backends))

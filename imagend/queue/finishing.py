@@ -20,6 +20,7 @@ from imagend.logs import get_logger, redact
 from imagend.operations.metrics import Metrics
 from imagend.queue.publishing import Results
 from imagend.retry import backoff_seconds, retry_database
+from imagend.storage import Store
 
 log = get_logger()
 T = TypeVar("T")
@@ -60,10 +61,12 @@ class PassCounts:
 class Outcomes:
     """Every outcome is also counted in `metrics` (by the row's backend), a batch at a time."""
 
-    def __init__(self, repo: Repository, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, repo: Repository, settings: Settings, metrics: Metrics | None = None, store: Store | None = None
+    ) -> None:
         self.repo = repo
         self.settings = settings
-        self.results = Results(settings)
+        self.results = Results(settings, store)
         self.metrics = metrics or Metrics()
 
     def done(self, backend: str, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *,

@@ -18,7 +18,7 @@ from itertools import groupby
 from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
-from imagend.db.rows import Claim, ClaimedRow, ModelPreference, Status
+from imagend.db.rows import Claim, ClaimedRow, Status
 from imagend.errors import (
     BadInput,
     Cancelled,
@@ -35,6 +35,7 @@ from imagend.logs import get_logger
 from imagend.operations.metrics import Metrics
 from imagend.queue.finishing import Outcomes, PassCounts
 from imagend.queue.validation import validate_row
+from imagend.storage import Store
 
 log = get_logger()
 
@@ -51,12 +52,6 @@ def batch_key(request: Request) -> Hashable:
     """Rows with the same key can share one pipeline call."""
     return (request.width, request.height, request.steps, request.guidance, request.scheduler,
             request.inputs.batch_key(request.id))
-
-
-def claim_preference(backend: Backend) -> ModelPreference | None:
-    """The models a backend holds loaded, for the claim's model affinity (None: it has one model)."""
-    prefer = getattr(backend, "claim_preference", None)
-    return prefer() if callable(prefer) else None
 
 
 class LeaseKeeper:
@@ -127,6 +122,7 @@ class Generator:
         processor_due: Callable[[], bool] = lambda: False,
         metrics: Metrics | None = None,
         progressed: Callable[[], None] = lambda: None,
+        store: Store | None = None,
     ) -> None:
         self.repo = repo
         self.backends = backends
@@ -138,7 +134,8 @@ class Generator:
         self.processor_due = processor_due
         self.metrics = metrics or Metrics()
         self.progressed = progressed  # the loop made progress (health.py): each batch, each lease renewal
-        self.outcomes = Outcomes(repo, settings, self.metrics)
+        self.store = store
+        self.outcomes = Outcomes(repo, settings, self.metrics, store)
         # The writes that end earlier batches run while the next one is claimed and generated; at
         # most FINISHING_IN_FLIGHT at once, and a pass waits for them before it returns.
         self._finishing: deque[Future[PassCounts]] = deque()
@@ -194,13 +191,13 @@ class Generator:
                 break
 
     def _claim(self, name: str, backend: Backend) -> list[ClaimedRow]:
-        return self.repo.claim_batch(name, backend.max_batch, prefer=claim_preference(backend))
+        return self.repo.claim_batch(name, backend.max_batch, prefer=backend.claim_preference())
 
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
         source_ids = {source for row in rows for source in row.source_ids}
         sources = self.repo.source_rows(sorted(source_ids)) if source_ids else {}
-        store = self.outcomes.results.store
+        store = self.store
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
                 self.outcomes.fail(backend.name, row.claim, Cancelled(), counts)

@@ -20,6 +20,7 @@ from imagend.maintenance.retention import Retention
 from imagend.operations.metrics import Metrics
 from imagend.queue.finishing import Outcomes, PassCounts
 from imagend.retry import crash_backoffs
+from imagend.storage import Store
 
 log = get_logger()
 
@@ -34,14 +35,15 @@ class Processor:
         stopping: threading.Event,
         io_pool: ThreadPoolExecutor,
         metrics: Metrics | None = None,
+        store: Store | None = None,
     ) -> None:
         self.repo = repo
         self.remote = {name: b for name, b in backends.items() if isinstance(b, RemoteBackend)}
         self.settings = settings
         self.stopping = stopping
         self.io_pool = io_pool
-        self.outcomes = Outcomes(repo, settings, metrics)
-        self.retention = Retention(repo, settings.retention, self.outcomes.results.store)
+        self.outcomes = Outcomes(repo, settings, metrics, store)
+        self.retention = Retention(repo, settings.retention, store)
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()

@@ -17,7 +17,7 @@ from imagend.config.settings import Settings
 from imagend.db.rows import Claim, Finished
 from imagend.errors import RowError
 from imagend.images.formats import Encoded, encode, sniff, thumbnail
-from imagend.storage import Store, StoredObject, StoreUnavailable, open_store
+from imagend.storage import Store, StoredObject, StoreUnavailable
 
 THUMBNAIL_SUFFIX = ".thumb.webp"  # beside `<id>.<ext>`: `<id>.thumb.webp`
 
@@ -40,10 +40,10 @@ class _Prepared:
 
 
 class Results:
-    """One per pass (the store is shared per process: storage.open_store)."""
+    """Publishing into the daemon's one store (built at start by cli.py), or into the row alone."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.store: Store | None = open_store(settings.storage, settings.env.values) if settings.storage else None
+    def __init__(self, settings: Settings, store: Store | None) -> None:
+        self.store = store
         self.store_base64 = settings.store_base64
         self.thumbnail_px = settings.thumbnail_px
 

@@ -1,5 +1,5 @@
 """Object storage for finished images: a folder (files.py) or an S3-compatible bucket (s3.py), behind one
-small interface. target.py parses the setting; open_store() builds the store once per process."""
+small interface. target.py parses the setting; open_store() builds a store (the daemon builds one, at start)."""
 
 from __future__ import annotations
 
@@ -48,24 +48,14 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-_open: dict[tuple[StorageTarget, tuple[tuple[str, str], ...]], Store] = {}
-
-
 def open_store(target: StorageTarget, env: Mapping[str, str]) -> Store:
-    """The store for `target`, one per process (the generator, the processor and retention share its
-    connection pool); `env` is the settings' environment (.env included), for the AWS variables."""
-    from imagend.storage.s3 import AWS_VARIABLES
+    """A new store for `target`; `env` is the settings' environment (.env included), for the AWS
+    variables. The daemon builds one at start (cli.py) and hands it to the generator, the processor,
+    retention and the HTTP listener, which share its connection pool."""
+    if target.scheme == "file":
+        from imagend.storage.files import FileStore
 
-    key = (target, tuple((name, env[name]) for name in AWS_VARIABLES if env.get(name)))
-    store = _open.get(key)
-    if store is None:
-        if target.scheme == "file":
-            from imagend.storage.files import FileStore
+        return FileStore(target)
+    from imagend.storage.s3 import S3Store
 
-            store = FileStore(target)
-        else:
-            from imagend.storage.s3 import S3Store
-
-            store = S3Store(target, env)
-        _open[key] = store
-    return store
+    return S3Store(target, env)

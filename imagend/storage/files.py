@@ -29,9 +29,6 @@ class FileStore:
         except OSError as exc:
             raise ConfigError(f"{self.target.setting}={self.target.url}: cannot write there: {exc}") from None
 
-    def path_of(self, name: str) -> Path:
-        return (self.folder / name).resolve()
-
     def put_all(self, objects: Sequence[StoredObject]) -> list[str | StoreUnavailable]:
         return [self._put(obj) for obj in objects]  # local writes: threads would buy nothing
 

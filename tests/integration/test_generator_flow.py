@@ -14,6 +14,7 @@ import structlog
 
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.backends.placeholder import placeholder_png
+from imagend.db.rows import ModelPreference
 from imagend.errors import PermanentError, RetryableError
 from imagend.logs import configure
 
@@ -38,6 +39,12 @@ class ScriptedBackend:
         self.batches.append([r.id for r in batch])
         self.before(batch, heartbeat)
         return [Image(placeholder_png(r.prompt, r.seed), r.seed, 0.01) for r in batch]
+
+    def claim_preference(self) -> ModelPreference | None:
+        return None
+
+    def device_and_model(self) -> tuple[str | None, str | None]:
+        return None, None
 
     def close(self) -> None:
         pass

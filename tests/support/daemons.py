@@ -17,6 +17,7 @@ from imagend.backends.placeholder import PlaceholderBackend
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
 from imagend.queue.daemon import Daemon
+from imagend.storage import open_store
 
 
 def process_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -44,7 +45,8 @@ class InProcess:
     def __init__(self, repo: Repository, settings: Settings, backends: Mapping[str, Backend] | None = None) -> None:
         if backends is None:
             backends = {"placeholder": PlaceholderBackend(settings.placeholder_delay_seconds, settings.max_batch)}
-        self.daemon = Daemon(settings, repo, backends, listen_url="unused")
+        self.daemon = Daemon(settings, repo, backends, listen_url="unused",
+                             store=open_store(settings.storage, settings.env.values) if settings.storage else None)
         self.generator = self.daemon.generator
         self.processor = self.daemon.processor
 

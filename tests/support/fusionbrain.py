@@ -15,6 +15,7 @@ from imagend.backends import create_backends
 from imagend.config.settings import Settings
 from imagend.queue.daemon import Daemon
 from imagend.queue.finishing import PassCounts
+from imagend.storage import open_store
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 
 from support.db import TERMINAL
@@ -64,7 +65,8 @@ def rig(
     settings = make_settings(**fb_env(fake, **overrides))
     repo = make_repo(settings, owner=owner)
     backends = create_backends(settings)
-    daemon = Daemon(settings, repo, backends, listen_url="unused")
+    daemon = Daemon(settings, repo, backends, listen_url="unused",
+                             store=open_store(settings.storage, settings.env.values) if settings.storage else None)
     try:
         yield Rig(settings, daemon)
     finally:
