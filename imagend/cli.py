@@ -13,17 +13,14 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
 
 from imagend import __version__
 from imagend.backends import create_backends, missing_libraries
 from imagend.config.settings import Settings, load_settings
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
-from imagend.db.operations import ALL_BACKENDS, FleetDaemon, OperationsRepository, Pause
+from imagend.db.operations import ALL_BACKENDS, OperationsRepository
 from imagend.db.repository import Repository
-from imagend.db.rows import Status
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
@@ -31,6 +28,7 @@ from imagend.maintenance import retention
 from imagend.maintenance.export import export_images
 from imagend.operations.health import LoopHealth, stuck_after
 from imagend.operations.metrics import Metrics
+from imagend.operations.status import status_report
 from imagend.queue.daemon import Daemon, daemon_identity
 from imagend.storage import Store, StoreUnavailable, open_store
 
@@ -225,11 +223,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.status:
             serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
-            lines = [_status_line(row, settings.default_backend, serving) for row in repo.queue_status()]
-            paused = ops.paused()
-            daemons = [_daemon_line(d, paused) for d in ops.daemons()]
-            print(json.dumps({"queue": lines, "daemons": daemons, "paused": [dataclasses.asdict(p) for p in paused]},
-                             default=str, indent=2))
+            report = status_report(repo.queue_status(), ops.daemons(), ops.paused(), settings.default_backend, serving)
+            print(json.dumps(report, default=str, indent=2))
             return 0
         if args.export_images:
             return _export(repo, settings)
@@ -292,32 +287,6 @@ def _export(repo: Repository, settings: Settings) -> int:
         return 130
     print(json.dumps(dataclasses.asdict(counts)))
     return 0
-
-
-def _daemon_line(daemon: FleetDaemon, paused: list[Pause]) -> dict[str, Any]:
-    """One running daemon for -status: what its heartbeat says, and whether all it serves is paused."""
-    line = dataclasses.asdict(daemon)
-    names = {p.backend for p in paused}
-    line["paused"] = ALL_BACKENDS in names or set(daemon.backends) <= names
-    return line
-
-
-def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
-    """One line of images_queue_status for JSON: the oldest waiting row's age in seconds (a number,
-    not an interval's text), the average generation time as a number; on waiting lines, how many
-    running daemons serve their backend (a NULL backend is IMAGEND_BACKEND's) and `unserved` when
-    none does."""
-    line = dict(row)
-    oldest = line.pop("oldest_waiting", None)
-    line["oldest_waiting_seconds"] = round(oldest.total_seconds(), 3) if isinstance(oldest, timedelta) else None
-    average = line.get("avg_generation_seconds")
-    if average is not None:
-        line["avg_generation_seconds"] = round(float(average), 3)
-    if line["status"] == Status.READY_TO_GENERATE:
-        count = serving.get(line["backend"] or default_backend)  # None: no such backend; any daemon fails them
-        line["daemons_serving"] = count
-        line["unserved"] = count == 0
-    return line
 
 
 if __name__ == "__main__":

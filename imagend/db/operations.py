@@ -5,50 +5,15 @@ producer statements of the JSON API. Nothing here is on the loops' path."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from psycopg.rows import dict_row
 
 from imagend.db.columns import INSERTABLE
+from imagend.db.rows import FleetDaemon, Pause, QueueSnapshot
 from imagend.db.statements import Statements, by_name
 
 ALL_BACKENDS = "*"
-
-
-@dataclass(frozen=True, slots=True)
-class Pause:
-    backend: str  # '*': every backend
-    paused_at: datetime
-    paused_by: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FleetDaemon:
-    """A running daemon, as its liveness heartbeat describes it."""
-
-    owner: str
-    host: str
-    pid: int
-    version: str
-    backends: list[str]
-    device: str | None
-    model: str | None
-    started_at: datetime
-    heartbeat_at: datetime
-    rows_held: int
-    working: int
-
-
-@dataclass(frozen=True, slots=True)
-class QueueSnapshot:
-    """What one scrape reads, in one round trip."""
-
-    counts: list[tuple[str, str | None, int]]  # (status, backend (None: the default), rows)
-    oldest_waiting: dict[str | None, float]  # backend -> seconds
-    paused: list[Pause]
-    daemons: list[FleetDaemon]
 
 
 class OperationsRepository(Statements):

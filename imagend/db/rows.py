@@ -213,3 +213,40 @@ class DaemonInfo:
     backends: list[str]
     device: str | None = None
     model: str | None = None
+
+
+# -- the operator's side (db/operations.py) -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    backend: str  # '*': every backend
+    paused_at: datetime
+    paused_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FleetDaemon:
+    """A running daemon, as its liveness heartbeat describes it."""
+
+    owner: str
+    host: str
+    pid: int
+    version: str
+    backends: list[str]
+    device: str | None
+    model: str | None
+    started_at: datetime
+    heartbeat_at: datetime
+    rows_held: int
+    working: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSnapshot:
+    """What one scrape reads, in one round trip."""
+
+    counts: list[tuple[str, str | None, int]]  # (status, backend (None: the default), rows)
+    oldest_waiting: dict[str | None, float]  # backend -> seconds
+    paused: list[Pause]
+    daemons: list[FleetDaemon]

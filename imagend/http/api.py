@@ -32,8 +32,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
-from imagend.db.operations import ALL_BACKENDS, Pause
-from imagend.db.rows import Status
+from imagend.db.operations import ALL_BACKENDS
+from imagend.db.rows import Pause, Status
 from imagend.errors import BadInput, clip
 from imagend.http.auth import check_read, check_write
 from imagend.http.checks import BadRequest, check_columns, parse_object, read_body

@@ -33,8 +33,8 @@ from starlette.routing import BaseRoute, Route
 
 from imagend import __version__
 from imagend.db.columns import BACKEND_NAMES
-from imagend.db.operations import ALL_BACKENDS, FleetDaemon, QueueSnapshot
-from imagend.db.rows import Status
+from imagend.db.operations import ALL_BACKENDS
+from imagend.db.rows import FleetDaemon, QueueSnapshot, Status
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext

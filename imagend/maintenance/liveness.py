@@ -32,7 +32,7 @@ class Liveness:
 
     def start(self) -> None:
         """Beat once now (so this daemon is known before it claims anything), then keep beating."""
-        self.beat()
+        self.run_once()
         self._thread = threading.Thread(target=self._run, name="imagend-liveness", daemon=True)
         self._thread.start()
 
@@ -47,9 +47,10 @@ class Liveness:
 
     def _run(self) -> None:
         while not self._stop.wait(self.repo.heartbeat_seconds):
-            self.beat()
+            self.run_once()
 
-    def beat(self) -> None:
+    def run_once(self) -> None:
+        """One heartbeat; asks for a rescue pass when one falls due (on_rescue_due)."""
         try:
             rescue_in = self.repo.heartbeat(self.me)
         except DatabaseUnavailable as exc:

@@ -18,7 +18,7 @@ REPORT_EVERY_SECONDS = 300.0
 
 
 class UnservedReport:
-    """`check()` asks the database and logs what waits for other backends, unless it did so less than
+    """`run_once()` asks the database and logs what waits for other backends, unless it did so less than
     `every_seconds` ago: cheap to call from any loop, and quiet between reports."""
 
     def __init__(
@@ -34,7 +34,7 @@ class UnservedReport:
         self.clock = clock
         self._last: float | None = None
 
-    def check(self) -> list[UnservedRows]:
+    def run_once(self) -> list[UnservedRows]:
         """Log the waiting rows this daemon does not serve, if a report is due; returns what it found
         (empty when no report was due or the database could not be asked)."""
         now = self.clock()

@@ -21,7 +21,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from imagend import __version__
-from imagend.db.operations import OperationsRepository, QueueSnapshot
+from imagend.db.operations import OperationsRepository
+from imagend.db.rows import QueueSnapshot
 from imagend.errors import BadInput, Cancelled, DatabaseUnavailable, PermanentError, RetryableError, UnexpectedError
 from imagend.logs import get_logger
 

@@ -40,10 +40,10 @@ from imagend.maintenance.unserved import REPORT_EVERY_SECONDS, UnservedReport
 from imagend.operations.health import LoopHealth, stuck_after
 from imagend.operations.metrics import Metrics
 from imagend.operations.systemd_notify import Notifier
-from imagend.queue.finishing import PassCounts
 from imagend.queue.generator import Generator
 from imagend.queue.listener import Listener
 from imagend.queue.pacer import GENERATOR, PROCESSOR, Pacer
+from imagend.queue.pass_counts import PassCounts
 from imagend.queue.processor import Processor
 from imagend.retry import pass_retry_seconds
 from imagend.storage import Store
@@ -153,7 +153,7 @@ class Daemon:
 
     def run_once(self, generator: bool, processor: bool) -> None:
         """One generator pass and/or one processor pass, with this daemon alive for their length."""
-        self.unserved_report.check()
+        self.unserved_report.run_once()
         self.liveness.start()
         try:
             if generator:
@@ -180,7 +180,7 @@ class Daemon:
 
     def run_forever(self) -> int:
         self._install_signal_handlers()
-        self.unserved_report.check()
+        self.unserved_report.run_once()
         self.liveness.start()
         scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone=UTC
@@ -192,7 +192,7 @@ class Daemon:
                           seconds=self.settings.processor_interval_seconds)
         # Cheap between reports: check() itself keeps to one report per REPORT_EVERY_SECONDS.
         scheduler.add_job(
-            self.unserved_report.check, "interval", id="unserved-report", seconds=REPORT_EVERY_SECONDS / 5
+            self.unserved_report.run_once, "interval", id="unserved-report", seconds=REPORT_EVERY_SECONDS / 5
         )
         if self.notifier.enabled:
             scheduler.add_job(self._tell_systemd, "interval", id="systemd-notify",

@@ -8,7 +8,6 @@ its guard is counted as `lost` and logged, and the result is dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 from imagend.backends.base import Image
@@ -18,44 +17,13 @@ from imagend.db.rows import Claim, Status
 from imagend.errors import LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
 from imagend.operations.metrics import Metrics
+from imagend.queue.pass_counts import PassCounts
 from imagend.queue.publishing import Results
 from imagend.retry import backoff_seconds, retry_database
 from imagend.storage import Store
 
 log = get_logger()
 T = TypeVar("T")
-
-
-COUNT_FIELDS = (
-    "claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost", "expired",
-)
-
-
-@dataclass
-class PassCounts:
-    """What one generator or processor pass did; tests assert on it."""
-
-    claimed: int = 0
-    done: int = 0
-    failed: int = 0
-    retried: int = 0
-    released: int = 0
-    submitted: int = 0
-    polled: int = 0
-    rescued: int = 0
-    lost: int = 0
-    expired: int = 0  # rows deleted or base64 dropped by retention (retention.py logs the detail)
-    # The pass stopped early, with work left, because the other pass fell due.
-    more: bool = False
-
-    def merge(self, other: PassCounts) -> None:
-        for name in COUNT_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.more = self.more or other.more
-
-    def summary(self) -> dict[str, int]:
-        """The non-zero counts, for a log line."""
-        return {name: getattr(self, name) for name in COUNT_FIELDS if getattr(self, name)}
 
 
 class Outcomes:

@@ -33,7 +33,8 @@ from imagend.errors import (
 )
 from imagend.logs import get_logger
 from imagend.operations.metrics import Metrics
-from imagend.queue.finishing import Outcomes, PassCounts
+from imagend.queue.finishing import Outcomes
+from imagend.queue.pass_counts import PassCounts
 from imagend.queue.validation import validate_row
 from imagend.storage import Store
 

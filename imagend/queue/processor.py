@@ -1,5 +1,5 @@
-"""The processor pass: rescue rows of dead daemons and rows whose lease ran out, retention (when
-configured and due: retention.py), and poll remote tasks that are due."""
+"""The processor pass: the maintenance services in turn (the rescue of rows whose daemon died or whose
+lease ran out, then retention when configured and due), then the polls of remote tasks that are due."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import structlog
 from imagend.backends.base import Backend, Pending, RemoteBackend
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
-from imagend.db.rows import RemoteTask, Status
+from imagend.db.rows import RemoteTask
 from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, unexpected
 from imagend.logs import get_logger
+from imagend.maintenance.rescue import Rescue
 from imagend.maintenance.retention import Retention
 from imagend.operations.metrics import Metrics
-from imagend.queue.finishing import Outcomes, PassCounts
-from imagend.retry import crash_backoffs
+from imagend.queue.finishing import Outcomes
+from imagend.queue.pass_counts import PassCounts
 from imagend.storage import Store
 
 log = get_logger()
@@ -43,11 +44,15 @@ class Processor:
         self.stopping = stopping
         self.io_pool = io_pool
         self.outcomes = Outcomes(repo, settings, metrics, store)
+        self.rescue = Rescue(repo, max_crashes=settings.max_crashes, default_backend=settings.default_backend,
+                             metrics=self.outcomes.metrics)
         self.retention = Retention(repo, settings.retention, store)
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()
-        self.rescue(counts)
+        rescued = self.rescue.run_once()
+        counts.rescued += rescued.rescued
+        counts.failed += rescued.failed
         self.repo.fold_queue_counts()
         if self.retention.due():
             kept = self.retention.run_once()
@@ -65,23 +70,6 @@ class Processor:
                 for one in self.io_pool.map(lambda task, b=backend: self._poll(b, task), tasks):
                     counts.merge(one)
         return counts
-
-    def rescue(self, counts: PassCounts) -> None:
-        for row in self.repo.rescue(crash_backoffs(self.settings.max_crashes)):
-            counts.rescued += 1
-            counts.failed += row.status == Status.FAILED
-            backend = row.backend or self.settings.default_backend
-            self.outcomes.metrics.count(backend, "rescued")
-            if row.status == Status.FAILED:
-                self.outcomes.metrics.failed(backend, "crashed" if row.crashed else "lease_expired", final=True)
-            if not row.begun:
-                log.info("row_requeued", id=row.id, status=row.status, owner=row.old_owner,
-                         reason="its daemon is gone; it had not begun, so nothing is charged")
-            elif row.crashed:
-                log.warning("daemon_died_generating", id=row.id, status=row.status, owner=row.old_owner,
-                            crashes=row.crashes, error=row.error)
-            else:
-                log.info("lease_expired", id=row.id, status=row.status, owner=row.old_owner, error=row.error)
 
     def _poll(self, backend: RemoteBackend, task: RemoteTask) -> PassCounts:
         counts = PassCounts(polled=1)

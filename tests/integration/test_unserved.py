@@ -85,16 +85,16 @@ def test_the_report_logs_at_once_then_at_most_every_few_minutes(conn, repo, capt
     captured_logs()
     clock = [1000.0]
     report = UnservedReport(repo, ["placeholder"], every_seconds=300, clock=lambda: clock[0])
-    assert [entry.backend for entry in report.check()] == ["local"]
+    assert [entry.backend for entry in report.run_once()] == ["local"]
     [line] = [line for line in captured_logs() if line["event"] == "rows_unserved"]
     assert line["level"] == "warning"
     assert (line["backend"], line["rows"], line["daemons_serving"]) == ("local", 1, 0)
     assert line["served_here"] == ["placeholder"]
     clock[0] += 299
-    assert report.check() == []  # not yet
+    assert report.run_once() == []  # not yet
     assert not [line for line in captured_logs() if line["event"] == "rows_unserved"]
     clock[0] += 2
-    assert report.check()
+    assert report.run_once()
     assert [line for line in captured_logs() if line["event"] == "rows_unserved"]
 
 
@@ -102,7 +102,7 @@ def test_rows_another_running_daemon_serves_are_mentioned_without_a_warning(conn
     insert_image(conn, "the GPU host's", backend="local")
     add_daemon(conn, "gpu-host:1:a", ["local"])
     captured_logs()
-    UnservedReport(repo, ["placeholder"]).check()
+    UnservedReport(repo, ["placeholder"]).run_once()
     [line] = [line for line in captured_logs() if line.get("backend") == "local"]
     assert (line["event"], line["level"], line["daemons_serving"]) == ("rows_for_other_backends", "info", 1)
 

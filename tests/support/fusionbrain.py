@@ -14,7 +14,7 @@ import psycopg
 from imagend.backends import create_backends
 from imagend.config.settings import Settings
 from imagend.queue.daemon import Daemon
-from imagend.queue.finishing import PassCounts
+from imagend.queue.pass_counts import PassCounts
 from imagend.storage import open_store
 from imagend.testing.fusionbrain_fake import DEFAULT_API_KEY, DEFAULT_SECRET_KEY, FusionBrainFake
 

@@ -1,0 +1,48 @@
+"""The `imagend -status` report: the queue by status and backend, the running daemons and the pauses,
+as one JSON object an operator's script can read."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from imagend.db.operations import ALL_BACKENDS
+from imagend.db.rows import FleetDaemon, Pause, Status
+
+
+def status_report(queue: Sequence[dict[str, Any]], daemons: Sequence[FleetDaemon], paused: Sequence[Pause],
+                  default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
+    """`serving`: running daemons per backend (Repository.unserved)."""
+    return {
+        "queue": [_status_line(row, default_backend, serving) for row in queue],
+        "daemons": [_daemon_line(d, paused) for d in daemons],
+        "paused": [dataclasses.asdict(p) for p in paused],
+    }
+
+
+def _daemon_line(daemon: FleetDaemon, paused: Sequence[Pause]) -> dict[str, Any]:
+    """One running daemon for -status: what its heartbeat says, and whether all it serves is paused."""
+    line = dataclasses.asdict(daemon)
+    names = {p.backend for p in paused}
+    line["paused"] = ALL_BACKENDS in names or set(daemon.backends) <= names
+    return line
+
+
+def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
+    """One line of images_queue_status for JSON: the oldest waiting row's age in seconds (a number,
+    not an interval's text), the average generation time as a number; on waiting lines, how many
+    running daemons serve their backend (a NULL backend is IMAGEND_BACKEND's) and `unserved` when
+    none does."""
+    line = dict(row)
+    oldest = line.pop("oldest_waiting", None)
+    line["oldest_waiting_seconds"] = round(oldest.total_seconds(), 3) if isinstance(oldest, timedelta) else None
+    average = line.get("avg_generation_seconds")
+    if average is not None:
+        line["avg_generation_seconds"] = round(float(average), 3)
+    if line["status"] == Status.READY_TO_GENERATE:
+        count = serving.get(line["backend"] or default_backend)  # None: no such backend; any daemon fails them
+        line["daemons_serving"] = count
+        line["unserved"] = count == 0
+    return line
