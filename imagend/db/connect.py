@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 from imagend.config.database_url import hide_password
 from imagend.config.settings import Settings
 from imagend.db.sql import schema
+from imagend.db.timestamps import register_lenient_timestamps
 from imagend.errors import ConfigError, DatabaseUnavailable
 
 POOL_OPEN_TIMEOUT_SECONDS = 30.0
@@ -29,6 +30,9 @@ MIN_SERVER_VERSION_NUM = 140000
 POOL_MAX_IDLE_SECONDS = 30.0
 APPLICATION_NAME = "imagend"  # what pg_stat_activity shows for the daemon's connections
 # psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
+# Every connection made after this reads 'infinity' and years Python cannot hold (timestamps.py).
+register_lenient_timestamps()
+
 _BAD_OPTION = re.compile(r"connection is bad: (invalid|unrecognized|could not match|missing)")
 
 

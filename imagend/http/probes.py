@@ -18,11 +18,8 @@ def routes(context: HttpContext) -> list[Route]:
         return Response(generate_latest(context.registry), media_type=CONTENT_TYPE_LATEST)
 
     def healthz(_request: Request) -> Response:
-        since = round(context.health.seconds_since_progress(), 1)
-        if context.health.alive():
-            return JSONResponse({"status": "ok", "seconds_since_progress": since})
-        return JSONResponse({"status": "stuck", "seconds_since_progress": since,
-                             "stuck_after_seconds": context.health.stuck_after_seconds}, status_code=503)
+        state = context.health.state()
+        return JSONResponse(state, status_code=200 if state["status"] == "ok" else 503)
 
     def readyz(_request: Request) -> Response:
         readiness = context.ready.check()

@@ -1,6 +1,9 @@
 """Is the daemon alive and ready? What /healthz, /readyz and the systemd watchdog ask.
 
-- Alive: the loops made progress recently. The pacer marks progress around every pass, the
+- Alive: the loops made progress recently, and their passes do not all fail (a pass that raises
+  the same error every time is not progress: a bad row or a bug stops the queue while the loop
+  spins, so /healthz says `failing` after FAILING_AFTER_PASSES in a row).
+- Progress: the loops made progress recently. The pacer marks progress around every pass, the
   generator at every batch and every lease renewal of a generating batch (each diffusion step),
   so a long generation is progress and a hung CUDA call or a deadlock is not.
 - Ready: every served backend is loaded (the model, on a GPU host, takes minutes) and the
@@ -18,6 +21,7 @@ from imagend.config.settings import Settings
 from imagend.errors import DatabaseUnavailable
 
 READY_CHECK_CACHE_SECONDS = 1.0
+FAILING_AFTER_PASSES = 3  # passes failed in a row (not for an unavailable database: /readyz says that)
 
 
 def stuck_after(settings: Settings) -> float:
@@ -35,6 +39,8 @@ class LoopHealth:
         self._last = time.monotonic()
         self.busy = False
         self.overdue: Callable[[], float] = lambda: 0.0  # seconds the most overdue pass waits (the pacer's)
+        self.failed_passes = 0
+        self.last_error: str | None = None
 
     def progressed(self) -> None:
         """Cheap (one store): called on the loops' paths."""
@@ -47,6 +53,27 @@ class LoopHealth:
     def pass_ended(self) -> None:
         self.busy = False
         self.progressed()
+
+    def pass_failed(self, error: str) -> None:
+        self.failed_passes += 1
+        self.last_error = error
+
+    def pass_succeeded(self) -> None:
+        self.failed_passes = 0
+        self.last_error = None
+
+    def failing(self) -> bool:
+        return self.failed_passes >= FAILING_AFTER_PASSES
+
+    def state(self) -> dict[str, object]:
+        """What /healthz answers: `ok`, `stuck` (no progress) or `failing` (every pass fails)."""
+        since = round(self.seconds_since_progress(), 1)
+        if not self.alive():
+            return {"status": "stuck", "seconds_since_progress": since, "stuck_after_seconds": self.stuck_after_seconds}
+        if self.failing():
+            return {"status": "failing", "failed_passes": self.failed_passes, "error": self.last_error,
+                    "seconds_since_progress": since}
+        return {"status": "ok", "seconds_since_progress": since}
 
     def seconds_since_progress(self) -> float:
         return time.monotonic() - self._last

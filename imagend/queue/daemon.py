@@ -33,8 +33,8 @@ from imagend.backends.base import Backend
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
 from imagend.db.rows import DaemonInfo
-from imagend.errors import DatabaseUnavailable, RowLocked
-from imagend.logs import get_logger
+from imagend.errors import DatabaseUnavailable, RowLocked, first_line
+from imagend.logs import get_logger, redact
 from imagend.maintenance.liveness import Liveness
 from imagend.maintenance.unserved import REPORT_EVERY_SECONDS, UnservedReport
 from imagend.operations.health import LoopHealth, stuck_after
@@ -298,13 +298,15 @@ class Daemon:
         except DatabaseUnavailable as exc:
             self._retry_later(job, "database_unavailable", error=str(exc))
             return
-        except Exception:
+        except Exception as exc:
             log.exception("pass_failed", job=job)
+            self.health.pass_failed(redact(f"{type(exc).__name__}: {first_line(exc)}"))
             self._retry_later(job, "pass_failed")
             return
         finally:
             self.health.pass_ended()
         self.metrics.pass_ended(job)
+        self.health.pass_succeeded()
         self._failures[job] = 0
         self._done_total += counts.done
         if counts.more:

@@ -55,7 +55,11 @@ WHERE i.id = picked.id
 -- order; params and loras as text, decoded per row in validation.py, so JSON that Postgres accepts but
 -- Python cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
 RETURNING i.id, i.attempts AS attempt, {{claimed_columns}}, i.cancel_requested,
-          extract(epoch FROM COALESCE(%(now)s::timestamptz, now()) - i.created_at)::float8 AS waited_seconds;
+          -- Epochs, not an interval: arithmetic on an infinite created_at fails on PostgreSQL 15 (the
+          -- whole claim with it); NULL then, as for a year BC, so the wait metric stays finite.
+          CASE WHEN isfinite(i.created_at) AND i.created_at > '0001-01-01 00:00:00+00'
+               THEN (extract(epoch FROM COALESCE(%(now)s::timestamptz, now())) - extract(epoch FROM i.created_at))::float8
+          END AS waited_seconds;
 
 -- name: images_source_images
 -- The rows named by *_image_id of claimed rows: their state, and their image where the row holds it
@@ -314,15 +318,16 @@ RETURNING id;
 -- After every pass, in seconds from now by the database's clock (NULL: nothing to wait
 -- for; negative: due already): when the earliest row this daemon could claim falls due
 -- (backoff, scheduled rows), and when the earliest lease runs out or remote poll falls due.
--- 'infinity' and far-future times count as "nothing to wait for".
-SELECT (SELECT extract(epoch FROM min(run_after) - now())
+-- 'infinity' and far-future times count as "nothing to wait for"; epochs, not intervals: a run_after of
+-- '-infinity' must not fail the statement (PostgreSQL 15), and reads as due (-Infinity seconds).
+SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
         FROM images
         WHERE status = 'ReadyToGenerate'
           AND run_after < now() + interval '1 day'
           AND (COALESCE(backend, %(default_backend)s) = ANY (%(served)b::text[])
                OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)b::text[])))::float8 AS generator,
-       (SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s)))
-                                  - now())
+       (SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s))))
+               - extract(epoch FROM now())
         FROM images
         WHERE status = 'Generate'
           AND COALESCE(lease_until, updated_at) < now() + interval '1 day'
@@ -374,14 +379,15 @@ FROM images_queue_status;
 -- oldest has waited, and how many running daemons (a heartbeat within dead_after) serve that
 -- backend. Rows naming no known backend are left out: any daemon claims them, to fail them.
 WITH waiting AS (
-    SELECT COALESCE(backend, %(default_backend)s) AS backend, count(*) AS rows, min(created_at) AS oldest
+    SELECT COALESCE(backend, %(default_backend)s) AS backend, count(*) AS rows,
+           min(created_at) FILTER (WHERE isfinite(created_at)) AS oldest
     FROM images
     WHERE status = 'ReadyToGenerate'
     GROUP BY 1
 )
 SELECT w.backend,
        w.rows::int AS rows,
-       extract(epoch FROM now() - w.oldest)::float8 AS oldest_waiting_seconds,
+       (extract(epoch FROM now()) - extract(epoch FROM w.oldest))::float8 AS oldest_waiting_seconds,
        (SELECT count(*)
         FROM imagend_daemons AS d
         WHERE w.backend = ANY (d.backends)

@@ -24,7 +24,8 @@ SELECT status, backend, rows FROM imagend_queue_counts();
 -- name: images_oldest_waiting
 -- Per backend (NULL: the daemon's default), seconds the oldest waiting row has waited; read on
 -- the claim's partial index, which holds waiting rows only.
-SELECT backend, extract(epoch FROM now() - min(created_at))::float8 AS seconds
+SELECT backend, (extract(epoch FROM now())
+                 - extract(epoch FROM min(created_at) FILTER (WHERE isfinite(created_at))))::float8 AS seconds
 FROM images
 WHERE status = 'ReadyToGenerate'
 GROUP BY backend;

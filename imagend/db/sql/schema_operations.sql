@@ -148,7 +148,7 @@ SELECT c.status,
        c.backend,
        c.rows,
        CASE WHEN c.status = 'ReadyToGenerate' THEN
-           (SELECT now() - min(i.created_at) FROM images AS i
+           (SELECT now() - min(i.created_at) FILTER (WHERE isfinite(i.created_at)) FROM images AS i
             WHERE i.status = 'ReadyToGenerate' AND i.backend IS NOT DISTINCT FROM c.backend)
        END AS oldest_waiting,
        CASE WHEN c.status = 'ReadyToPublish' THEN

@@ -1,9 +1,10 @@
 """Before and after, in one run: queue drain and pickup latency of this checkout's imagend
-beside an earlier checkout's (e.g. the commit before the pacer), interleaved in ABBA order so
-that both meet the same machine, and neither always runs right after the other's writes.
+beside an earlier checkout's (the commit before a change: the pacer, the house by concern),
+interleaved in ABBA order so that both meet the same machine, and neither always runs right
+after the other's writes.
 
     git worktree add /tmp/imagend-before <commit>
-    .venv/bin/python bench/pacer_compare.py --baseline-src /tmp/imagend-before [--rounds 2]
+    .venv/bin/python bench/before_after.py --baseline-src /tmp/imagend-before [--rounds 4] [--tolerance 0.03]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--inserts", type=int, default=200)
+    p.add_argument("--tolerance", type=float, default=0.05, help="the change allowed (0.03: within 3 %%)")
     args = p.parse_args()
     drains: dict[str, list[float]] = {"before": [], "after": []}
     pickups: dict[str, list[float]] = {"before": [], "after": []}
@@ -32,7 +34,7 @@ def main() -> None:
             for name, src in order if n % 2 == 0 else order[::-1]:
                 drains[name].append(drain_imagend(server, args.rows, src=src))
                 pickups[name] += measure(server, args.inserts, 50.0, src=src)
-    print(f"pacer before/after, {args.rounds} interleaved rounds, {args.rows} rows drained, "
+    print(f"before/after ({args.baseline_src} vs this checkout), {args.rounds} interleaved rounds, {args.rows} rows drained, "
           f"{args.inserts} pickups per round")
     for name in ("before", "after"):
         rates = ", ".join(f"{r:,.0f}" for r in drains[name])
@@ -40,7 +42,8 @@ def main() -> None:
               f"pickup p50 {percentile(pickups[name], 50):.2f} ms p99 {percentile(pickups[name], 99):.2f} ms")
     ratio = statistics.median(drains["after"]) / statistics.median(drains["before"])
     p50 = percentile(pickups["after"], 50) / percentile(pickups["before"], 50)
-    print(f"  after / before: drain {ratio:.2f}x (target >= 0.95), pickup p50 {p50:.2f}x (target <= 1.05)")
+    print(f"  after / before: drain {ratio:.3f}x (target >= {1 - args.tolerance:.2f}), "
+          f"pickup p50 {p50:.3f}x (target <= {1 + args.tolerance:.2f})")
 
 
 if __name__ == "__main__":
