@@ -143,6 +143,19 @@ class Repository(Statements):
             raise LostOwnership(claim.id, "fail_attempt")
         return str(rows[0][0])
 
+    def fail_batch(self, failures: Sequence[tuple[Claim, str]]) -> list[int]:
+        """End rows Failed for good, each with its error, in one statement; returns the ids still ours."""
+        rows = self._rows(
+            "images_fail_batch",
+            {
+                "ids": [claim.id for claim, _ in failures],
+                "attempts": [claim.attempt for claim, _ in failures],
+                "errors": [error for _, error in failures],
+                "owner": self.owner,
+            },
+        )
+        return [row[0] for row in rows]
+
     def release(self, ids: Sequence[int] | None, *, delay_seconds: float = 0.0, reason: str | None = None) -> list[int]:
         """Give rows back without counting the attempt. ids=None: every row this daemon holds."""
         rows = self._rows(

@@ -44,7 +44,7 @@ LOCK_TIMEOUT = "2s"
 LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     **dict.fromkeys(
-        ("images_fail_attempt", "images_release", "images_set_warning", "images_mark_submitted",
+        ("images_fail_attempt", "images_fail_batch", "images_release", "images_set_warning", "images_mark_submitted",
          "images_poll_later", "images_set_previews"),
         LOCK_BOUNDED,
     ),

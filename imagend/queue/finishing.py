@@ -121,6 +121,31 @@ class Outcomes:
                 backoff_seconds=round(backoff, 1),
             )
 
+    def fail_all(self, backend: str, failures: Sequence[tuple[Claim, RowError]], counts: PassCounts) -> None:
+        """Rows that cannot succeed (bad input, cancelled): Failed for good, in one write per batch;
+        a retryable error goes through fail() (its attempts and backoff are the row's own)."""
+        final = [(claim, error) for claim, error in failures if not error.retryable]
+        for claim, error in failures:
+            if error.retryable:
+                self.fail(backend, claim, error, counts)
+        if not final:
+            return
+        messages = {claim.id: (claim, error, redact(str(error))) for claim, error in final}
+        written = self._per_row_if_locked(
+            lambda batch: self.repo.fail_batch([(claim, message) for claim, _, message in batch]),
+            list(messages.values()), lambda item: item[0].id,
+        )
+        for claim, error, message in messages.values():
+            if claim.id not in written:
+                counts.lost += 1
+                self.metrics.lost.labels(backend).inc()
+                log.warning("failure_dropped", id=claim.id, status=Status.GENERATE, attempt=claim.attempt,
+                            error=message)
+                continue
+            counts.failed += 1
+            self.metrics.failed(backend, error, final=True)
+            log.info("image_failed", id=claim.id, status=Status.FAILED, attempt=claim.attempt, error=message)
+
     def release(
         self, backend: str, ids: Sequence[int], counts: PassCounts, *, delay_seconds: float = 0.0,
         reason: str | None = None,

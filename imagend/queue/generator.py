@@ -196,24 +196,26 @@ class Generator:
 
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []
+        failures: list[tuple[Claim, RowError]] = []  # ended in one write (a burst of bad rows is one statement)
         source_ids = {source for row in rows for source in row.source_ids}
         sources = self.repo.source_rows(sorted(source_ids)) if source_ids else {}
         store = self.store
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
-                self.outcomes.fail(backend.name, row.claim, Cancelled(), counts)
+                failures.append((row.claim, Cancelled()))
                 continue
             try:
                 validated = validate_row(row, self.settings, sources, store.read_url if store else None)
                 request = backend.validate(validated.request)
             except BadInput as exc:
-                self.outcomes.fail(backend.name, row.claim, exc, counts)
+                failures.append((row.claim, exc))
                 continue
             warning = "; ".join(filter(None, (validated.warning, *request.notes)))
             if warning:
                 with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
                     self.repo.set_warning(row.id, warning)
             requests.append(request)
+        self.outcomes.fail_all(backend.name, failures, counts)
         return requests
 
     def _begin(self, batch: Sequence[Request]) -> None:

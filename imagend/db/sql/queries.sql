@@ -129,6 +129,27 @@ WHERE images.id = %(id)s
   AND images.attempts = %(attempt)s
 RETURNING images.status;
 
+-- name: images_fail_batch
+-- Rows that cannot succeed (bad input, cancelled before they began) end Failed in one statement, each
+-- with its own error: a burst of bad rows costs one write per batch, not one per row. Fenced by
+-- owner and attempt as every finishing write; returns the ids that were still ours.
+UPDATE images AS i
+SET status       = 'Failed',
+    error        = f.error,
+    finished_at  = now(),
+    progress     = NULL,
+    preview      = NULL,
+    locked_by    = NULL,
+    lease_until  = NULL,
+    uuid         = NULL,
+    submitted_at = NULL
+FROM unnest(%(ids)b::int[], %(attempts)b::int[], %(errors)b::text[]) AS f(id, attempt, error)
+WHERE i.id = f.id
+  AND i.status = 'Generate'
+  AND i.locked_by = %(owner)s
+  AND i.attempts = f.attempt
+RETURNING i.id;
+
 -- name: images_release
 -- Give rows back without counting the attempt: shutdown, or a remote queue that is
 -- closed for now. ids NULL means every row this owner holds. A remote row that
