@@ -4,16 +4,41 @@ producer statements of the JSON API. Nothing here is on the loops' path."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from psycopg.rows import dict_row
 
-from imagend.db.columns import INSERTABLE
+from imagend.db.columns import BACKEND_NAMES, INSERTABLE
 from imagend.db.rows import FleetDaemon, Pause, QueueSnapshot
 from imagend.db.statements import Statements, by_name
 
 ALL_BACKENDS = "*"
+# A producer may write any text into `backend`: names imagend does not know fold into this one value
+# wherever they would become a label, a line or a row of a page (10,000 distinct names must not make
+# 10,000 series). Rows naming them are failed by the first daemon that claims them.
+UNKNOWN_BACKEND = "unknown"
+
+
+def known_or_unknown(backend: str | None) -> str | None:
+    """The backend as a label: a known name, None (the daemon's default), or UNKNOWN_BACKEND."""
+    return backend if backend is None or backend in BACKEND_NAMES else UNKNOWN_BACKEND
+
+
+def fold_counts(counts: Iterable[tuple[str, str | None, int]]) -> list[tuple[str, str | None, int]]:
+    folded: dict[tuple[str, str | None], int] = {}
+    for status, backend, rows in counts:
+        key = (status, known_or_unknown(backend))
+        folded[key] = folded.get(key, 0) + rows
+    return [(status, backend, rows) for (status, backend), rows in folded.items()]
+
+
+def fold_oldest(oldest: Iterable[tuple[str | None, float]]) -> dict[str | None, float]:
+    folded: dict[str | None, float] = {}
+    for backend, seconds in oldest:
+        label = known_or_unknown(backend)
+        folded[label] = max(seconds, folded.get(label, seconds))
+    return folded
 
 
 class OperationsRepository(Statements):
@@ -54,8 +79,8 @@ class OperationsRepository(Statements):
             counts, oldest = cur.fetchall(), oldest_cur.fetchall()
             paused, daemons = paused_cur.fetchall(), fleet_cur.fetchall()
         return QueueSnapshot(
-            counts=[(status, backend, int(rows)) for status, backend, rows in counts],
-            oldest_waiting={backend: float(seconds) for backend, seconds in oldest},
+            counts=fold_counts((status, backend, int(rows)) for status, backend, rows in counts),
+            oldest_waiting=fold_oldest((backend, float(seconds)) for backend, seconds in oldest if seconds is not None),
             paused=paused,
             daemons=daemons,
         )

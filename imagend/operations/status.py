@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from imagend.db.operations import ALL_BACKENDS
+from imagend.db.operations import ALL_BACKENDS, UNKNOWN_BACKEND, known_or_unknown
 from imagend.db.rows import FleetDaemon, Pause, Status
 
 
@@ -16,10 +16,31 @@ def status_report(queue: Sequence[dict[str, Any]], daemons: Sequence[FleetDaemon
                   default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
     """`serving`: running daemons per backend (Repository.unserved)."""
     return {
-        "queue": [_status_line(row, default_backend, serving) for row in queue],
+        "queue": [_status_line(row, default_backend, serving) for row in _fold(queue)],
         "daemons": [_daemon_line(d, paused) for d in daemons],
         "paused": [dataclasses.asdict(p) for p in paused],
     }
+
+
+def _fold(queue: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Lines of backends imagend does not know fold into one per status (10,000 producer-written names
+    make one line, not 10,000): rows summed, the oldest wait kept."""
+    lines: list[dict[str, Any]] = []
+    unknown: dict[str, dict[str, Any]] = {}
+    for row in queue:
+        if known_or_unknown(row["backend"]) != UNKNOWN_BACKEND:
+            lines.append(dict(row))
+            continue
+        line = unknown.get(row["status"])
+        if line is None:
+            line = {**row, "backend": UNKNOWN_BACKEND, "rows": 0, "avg_generation_seconds": None}
+            unknown[row["status"]] = line
+            lines.append(line)
+        line["rows"] += row["rows"]
+        if row["oldest_waiting"] is not None and (line["oldest_waiting"] is None
+                                                  or row["oldest_waiting"] > line["oldest_waiting"]):
+            line["oldest_waiting"] = row["oldest_waiting"]
+    return lines
 
 
 def _daemon_line(daemon: FleetDaemon, paused: Sequence[Pause]) -> dict[str, Any]:
