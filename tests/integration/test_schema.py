@@ -68,7 +68,7 @@ def test_schema_is_idempotent(db_url, conn):
     assert {row["tgname"] for row in before["triggers"]} == {
         "images_touch_updated_at", "images_notify_new", "images_notify_done", "images_notify_requeued",
         "images_requeue_finished", "images_count_inserted", "images_count_updated", "images_count_deleted",
-        "images_count_truncated", "images_notify_sources_done"}
+        "images_count_truncated", "images_notify_sources_done", "images_refuse_chain_cycle"}
 
 
 def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):

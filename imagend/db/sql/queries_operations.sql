@@ -78,9 +78,15 @@ SELECT i.id, i.status, i.progress, i.error, i.warning, i.prompt, i.negative_prom
        i.cancel_requested, i.created_at, i.run_after, i.started_at, i.finished_at,
        i.generation_seconds, i.output_url, i.thumbnail_url,
        i.base64 IS NOT NULL OR i.output_url IS NOT NULL OR i.output_path IS NOT NULL AS has_image,
-       p.ahead AS position, p.estimated_start
+       p.ahead AS position, CASE WHEN w.source IS NULL THEN p.estimated_start END AS estimated_start,
+       w.source AS waiting_for
 FROM images AS i
 LEFT JOIN LATERAL imagend_position(i.id) AS p ON true
+-- A chained row waits for its source, not for its place: which source, while it has not ended.
+LEFT JOIN LATERAL (SELECT s.id AS source FROM images AS s
+                   WHERE i.status = 'ReadyToGenerate' AND s.id IN (i.init_image_id, i.reference_image_id)
+                     AND s.id <> i.id AND s.status IN ('ReadyToGenerate', 'Generate')
+                   ORDER BY s.id LIMIT 1) AS w ON true
 WHERE i.id = %(id)s;
 
 -- name: images_image

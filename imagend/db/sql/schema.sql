@@ -163,19 +163,61 @@ CREATE OR REPLACE TRIGGER images_notify_requeued
     EXECUTE FUNCTION imagend_notify_new();
 
 -- A row that ends may be the input of a row waiting for it (init_image_id, reference_image_id): the
--- claim skips such a row until then, so the daemons are woken as for a new row. Per statement, and
--- the chained index is almost always empty: a batch of 1,000 finished rows costs one probe.
+-- claim skips such a row until then, so the daemons are woken as for a new row: only when a row that
+-- ended now is the source of a waiting one (not whenever chained rows exist: one chain waiting for a
+-- row far back in the queue woke every daemon at every finishing write). Per statement, and the
+-- chained index is almost always empty: a batch of 1,000 finished rows costs one probe.
 CREATE OR REPLACE FUNCTION imagend_notify_sources_done() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM images
-               WHERE status = 'ReadyToGenerate'
-                 AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL))
-       AND EXISTS (SELECT 1 FROM ended WHERE status IN ('ReadyToPublish', 'Failed')) THEN
+    IF EXISTS (SELECT 1 FROM images AS waiting
+               JOIN ended ON ended.id IN (waiting.init_image_id, waiting.reference_image_id)
+               WHERE waiting.status = 'ReadyToGenerate'
+                 AND (waiting.init_image_id IS NOT NULL OR waiting.reference_image_id IS NOT NULL)
+                 AND ended.status IN ('ReadyToPublish', 'Failed')) THEN
         PERFORM pg_notify('imagend_new', '');
     END IF;
     RETURN NULL;
 END $$;
+
+-- Chained rows in a cycle (A's source is B, B's is A; or longer) would wait for each other forever.
+-- The row that closes the cycle (by INSERT, or by an UPDATE of its sources or a requeue) ends Failed
+-- at once with the cycle in its error; the others then fail at their claim, naming it ("its source
+-- failed: …"). Only waiting rows are followed: a source that runs or ran cannot be in a cycle.
+CREATE OR REPLACE FUNCTION imagend_refuse_chain_cycle() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    cycle INTEGER[];
+BEGIN
+    WITH RECURSIVE chain (id, path) AS (
+        SELECT source, ARRAY[NEW.id, source]
+        FROM unnest(ARRAY[NEW.init_image_id, NEW.reference_image_id]) AS source
+        WHERE source IS NOT NULL AND source <> NEW.id
+        UNION ALL
+        SELECT next.source, chain.path || next.source
+        FROM chain
+        JOIN images AS i ON i.id = chain.id AND i.status = 'ReadyToGenerate'
+        CROSS JOIN LATERAL unnest(ARRAY[i.init_image_id, i.reference_image_id]) AS next(source)
+        WHERE chain.id <> NEW.id
+          AND next.source IS NOT NULL
+          AND NOT next.source = ANY (chain.path[2:])
+          AND cardinality(chain.path) < 1000
+    )
+    SELECT path INTO cycle FROM chain WHERE id = NEW.id LIMIT 1;
+    IF cycle IS NOT NULL THEN
+        NEW.status := 'Failed';
+        NEW.error := 'chained rows form a cycle: ' || array_to_string(cycle, ' -> ')
+                     || '; each waits for the next one''s image';
+        NEW.finished_at := now();
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_refuse_chain_cycle
+    BEFORE INSERT OR UPDATE OF init_image_id, reference_image_id, status ON images
+    FOR EACH ROW
+    WHEN (NEW.status = 'ReadyToGenerate' AND (NEW.init_image_id IS NOT NULL OR NEW.reference_image_id IS NOT NULL))
+    EXECUTE FUNCTION imagend_refuse_chain_cycle();
 
 CREATE OR REPLACE TRIGGER images_notify_sources_done
     AFTER UPDATE ON images
