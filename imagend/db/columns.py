@@ -83,8 +83,17 @@ class Column:
     @property
     def select(self) -> str:
         """The claim's expression: JSON as text, decoded per row in validation.py, so JSON that
-        Postgres accepts but Python cannot read fails its own row, not the batch."""
+        Postgres accepts but Python cannot read fails its own row, not the batch. An image column
+        as its length only (`<name>_chars`): the text (up to megabytes a row) is fetched per row when
+        it is decoded, after the length was checked, never for a whole batch at once."""
+        if self.kind is Kind.IMAGE:
+            return f"NULL::text AS {self.name}, octet_length(i.{self.name}) AS {self.name}_chars"
         return f"i.{self.name}::text AS {self.name}" if self.sql_type == "JSONB" else f"i.{self.name}"
+
+    @property
+    def claimed_fields(self) -> tuple[str, ...]:
+        """ClaimedRow's fields for this column."""
+        return (self.name, f"{self.name}_chars") if self.kind is Kind.IMAGE else (self.name,)
 
     @property
     def insert_value(self) -> str:

@@ -143,6 +143,11 @@ class Repository(Statements):
             raise LostOwnership(claim.id, "fail_attempt")
         return str(rows[0][0])
 
+    def input_image(self, image_id: int, column: str) -> str | None:
+        """A row's base64 image column (init_image, mask_image, reference_image), read on its own."""
+        rows = self._rows("images_input_image", {"id": image_id, "column": column})
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def fail_batch(self, failures: Sequence[tuple[Claim, str]]) -> list[int]:
         """End rows Failed for good, each with its error, in one statement; returns the ids still ours."""
         rows = self._rows(

@@ -70,11 +70,16 @@ class ClaimedRow:
     model: str | None = None
     loras: str | None = None  # JSON text, as params
     task: str | None = None
+    # Image columns: the claim gives their length (`*_chars`, checked before any read) and no text;
+    # validation fetches the text per row (Repository.input_image). A row built in process may carry it.
     init_image: str | None = None  # base64
+    init_image_chars: int | None = None
     init_image_id: int | None = None
     strength: float | None = None
     mask_image: str | None = None
+    mask_image_chars: int | None = None
     reference_image: str | None = None
+    reference_image_chars: int | None = None
     reference_image_id: int | None = None
     reference_scale: float | None = None
     upscale: float | None = None

@@ -205,7 +205,8 @@ class Generator:
                 failures.append((row.claim, Cancelled()))
                 continue
             try:
-                validated = validate_row(row, self.settings, sources, store.read_url if store else None)
+                validated = validate_row(row, self.settings, sources, store.read_url if store else None,
+                                         self.repo.input_image)
                 request = backend.validate(validated.request)
             except BadInput as exc:
                 failures.append((row.claim, exc))

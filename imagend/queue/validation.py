@@ -30,7 +30,7 @@ from imagend.db.columns import (
 from imagend.db.rows import ClaimedRow, SourceRow
 from imagend.errors import BadInput, clip
 from imagend.images.formats import parse_output_format
-from imagend.images.inputs import decode_base64_image, decode_base64_mask, decode_image_bytes
+from imagend.images.inputs import check_base64_length, decode_base64_image, decode_base64_mask, decode_image_bytes
 from imagend.queue.source_images import source_image_bytes
 
 LORA_NAME = re.compile(r"[\w][\w .-]{0,63}")  # a file name in IMAGEND_LORA_DIR, never a path
@@ -74,9 +74,11 @@ def validate_row(
     settings: Settings,
     sources: Mapping[int, SourceRow] | None = None,
     read_stored: Callable[[str], bytes] | None = None,
+    read_input: Callable[[int, str], str | None] | None = None,
 ) -> Validated:
     """`sources`: the rows named by the row's *_image_id (images_source_images); `read_stored` reads a
-    stored image by URL (the daemon's storage), for a source whose image is not in its row."""
+    stored image by URL (the daemon's storage), for a source whose image is not in its row;
+    `read_input` reads one of the row's own image columns (the claim gives only their lengths)."""
     if row.backend not in BACKEND_NAMES:
         raise BadInput(f"unknown backend {row.backend!r}; use one of: {', '.join(BACKEND_NAMES)}")
     prompt = row.prompt or ""
@@ -106,7 +108,7 @@ def validate_row(
             echoed = clip(value, ECHO_MAX_CHARS)
             raise BadInput(f"{name} is {len(value)} characters long, at most {NAME_MAX_CHARS}: {echoed!r}")
     output = parse_output_format(row.format, row.quality)
-    inputs = image_inputs_of(row, sources or {}, read_stored)
+    inputs = image_inputs_of(row, sources or {}, read_stored, read_input)
     if inputs.size_from_init and inputs.init_image is not None:
         width, height = inputs.init_image.size  # the backend rounds it (image_inputs.fit_size)
     request = Request(
@@ -129,7 +131,10 @@ def validate_row(
 
 
 def image_inputs_of(
-    row: ClaimedRow, sources: Mapping[int, SourceRow], read_stored: Callable[[str], bytes] | None
+    row: ClaimedRow,
+    sources: Mapping[int, SourceRow],
+    read_stored: Callable[[str], bytes] | None,
+    read_input: Callable[[int, str], str | None] | None = None,
 ) -> ImageInputs:
     """The row's model, LoRAs, images and their settings, checked; images decoded (image_inputs.py)."""
     if row.model is not None and not 0 < len(row.model) <= NAME_MAX_CHARS:
@@ -141,15 +146,27 @@ def image_inputs_of(
         raise BadInput(
             f"unknown task {clip(row.task or '', ECHO_MAX_CHARS)!r}; use NULL (inferred) or one of: {', '.join(TASKS)}"
         )
+    def own(column: str, text: str | None, chars: int | None) -> str | None:
+        """The row's own image text: as carried, or read now that its length passed the check."""
+        if text is not None or chars is None:
+            return text
+        check_base64_length(chars, column)
+        return read_input(row.id, column) if read_input is not None else None
+
+    init_set = row.init_image is not None or row.init_image_chars is not None
+    reference_set = row.reference_image is not None or row.reference_image_chars is not None
     for column, images in (
-        ("init_image", (row.init_image, row.init_image_id)),
-        ("reference_image", (row.reference_image, row.reference_image_id)),
+        ("init_image", (init_set, row.init_image_id)),
+        ("reference_image", (reference_set, row.reference_image_id)),
     ):
-        if images[0] is not None and images[1] is not None:
+        if images[0] and images[1] is not None:
             raise BadInput(f"{column} and {column}_id are both set; set one")
-    init = _image(row.init_image, row.init_image_id, "init_image", row.id, sources, read_stored)
-    reference = _image(row.reference_image, row.reference_image_id, "reference_image", row.id, sources, read_stored)
-    mask = decode_base64_mask(row.mask_image, "mask_image") if row.mask_image is not None else None
+    init_text = own("init_image", row.init_image, row.init_image_chars)
+    init = _image(init_text, row.init_image_id, "init_image", row.id, sources, read_stored)
+    reference_text = own("reference_image", row.reference_image, row.reference_image_chars)
+    reference = _image(reference_text, row.reference_image_id, "reference_image", row.id, sources, read_stored)
+    mask_text = own("mask_image", row.mask_image, row.mask_image_chars)
+    mask = decode_base64_mask(mask_text, "mask_image") if mask_text is not None else None
     if mask is not None and init is None:
         raise BadInput("mask_image needs an init image (init_image or init_image_id) to paint into")
     if mask is not None and init is not None and mask.size != init.size:

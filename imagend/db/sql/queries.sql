@@ -61,6 +61,15 @@ RETURNING i.id, i.attempts AS attempt, {{claimed_columns}}, i.cancel_requested,
                THEN (extract(epoch FROM COALESCE(%(now)s::timestamptz, now())) - extract(epoch FROM i.created_at))::float8
           END AS waited_seconds;
 
+-- name: images_input_image
+-- One image column's text of one row (init_image, mask_image or reference_image), read when validation
+-- decodes it: the claim returns their lengths only, so a batch never holds every row's images at once.
+SELECT CASE %(column)s WHEN 'init_image' THEN init_image
+                       WHEN 'mask_image' THEN mask_image
+                       WHEN 'reference_image' THEN reference_image END
+FROM images
+WHERE id = %(id)s;
+
 -- name: images_source_images
 -- The rows named by *_image_id of claimed rows: their state, and their image where the row holds it
 -- (base64) or where storage does (output_path, output_url).
