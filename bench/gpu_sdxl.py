@@ -1,4 +1,4 @@
-"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed/apply.py) on the
+"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed/) on the
 full-size SDXL architecture with random weights, against bare diffusers on the same GPU in one run.
 
     .venv/bin/python bench/gpu_sdxl.py                        # everything: about an hour on an H100
@@ -503,7 +503,7 @@ def measure_contender(key: str, label: str, runner: Runner, args: argparse.Names
 
 
 def speed_settings(env: dict[str, str], workdir: Path, dry_run: bool) -> Any:
-    from imagend.backends.local.speed.apply import SpeedSettings
+    from imagend.backends.local.speed.settings import SpeedSettings
     from imagend.config.settings import Env
 
     speed = SpeedSettings.from_env(Env(env), data_dir=workdir)

@@ -1,4 +1,4 @@
-"""The speed options (speed.py) as the daemon applies them: read from the environment at start,
+"""The speed options (imagend.backends.local.speed) as the daemon applies them: read from the environment at start,
 applied to every SDXL checkpoint it loads, and a fast preset sampling every SDXL row its own way."""
 
 from __future__ import annotations

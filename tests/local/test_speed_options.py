@@ -1,4 +1,4 @@
-"""The GPU speed options (imagend.backends.local.speed.apply) on the CPU, on the miniature SDXL model: the
+"""The GPU speed options (imagend.backends.local.speed) on the CPU, on the miniature SDXL model: the
 settings and their errors, the exact options giving the same image, the CUDA-only parts reported
 skipped, the fast presets' LoRA, scheduler and defaults, and the step cache's UNet calls.
 
@@ -18,16 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from imagend.backends.local.speed.apply import (
-    PRESETS,
-    SKIPPED,
-    SpeedSettings,
-    StepCache,
-    apply_speed,
-    step_cache_of,
-)
-from imagend.backends.local.speed.apply import apply as speed_module
-from imagend.config.settings import Env
+from imagend.backends.local.speed import apply as speed_module
+from imagend.backends.local.speed.apply import SKIPPED, apply_speed
+from imagend.backends.local.speed.settings import PRESETS, SpeedSettings
+from imagend.backends.local.speed.step_cache import StepCache, step_cache_of
+from imagend.config.env import Env
 from imagend.errors import ConfigError
 
 from support.local import SIDE_PX, TORCH_NUMPY_COPY_WARNING

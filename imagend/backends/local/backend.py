@@ -59,7 +59,8 @@ from imagend.backends.local.pipelines import (
 )
 from imagend.backends.local.png_metadata import GenerationParameters, encode_png
 from imagend.backends.local.previews import latent_previews
-from imagend.backends.local.speed.apply import SpeedSettings, preset_scheduler
+from imagend.backends.local.speed.apply import preset_scheduler
+from imagend.backends.local.speed.settings import SpeedSettings
 from imagend.config.settings import Settings
 from imagend.db.repository import ModelPreference
 from imagend.db.styles import STYLE_NAMES
@@ -132,7 +133,7 @@ class LocalBackend:
         speed: SpeedSettings | None = None,
     ) -> None:
         """`pipe`: IMAGEND_MODEL's pipeline, loaded (the others load when a row asks for them), with
-        `speed` applied (speed.py)."""
+        `speed` applied (speed/)."""
         self.options = options
         self.speed = speed or SpeedSettings()
         self.preset = self.speed.preset  # a step-reduction preset samples every SDXL row its own way

@@ -82,7 +82,7 @@ class ModelCache:
         speed: Any = None,
     ) -> None:
         self.options = options
-        self.speed = speed  # speed.SpeedSettings, applied to every SDXL checkpoint loaded
+        self.speed = speed  # speed.settings.SpeedSettings, applied to every SDXL checkpoint loaded
         self._load = load or self._load_pipeline
         self.prepare = prepare  # the backend's per-model setup (its OOM fallback level)
         self.loaded: OrderedDict[str, LoadedModel] = OrderedDict()  # by source; most recently used last

@@ -124,7 +124,7 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
         decoder_option(pipe, "enable_slicing")
     if options.vae_tiling:
         decoder_option(pipe, "enable_tiling")
-    if speed is not None and family is SDXL:  # speed.py's options (compile among them): docs/gpu_speed.md
+    if speed is not None and family is SDXL:  # speed/'s options (compile among them): docs/gpu_speed.md
         from imagend.backends.local.speed.apply import apply_speed
 
         applied = apply_speed(pipe, speed, options.device)
