@@ -103,7 +103,8 @@ def test_an_unreadable_model_folder_names_the_setting(
 def test_importing_imagend_and_other_backends_never_imports_torch() -> None:
     code = (
         "import sys, imagend.cli, imagend.backends, imagend.backends.local, imagend.backends.local.options, "
-        "imagend.backends.local.gpu_lock, imagend.backends.local.png_metadata; "
+        "imagend.backends.local.gpu_lock, imagend.backends.local.png_metadata, imagend.backends.local.families, "
+        "imagend.backends.local.speed.settings; "
         "from imagend.backends import create_backend; "
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'"
     )

@@ -34,8 +34,8 @@ from imagend.backends.base import Heartbeat, Image, Request
 from imagend.backends.local.addons.ip_adapter import IpAdapter
 from imagend.backends.local.addons.loras import LoraLibrary
 from imagend.backends.local.addons.upscaler import Upscaler
-from imagend.backends.local.families.catalog import FAMILIES, SDXL, Family
-from imagend.backends.local.families.encoders import is_weighted
+from imagend.backends.local.families import FAMILIES, SDXL, Family
+from imagend.backends.local.families.sdxl import Conditioning, is_weighted, syntax_error
 from imagend.backends.local.gpu_lock import DeviceLock
 from imagend.backends.local.models import LoadedModel, ModelCache
 from imagend.backends.local.options import (
@@ -48,14 +48,12 @@ from imagend.backends.local.options import (
     style_prompts,
 )
 from imagend.backends.local.pipelines import (
-    Conditioning,
     check_model_source,
     decoder_option,
     device_generator,
     free_memory,
     load_pipeline,
     place,
-    syntax_error,
 )
 from imagend.backends.local.png_metadata import GenerationParameters, encode_png
 from imagend.backends.local.previews import latent_previews

@@ -18,8 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from imagend.backends.local.families.catalog import SDXL, Family, family_of
-from imagend.backends.local.families.encoders import encoder_for
+from imagend.backends.local.families import SDXL, Family, encoder_for, family_of
 from imagend.backends.local.options import LocalSettings, is_tiny_model
 from imagend.backends.local.pipelines import Schedulers, free_memory, load_pipeline, place
 from imagend.errors import BadInput

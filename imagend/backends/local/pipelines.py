@@ -1,52 +1,37 @@
-"""Loading and driving the diffusers SDXL pipeline: torch lives here and in backend.py only.
+"""Loading and driving a diffusers pipeline of any family the local backend drives (families/). It
+imports torch (options.py, gpu_lock.py and families/ do not).
 
-- `load_pipeline`: from_pretrained once (hub id or folder; the HF cache, HF_HUB_OFFLINE
-  and HF_HOME are honoured by huggingface_hub), the fp16-fix VAE on CUDA, placement or
-  CPU offload, VAE slicing/tiling, optional torch.compile of the UNet.
-- `PromptEncoder`: compel's CompelForSDXL, one row at a time, so a row's conditioning is
-  the same whatever else is in its batch (see docs/local.md, reproducibility).
+- `check_model_source`, `load_pipeline`: from_pretrained once as the family's pipeline class (hub id
+  or folder; the HF cache, HF_HUB_OFFLINE and HF_HOME are honoured by huggingface_hub), SDXL's
+  fp16-fix VAE (`load_vae`, shared by every SDXL checkpoint), SD3 without T5 if asked, placement or
+  CPU offload (`place`), VAE slicing/tiling (`decoder_option` on `image_decoder`: the VAE, or
+  Kandinsky's MoVQ), SDXL's speed options (speed/) or torch.compile of its UNet (`compile_unet`).
 - `Schedulers`: a fresh scheduler per job, from the checkpoint's own scheduler config.
+- `free_memory` after an abort or an OOM; `device_generator`, the CPU generator a seed drives;
+  `quiet_libraries`, no progress bars in the JSON logs.
+
+Each family's prompt encoder is in its module of families/ (SDXL's compel: families/sdxl.py).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import gc
 import importlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imagend.backends.local.families.catalog import SD3, SDXL, Family, family_of
+from imagend.backends.local.families import SD3, SDXL, Family, family_of
 from imagend.backends.local.options import SCHEDULERS, LocalSettings
-from imagend.errors import ConfigError
+from imagend.errors import ConfigError, first_line
 from imagend.logs import get_logger
 
 log = get_logger()
 
-PARSED_PROMPTS_KEPT = 256
-# Characters compel's syntax needs (weights, groups, blends, escapes): a prompt with none of
-# them is plain text and need not be parsed.
-MAYBE_SYNTAX = re.compile(r'[()\[\]+\-"\\]')
+LIBRARY_MESSAGE_MAX_CHARS = 300  # of a library's message (its first line) in a load error
 TINY_MODEL_HINT = "for a trial without weights, `imagend -make-tiny-model DIR` writes a miniature (noise-making) model"
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """One row's compel output: [1, tokens, dim] embeddings and [1, dim] pooled, for both sides."""
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor
-    negative_embeds: torch.Tensor
-    negative_pooled: torch.Tensor
-
-    @property
-    def tokens(self) -> int:
-        return int(self.embeds.shape[1])
 
 
 def _looks_like_folder(model: str) -> bool:
@@ -75,7 +60,8 @@ def load_vae(options: LocalSettings) -> Any:
         )
     except Exception as exc:  # any failure to load is a start-up configuration problem
         raise ConfigError(
-            f"IMAGEND_VAE={options.vae}: cannot load this VAE ({type(exc).__name__}: {_first_line(exc)}). "
+            f"IMAGEND_VAE={options.vae}: cannot load this VAE "
+            f"({type(exc).__name__}: {first_line(exc, LIBRARY_MESSAGE_MAX_CHARS)}). "
             f"Set IMAGEND_VAE to a folder or a cached hub id, or IMAGEND_VAE=model to keep the model's own"
         ) from exc
 
@@ -92,7 +78,7 @@ def check_model_source(source: str, setting: str) -> None:
 
 def load_pipeline(options: LocalSettings, source: str | None = None, setting: str = "IMAGEND_MODEL",
                   vae: Any = None, family: Family | None = None, speed: Any = None) -> Any:
-    """The pipeline of `source` (default IMAGEND_MODEL), of its family (families.py), ready on its device.
+    """The pipeline of `source` (default IMAGEND_MODEL), of its family (families/), ready on its device.
     Any failure is a ConfigError naming `setting`."""
     quiet_libraries()
     diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
@@ -114,7 +100,8 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
         )
     except Exception as exc:
         raise ConfigError(
-            f"{setting}={model}: cannot load a {family.name} pipeline ({type(exc).__name__}: {_first_line(exc)}). "
+            f"{setting}={model}: cannot load a {family.name} pipeline "
+            f"({type(exc).__name__}: {first_line(exc, LIBRARY_MESSAGE_MAX_CHARS)}). "
             f"Set {setting} to a local folder with model_index.json or a hub id already in the Hugging Face "
             f"cache (or reachable); {TINY_MODEL_HINT}"
         ) from exc
@@ -168,111 +155,6 @@ def place(pipe: Any, options: LocalSettings, offload: str | None = None) -> None
         pipe.enable_sequential_cpu_offload(device=options.device)
     else:
         pipe.to(options.device)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
-
-
-@functools.lru_cache(maxsize=1)
-def _prompt_parser() -> Any:
-    from compel.prompt_parser import PromptParser
-
-    return PromptParser()
-
-
-@functools.lru_cache(maxsize=PARSED_PROMPTS_KEPT)
-def parse_prompt(text: str) -> Any:
-    """compel's parse of `text`. compel builds its pyparsing grammar anew for every string it parses,
-    and validation and every encoder (both of SDXL's, FLUX's) parse the same strings: one parser built
-    once, and its (read-only) results remembered, parse the same way for a fraction of the time."""
-    return _prompt_parser().parse_conjunction(text)
-
-
-def syntax_error(text: str) -> str | None:
-    """Why compel cannot parse `text` (e.g. a blend with more weights than prompts), or None."""
-    if not MAYBE_SYNTAX.search(text):
-        return None
-    from compel.prompt_parser import PromptParser
-
-    try:
-        parse_prompt(text)
-    except PromptParser.ParsingException as exc:
-        return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return None
-
-
-class PromptEncoder:
-    """compel for SDXL's two text encoders: weighting syntax, and no 77-token truncation."""
-
-    def __init__(self, pipe: Any) -> None:
-        from compel import CompelForSDXL
-
-        self.pipe = pipe
-        # Read once: the property walks every module of the pipeline (milliseconds per call).
-        self.device = pipe._execution_device
-        self.compel = CompelForSDXL(pipe, device=str(self.device))
-        for compel in (self.compel.compel_1, self.compel.compel_2):
-            compel.parse_prompt_string = parse_prompt  # only the lock holder encodes
-        # diffusers' own rule: with no negative prompt, the unconditional side is zeros.
-        self.zero_empty_negative = bool(getattr(pipe.config, "force_zeros_for_empty_prompt", False))
-
-    def is_plain(self, text: str) -> bool:
-        """No weighting (compel parses it to one fragment of weight 1) and within one 77-token window."""
-        if MAYBE_SYNTAX.search(text):
-            conjunction = parse_prompt(text)
-            prompts = conjunction.prompts
-            if len(prompts) != 1 or getattr(conjunction, "loras", None):
-                return False
-            fragments = getattr(prompts[0], "children", None)
-            if not fragments or len(fragments) != 1 or fragments[0].weight != 1.0:
-                return False
-        return all(
-            len(tokenizer(text).input_ids) <= tokenizer.model_max_length
-            for tokenizer in (self.pipe.tokenizer, self.pipe.tokenizer_2)
-        )
-
-    @torch.no_grad()
-    def encode(self, prompt: str, negative: str | None) -> Conditioning:
-        zero_negative = not negative and self.zero_empty_negative
-        if self.is_plain(prompt) and (zero_negative or self.is_plain(negative or "")):
-            # What compel computes for a plain prompt is exactly diffusers' own encoding (the
-            # tests hold them bitwise equal), which runs each text encoder once instead of
-            # compel's three passes: the common case, taken the short way.
-            embeds, pooled = self._encode_plain(prompt)
-            if zero_negative:
-                return Conditioning(embeds, pooled, torch.zeros_like(embeds), torch.zeros_like(pooled))
-            return Conditioning(embeds, pooled, *self._encode_plain(negative or ""))
-        return self.encode_with_compel(prompt, negative)
-
-    def encode_with_compel(self, prompt: str, negative: str | None) -> Conditioning:
-        if not negative and self.zero_empty_negative:
-            out = self.compel(main_prompt=prompt)  # no need to encode a negative that becomes zeros
-            return Conditioning(
-                out.embeds, out.pooled_embeds, torch.zeros_like(out.embeds), torch.zeros_like(out.pooled_embeds)
-            )
-        out = self.compel(main_prompt=prompt, negative_prompt=negative or "")
-        return Conditioning(out.embeds, out.pooled_embeds, out.negative_embeds, out.negative_pooled_embeds)
-
-    def arguments(self, conditionings: list[Any]) -> dict[str, torch.Tensor]:
-        return stack(conditionings)
-
-    def _encode_plain(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        embeds, _, pooled, _ = self.pipe.encode_prompt(
-            text, device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
-        return embeds, pooled
-
-
-def stack(conditionings: list[Conditioning]) -> dict[str, torch.Tensor]:
-    """The pipeline's embedding arguments for a batch whose rows all have the same token length."""
-    return {
-        "prompt_embeds": torch.cat([c.embeds for c in conditionings]),
-        "pooled_prompt_embeds": torch.cat([c.pooled for c in conditionings]),
-        "negative_prompt_embeds": torch.cat([c.negative_embeds for c in conditionings]),
-        "negative_pooled_prompt_embeds": torch.cat([c.negative_pooled for c in conditionings]),
-    }
 
 
 class Schedulers:
