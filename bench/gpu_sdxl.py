@@ -253,7 +253,7 @@ def build_sdxl(tokenizer_dir: Path, device: str, dtype: Any) -> Any:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from imagend.backends.local.miniature.sdxl import write_tokenizer
+    from imagend.backends.local.miniature.parts import write_tokenizer
 
     write_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -290,8 +290,7 @@ def build_flux(tokenizer_dir: Path, device: str) -> Any:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
-    from imagend.backends.local.miniature.families import t5_tokenizer
-    from imagend.backends.local.miniature.sdxl import write_tokenizer
+    from imagend.backends.local.miniature.parts import t5_tokenizer, write_tokenizer
 
     write_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
@@ -504,7 +503,7 @@ def measure_contender(key: str, label: str, runner: Runner, args: argparse.Names
 
 def speed_settings(env: dict[str, str], workdir: Path, dry_run: bool) -> Any:
     from imagend.backends.local.speed.settings import SpeedSettings
-    from imagend.config.settings import Env
+    from imagend.config.env import Env
 
     speed = SpeedSettings.from_env(Env(env), data_dir=workdir)
     if dry_run:

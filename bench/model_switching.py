@@ -135,7 +135,8 @@ def main() -> None:
     p.add_argument("--no-cache2", action="store_true", help="skip the IMAGEND_MODEL_CACHE=2 configuration")
     args = p.parse_args()
 
-    from imagend.backends.local.miniature.sdxl import TINY_MODEL_SEED, write_tiny_model
+    from imagend.backends.local.miniature.parts import TINY_MODEL_SEED
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
 
     configs = [Config("affinity, cache 1", 1, 600), Config("no affinity, cache 1", 1, 0)]
     if not args.no_cache2:

@@ -1,9 +1,10 @@
 """Miniature add-ons for the miniature SDXL model: LoRAs, an IP-Adapter and an x4 upscaler.
 
-Like `imagend.backends.local.miniature.sdxl`, everything here has the real thing's layout and architecture,
-shrunk to a few channels, with random weights. They MAKE NOISE: they exist so the local backend's
-per-row models, LoRAs, style transfer and upscaling run diffusers' real loaders and pipelines in
-tests and demos on a CPU, with no download. Production code never imports this module.
+Like the miniature SDXL model (sdxl.py), everything here has the real thing's layout and architecture,
+shrunk to a few channels, with random weights; the text and image encoders, the tokenizer and the VAE
+are parts.py's. They MAKE NOISE: they exist so the local backend's per-row models, LoRAs, style
+transfer and upscaling run diffusers' real loaders and pipelines in tests and demos on a CPU, with no
+download. Production code never imports this module.
 
 - `write_tiny_lora`: a `.safetensors` LoRA for the tiny SDXL UNet and both text encoders, in the
   diffusers/peft key format (`unet.….to_q.lora_A.weight`) or the kohya/A1111 one
@@ -24,7 +25,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from imagend.backends.local.miniature.sdxl import TINY_MODEL_SEED, write_tiny_model, write_tokenizer
+from imagend.backends.local.miniature.parts import (
+    TEXT_WIDTH,
+    TINY_MODEL_SEED,
+    autoencoder_kl,
+    clip_text_config,
+    clip_vision_config,
+    write_tokenizer,
+)
+from imagend.backends.local.miniature.sdxl import write_tiny_model
 from imagend.backends.local.options import TINY_MODEL_MARKER_FILE, TINY_MODEL_MARKER_TEXT
 
 IP_ADAPTER_SUBFOLDER = "sdxl_models"  # as in h94/IP-Adapter
@@ -203,7 +212,7 @@ def write_tiny_ip_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
     and `directory/sdxl_models/image_encoder/` (a CLIPVisionModelWithProjection on 32 px images).
     Returns `directory`, what `load_ip_adapter` takes with subfolder="sdxl_models"."""
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionModelWithProjection
 
     folder = Path(directory).expanduser().resolve()
     models = folder / IP_ADAPTER_SUBFOLDER
@@ -214,16 +223,7 @@ def write_tiny_ip_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder_config = CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            image_size=32,
-            patch_size=8,
-            projection_dim=32,
-            hidden_act="gelu",
-        )
+        encoder_config = clip_vision_config()
         CLIPVisionModelWithProjection(encoder_config).save_pretrained(models / "image_encoder", safe_serialization=True)
 
     generator = torch.Generator("cpu").manual_seed(seed)
@@ -262,24 +262,11 @@ def write_tiny_ip_adapter(directory: Path, model_dir: Path, seed: int) -> Path:
 def _upscaler_components(vocab_size: int) -> dict[str, Any]:
     """stable-diffusion-x4-upscaler's modules and schedulers, a few channels wide (torch's generator
     seeded by the caller)."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     diffusers = _diffusers()
-    text_hidden = 32
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=text_hidden,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab_size - 2,
-            eos_token_id=vocab_size - 1,
-            pad_token_id=vocab_size - 1,
-            hidden_act="gelu",
-        )
-    )
+    text_hidden = TEXT_WIDTH
+    text_encoder = CLIPTextModel(clip_text_config(vocab_size, layers=2, projection=False))
     unet = diffusers.UNet2DConditionModel(
         sample_size=32,
         in_channels=7,  # the latents (4) and the low-resolution image (3) side by side
@@ -294,18 +281,8 @@ def _upscaler_components(vocab_size: int) -> dict[str, Any]:
         num_class_embeds=1000,  # the noise level is a class label, as in the x4 upscaler
         norm_num_groups=8,
     )
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,  # 3 blocks: the x4 upscaler's 4x latent downscale
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=256,
-        scaling_factor=0.08333,  # the x4 upscaler's
-    )
+    # 3 blocks: the x4 upscaler's 4x latent downscale; its scaling factor
+    vae = autoencoder_kl(latent_channels=4, scaling_factor=0.08333, blocks=3, sample_size=256)
     # The x4 upscaler's schedulers (its scheduler_config.json and low_res_scheduler's).
     low_res_scheduler = diffusers.DDPMScheduler(
         beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear", num_train_timesteps=1000

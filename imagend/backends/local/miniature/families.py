@@ -1,14 +1,14 @@
 """Miniature random-weights pipelines of the other diffusers families, written to a folder with no network.
 
 `write_tiny_pipeline(folder, family)` does for FLUX.1, Stable Diffusion 3 and Kandinsky 3 what
-`tiny_model.write_tiny_model` does for SDXL: the family's real architecture (its transformer or UNet,
+`sdxl.write_tiny_model` does for SDXL: the family's real architecture (its transformer or UNet,
 its text encoders, its VAE with the real latent channels and 8x downscale, its scheduler), shrunk to
 a few channels, with random weights from a fixed seed. Each MAKES NOISE: they exist so the backend's
 adapters for these families run the real diffusers code path on a CPU with no model download. Built as
 diffusers' own fast tests build them (tests/pipelines/<family>/), except that every tokenizer is
-written here instead of downloaded:
+written instead of downloaded. The text encoders, tokenizers and VAEs are parts.py's:
 
-- CLIP: tiny_model's byte-level tokenizer (one token per character, 77 tokens);
+- CLIP: the byte-level tokenizer (one token per character, 77 tokens);
 - T5: a Unigram tokenizer of single characters (`T5Tokenizer(vocab=...)`, saved as tokenizer.json).
 
 Kandinsky 5 (diffusers' Kandinsky5T2IPipeline) is not here: its `tokenizer` slot is a Qwen2VLProcessor,
@@ -24,7 +24,16 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from imagend.backends.local.miniature.sdxl import TINY_MODEL_SEED, write_tokenizer
+from imagend.backends.local.miniature.parts import (
+    FAST_TEST_CLIP_INTERMEDIATE,
+    TEXT_WIDTH,
+    TINY_MODEL_SEED,
+    autoencoder_kl,
+    clip_text_config,
+    clip_tokenizer,
+    t5_encoder,
+    t5_tokenizer,
+)
 from imagend.backends.local.options import TINY_MODEL_MARKER_FILE, TINY_MODEL_MARKER_TEXT
 
 # family -> (the diffusers pipeline class, the real model it shrinks)
@@ -33,8 +42,6 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "sd3": ("StableDiffusion3Pipeline", "Stable Diffusion 3 / 3.5 (stabilityai/stable-diffusion-3.5-medium)"),
     "kandinsky3": ("Kandinsky3Pipeline", "Kandinsky 3 (kandinsky-community/kandinsky-3)"),
 }
-T5_MAX_TOKENS = 512  # the real T5 tokenizers' model_max_length; the pipelines cap max_sequence_length at 512
-T5_ALPHABET = [chr(code) for code in range(ord("!"), ord("~") + 1)]  # other characters become <unk>
 
 README_TEMPLATE = """\
 imagend miniature {model} pipeline -- RANDOM WEIGHTS, IT MAKES NOISE.
@@ -55,76 +62,23 @@ def _transformers() -> Any:
     return importlib.import_module("transformers")
 
 
-def _clip_tokenizer(folder: Path) -> Any:
-    write_tokenizer(folder)
-    return _transformers().CLIPTokenizer.from_pretrained(folder)
-
-
-def t5_tokenizer() -> Any:
-    """T5's Unigram tokenizer over single characters: <pad>=0, </s>=1, <unk>=2 as in T5, no sentinels."""
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(char, -3.0) for char in T5_ALPHABET]
-    return _transformers().T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_TOKENS)
-
-
-def _clip_config(vocab_size: int, hidden: int = 32) -> Any:
-    return _transformers().CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=hidden,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        hidden_act="gelu",
-    )
-
-
-def _t5_encoder(vocab_size: int, width: int) -> Any:
-    transformers = _transformers()
-    config = transformers.T5Config(
-        vocab_size=vocab_size,
-        d_model=width,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return transformers.T5EncoderModel(config).eval()
+def _clip_config(vocab_size: int) -> Any:
+    """The FLUX.1 and SD3 miniatures' CLIP (diffusers' fast tests' feed-forward width)."""
+    return clip_text_config(vocab_size, intermediate=FAST_TEST_CLIP_INTERMEDIATE)
 
 
 def _flow_vae(scaling_factor: float, shift_factor: float) -> Any:
     """FLUX's and SD3's AutoencoderKL: 16 latent channels, 8x downscale (4 blocks), no quant convs."""
-    return _diffusers().AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=1024,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
+    return autoencoder_kl(
+        latent_channels=16, scaling_factor=scaling_factor, shift_factor=shift_factor, quant_convs=False
     )
 
 
 def _flux(folder: Path) -> Any:
     diffusers = _diffusers()
-    tokenizer = _clip_tokenizer(folder / "tokenizer")
+    tokenizer = clip_tokenizer(folder / "tokenizer")
     tokenizer_2 = t5_tokenizer()
-    text_width = 32
+    text_width = TEXT_WIDTH
     return diffusers.FluxPipeline(
         transformer=diffusers.FluxTransformer2DModel(
             patch_size=1,
@@ -139,9 +93,9 @@ def _flux(folder: Path) -> Any:
             axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
         ),
         vae=_flow_vae(scaling_factor=0.3611, shift_factor=0.1159),  # FLUX's
-        text_encoder=_transformers().CLIPTextModel(_clip_config(len(tokenizer), text_width)),
+        text_encoder=_transformers().CLIPTextModel(_clip_config(len(tokenizer))),
         tokenizer=tokenizer,
-        text_encoder_2=_t5_encoder(len(tokenizer_2), text_width),
+        text_encoder_2=t5_encoder(len(tokenizer_2), text_width),
         tokenizer_2=tokenizer_2,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(
             shift=3.0,
@@ -157,10 +111,10 @@ def _flux(folder: Path) -> Any:
 def _sd3(folder: Path) -> Any:
     diffusers = _diffusers()
     transformers = _transformers()
-    tokenizer = _clip_tokenizer(folder / "tokenizer")
-    tokenizer_2 = _clip_tokenizer(folder / "tokenizer_2")
+    tokenizer = clip_tokenizer(folder / "tokenizer")
+    tokenizer_2 = clip_tokenizer(folder / "tokenizer_2")
     tokenizer_3 = t5_tokenizer()
-    clip_width = 32
+    clip_width = TEXT_WIDTH
     t5_width = 2 * clip_width  # the two CLIPs' hidden states side by side are padded to T5's width
     return diffusers.StableDiffusion3Pipeline(
         transformer=diffusers.SD3Transformer2DModel(
@@ -177,11 +131,11 @@ def _sd3(folder: Path) -> Any:
             pos_embed_max_size=96,
         ),
         vae=_flow_vae(scaling_factor=1.5305, shift_factor=0.0609),  # SD3's
-        text_encoder=transformers.CLIPTextModelWithProjection(_clip_config(len(tokenizer), clip_width)),
+        text_encoder=transformers.CLIPTextModelWithProjection(_clip_config(len(tokenizer))),
         tokenizer=tokenizer,
-        text_encoder_2=transformers.CLIPTextModelWithProjection(_clip_config(len(tokenizer_2), clip_width)),
+        text_encoder_2=transformers.CLIPTextModelWithProjection(_clip_config(len(tokenizer_2))),
         tokenizer_2=tokenizer_2,
-        text_encoder_3=_t5_encoder(len(tokenizer_3), t5_width),
+        text_encoder_3=t5_encoder(len(tokenizer_3), t5_width),
         tokenizer_3=tokenizer_3,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
     )
@@ -190,7 +144,7 @@ def _sd3(folder: Path) -> Any:
 def _kandinsky3(folder: Path) -> Any:
     diffusers = _diffusers()
     tokenizer = t5_tokenizer()
-    text_width = 32
+    text_width = TEXT_WIDTH
     return diffusers.Kandinsky3Pipeline(
         unet=diffusers.Kandinsky3UNet(
             in_channels=4,
@@ -215,7 +169,7 @@ def _kandinsky3(folder: Path) -> Any:
             num_vq_embeddings=16,
             vq_embed_dim=4,
         ),
-        text_encoder=_t5_encoder(len(tokenizer), text_width),
+        text_encoder=t5_encoder(len(tokenizer), text_width),
         tokenizer=tokenizer,
         scheduler=diffusers.DDPMScheduler(
             beta_start=0.00085,

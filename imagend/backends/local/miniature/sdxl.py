@@ -8,9 +8,9 @@ the local backend, the tests, the benchmarks and `make demo` run the real diffus
 code path (from_pretrained, compel, scheduler, step callbacks, VAE decode) on a CPU
 with no model download.
 
-The tokenizer is byte-level BPE with no merges, whose vocab.json and merges.txt are
-written here: every character is a token, so ordinary prompts pass 77 tokens quickly
-and compel's chunking of long prompts is exercised.
+Its text encoders, tokenizers and VAE are parts.py's (the byte-level CLIP tokenizer: every
+character is a token, so ordinary prompts pass 77 tokens quickly and compel's chunking of long
+prompts is exercised); its UNet is here.
 
 It is for tests, benchmarks, the demo and `imagend -make-tiny-model`; production code never
 imports it. The local backend recognises such a folder by the marker file written here
@@ -20,14 +20,18 @@ imports it. The local backend recognises such a folder by the marker file writte
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
+from imagend.backends.local.miniature.parts import (
+    TEXT_WIDTH,
+    TINY_MODEL_SEED,
+    autoencoder_kl,
+    clip_text_config,
+    write_tokenizer,
+)
 from imagend.backends.local.options import TINY_MODEL_MARKER_FILE, TINY_MODEL_MARKER_TEXT
 
-TOKENIZER_MAX_TOKENS = 77  # as in SDXL's CLIP tokenizers
-TINY_MODEL_SEED = 20240601  # the weights are random but the same on every machine
 README_TEXT = """\
 imagend miniature SDXL pipeline -- RANDOM WEIGHTS, IT MAKES NOISE.
 
@@ -44,71 +48,16 @@ stabilityai/stable-diffusion-xl-base-1.0 (or another SDXL checkpoint).
 assert TINY_MODEL_MARKER_TEXT in README_TEXT  # what is_tiny_model looks for
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character map (byte-level BPE alphabet)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in codes), strict=True))
-
-
-def byte_level_vocab() -> dict[str, int]:
-    """Every byte as a token, alone and as a word end (`</w>`), then the two specials (as CLIP orders them)."""
-    alphabet = list(_bytes_to_unicode().values())
-    tokens = alphabet + [f"{char}</w>" for char in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
-
-
-def write_tokenizer(folder: Path) -> None:
-    """vocab.json + merges.txt (no merges: one token per character) + the config transformers reads."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(byte_level_vocab(), ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": TOKENIZER_MAX_TOKENS,
-        "bos_token": "<|startoftext|>",
-        "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|endoftext|>",
-        "do_lower_case": True,
-        "clean_up_tokenization_spaces": False,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(
-        json.dumps({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, indent=2),
-        encoding="utf-8",
-    )
-
-
 def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[str, Any]:
     """The miniature modules (random weights drawn from torch's generator seeded with `seed`)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     diffusers: Any = importlib.import_module("diffusers")  # untyped constructors: keep mypy out of them
 
     torch.manual_seed(seed)
-    text_hidden = 32
-    text_config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=text_hidden,
-        intermediate_size=64,
-        num_hidden_layers=3,  # compel takes the penultimate layer, as SDXL does
-        num_attention_heads=4,
-        max_position_embeddings=TOKENIZER_MAX_TOKENS,
-        projection_dim=text_hidden,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-        hidden_act="gelu",
-    )
+    text_hidden = TEXT_WIDTH
+    text_config = clip_text_config(vocab_size)
     time_embed_dim = 8
     unet = diffusers.UNet2DConditionModel(
         sample_size=128,  # 1024 px / 8, as SDXL
@@ -127,18 +76,7 @@ def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[
         projection_class_embeddings_input_dim=6 * time_embed_dim + text_hidden,  # 6 time ids + pooled text
         norm_num_groups=8,
     )
-    vae = diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,  # 4 blocks: the same 8x downscale as SDXL's VAE
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=1024,
-        scaling_factor=0.13025,  # SDXL's
-    )
+    vae = autoencoder_kl(latent_channels=4, scaling_factor=0.13025)  # SDXL's: 8x downscale, its scaling
     scheduler = diffusers.EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
