@@ -1,4 +1,4 @@
-"""The local backend: SDXL with diffusers and compel on this host's GPU (or CPU).
+"""The local backend: diffusers pipelines (SDXL, FLUX.1, SD3, Kandinsky 3) on this host's GPU (or CPU).
 
 Checkpoints are loaded into a cache (models.py: IMAGEND_MODEL, and a row's `model` from
 IMAGEND_MODELS); the claim prefers rows of the loaded ones (claim_preference). A `generate` call
@@ -6,11 +6,12 @@ takes a batch of compatible rows (same model, LoRAs, size, steps, guidance, sche
 image input is alone), holds the device lock (gpu_lock.py) while the GPU works, and returns one PNG
 per row.
 
-- Each row's prompt is encoded alone with compel; rows whose conditioning has the same
-  token length run as one pipeline call with one CPU generator per image.
+- Each row's prompt is encoded alone by its family's encoder (families/: compel for SDXL); rows
+  whose conditioning has the same token length run as one pipeline call with one CPU generator per
+  image.
 - The task follows from the inputs: text-to-image; an init image, image-to-image; with a mask,
-  inpainting; a reference image adds the IP-Adapter (ip_adapter.py); task 'upscale' runs the
-  upscaler (upscaler.py). LoRAs are switched per batch (loras.py).
+  inpainting; a reference image adds the IP-Adapter (addons/ip_adapter.py); task 'upscale' runs the
+  upscaler (addons/upscaler.py). LoRAs are switched per batch (addons/loras.py).
 - The step callback is the heartbeat: leases and progress advance only while steps
   do; a cancel or a stop raises from it and aborts the call; so does the timeout. It also
   hands the heartbeat a preview of the latents (previews.py), written every 2 s or so.

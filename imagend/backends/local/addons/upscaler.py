@@ -25,7 +25,6 @@ from imagend.logs import get_logger
 
 log = get_logger()
 
-MODEL_FACTOR = 4
 NOISE_LEVEL = 20  # diffusers' default: how much noise the low-resolution image gets before it guides
 UPSCALE_MAX_OUTPUT_SIDE = 4096
 
