@@ -61,8 +61,8 @@ from imagend.backends.local.previews import latent_previews
 from imagend.backends.local.speed.apply import preset_scheduler
 from imagend.backends.local.speed.settings import SpeedSettings
 from imagend.config.settings import Settings
-from imagend.db.repository import ModelPreference
-from imagend.db.styles import STYLE_NAMES
+from imagend.db.columns import check_style
+from imagend.db.rows import ModelPreference
 from imagend.errors import BadInput, Cancelled, Interrupted, RetryableError
 from imagend.images.inputs import fit_size
 from imagend.logs import get_logger
@@ -202,6 +202,9 @@ class LocalBackend:
             return None
         return ModelPreference(self.models.loaded_names(), self.options.model_switch_seconds)
 
+    def device_and_model(self) -> tuple[str | None, str | None]:
+        return self.options.device, self.options.model
+
     def validate(self, request: Request) -> Request:
         opts = self.options
         family = self.models.family(request.inputs.model)
@@ -230,9 +233,7 @@ class LocalBackend:
             raise BadInput(
                 f"{known} scheduler {request.scheduler!r}; {family.name} takes one of: {', '.join(family.schedulers)}"
             )
-        style = (request.style or "DEFAULT").strip().upper()
-        if style not in STYLE_NAMES:
-            raise BadInput(f"unknown style {request.style!r}; use one of: {', '.join(STYLE_NAMES)} (or NULL)")
+        style = check_style(request.style) or "DEFAULT"
         prompt, negative = style_prompts(style, request.prompt, request.negative_prompt)
         for column, text in (("prompt", prompt), ("negative_prompt", negative)):
             if not text:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imagend.config.settings import Settings
-from imagend.db.styles import STYLE_NAMES
+from imagend.db.columns import STYLE_NAMES
 from imagend.errors import ConfigError
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
