@@ -3,20 +3,29 @@
 - Writes (the API's POSTs, the dashboard's cancel/retry/pause buttons) need IMAGEND_HTTP_TOKEN set
   and the request carrying it (`Authorization: Bearer …`, compared in constant time): 401 without
   it or with a wrong one, 403 when no token is configured (writes are off).
-- Reads are open on a loopback address; on any other address they need the token too: the
-  header, or the read cookie POST /session sets for a browser (an HMAC of the token, HttpOnly,
-  SameSite=Strict), so that images and pages opened by a link load. The cookie never allows a
-  write: a cross-site page cannot add the header writes need.
+- Reads are open on a loopback address (unless IMAGEND_HTTP_READ_TOKEN=required: then everywhere,
+  for a reverse proxy on the same host); on any other address they need the token too: the
+  header, or the read cookie POST /session sets for a browser, so that images and pages opened by
+  a link load. The cookie is `<expiry>.<HMAC of the expiry keyed by the token>`: HttpOnly,
+  SameSite=Strict, Max-Age READ_COOKIE_SECONDS and refused past its expiry whatever the browser
+  keeps; DELETE /session drops it from a browser, and changing the token revokes every one. It
+  never allows a write: a cross-site page cannot add the header writes need.
+- Which `Host` a request may name is guards.py's (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 
 from starlette.requests import Request
 
 from imagend.http.context import HttpContext
+
+READ_COOKIE = "imagend_read"
+READ_COOKIE_SECONDS = 12 * 3600  # a working day's dashboard; the token pasted again after it
+_COOKIE_PURPOSE = b"imagend: dashboard reads until "
 
 
 class Refused(Exception):
@@ -45,14 +54,28 @@ def check_write(context: HttpContext, request: Request) -> None:
     check_token(context, request)
 
 
-READ_COOKIE = "imagend_read"
-
-
-def read_cookie_value(context: HttpContext) -> str | None:
+def _signature(context: HttpContext, expires: int) -> str | None:
     token = context.http.token
     if token is None:
         return None
-    return hmac.new(token.reveal().encode(), b"imagend: dashboard reads", hashlib.sha256).hexdigest()
+    return hmac.new(token.reveal().encode(), _COOKIE_PURPOSE + str(expires).encode(), hashlib.sha256).hexdigest()
+
+
+def read_cookie_value(context: HttpContext, now: float | None = None) -> str | None:
+    """A new read cookie, valid READ_COOKIE_SECONDS from `now`; None without a token."""
+    expires = int(now if now is not None else time.time()) + READ_COOKIE_SECONDS
+    signature = _signature(context, expires)
+    return f"{expires}.{signature}" if signature is not None else None
+
+
+def _cookie_valid(context: HttpContext, value: str | None) -> bool:
+    if not value:
+        return False
+    expires_text, _, given = value.partition(".")
+    if not expires_text.isdigit() or len(expires_text) > 12 or int(expires_text) <= time.time():
+        return False
+    expected = _signature(context, int(expires_text))
+    return expected is not None and hmac.compare_digest(given.encode(), expected.encode())
 
 
 def check_token(context: HttpContext, request: Request) -> None:
@@ -62,11 +85,11 @@ def check_token(context: HttpContext, request: Request) -> None:
 
 
 def check_read(context: HttpContext, request: Request) -> None:
-    if context.http.loopback:
+    required = context.policy.read_token_required
+    if context.http.loopback and not required:
         return
-    if _token_matches(context, request):
+    if _token_matches(context, request) or _cookie_valid(context, request.cookies.get(READ_COOKIE)):
         return
-    expected, given = read_cookie_value(context), request.cookies.get(READ_COOKIE)
-    if expected is not None and given is not None and hmac.compare_digest(given.encode(), expected.encode()):
-        return
+    if required:
+        raise Refused(401, "reads need the token here (IMAGEND_HTTP_READ_TOKEN=required): 'Authorization: Bearer …'")
     raise Refused(401, "reads on a non-loopback address need the token: 'Authorization: Bearer …'")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
 from imagend.config.settings import HttpSettings, Settings
 from imagend.db.operations import OperationsRepository
+from imagend.http.guards import ListenerPolicy
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import QueueCollector
 from imagend.storage import Store
@@ -24,3 +26,5 @@ class HttpContext:
     ready: ReadyCheck
     served_backends: tuple[str, ...]
     store: Store | None  # the daemon's store (IMAGEND_STORAGE_URL), built once at start
+    policy: ListenerPolicy  # allowed Host names, reads needing the token (guards.py)
+    store_problem: Callable[[], str | None]  # None while the store takes writes, else why not (/readyz)

@@ -1,11 +1,12 @@
 """The listener's life: its own small pool, the collectors added to the daemon's metrics, uvicorn
-in a daemon thread (started before the backends load, so /readyz can say it is loading), stopped
-with the daemon."""
+in a daemon thread (started before the backends load, so /readyz can say it is loading) with the
+connection guards of connections.py, stopped with the daemon."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import uvicorn
 from psycopg_pool import ConnectionPool
@@ -15,7 +16,10 @@ from imagend.db.connect import APPLICATION_NAME
 from imagend.db.operations import OperationsRepository
 from imagend.errors import ConfigError
 from imagend.http.app import create_app
+from imagend.http.connections import KEEP_ALIVE_SECONDS, GuardedH11Protocol
 from imagend.http.context import HttpContext
+from imagend.http.guards import Guards, ListenerPolicy
+from imagend.http.store_watch import StoreWatch
 from imagend.logs import get_logger
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import GpuCollector, Metrics, QueueCollector
@@ -28,12 +32,18 @@ HTTP_POOL_MAX = 3  # requests never take (or wait for) the loops' connections
 # well inside a load balancer's health-check timeout; the loops' pool waits longer (db.py).
 HTTP_POOL_WAIT_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 10.0
+SHUTDOWN_GRACE_SECONDS = 3.0  # requests still answering at stop; the thread is joined within 5 s
 
 
 class HttpServer:
     def __init__(self, http: HttpSettings, settings: Settings, database_url: str, metrics: Metrics,
-                 health: LoopHealth, served_backends: tuple[str, ...], store: Store | None = None) -> None:
+                 health: LoopHealth, served_backends: tuple[str, ...], store: Store | None = None,
+                 store_problem: Callable[[], str | None] | None = None) -> None:
+        """`store_problem`: None while the store takes writes, else why not (the loops' view of their
+        last writes). /readyz also asks the store itself now and then (store_watch.py), so an outage
+        shows while the daemon is idle too."""
         self.http = http
+        policy = ListenerPolicy.read(settings.env, http)
         self.pool = ConnectionPool(
             database_url, min_size=0, max_size=HTTP_POOL_MAX, timeout=HTTP_POOL_WAIT_SECONDS, open=False,
             kwargs={"autocommit": True, "prepare_threshold": None, "application_name": f"{APPLICATION_NAME}-http"},
@@ -47,13 +57,16 @@ class HttpServer:
         self.context = HttpContext(
             settings=settings, http=http, ops=ops, registry=metrics.registry, queue=queue, health=health,
             ready=self.ready, served_backends=served_backends, store=store,
+            policy=policy,
+            store_problem=_either(store_problem, StoreWatch(store).problem if store is not None else None),
         )
         config = uvicorn.Config(
-            create_app(self.context), host=http.host, port=http.port, log_config=None, log_level="warning",
-            access_log=False,
-            lifespan="off", server_header=False,
-            # Bodies beyond the API's limit are refused while being read (api.py); this bounds the rest.
-            limit_concurrency=64, timeout_keep_alive=5,
+            Guards(create_app(self.context), policy), host=http.host, port=http.port, log_config=None,
+            log_level="warning", access_log=False, lifespan="off", server_header=False,
+            # Open connections are not counted (connections.py caps them and times out slow ones);
+            # requests in flight are (guards.py), never the probes.
+            http=GuardedH11Protocol, ws="none", limit_concurrency=None, timeout_keep_alive=int(KEEP_ALIVE_SECONDS),
+            timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="imagend-http", daemon=True)
@@ -78,3 +91,13 @@ class HttpServer:
         self.server.should_exit = True
         self.thread.join(timeout=5)
         self.pool.close()
+
+
+def _either(*sources: Callable[[], str | None] | None) -> Callable[[], str | None]:
+    """The first problem any of `sources` reports (each asked in turn), else None."""
+    asked = [source for source in sources if source is not None]
+
+    def problem() -> str | None:
+        return next((found for source in asked if (found := source()) is not None), None)
+
+    return problem
