@@ -45,6 +45,9 @@ from imagend.images.formats import FORMATS
 from imagend.queue.validation import decode_params
 
 ECHO_MAX_CHARS = 60
+# A row's params as GET /v1/images/{id} returns them: past this, its first characters as text and
+# `params_truncated` true (a producer may store megabytes there; the whole is in the row, for SQL).
+PARAMS_RETURNED_MAX_CHARS = 64 * 1024
 PREVIEW_CACHE_CONTROL = "no-store"  # it changes every 2 s or so, and is gone once the row ends
 
 
@@ -79,9 +82,17 @@ def _loras(text: str | None) -> Any:
         return text
 
 
+def _returned_params(text: str | None) -> tuple[Any, bool]:
+    """The params as returned, and whether they were cut (never decoded whole past the cap)."""
+    if text is not None and len(text) > PARAMS_RETURNED_MAX_CHARS:
+        return text[:PARAMS_RETURNED_MAX_CHARS], True
+    return _params(text), False
+
+
 def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
     """One row as GET /v1/images/{id} answers it: never the image bytes (see `image_url`)."""
     image_id = row["id"]
+    returned_params, params_truncated = _returned_params(params)
     return {
         "id": image_id,
         "status": row["status"],
@@ -91,10 +102,11 @@ def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
         "attempts": row["attempts"],
         "cancel_requested": row["cancel_requested"],
         "position": row["position"],
+        "waiting_for": row["waiting_for"],  # a chained row's source that has not ended yet
         "estimated_start": _json_value(row["estimated_start"]),
         "timings": {name: _json_value(row[name]) for name in TIMINGS},
         "parameters": {**{name: row[name] for name in PARAMETERS}, "loras": _loras(row["loras"]),
-                       "params": _params(params)},
+                       "params": returned_params, "params_truncated": params_truncated},
         "image_url": f"/v1/images/{image_id}/image" if row["status"] == Status.READY_TO_PUBLISH and row["has_image"]
         else None,
         "preview_url": f"/v1/images/{image_id}/preview" if row["preview_tag"] is not None else None,

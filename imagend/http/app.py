@@ -1,9 +1,11 @@
 """The Starlette application: its routes, and the errors every route answers the same way
-(JSON with a readable `error`; the dashboard's pages are HTML)."""
+(JSON with a readable `error`; the dashboard's pages are HTML): Starlette's own 404 and 405 too,
+and a 500 says nothing of its cause (the log has it)."""
 
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -12,6 +14,8 @@ from imagend.http import api, dashboard, probes
 from imagend.http.auth import Refused
 from imagend.http.context import HttpContext
 from imagend.http.responses import error
+
+INTERNAL_ERROR = "internal error: the daemon's log says more"
 
 
 def create_app(context: HttpContext) -> Starlette:
@@ -23,7 +27,23 @@ def create_app(context: HttpContext) -> Starlette:
     async def database_down(_request: Request, exc: Exception) -> Response:
         return error(503, f"the database is not answering: {exc}")
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"nothing at {request.url.path[:200]}: see /openapi.json for the API's paths"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed here; allowed: {(exc.headers or {}).get('Allow', 'none')}"
+        else:
+            message = exc.detail
+        answer = error(exc.status_code, message)
+        answer.headers.update(exc.headers or {})
+        return answer
+
+    async def internal(_request: Request, _exc: Exception) -> Response:
+        return error(500, INTERNAL_ERROR)
+
     return Starlette(
         routes=[*probes.routes(context), *api.routes(context), *dashboard.routes(context)],
-        exception_handlers={Refused: refused, DatabaseUnavailable: database_down},
+        exception_handlers={Refused: refused, DatabaseUnavailable: database_down, HTTPException: http_error,
+                            500: internal},
     )

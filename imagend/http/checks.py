@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from imagend.db.columns import (
     COLUMNS,
@@ -46,11 +46,14 @@ async def read_body(request: Request, limit: int = BODY_MAX_BYTES) -> bytes:
         raise BadRequest(413, f"the body is {int(declared)} bytes; at most {limit} bytes are taken")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"the body is over {limit} bytes; at most {limit} bytes are taken")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"the body is over {limit} bytes; at most {limit} bytes are taken")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed for sending too slowly (connections.py): no one to answer
+        raise BadRequest(400, "the client went away before its body was read") from None
     return b"".join(chunks)
 
 
@@ -177,6 +180,11 @@ def _time(column: Column, text: str) -> datetime:
                               f"got {clip(text, API_ECHO_MAX_CHARS)!r}") from None
     if when.tzinfo is None:
         raise BadRequest(422, f"{column.name} needs a time zone, e.g. 2030-01-01T12:00:00Z or +02:00")
+    try:
+        when.astimezone(UTC)  # what Postgres stores: 0001-01-01T00:00+14:00 is 1 BC, which no reader takes back
+    except OverflowError:
+        raise BadRequest(422, f"{column.name} must be between 0001-01-01 and 9999-12-31 in UTC; "
+                              f"got {clip(text, API_ECHO_MAX_CHARS)!r}") from None
     return when
 
 

@@ -35,10 +35,12 @@ from imagend import __version__
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.operations import ALL_BACKENDS
 from imagend.db.rows import FleetDaemon, QueueSnapshot, Status
+from imagend.db.timestamps import EARLIEST, LATEST
 from imagend.errors import DatabaseUnavailable
-from imagend.http.auth import READ_COOKIE, Refused, check_read, check_token, read_cookie_value
+from imagend.http.auth import READ_COOKIE, READ_COOKIE_SECONDS, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
 from imagend.http.images import image_response, thumbnail_response
+from imagend.http.responses import error
 
 LIVE_REFRESH_MS = 1000  # the progress bars move once a second (progress is written twice a second)
 RECENT_REFRESH_MS = 4000
@@ -56,7 +58,7 @@ STATUS_LABELS = {Status.READY_TO_GENERATE: "waiting", Status.GENERATE: "generati
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: https: http:; "
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
@@ -66,14 +68,32 @@ SECURITY_HEADERS = {
 STATIC = {"dashboard.css": "text/css; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8"}
 
 
+def _edge(value: datetime) -> str | None:
+    """Words for a time Python cannot hold ('infinity', BC, past 9999: db/timestamps.py reads them as
+    its LATEST and EARLIEST) or cannot move to UTC (9999-12-31 23:00-05); None for any other."""
+    try:
+        in_utc = value.astimezone(UTC)
+    except OverflowError:
+        return "after 9999 (or infinity)" if value.year > 1 else "before year 1 (or -infinity)"
+    if in_utc == LATEST:
+        return "after 9999 (or infinity)"
+    if in_utc == EARLIEST:
+        return "before year 1 (or -infinity)"
+    return None
+
+
 def _when(value: datetime | None) -> str:
-    """A timestamp as the page shows it: UTC, to the second."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+    """A timestamp as the page shows it: UTC, to the second; one at the edge of Python's range in words."""
+    if value is None:
+        return "—"
+    return _edge(value) or value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _ago(value: datetime | None) -> str:
     if value is None:
         return "—"
+    if (edge := _edge(value)) is not None:
+        return edge
     seconds = (datetime.now(UTC) - value).total_seconds()
     ahead = seconds < 0
     seconds = abs(seconds)
@@ -97,6 +117,8 @@ def _params(text: str | None) -> str:
     an integer of 5,000 digits). Escaped like any other string by the template."""
     if text is None:
         return ""
+    if len(text) > PARAMS_SHOWN_CHARS:  # never decoded whole: 50 MB of JSON would be held, twice, per view
+        return text[:PARAMS_SHOWN_CHARS] + "\n…"
     try:
         shown = json.dumps(json.loads(text), indent=2, ensure_ascii=False, sort_keys=True)
     except (ValueError, RecursionError):
@@ -220,11 +242,15 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     board = Dashboard(context)
 
     def session(request: Request) -> Response:
-        """The read cookie (auth.py) for a browser that pasted the token: links and images load."""
-        check_token(context, request)
+        """POST: the read cookie (auth.py) for a browser that pasted the token, so links and images load;
+        DELETE: the cookie dropped from this browser (no token needed to forget it)."""
         response = Response(status_code=204)
-        response.set_cookie(READ_COOKIE, read_cookie_value(context) or "", httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
+        if request.method == "DELETE":
+            response.delete_cookie(READ_COOKIE, httponly=True, samesite="strict", path="/")
+            return response
+        check_token(context, request)
+        response.set_cookie(READ_COOKIE, read_cookie_value(context) or "", max_age=READ_COOKIE_SECONDS, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https", path="/")
         return response
 
     def index(request: Request) -> Response:
@@ -280,7 +306,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         check_read(context, request)
         name = request.path_params["name"]
         if name not in STATIC:
-            return Response("not found", status_code=404, media_type="text/plain")
+            return error(404, "no such static file")
         return Response(board.static[name], media_type=STATIC[name],
                         headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
@@ -294,5 +320,5 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         Route("/images/{id:int}/full", full, methods=["GET"]),
         Route("/images/{id:int}/thumbnail", thumbnail, methods=["GET"]),
         Route("/static/{name:str}", static, methods=["GET"]),
-        Route("/session", session, methods=["POST"]),
+        Route("/session", session, methods=["POST", "DELETE"]),
     ]

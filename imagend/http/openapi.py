@@ -35,11 +35,17 @@ def _json(description: str, schema: str) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
+HOST_ERROR = {"421": _error("The `Host` header names no host this listener answers for (DNS rebinding): "
+                            "IMAGEND_HTTP_ALLOWED_HOSTS")}
+BUSY = ("Too many requests in flight (Retry-After says when to try again), or the database is not answering")
 AUTH_ERRORS = {
     "401": _error("The token is missing or wrong (`Authorization: Bearer <IMAGEND_HTTP_TOKEN>`)"),
     "403": _error("Writes are off: IMAGEND_HTTP_TOKEN is not set"),
+    **HOST_ERROR,
+    "503": _error(BUSY),
 }
-READ_ERRORS = {"401": _error("On a non-loopback address, reads need the token too")}
+READ_ERRORS = {"401": _error("On a non-loopback address (or with IMAGEND_HTTP_READ_TOKEN=required), reads need "
+                             "the token too"), **HOST_ERROR, "503": _error(BUSY)}
 ID_PARAMETER = {"name": "id", "in": "path", "required": True, "description": "The row's id",
                 "schema": {"type": "integer", "minimum": 0}}
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
@@ -48,16 +54,54 @@ NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
 WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
+def _given(*names: str) -> dict[str, Any]:
+    """A body where each of `names` is present and not null (null means the default, as absent)."""
+    return {"required": list(names), "properties": {name: {"not": {"type": "null"}} for name in names}}
+
+
+def _one_of_given(*names: str) -> dict[str, Any]:
+    return {"anyOf": [_given(name) for name in names]}
+
+
+UPSCALING = {"required": ["task"], "properties": {"task": {"const": "upscale"}}}
+# What the columns need of each other (http/checks.py's _check_inputs_together, the claim's validation):
+# a body that breaks one is refused with 422 naming the rule.
+INPUT_RULES: list[dict[str, Any]] = [
+    {"not": _given("init_image", "init_image_id"), "description": "init_image and init_image_id: set one"},
+    {"not": _given("reference_image", "reference_image_id"),
+     "description": "reference_image and reference_image_id: set one"},
+    {"if": _given("mask_image"), "then": _one_of_given("init_image", "init_image_id"),
+     "description": "mask_image needs an init image (init_image or init_image_id)"},
+    {"if": _given("strength"), "then": _one_of_given("init_image", "init_image_id"),
+     "description": "strength needs an init image (init_image or init_image_id)"},
+    {"if": _given("reference_scale"), "then": _one_of_given("reference_image", "reference_image_id"),
+     "description": "reference_scale needs a reference image (reference_image or reference_image_id)"},
+    {"if": UPSCALING, "then": {"allOf": [_one_of_given("init_image", "init_image_id"), _given("upscale")]},
+     "description": "task 'upscale' needs an init image and upscale"},
+    {"if": _given("upscale"), "then": UPSCALING, "description": "upscale is only read with task 'upscale'"},
+]
+NOT_BLANK = r"\S"  # a prompt or model of spaces only is refused (422), as an empty one
+
+
 def _image_create() -> dict[str, Any]:
     properties = {column.name: column.json_schema() for column in PRODUCER_COLUMNS}
+    for name in ("prompt", "model"):
+        properties[name] = {**properties[name], "pattern": NOT_BLANK}
+    properties["run_after"] = {**properties["run_after"], "description": properties["run_after"]["description"]
+                               + "; between 0001-01-01 and 9999-12-31 once in UTC (422 otherwise)"}
+    rules = "; ".join(rule["description"] for rule in INPUT_RULES)
     return {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": properties,
+            "allOf": INPUT_RULES,
             "description": "The columns a producer may INSERT (README, the producer's guide); null or absent: "
                            "the daemon's default. The daemon's columns (status, base64, …) are refused (400). "
-                           f"The local backend's inputs (docs/local.md) come last. {BIG_IMAGES}."}
+                           f"The local backend's inputs (docs/local.md) come last. {BIG_IMAGES}. The inputs "
+                           f"together (allOf; 422 otherwise): {rules}."}
 
 
 def _image() -> dict[str, Any]:
-    timestamp = {"type": ["string", "null"], "format": "date-time"}
+    timestamp = {"type": ["string", "null"], "format": "date-time",
+                 "description": "UTC; a time Postgres holds beyond years 1 to 9999 (or ±infinity) is given as "
+                                "9999-12-31T23:59:59.999999+00:00 or 0001-01-01T00:00:00+00:00"}
     return {
         "type": "object",
         "required": ["id", "status", "progress", "error", "position", "timings", "parameters"],
@@ -77,12 +121,16 @@ def _image() -> dict[str, Any]:
                 "finished_at": timestamp, "generation_seconds": {"type": ["number", "null"]}}},
             "parameters": {"type": "object", "description": "What the producer asked for (and the daemon filled "
                            "in); `params` is the producer's object (its text if it is not valid JSON), as is "
-                           "`loras`; init_image, mask_image and reference_image say whether they are set "
-                           "(true/false), never the image"},
+                           "`loras`; params longer than 65,536 characters as JSON text are given as their first "
+                           "65,536 characters (a string) with `params_truncated` true (the row keeps them whole); "
+                           "init_image, mask_image and reference_image say whether they are set "
+                           "(true/false), never the image",
+                           "properties": {"params_truncated": {"type": "boolean"}}},
             "image_url": {"type": ["string", "null"], "description": "Where the image is served, once finished"},
             "preview_url": {"type": ["string", "null"],
                             "description": "Where the image forming is served while the local backend generates it"},
-            "output_url": {"type": ["string", "null"]},
+            "output_url": {"type": ["string", "null"], "description": "Where the daemon stored the image (as "
+                           "written in the row; only what the daemon stored is served, at image_url)"},
             "thumbnail_url": {"type": ["string", "null"]},
         },
     }
@@ -154,9 +202,11 @@ def document() -> dict[str, Any]:
                 "parameters": [ID_PARAMETER],
                 "responses": {
                     "200": {"description": "The image, its Content-Type from its bytes", "content": image_types},
-                    "307": {"description": "The image is at this http(s) URL"},
                     **READ_ERRORS,
-                    "404": _error("No such row, not finished, or its image is no longer stored"),
+                    "404": _error("No such row, not finished, or no image this daemon stored (retention may "
+                                  "have dropped it; a location written by a producer is never served)"),
+                    "503": _error("The store (IMAGEND_STORAGE_URL) does not answer: the image is kept there; or "
+                                  "too many requests in flight"),
                 },
             }},
             "/v1/images/{id}/preview": {"get": {
@@ -229,12 +279,13 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": {
                 "summary": "200 while the daemon's loops progress, 503 when they are stuck",
                 "operationId": "healthz",
-                "responses": {"200": _object("Alive"), "503": _object("Stuck")},
+                "responses": {"200": _object("Alive"), "503": _object("Stuck"), **HOST_ERROR},
             }},
             "/readyz": {"get": {
-                "summary": "200 when every served backend is loaded and the database answers; 503 with a reason",
+                "summary": "200 when every served backend is loaded, the database answers and the store takes "
+                           "writes; 503 with a reason",
                 "operationId": "readyz",
-                "responses": {"200": _object("Ready"), "503": _object("Not ready: `reason` says why")},
+                "responses": {"200": _object("Ready"), "503": _object("Not ready: `reason` says why"), **HOST_ERROR},
             }},
         },
     }

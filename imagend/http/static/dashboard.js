@@ -49,8 +49,9 @@
         event.preventDefault();
         sessionStorage.setItem(KEY, input.value.trim());
         say(input.value.trim() ? "Token kept for this tab." : "Token cleared.");
-        // The read cookie, so that images and row pages opened by a link load on a non-loopback address.
-        if (token()) fetch("/session", { method: "POST", headers: headers(), credentials: "same-origin" });
+        // The read cookie, so that images and row pages opened by a link load on a non-loopback address;
+        // clearing the token drops it from this browser.
+        fetch("/session", { method: token() ? "POST" : "DELETE", headers: headers(), credentials: "same-origin" });
         refreshAll();
       });
     }
