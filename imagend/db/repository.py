@@ -29,6 +29,7 @@ from imagend.db.rows import (
     RemoteTask,
     Rescued,
     SourceRow,
+    Spooled,
     UnservedRows,
     Wakeups,
 )
@@ -120,6 +121,7 @@ class Repository(Statements):
                 "formats": [r.format for r in results],
                 "generation_seconds": [r.generation_seconds for r in results],
                 "warnings": [r.warning for r in results],
+                "spooled": [r.spooled for r in results],
                 "owner": self.owner,
             },
         )
@@ -147,6 +149,18 @@ class Repository(Statements):
         """A row's base64 image column (init_image, mask_image, reference_image), read on its own."""
         rows = self._rows("images_input_image", {"id": image_id, "column": column})
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def spooled_batch(self, after_id: int, limit: int) -> list[Spooled]:
+        return self._rows("images_spooled_batch", {"after_id": after_id, "limit": limit}, by_name(Spooled))
+
+    def spool_mark(self, stored: Sequence[tuple[int, str, str | None, str | None]], *, keep_base64: bool) -> list[int]:
+        """`stored`: (id, output_url, output_path, thumbnail_url) of rows whose objects are written."""
+        rows = self._rows("images_spool_mark", {
+            "ids": [s[0] for s in stored], "output_urls": [s[1] for s in stored],
+            "output_paths": [s[2] for s in stored], "thumbnail_urls": [s[3] for s in stored],
+            "keep_base64": keep_base64,
+        })
+        return [row[0] for row in rows]
 
     def fail_batch(self, failures: Sequence[tuple[Claim, str]]) -> list[int]:
         """End rows Failed for good, each with its error, in one statement; returns the ids still ours."""

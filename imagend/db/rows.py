@@ -155,6 +155,17 @@ class Finished:
     thumbnail_url: str | None = None
     thumbnail: str | None = None  # base64 WebP, when there is no storage target
     format: str | None = None
+    spooled: bool = False  # the store refused it: kept in the row until the spool writes it there
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A finished row whose image waits in the row for the store (images_spooled_batch)."""
+
+    id: int
+    base64: str
+    format: str | None
+    thumbnail: str | None
 
 
 @dataclass(frozen=True, slots=True)

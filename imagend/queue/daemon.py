@@ -36,6 +36,7 @@ from imagend.db.rows import DaemonInfo
 from imagend.errors import DatabaseUnavailable, RowLocked, first_line
 from imagend.logs import get_logger, redact
 from imagend.maintenance.liveness import Liveness
+from imagend.maintenance.spool import SPOOL_RETRY_SECONDS
 from imagend.maintenance.unserved import REPORT_EVERY_SECONDS, UnservedReport
 from imagend.operations.health import LoopHealth, stuck_after
 from imagend.operations.metrics import Metrics
@@ -47,6 +48,7 @@ from imagend.queue.pass_counts import PassCounts
 from imagend.queue.processor import Processor
 from imagend.retry import pass_retry_seconds
 from imagend.storage import Store
+from imagend.storage.health import StoreHealth
 
 log = get_logger()
 
@@ -108,7 +110,7 @@ def describe(backends: Mapping[str, Backend]) -> DaemonInfo:
 class Daemon:
     def __init__(self, settings: Settings, repo: Repository, backends: Mapping[str, Backend], listen_url: str,
                  *, metrics: Metrics | None = None, health: LoopHealth | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, store_health: StoreHealth | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.backends = backends
@@ -127,6 +129,7 @@ class Daemon:
         self.scheduler: BackgroundScheduler | None = None
         self._failures = {GENERATOR: 0, PROCESSOR: 0}
         self.pass_log = PassLog()
+        self.store_health = store_health or StoreHealth()
         self.generator = Generator(
             repo,
             backends,
@@ -139,9 +142,10 @@ class Daemon:
             metrics=self.metrics,
             progressed=self.health.progressed,
             store=store,
+            store_health=self.store_health,
         )
         self.processor = Processor(repo, backends, settings, stopping=self.stopping, io_pool=self.io_pool,
-                                   metrics=self.metrics, store=store)
+                                   metrics=self.metrics, store=store, store_health=self.store_health)
         # Rows waiting for a backend this daemon does not serve (nobody's, perhaps): said at start,
         # then at most every REPORT_EVERY_SECONDS.
         self.unserved_report = UnservedReport(repo, list(backends))
@@ -320,7 +324,10 @@ class Daemon:
         self.pacer.request(job, retry_in)
 
     def _schedule_next(self) -> None:
-        """Backoffs, scheduled rows, lease expiries and remote polls: one query after each pass."""
+        """Backoffs, scheduled rows, lease expiries and remote polls: one query after each pass; while
+        the store refuses writes, a processor pass (the spool) every SPOOL_RETRY_SECONDS."""
+        if not self.store_health.ok:
+            self.pacer.request(PROCESSOR, SPOOL_RETRY_SECONDS)
         wakeups = self.repo.next_wakeups(list(self.backends))
         if wakeups.generator is not None:
             self.pacer.request(GENERATOR, max(wakeups.generator, MIN_RESCHEDULE_SECONDS))

@@ -21,6 +21,7 @@ from imagend.queue.pass_counts import PassCounts
 from imagend.queue.publishing import Results
 from imagend.retry import backoff_seconds, retry_database
 from imagend.storage import Store
+from imagend.storage.health import StoreHealth
 
 log = get_logger()
 T = TypeVar("T")
@@ -30,22 +31,19 @@ class Outcomes:
     """Every outcome is also counted in `metrics` (by the row's backend), a batch at a time."""
 
     def __init__(
-        self, repo: Repository, settings: Settings, metrics: Metrics | None = None, store: Store | None = None
+        self, repo: Repository, settings: Settings, metrics: Metrics | None = None, store: Store | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
         self.repo = repo
         self.settings = settings
-        self.results = Results(settings, store)
+        self.results = Results(settings, store, store_health)
         self.metrics = metrics or Metrics()
 
-    def done(self, backend: str, results: Sequence[tuple[Claim, Image]], counts: PassCounts, *,
-             one_shot: bool = False) -> None:
-        """The image goes to storage first (results.py), then the row is finished in one statement,
-        fenced by each claim.
-
-        An image the store cannot take (down, refusing, a folder that cannot be written) fails its attempt
-        (retried with backoff) with the store's error, unless it is `one_shot` (a remote result, fetched
-        once and gone): that one is kept in the row's base64 with a warning rather than thrown away."""
-        rows, failed = self.results.finished(results, one_shot=one_shot)
+    def done(self, backend: str, results: Sequence[tuple[Claim, Image]], counts: PassCounts) -> None:
+        """The image goes to storage first (publishing.py), then the row is finished in one statement,
+        fenced by each claim. An image the store cannot take (down, refusing, a folder that cannot be
+        written) is spooled into its row, never failed: generating it again would not help the store."""
+        rows, failed = self.results.finished(results)
         for claim, error in failed:
             self.fail(backend, claim, error, counts)
         if not rows:

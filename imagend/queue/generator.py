@@ -37,6 +37,7 @@ from imagend.queue.finishing import Outcomes
 from imagend.queue.pass_counts import PassCounts
 from imagend.queue.validation import validate_row
 from imagend.storage import Store
+from imagend.storage.health import StoreHealth
 
 log = get_logger()
 
@@ -124,6 +125,7 @@ class Generator:
         metrics: Metrics | None = None,
         progressed: Callable[[], None] = lambda: None,
         store: Store | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
         self.repo = repo
         self.backends = backends
@@ -136,7 +138,8 @@ class Generator:
         self.metrics = metrics or Metrics()
         self.progressed = progressed  # the loop made progress (health.py): each batch, each lease renewal
         self.store = store
-        self.outcomes = Outcomes(repo, settings, self.metrics, store)
+        self.store_health = store_health or StoreHealth()
+        self.outcomes = Outcomes(repo, settings, self.metrics, store, self.store_health)
         # The writes that end earlier batches run while the next one is claimed and generated; at
         # most FINISHING_IN_FLIGHT at once, and a pass waits for them before it returns.
         self._finishing: deque[Future[PassCounts]] = deque()
@@ -167,6 +170,9 @@ class Generator:
             for name, backend in self.backends.items():
                 if self.stopping.is_set():
                     break
+                if not self.store_health.ok:  # an image made now could only be spooled: wait for the store
+                    log.info("claiming_paused", reason="the store refuses writes", error=self.store_health.error)
+                    return
                 if name in exhausted:
                     continue
                 ahead = self._claimed_ahead.pop(name, None)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 COUNT_FIELDS = (
     "claimed", "done", "failed", "retried", "released", "submitted", "polled", "rescued", "lost", "expired",
+    "spooled_written",
 )
 
 
@@ -24,6 +25,7 @@ class PassCounts:
     rescued: int = 0
     lost: int = 0
     expired: int = 0  # rows deleted or base64 dropped by retention (retention.py logs the detail)
+    spooled_written: int = 0  # spooled images the store took at last (maintenance/spool.py)
     # The pass stopped early, with work left, because the other pass fell due.
     more: bool = False
 

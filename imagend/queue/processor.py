@@ -18,10 +18,12 @@ from imagend.errors import LostOwnership, RetryableError, RowError, RowLocked, u
 from imagend.logs import get_logger
 from imagend.maintenance.rescue import Rescue
 from imagend.maintenance.retention import Retention
+from imagend.maintenance.spool import Spool
 from imagend.operations.metrics import Metrics
 from imagend.queue.finishing import Outcomes
 from imagend.queue.pass_counts import PassCounts
 from imagend.storage import Store
+from imagend.storage.health import StoreHealth
 
 log = get_logger()
 
@@ -37,22 +39,26 @@ class Processor:
         io_pool: ThreadPoolExecutor,
         metrics: Metrics | None = None,
         store: Store | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
         self.repo = repo
         self.remote = {name: b for name, b in backends.items() if isinstance(b, RemoteBackend)}
         self.settings = settings
         self.stopping = stopping
         self.io_pool = io_pool
-        self.outcomes = Outcomes(repo, settings, metrics, store)
+        self.store_health = store_health or StoreHealth()
+        self.outcomes = Outcomes(repo, settings, metrics, store, self.store_health)
         self.rescue = Rescue(repo, max_crashes=settings.max_crashes, default_backend=settings.default_backend,
                              metrics=self.outcomes.metrics)
         self.retention = Retention(repo, settings.retention, store)
+        self.spool = Spool(repo, store, self.store_health, keep_base64=settings.store_base64, stopping=stopping)
 
     def run_once(self) -> PassCounts:
         counts = PassCounts()
         rescued = self.rescue.run_once()
         counts.rescued += rescued.rescued
         counts.failed += rescued.failed
+        counts.spooled_written += self.spool.run_once().written
         self.repo.fold_queue_counts()
         if self.retention.due():
             kept = self.retention.run_once()
@@ -84,7 +90,7 @@ class Processor:
                 self.outcomes.fail(backend.name, task.claim, unexpected(backend.name, exc), counts)
                 return counts
         if not isinstance(outcome, Pending):
-            self.outcomes.done(backend.name, [(task.claim, outcome)], counts, one_shot=True)
+            self.outcomes.done(backend.name, [(task.claim, outcome)], counts)
             return counts
         age = (datetime.now(UTC) - task.submitted_at).total_seconds() if task.submitted_at else 0.0
         if age > self.settings.generation_timeout_seconds:

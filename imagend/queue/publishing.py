@@ -1,6 +1,11 @@
 """Turning finished Images into what their rows store: the image in the row's format, written to the
 storage target first (with its thumbnail), then base64 and the locations for images_mark_done.
 
+An image the store cannot take (down, full, refusing) is never thrown away and never costs its row an
+attempt: it is spooled, kept in the row's base64 (`spooled_at` set, a warning saying so) until the spool
+(maintenance/spool.py) writes it to the store, and the store's health is marked down (StoreHealth), so
+the daemon stops claiming until the store takes writes again.
+
 With no storage target, no thumbnail and no format asked, a row costs one base64 encoding and nothing
 else: the drain's finishing path stays as lean as before storage existed.
 """
@@ -18,6 +23,7 @@ from imagend.db.rows import Claim, Finished
 from imagend.errors import RowError
 from imagend.images.formats import Encoded, encode, sniff, thumbnail
 from imagend.storage import Store, StoredObject, StoreUnavailable
+from imagend.storage.health import StoreHealth
 
 THUMBNAIL_SUFFIX = ".thumb.webp"  # beside `<id>.<ext>`: `<id>.thumb.webp`
 
@@ -42,17 +48,17 @@ class _Prepared:
 class Results:
     """Publishing into the daemon's one store (built at start by cli.py), or into the row alone."""
 
-    def __init__(self, settings: Settings, store: Store | None) -> None:
+    def __init__(self, settings: Settings, store: Store | None, health: StoreHealth | None = None) -> None:
         self.store = store
+        self.health = health or StoreHealth()
         self.store_base64 = settings.store_base64
         self.thumbnail_px = settings.thumbnail_px
 
     def finished(
-        self, results: Sequence[tuple[Claim, Image]], *, one_shot: bool = False
+        self, results: Sequence[tuple[Claim, Image]]
     ) -> tuple[list[Finished], list[tuple[Claim, RowError]]]:
         """What to write for each result, and the results whose attempt fails instead (an image that
-        does not decode, a store that is down). A `one_shot` result (a remote one, fetched once) is never
-        failed for the store: it is kept in base64 with a warning."""
+        does not decode or encode). A store that refuses an image spools it (see above)."""
         if self.store is None and not self.thumbnail_px:
             plain = [(claim, image) for claim, image in results if claim.output is None]
             if len(plain) == len(results):  # the common case: nothing but base64
@@ -74,10 +80,12 @@ class Results:
         for item, (urls, error) in zip(prepared, stored, strict=True):
             if error is None:
                 rows.append(self._in_store(item, urls))
-            elif one_shot:
-                rows.append(self._in_row(item, warning=f"{error}; the image is in base64 only"))
             else:
-                failed.append((item.claim, error))
+                self.health.failed(str(error))
+                rows.append(self._in_row(item, warning=f"{error}; kept in the row until the store takes it",
+                                         spooled=True))
+        if any(error is None for _, error in stored):
+            self.health.succeeded()
         return rows, failed
 
     def _store(
@@ -116,7 +124,7 @@ class Results:
             format=item.encoded.format,
         )
 
-    def _in_row(self, item: _Prepared, warning: str | None = None) -> Finished:
+    def _in_row(self, item: _Prepared, warning: str | None = None, spooled: bool = False) -> Finished:
         return Finished(
             claim=item.claim,
             base64=b64(item.encoded.data),
@@ -126,6 +134,7 @@ class Results:
             warning=warning,
             thumbnail=b64(item.thumbnail) if item.thumbnail is not None else None,
             format=item.encoded.format,
+            spooled=spooled,
         )
 
 

@@ -42,7 +42,8 @@ def test_a_huge_image_text_fails_without_being_read(conn, make_settings, make_re
         tracemalloc.stop()
         run.close()
     assert peak < HUGE_CHARS // 3, f"{peak / 1e6:.0f} MB allocated at the peak"
-    assert fetch_image(conn, huge)["error"].startswith("init_image: 57 MiB of text, more than an image of at most 20 MiB")
+    error = fetch_image(conn, huge)["error"]
+    assert error.startswith("init_image: 57 MiB of text, more than an image of at most 20 MiB")
     # Read and decoded per row: the placeholder refuses image inputs only after they decoded.
     assert "does not take init_image" in fetch_image(conn, small)["error"]
     assert "mask_image: not valid base64" in fetch_image(conn, broken)["error"]

@@ -16,7 +16,7 @@ EXPECTED = {
     "images_poll_later", "images_next_wakeups", "images_queue_status", "daemons_heartbeat", "daemons_remove",
     "listen_probe", "images_unserved", "images_expire", "images_drop_inline", "images_retention_index_finished",
     "images_retention_index_inline", "images_invalid_indexes", "images_export_batch", "images_export_mark",
-    "images_fold_queue_counts", "images_fail_batch", "images_input_image",
+    "images_fold_queue_counts", "images_fail_batch", "images_input_image", "images_spooled_batch", "images_spool_mark",
     # queries_operations.sql
     "paused_add", "paused_remove", "paused_list", "images_queue_counts", "images_oldest_waiting", "daemons_list",
     "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",

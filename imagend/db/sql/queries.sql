@@ -96,12 +96,14 @@ SET status             = 'ReadyToPublish',
     error              = NULL,
     finished_at        = now(),
     locked_by          = NULL,
-    lease_until        = NULL
+    lease_until        = NULL,
+    spooled_at         = CASE WHEN d.spooled THEN now() END
 FROM unnest(%(ids)b::int[], %(attempts)b::int[], %(base64s)b::text[], %(seeds)b::bigint[],
             %(output_paths)b::text[], %(output_urls)b::text[], %(thumbnail_urls)b::text[],
-            %(thumbnails)b::text[], %(formats)b::text[], %(generation_seconds)b::float8[], %(warnings)b::text[])
+            %(thumbnails)b::text[], %(formats)b::text[], %(generation_seconds)b::float8[], %(warnings)b::text[],
+            %(spooled)b::bool[])
      AS d(id, attempt, base64, seed, output_path, output_url, thumbnail_url, thumbnail, format,
-          generation_seconds, warning)
+          generation_seconds, warning, spooled)
 WHERE i.id = d.id
   -- Said again as an index condition: with statistics stale after a burst of inserts, the planner
   -- otherwise drove the join from every Generate row (a bitmap over the lease index, dead entries
@@ -511,6 +513,35 @@ WHERE i.id = d.id
   AND i.status = 'ReadyToPublish'
   AND i.output_url IS NULL
   AND i.base64 IS NOT NULL
+RETURNING i.id;
+
+-- name: images_spooled_batch
+-- The spool: finished rows whose image waits in the row for the store, in id order after a cursor (a
+-- row whose base64 cannot be written is passed over, not read again and again).
+SELECT id, base64, format, thumbnail
+FROM images
+WHERE spooled_at IS NOT NULL
+  AND id > %(after_id)s
+  AND status = 'ReadyToPublish'
+  AND base64 IS NOT NULL
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: images_spool_mark
+-- Their objects are written: record where, drop the thumbnail's and (IMAGEND_STORE_BASE64=false) the
+-- image's base64, and leave the spool. Guarded: a row a producer put back since is left alone.
+UPDATE images AS i
+SET output_url    = d.output_url,
+    output_path   = d.output_path,
+    thumbnail_url = COALESCE(d.thumbnail_url, i.thumbnail_url),
+    thumbnail     = CASE WHEN d.thumbnail_url IS NULL THEN i.thumbnail END,
+    base64        = CASE WHEN %(keep_base64)s THEN i.base64 END,
+    spooled_at    = NULL
+FROM unnest(%(ids)b::int[], %(output_urls)b::text[], %(output_paths)b::text[], %(thumbnail_urls)b::text[])
+     AS d(id, output_url, output_path, thumbnail_url)
+WHERE i.id = d.id
+  AND i.status = 'ReadyToPublish'
+  AND i.spooled_at IS NOT NULL
 RETURNING i.id;
 
 -- name: images_fold_queue_counts

@@ -71,6 +71,9 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS thumbnail         TEXT;
 -- the format the image was stored in.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS format            TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS quality           INTEGER;
+-- A finished image the store could not take (down, full): kept in the row's base64 until the spool
+-- (maintenance/spool.py) has written it to the store. NULL otherwise.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS spooled_at        TIMESTAMPTZ;
 
 -- Ancestor rows caught mid-flight by the upgrade: only Fusion Brain rows ever had a
 -- task uuid, so they are resumed by polling instead of being lost.
@@ -122,6 +125,9 @@ BEGIN
                                 autovacuum_vacuum_insert_scale_factor = 0.05);
     END IF;
 END $$;
+
+-- Finished rows whose image waits in the row for the store (few, and only during an outage).
+CREATE INDEX IF NOT EXISTS images_spooled_idx ON images (id) WHERE spooled_at IS NOT NULL;
 
 -- Rows that wait for another row's image (init_image_id, reference_image_id): few, and read when a
 -- row ends to wake the daemons (images_notify_sources_done).
