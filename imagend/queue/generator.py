@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import groupby
 
-from imagend.backends.base import Backend, GeneratingBackend, Image, PreviewSource, RemoteBackend, Request
+from imagend.backends.base import Backend, GeneratingBackend, Image, RemoteBackend, Request
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
 from imagend.db.rows import Claim, ClaimedRow, Status
@@ -34,6 +33,7 @@ from imagend.errors import (
 from imagend.logs import get_logger
 from imagend.operations.metrics import Metrics
 from imagend.queue.finishing import Outcomes
+from imagend.queue.leases import LeaseKeeper
 from imagend.queue.pass_counts import PassCounts
 from imagend.queue.validation import validate_row
 from imagend.storage import Store
@@ -41,73 +41,15 @@ from imagend.storage.health import StoreHealth
 
 log = get_logger()
 
-PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second per batch
 # Finishing writes of earlier batches in flight while the next batch generates: with two, a
 # fast backend never waits for the database to finish the batch before last.
 FINISHING_IN_FLIGHT = 2
-
-
-PREVIEW_WRITE_SECONDS = 2.0  # step previews (local backend) are written at most this often per batch
 
 
 def batch_key(request: Request) -> Hashable:
     """Rows with the same key can share one pipeline call."""
     return (request.width, request.height, request.steps, request.guidance, request.scheduler,
             request.inputs.batch_key(request.id))
-
-
-class LeaseKeeper:
-    """The Heartbeat handed to a generating backend for one batch (see backends/base.py).
-
-    It also keeps the leases of rows claimed ahead (`held`), which wait for this batch:
-    their progress, cancellation and loss are theirs to report when their turn comes."""
-
-    def __init__(
-        self,
-        repo: Repository,
-        ids: Sequence[int],
-        aborting: threading.Event,
-        held: Callable[[], list[int]] = list,
-        progressed: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.repo = repo
-        self.ids = list(ids)
-        self.aborting = aborting
-        self.held = held
-        self.progressed = progressed
-        self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
-        self.last_write = time.monotonic()
-        self.last_preview = self.last_write
-        self.cancelled: set[int] = set()
-
-    def __call__(self, progress: float | None = None, preview: PreviewSource | None = None) -> None:
-        if self.aborting.is_set():
-            raise Interrupted("daemon stopping")
-        self.progressed()
-        now = time.monotonic()
-        if preview is not None and now - self.last_preview >= PREVIEW_WRITE_SECONDS:
-            self.last_preview = now
-            self._write_previews(preview)
-        if now - self.last_write < self.interval:
-            return
-        self.last_write = now
-        try:
-            owned = self.repo.extend_lease([*self.ids, *self.held()], progress, progress_ids=self.ids)
-        except DatabaseUnavailable:
-            log.warning("lease_not_extended", ids=self.ids, reason="database unavailable")
-            return
-        if not owned.keys() & set(self.ids):
-            raise Interrupted("rows are no longer ours")
-        self.cancelled = {image_id for image_id in self.ids if owned.get(image_id)}
-        if self.cancelled:
-            raise Cancelled()
-
-    def _write_previews(self, preview: PreviewSource) -> None:
-        previews = {image_id: text for image_id, text in preview().items() if image_id in self.ids}
-        try:
-            self.repo.set_previews(previews)
-        except (DatabaseUnavailable, RowLocked):
-            log.debug("preview_not_written", ids=self.ids)  # a preview is worth no wait and no retry
 
 
 class Generator:
@@ -249,18 +191,29 @@ class Generator:
         if not batch:
             return
         ids = [r.id for r in batch]
+        claims = {r.id: r.claim for r in batch}
+
+        def end_cancelled(image_id: int) -> None:
+            self.outcomes.fail_all(backend.name, [(claims[image_id], Cancelled())], counts)
+
         keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()],
-                             progressed=self.progressed)
+                             progressed=self.progressed, end_cancelled=end_cancelled)
         log.debug("batch_started", ids=ids, status=Status.GENERATE, backend=backend.name)
         in_flight = self.metrics.in_flight.labels(backend.name)
         in_flight.set(len(batch))
         try:
-            images = backend.generate(batch, keeper)
+            with keeper.watching(self.settings.generation_timeout_seconds * len(batch)):
+                images = backend.generate(batch, keeper)
+            if keeper.ended_early:  # cancelled during a long step: already Failed, by the watch
+                keeper.cancelled = set(keeper.ended_early)
+                raise Cancelled()
             if len(images) != len(batch):
                 raise RetryableError(f"backend {backend.name} returned {len(images)} images for {len(batch)} rows")
         except Cancelled:
             cancelled = keeper.cancelled or set(ids)
             for request in batch:
+                if request.id in keeper.ended_early:
+                    continue  # ended by the watch as the cancel came
                 if request.id in cancelled:
                     self.outcomes.fail(backend.name, request.claim, Cancelled(), counts)
             self.outcomes.release(backend.name, [i for i in ids if i not in cancelled], counts, reason=None)
