@@ -97,6 +97,8 @@ def _text(column: Column, value: Any, max_chars: int) -> str:
 
 
 def _integer(column: Column, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 512.0 is an integer to JSON Schema (and to every JSON encoder that writes it)
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(422, f"{column.name} must be an integer, got a JSON {json_type(value)}")
     if not column.in_range(value):
