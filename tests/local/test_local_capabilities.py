@@ -9,6 +9,9 @@ import base64
 import gc
 import io
 import json
+import os
+import re
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -310,3 +313,21 @@ def test_previews_are_off_with_the_setting(make_rows: Callable[..., Rows]) -> No
     heartbeat = RecordingHeartbeat()
     rows.backend.generate([rows.request()], heartbeat)
     assert heartbeat.previews == [] and len([p for p in heartbeat.progress if p is not None]) == STEPS
+
+
+def test_a_lora_replaced_on_disk_is_read_again(rows: Rows, tiny_models: dict[str, Path]) -> None:
+    """Hardening III, item 13: a LoRA file replaced on disk kept its old weights and hash until a restart."""
+    from imagend.backends.local.miniature.extras import write_tiny_lora
+
+    path = tiny_models["loras"] / "swapped.safetensors"
+    write_tiny_lora(path, tiny_models["sdxl"], format="kohya", seed=11)
+    first_png = rows.png(loras=[{"name": "swapped"}])
+    first = pixels(PILImage.open(io.BytesIO(first_png)))
+    write_tiny_lora(path, tiny_models["sdxl"], format="kohya", seed=12)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 1_000_000_000))  # a new mtime, even within a tick
+    second_png = rows.png(loras=[{"name": "swapped"}])
+    assert not np.array_equal(first, pixels(PILImage.open(io.BytesIO(second_png))))  # the new weights
+    hashes = [re.search(r'Lora hashes: "swapped: (\w+)"', read_parameters(png) or "")
+              for png in (first_png, second_png)]
+    assert hashes[0] and hashes[1] and hashes[0].group(1) != hashes[1].group(1)
+    assert rows.backend.loras.disk_reads >= 2

@@ -1,7 +1,9 @@
 """LoRAs per row: files in IMAGEND_LORA_DIR (A1111/kohya or diffusers format, `.safetensors`).
 
 A LoRA's tensors are read from disk once and kept in memory (the `IMAGEND_LORA_CACHE` most recently
-used); on each checkpoint they are loaded as peft adapters once and then only switched: a batch
+used), as long as its file is unchanged (size and modification time, looked at on each use: a file
+replaced on disk is read again, its adapters reloaded and `lora_changed` logged, never its old weights
+under its new hash); on each checkpoint they are loaded as peft adapters once and then only switched: a batch
 activates its set with its weights (`set_adapters`), and a batch without LoRAs runs with every adapter
 disabled, which is the clean model exactly (peft's disabled layer calls its base layer alone). The
 generator never batches rows with different LoRA sets together (Request.inputs.batch_key).
@@ -27,6 +29,7 @@ log = get_logger()
 LORA_SUFFIX = ".safetensors"
 HASH_CHARS = 10  # A1111's short hash ("AutoV2"): the file's sha256, first 10 hex digits
 EXTRAS_KEY = "loras"  # LoadedModel.extras: adapter names loaded on that checkpoint, by LoRA name
+HASHES_KEY = "lora_hashes"  # LoadedModel.extras: the short hash of the file each adapter was loaded from
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class LoraFile:
     path: Path
     state_dict: dict[str, Any]
     short_hash: str
+    stamp: tuple[int, int]  # the file's (st_mtime_ns, st_size) when it was read
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
 
 
 class LoraLibrary:
@@ -65,12 +74,16 @@ class LoraLibrary:
 
     def file(self, name: str) -> LoraFile:
         cached = self.files.get(name)
-        if cached is not None:
-            self.files.move_to_end(name)
-            return cached
         path = self._path(name)
+        if cached is not None:
+            if cached.stamp == _stamp(path):
+                self.files.move_to_end(name)
+                return cached
+            del self.files[name]
+            log.info("lora_changed", lora=name, action="read again from disk")
         from safetensors.torch import load as load_bytes
 
+        stamp = _stamp(path)
         data = path.read_bytes()  # once: the hash and the tensors come from the same read
         try:
             state_dict = load_bytes(data)
@@ -79,7 +92,7 @@ class LoraLibrary:
                 f"LoRA {name!r}: {path.name} is not a readable .safetensors file ({type(exc).__name__})"
             ) from None
         self.disk_reads += 1
-        entry = LoraFile(name, path, state_dict, hashlib.sha256(data).hexdigest()[:HASH_CHARS])
+        entry = LoraFile(name, path, state_dict, hashlib.sha256(data).hexdigest()[:HASH_CHARS], stamp)
         self.files[name] = entry
         while len(self.files) > self.cache_size:
             self.files.popitem(last=False)
@@ -89,15 +102,18 @@ class LoraLibrary:
         """Make `loras` (with their weights) the active set on `model`'s pipelines; none: the clean model."""
         pipe = model.pipe
         adapters: OrderedDict[str, str] = model.extras.setdefault(EXTRAS_KEY, OrderedDict())
+        loaded_hashes: dict[str, str] = model.extras.setdefault(HASHES_KEY, {})
         if not loras:
             if adapters:
                 pipe.disable_lora()
             return
         for lora in loras:
-            if lora.name in adapters:
+            entry = self.file(lora.name)
+            if lora.name in adapters and loaded_hashes.get(lora.name) == entry.short_hash:
                 adapters.move_to_end(lora.name)
                 continue
-            entry = self.file(lora.name)
+            if lora.name in adapters:  # the file changed since this checkpoint loaded it
+                _forget(pipe, adapters.pop(lora.name))
             adapter = _adapter_name(lora.name)
             try:
                 pipe.load_lora_weights(dict(entry.state_dict), adapter_name=adapter)
@@ -108,6 +124,7 @@ class LoraLibrary:
                     f"{type(exc).__name__}: {clip(str(exc), 200)}"
                 ) from None
             adapters[lora.name] = adapter
+            loaded_hashes[lora.name] = entry.short_hash
             log.info("lora_loaded", lora=lora.name, model=model.label)
         while len(adapters) > self.cache_size:
             name, adapter = adapters.popitem(last=False)
