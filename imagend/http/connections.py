@@ -60,6 +60,14 @@ class GuardedH11Protocol(H11Protocol):
         if not self.transport.is_closing():
             self._arm()  # the next request on this connection has its own deadline
 
+    def shutdown(self) -> None:
+        """At stop: a request still arriving is not waited for (the app reads a disconnect and ends);
+        an answer being written is finished, as uvicorn does."""
+        if self.conn.their_state not in _RECEIVED and (self.cycle is None or not self.cycle.response_started):
+            self.transport.close()
+            return
+        super().shutdown()
+
     def send_400_response(self, msg: str) -> None:
         """Not HTTP (or a head past h11's size limit): the API's JSON error, then close."""
         body = json.dumps({"error": f"not an HTTP/1.1 request: {msg}"}).encode()

@@ -123,3 +123,20 @@ def test_past_the_connection_cap_the_oldest_idle_connections_make_room(daemon):
     finally:
         for sock in first + rest:
             sock.close()
+
+
+def test_the_daemon_stops_at_once_and_quietly_while_requests_are_still_arriving(server_url, template_db):
+    with own_database(server_url, template_db) as url:
+        daemon = HttpDaemon(url)
+        head = f"POST /v1/images HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 9\r\n"
+        half_bodies = [connect(daemon.port, (head + "\r\n{").encode()) for _ in range(30)]
+        sockets = half_bodies + [connect(daemon.port) for _ in range(30)]
+        try:
+            probes_answer(daemon)
+            started = time.monotonic()
+            daemon.stop()
+            assert time.monotonic() - started < 2.5  # not uvicorn's graceful wait for bodies that never come
+            assert "Traceback" not in daemon.process.output()
+        finally:
+            for sock in sockets:
+                sock.close()
