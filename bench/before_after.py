@@ -34,8 +34,8 @@ def main() -> None:
             for name, src in order if n % 2 == 0 else order[::-1]:
                 drains[name].append(drain_imagend(server, args.rows, src=src))
                 pickups[name] += measure(server, args.inserts, 50.0, src=src)
-    print(f"before/after ({args.baseline_src} vs this checkout), {args.rounds} interleaved rounds, {args.rows} rows drained, "
-          f"{args.inserts} pickups per round")
+    print(f"before/after ({args.baseline_src} vs this checkout), {args.rounds} interleaved rounds, "
+          f"{args.rows} rows drained, {args.inserts} pickups per round")
     for name in ("before", "after"):
         rates = ", ".join(f"{r:,.0f}" for r in drains[name])
         print(f"  {name:<7} drain median {statistics.median(drains[name]):>8,.0f} rows/s ({rates})   "
