@@ -5,7 +5,8 @@
   name in `Host`. Allowed: the bind address, localhost, 127.0.0.1, ::1 and IMAGEND_HTTP_ALLOWED_HOSTS
   (comma-separated names or addresses; `*`: any). On a wildcard bind (0.0.0.0, ::) reads need the
   token anyway and clients use the host's names, so `Host` is checked there only when the list is
-  set. Anything else: 421.
+  set. Anything else: 421, except /healthz and /readyz, which answer anyone anyway (a kubelet's
+  probe names the pod's address).
 - Admission: at most MAX_IN_FLIGHT requests run at once (503 past it, with Retry-After); the
   probes and /metrics are never counted or refused.
 
@@ -27,6 +28,7 @@ from imagend.http.responses import error
 MAX_IN_FLIGHT = 64
 # Never refused nor counted: a load balancer and Prometheus must see the daemon whatever the load.
 UNCOUNTED = frozenset({"/healthz", "/readyz", "/metrics"})
+OPEN_PROBES = frozenset({"/healthz", "/readyz"})  # no token, ever: a Host check would protect nothing
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
 READ_TOKEN_CHOICES = ("loopback-open", "required")
@@ -85,7 +87,7 @@ class Guards:
             await self.app(scope, receive, send)
             return
         allowed = self.policy.allowed_hosts
-        if allowed is not None:
+        if allowed is not None and scope["path"] not in OPEN_PROBES:
             host = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), None)
             # No Host at all (HTTP/1.0, a bare probe): not a browser's request, so no rebinding.
             if host is not None and _host_name(host) not in allowed:

@@ -279,13 +279,13 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": {
                 "summary": "200 while the daemon's loops progress, 503 when they are stuck",
                 "operationId": "healthz",
-                "responses": {"200": _object("Alive"), "503": _object("Stuck"), **HOST_ERROR},
+                "responses": {"200": _object("Alive"), "503": _object("Stuck")},
             }},
             "/readyz": {"get": {
                 "summary": "200 when every served backend is loaded, the database answers and the store takes "
                            "writes; 503 with a reason",
                 "operationId": "readyz",
-                "responses": {"200": _object("Ready"), "503": _object("Not ready: `reason` says why"), **HOST_ERROR},
+                "responses": {"200": _object("Ready"), "503": _object("Not ready: `reason` says why")},
             }},
         },
     }

@@ -312,6 +312,8 @@ def test_a_host_this_listener_does_not_answer_for_is_421(daemon, db):
             assert answer.status_code == 421, (host, path, answer.status_code)
             assert "IMAGEND_HTTP_ALLOWED_HOSTS" in answer.json()["error"]
     assert row_count(db) == before
+    for probe in ("/healthz", "/readyz"):  # open to anyone anyway: a kubelet names the pod's address
+        assert daemon.get(probe, headers={"Host": "10.0.0.7:9464"}).status_code == 200
     for host in (f"127.0.0.1:{daemon.port}", "127.0.0.1", f"localhost:{daemon.port}", "LOCALHOST",
                  f"[::1]:{daemon.port}"):
         assert daemon.get("/v1/backends", headers={"Host": host}).status_code == 200, host
