@@ -138,8 +138,8 @@ class OperationsRepository(Statements):
         """The next waiting rows, in the claim's order (the dashboard's queue)."""
         return self._rows("images_waiting", {"limit": limit}, dict_row)
 
-    def params(self, image_id: int) -> str | None:
-        """A row's params as JSON text (None: no row or no params); text, so JSON Postgres accepts
-        but Python cannot decode is still shown."""
-        rows = self._rows("images_params", {"id": image_id})
+    def params(self, image_id: int, max_chars: int) -> str | None:
+        """A row's params as JSON text, its first `max_chars` characters (None: no row or no params);
+        text, so JSON Postgres accepts but Python cannot decode is still shown."""
+        rows = self._rows("images_params", {"id": image_id, "max_chars": max_chars})
         return str(rows[0][0]) if rows and rows[0][0] is not None else None

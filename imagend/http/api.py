@@ -180,7 +180,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         row = ops.get(image_id) if image_id is not None else None
         if row is None:
             return _not_found(request.path_params["id"])
-        return JSONResponse(describe(row, ops.params(row["id"])))
+        return JSONResponse(describe(row, ops.params(row["id"], PARAMS_RETURNED_MAX_CHARS + 1)))
 
     def image(request: Request) -> Response:
         check_read(context, request)

@@ -277,7 +277,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         row = context.ops.get(image_id)
         if row is None:
             return None
-        return {"row": row, "params": context.ops.params(image_id),
+        return {"row": row, "params": context.ops.params(image_id, PARAMS_SHOWN_CHARS + 1),
                 "terminal": row["status"] not in (WAITING, RUNNING)}
 
     def _image(request: Request, template: str) -> Response:

@@ -30,6 +30,7 @@ from imagend.http.context import HttpContext
 from imagend.http.responses import error
 from imagend.images.formats import FORMAT_ALIASES, FORMATS
 from imagend.logs import get_logger
+from imagend.storage import THUMBNAIL_SUFFIX
 
 log = get_logger()
 
@@ -37,9 +38,6 @@ FINISHED = Status.READY_TO_PUBLISH
 # A finished image does not change (a retry is for Failed rows only); the browser may keep it a while.
 CACHE_CONTROL = "private, max-age=300"
 MAX_FILE_BYTES = 64 * 1024 * 1024  # bigger than any image a backend makes
-# The names the daemon gives what it stores (queue/publishing.py's object_names and THUMBNAIL_SUFFIX,
-# which the listener may not import: see pyproject.toml's import contracts).
-THUMBNAIL_SUFFIX = ".thumb.webp"
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 

@@ -16,7 +16,7 @@ from imagend.db.repository import Repository
 from imagend.db.rows import Spooled
 from imagend.images.formats import FORMATS, sniff
 from imagend.logs import get_logger
-from imagend.storage import Store, StoredObject, StoreUnavailable
+from imagend.storage import Store, StoredObject, StoreUnavailable, object_names
 from imagend.storage.health import StoreHealth
 
 log = get_logger()
@@ -24,7 +24,6 @@ Stored = tuple[int, str, str | None, str | None]  # id, output_url, output_path,
 
 SPOOL_BATCH_ROWS = 100
 SPOOL_RETRY_SECONDS = 5.0
-THUMBNAIL_SUFFIX = ".thumb.webp"  # as queue/publishing.py names it
 
 
 @dataclass
@@ -86,10 +85,11 @@ class Spool:
                 log.warning("spool_skipped", id=row.id, reason="its base64 does not decode")
                 continue
             extension, content_type = FORMATS[row.format if row.format in FORMATS else sniff(data)]
-            objects.append(StoredObject(f"{row.id}.{extension}", data, content_type))
+            image_name, thumb_name = object_names(row.id, extension)
+            objects.append(StoredObject(image_name, data, content_type))
             owners.append(row.id)
             if thumb is not None:
-                objects.append(StoredObject(f"{row.id}{THUMBNAIL_SUFFIX}", thumb, "image/webp"))
+                objects.append(StoredObject(thumb_name, thumb, "image/webp"))
                 owners.append(row.id)
         written: dict[int, list[str]] = {}
         refused: set[int] = set()

@@ -22,19 +22,12 @@ from imagend.config.settings import Settings
 from imagend.db.rows import Claim, Finished
 from imagend.errors import RowError
 from imagend.images.formats import Encoded, encode, sniff, thumbnail
-from imagend.storage import Store, StoredObject, StoreUnavailable
+from imagend.storage import Store, StoredObject, StoreUnavailable, object_names
 from imagend.storage.health import StoreHealth
-
-THUMBNAIL_SUFFIX = ".thumb.webp"  # beside `<id>.<ext>`: `<id>.thumb.webp`
 
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def object_names(image_id: int, extension: str) -> tuple[str, str]:
-    """The image's and its thumbnail's names under the target (`<prefix>/<id>.<ext>`)."""
-    return f"{image_id}.{extension}", f"{image_id}{THUMBNAIL_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,16 @@ class StoreUnavailable(RetryableError):
     """The store is down or refused a write: the attempt fails and is retried with backoff."""
 
 
+# What the daemon names what it stores, under the target's prefix (or in its folder): `<id>.<ext>` and
+# the thumbnail `<id>.thumb.webp`. The one home of these names: publishing, the spool, the listener.
+THUMBNAIL_SUFFIX = ".thumb.webp"
+
+
+def object_names(image_id: int, extension: str) -> tuple[str, str]:
+    """The image's and its thumbnail's names (`<id>.<ext>`, `<id>.thumb.webp`)."""
+    return f"{image_id}.{extension}", f"{image_id}{THUMBNAIL_SUFFIX}"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredObject:
     name: str  # `<id>.<ext>`: the key under the target's prefix (or the file name in its folder)

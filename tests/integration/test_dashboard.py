@@ -196,7 +196,9 @@ def test_image_bytes(site):
 
 
 def test_where_the_image_lives(site, tmp_path):
-    """images.py reads each place a finished row's image may be, and never a file that is no image."""
+    """images.py serves the row's base64 and thumbnail, and never a location a producer wrote: a file
+    outside the daemon's store (this daemon has none; test_http_hardening.py serves a stored one), an
+    http(s) URL (no redirect), a file that is no image (issue 19, items 9 and 13)."""
     png = placeholder_png("stored")
     (tmp_path / "1.png").write_bytes(png)
     (tmp_path / "not-an-image.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
@@ -210,12 +212,11 @@ def test_where_the_image_lives(site, tmp_path):
     passwd = finished(output_path="/etc/passwd", output_url=(tmp_path / "not-an-image.txt").as_uri())
     webp = b"RIFF\0\0\0\0WEBPVP8 "
     thumb = finished(base64=base64.b64encode(png).decode(), thumbnail=base64.b64encode(webp).decode())
-    for image_id in (in_file, in_file_url):
-        answer = site.get(f"/images/{image_id}/full")
-        assert (answer.status_code, answer.headers["content-type"], answer.content) == (200, "image/png", png)
-    redirect = site.get(f"/images/{elsewhere}/full")
-    assert (redirect.status_code, redirect.headers["location"]) == (307, "https://images.example/1.png")
-    assert site.get(f"/images/{elsewhere}/thumbnail").headers["location"] == "https://images.example/1.webp"
+    for image_id in (in_file, in_file_url, elsewhere):
+        for route in ("full", "thumbnail"):
+            answer = site.daemon.client.get(f"/images/{image_id}/{route}", follow_redirects=False)
+            assert answer.status_code == 404 and "location" not in answer.headers, (image_id, route)
+            assert "a location written by a producer is not served" in answer.json()["error"]
     refused = site.get(f"/images/{passwd}/full")
     assert refused.status_code == 404 and "root:" not in refused.text
     assert site.get(f"/images/{thumb}/thumbnail").headers["content-type"] == "image/webp"

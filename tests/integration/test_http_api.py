@@ -116,15 +116,17 @@ def test_the_image_comes_with_its_formats_content_type(daemon, fmt, content_type
     assert Image.open(io.BytesIO(image.content)).format == pil_format
 
 
-def test_an_image_in_a_file_only_is_served_from_it(daemon, db, tmp_path):
+def test_an_image_in_a_file_outside_the_store_is_not_served(daemon, db, tmp_path):
+    """Only what the daemon stored is served (issue 19, item 9; test_http_hardening.py serves a stored
+    file): this daemon has no store, so a file a producer names is never read."""
     image_id = daemon.post("/v1/images", json={"prompt": "moved to a file"}).json()["id"]
     wait_status(daemon, image_id, ("ReadyToPublish",))
     path = Path(tmp_path) / f"{image_id}.png"
     path.write_bytes(base64.b64decode(fetch_image(db, image_id)["base64"]))
     db.execute("UPDATE images SET base64 = NULL, output_path = %s WHERE id = %s", [str(path), image_id])
     image = daemon.get(f"/v1/images/{image_id}/image")
-    assert (image.status_code, image.headers["content-type"]) == (200, "image/png")
-    assert image.content == path.read_bytes()
+    assert image.status_code == 404
+    assert "a location written by a producer is not served" in image.json()["error"]
 
 
 def test_xss_prompts_round_trip_as_data(daemon, db):

@@ -135,5 +135,6 @@ ORDER BY priority DESC, id
 LIMIT %(limit)s;
 
 -- name: images_params
--- The dashboard's row page: the producer's params as text (decoded, or shown raw, in Python).
-SELECT params::text FROM images WHERE id = %(id)s;
+-- The API and the row page: the producer's params as text (decoded, or shown raw, in Python), at most
+-- %(max_chars)s characters of it: a producer may store 50 MB there, which is never read whole.
+SELECT left(params::text, %(max_chars)s) FROM images WHERE id = %(id)s;
