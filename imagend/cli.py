@@ -13,9 +13,10 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from imagend import __version__
-from imagend.backends import create_backends, missing_libraries
+from imagend.backends import check_backends, create_backends, missing_libraries
 from imagend.config.settings import Settings, load_settings
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
@@ -129,6 +130,19 @@ def go_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The miniatures make an image in tens of milliseconds at these settings on a CPU; at the daemon's defaults
+# (1024 x 1024, 30 steps) one takes minutes there. 128 is a multiple of every family's side.
+TINY_DEFAULTS = ("DEFAULT_IMAGE_WIDTH=128", "DEFAULT_IMAGE_HEIGHT=128", "IMAGEND_DEFAULT_STEPS=4")
+
+
+def _print_settings(lines: Sequence[str], what: str) -> None:
+    """The .env lines that start the local backend on what was written: paste them as they are."""
+    print(f"imagend: to use {what} with the local backend, put these lines in .env (or the environment):")
+    print("# miniature random-weights models: every image is noise; small sizes and few steps keep it fast")
+    for line in ("IMAGEND_BACKEND=local", *lines, *TINY_DEFAULTS):
+        print(line)
+
+
 def make_tiny_models(directory: str) -> int:
     """-make-tiny-models DIR: every miniature model (random weights, they make noise), then the
     IMAGEND_* lines that point the local backend at them."""
@@ -138,11 +152,31 @@ def make_tiny_models(directory: str) -> int:
     print(f"imagend: wrote miniature random-weights models (they make noise) under {directory}:")
     for name, path in paths.items():
         print(f"  {name:<15} {path}")
-    print("imagend: to use them with the local backend:")
-    print(f"IMAGEND_MODELS=sdxl={paths['sdxl']},sdxl-b={paths['sdxl-b']}")
-    print(f"IMAGEND_LORA_DIR={paths['loras']}")
-    print(f"IMAGEND_IP_ADAPTER={paths['ip-adapter']}")
-    print(f"IMAGEND_UPSCALER={paths['upscaler']}")
+    _print_settings([
+        f"IMAGEND_MODELS=sdxl={paths['sdxl']},sdxl-b={paths['sdxl-b']}",
+        "IMAGEND_MODEL=sdxl",
+        f"IMAGEND_LORA_DIR={paths['loras']}",
+        f"IMAGEND_IP_ADAPTER={paths['ip-adapter']}",
+        f"IMAGEND_UPSCALER={paths['upscaler']}",
+    ], "them")
+    return 0
+
+
+def make_tiny_model(directory: str, family: str) -> int:
+    """-make-tiny-model DIR [-family F]: one miniature pipeline, then the lines that use it."""
+    if family != "sdxl":
+        from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline
+
+        written = write_tiny_pipeline(directory, family)
+        what = FAMILIES[family][1]
+    else:
+        from imagend.backends.local.miniature.sdxl import write_tiny_model
+
+        written = write_tiny_model(directory)
+        what = "SDXL"
+    folder = Path(written).expanduser().resolve()  # an .env line that holds wherever it is read from
+    print(f"imagend: wrote a miniature random-weights {what} pipeline (it makes noise) to {folder}")
+    _print_settings([f"IMAGEND_MODEL={folder}"], "it")
     return 0
 
 
@@ -158,18 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if not args.make_tiny_model:
             return make_tiny_models(args.make_tiny_models)
-        if args.family != "sdxl":
-            from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline
-
-            write_tiny_pipeline(args.make_tiny_model, args.family)
-            print(f"imagend: wrote a miniature random-weights {FAMILIES[args.family][1]} pipeline (it makes noise) "
-                  f"to {args.make_tiny_model}")
-            return 0
-        from imagend.backends.local.miniature.sdxl import write_tiny_model
-
-        write_tiny_model(args.make_tiny_model)
-        print(f"imagend: wrote a miniature random-weights SDXL pipeline (it makes noise) to {args.make_tiny_model}")
-        return 0
+        return make_tiny_model(args.make_tiny_model, args.family)
     pausing = args.pause is not None or args.resume is not None
     if not (args.generator or args.processor or args.cron or args.status or args.export_images or pausing):
         parser.print_usage(sys.stderr)
@@ -201,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.generator or args.processor or args.cron:
+        check_backends(settings)  # a start that cannot succeed stops here, before the table is upgraded
     url = database_url(settings)
     apply_schema(url, setting=database_setting(settings))
     with open_pool(url, settings) as pool:

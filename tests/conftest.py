@@ -98,6 +98,17 @@ def db_url(server_url: str, template_db: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def bare_db_url(server_url: str) -> Iterator[str]:
+    """A fresh, empty database (no imagend schema): what a Go-service user already has."""
+    name = f"imagend_bare_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield with_dbname(server_url, name)
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def conn(db_url: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
     with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as connection:
         yield connection

@@ -14,6 +14,8 @@ SECONDS_PER_DAY = 86400
 _DECIMAL_SECONDS = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 # Retention ages may start with whole days, which Go's durations lack ('30d', '1d12h').
 _DAYS = re.compile(r"([0-9]+)d(.*)")
+# `VALUE # a note`: godotenv (the Go service) drops the note, systemd's EnvironmentFile keeps it in the value.
+INLINE_COMMENT = re.compile(r"\s#")
 
 
 class Secret:
@@ -52,7 +54,7 @@ class Env:
     def choice(self, name: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]) -> builtins.str:
         value = (self.str(name) or default).lower()
         if value not in choices:
-            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+            raise ConfigError(f"{name}={value!r} is not one of: {', '.join(choices)}{inline_comment_hint(value)}")
         return value
 
     def int(
@@ -68,7 +70,7 @@ class Env:
         try:
             value = int(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+            raise ConfigError(f"{name}={raw!r} is not a whole number{inline_comment_hint(raw)}") from None
         _check_range(name, value, minimum, maximum)
         return value
 
@@ -81,7 +83,7 @@ class Env:
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
+            raise ConfigError(f"{name}={raw!r} is not a number{inline_comment_hint(raw)}") from None
         _check_range(name, value, minimum, None)
         return value
 
@@ -100,6 +102,7 @@ class Env:
                 raise ConfigError(
                     f"{name}={raw!r} is not a duration: {exc} "
                     "(write seconds, like 30 or 0.5, or a Go duration, like 30s, 5m, 1h30m, 500ms)"
+                    + inline_comment_hint(raw)
                 ) from None
         if value < 0:
             raise ConfigError(f"{name}={raw!r} is negative; a duration here must be 0 or more")
@@ -134,11 +137,19 @@ class Env:
             return True
         if lowered in ("0", "false", "no", "off"):
             return False
-        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
+        raise ConfigError(f"{name}={raw!r} is not a boolean (true/false){inline_comment_hint(raw)}")
 
     def secret(self, name: builtins.str) -> Secret | None:
         value = self.str(name)
         return Secret(value) if value else None
+
+
+def inline_comment_hint(raw: str) -> str:
+    """What to add to an error about a value that carries an inline comment (nothing otherwise)."""
+    if not INLINE_COMMENT.search(raw):
+        return ""
+    return (" (it ends in an inline comment, which systemd's EnvironmentFile keeps as part of the value: "
+            "put the comment on a line of its own)")
 
 
 def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:

@@ -8,6 +8,7 @@ the same `Env` reader when the daemon starts, so a bad value still stops the sta
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,15 @@ from dotenv import dotenv_values
 
 from imagend.config.backends import BACKEND_NAMES
 from imagend.config.database_url import SSL_MODES, check_conninfo
-from imagend.config.env import Env, Secret
+from imagend.config.env import INLINE_COMMENT, Env, Secret
 from imagend.errors import ConfigError
 from imagend.retry import BACKOFF_BASE_SECONDS
 from imagend.storage.target import StorageTarget, parse_storage_target
+
+# imagend's style names: db/columns.py's STYLE_NAMES, which config may not import (db imports config);
+# tests/unit/test_config.py holds the two equal. Fusion Brain's API may publish more.
+STYLE_NAMES = ("DEFAULT", "KANDINSKY", "UHD", "ANIME")
+STYLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Ancestor defaults (the Go service), then imagend's own.
 DEFAULT_IMAGE_SIDE_PX = 1024
@@ -244,6 +250,39 @@ def _served_backends(env: Env, default_backend: str, has_fusion_keys: bool) -> t
     return names
 
 
+# What the local backend reads to find its model: set, the host is meant to generate locally.
+LOCAL_MODEL_VARIABLES = ("IMAGEND_MODEL", "IMAGEND_MODELS")
+
+
+def implied_default_backend(env: Env) -> str:
+    """IMAGEND_BACKEND's default: `fusionbrain` where only Fusion Brain is configured (the Go service's
+    `.env`: its keys, and no local model named), else `local`."""
+    fusion_brain = env.str("FUSION_BRAIN_API_KEY") or env.str("FUSION_BRAIN_SECRET_KEY")
+    if fusion_brain and not any(env.str(name) for name in LOCAL_MODEL_VARIABLES):
+        return "fusionbrain"
+    return "local"
+
+
+def _default_style(env: Env, served: tuple[str, ...]) -> str | None:
+    """DEFAULT_STYLE, checked at start: a bad one would fail every row that leaves `style` NULL. Names
+    beyond imagend's own are left to Fusion Brain where it is served: its API may publish more."""
+    value = env.str("DEFAULT_STYLE")
+    if value is None:
+        return None
+    if INLINE_COMMENT.search(value):
+        raise ConfigError(
+            f"DEFAULT_STYLE={value!r} holds an inline comment: systemd's EnvironmentFile (unlike the Go service's "
+            "godotenv) keeps everything after '=' in the value. Put the comment on a line of its own"
+        )
+    if not STYLE_NAME.fullmatch(value):
+        raise ConfigError(f"DEFAULT_STYLE={value!r} is not a style name; use one of: {', '.join(STYLE_NAMES)}")
+    if value.upper() not in STYLE_NAMES and "fusionbrain" not in served:
+        raise ConfigError(
+            f"DEFAULT_STYLE={value!r} is not a style this daemon's backends know; use one of: {', '.join(STYLE_NAMES)}"
+        )
+    return value
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env", env_file_required: bool = False
 ) -> Settings:
@@ -253,7 +292,8 @@ def load_settings(
         raise ConfigError(f"DEFAULT_NUM_IMAGES={num_images}: one image per row is all imagend (and Fusion Brain) makes")
     api_key = env.secret("FUSION_BRAIN_API_KEY")
     secret_key = env.secret("FUSION_BRAIN_SECRET_KEY")
-    default_backend = env.choice("IMAGEND_BACKEND", "local", BACKEND_NAMES)
+    default_backend = env.choice("IMAGEND_BACKEND", implied_default_backend(env), BACKEND_NAMES)
+    served = _served_backends(env, default_backend, api_key is not None and secret_key is not None)
     storage, store_base64, thumbnail_px = _storage(env)
     pool_max = env.int("DB_MAX_OPEN_CONNS", 10, minimum=2)
     return Settings(
@@ -265,7 +305,7 @@ def load_settings(
         data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
         default_width=env.int("DEFAULT_IMAGE_WIDTH", DEFAULT_IMAGE_SIDE_PX, minimum=1),
         default_height=env.int("DEFAULT_IMAGE_HEIGHT", DEFAULT_IMAGE_SIDE_PX, minimum=1),
-        default_style=env.str("DEFAULT_STYLE"),
+        default_style=_default_style(env, served),
         default_negative_prompt=env.str("DEFAULT_NEGATIVE_PROMPT"),
         default_max_attempts=env.int("DEFAULT_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, minimum=1),
         generation_timeout_seconds=env.seconds(
@@ -273,7 +313,7 @@ def load_settings(
         ),
         check_interval_seconds=env.seconds("DEFAULT_CHECK_INTERVAL", DEFAULT_CHECK_INTERVAL_SECONDS, minimum=0.05),
         default_backend=default_backend,
-        served_backends=_served_backends(env, default_backend, api_key is not None and secret_key is not None),
+        served_backends=served,
         lease_seconds=env.seconds("IMAGEND_LEASE_SECONDS", LEASE_SECONDS, minimum=1.0),
         # The liveness thread beats every dead_after/10 s and a peer is "alive" within 3 beats:
         # below 1 s that is too tight for a busy 2-core host.

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
 import pytest
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from imagend.db.connect import apply_schema, open_pool
 from imagend.db.repository import Repository
 
 from support.daemons import InProcess
-from support.db import fetch_image, insert_image, with_dbname
+from support.db import fetch_image, insert_image
 
 ANCESTOR_TABLE = """
 CREATE TABLE images (
@@ -29,17 +26,6 @@ CREATE TABLE images (
     updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
 )
 """
-
-
-@pytest.fixture
-def bare_db_url(server_url: str) -> Iterator[str]:
-    """A fresh, empty database (no imagend schema): what a Go-service user already has."""
-    name = f"imagend_bare_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield with_dbname(server_url, name)
-    with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def schema_objects(conn) -> dict[str, list]:

@@ -4,7 +4,11 @@ checkpoint, LoRAs in kohya and diffusers format, an IP-Adapter, the x4 upscaler,
 
 from __future__ import annotations
 
+import base64
 import importlib
+import io
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +22,8 @@ from imagend.backends.local.miniature import extras as tiny_extras
 from imagend.backends.local.miniature.extras import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 from imagend.backends.local.options import is_tiny_model
 
+from support.daemons import run_imagend
+from support.db import fetch_image, insert_image
 from support.local import SIDE_PX, STEPS, TORCH_NUMPY_COPY_WARNING
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
@@ -184,3 +190,48 @@ def test_make_tiny_models_flag_prints_the_env_lines(
     assert f"IMAGEND_LORA_DIR={models['loras']}\n" in out
     assert f"IMAGEND_IP_ADAPTER={models['ip-adapter']}\n" in out
     assert f"IMAGEND_UPSCALER={models['upscaler']}\n" in out
+    assert "IMAGEND_MODEL=sdxl\n" in out  # an entry of IMAGEND_MODELS, not the hub's SDXL
+
+
+def env_lines(out: str) -> dict[str, str]:
+    """The VARIABLE=value lines of the CLI's output, as a user pastes them into .env."""
+    return dict(line.split("=", 1) for line in out.splitlines() if re.fullmatch(r"[A-Z][A-Z0-9_]*=.*", line))
+
+
+def test_the_lines_make_tiny_models_prints_start_a_daemon_that_finishes_a_row_quickly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], models: dict[str, Path],
+    db_url: str, conn: Any, tmp_path: Path,
+) -> None:
+    """Pasted as they are into .env, the printed lines start the local backend (IMAGEND_MODEL included, not
+    the hub's SDXL) at sizes a CPU makes in well under a minute (issue 25, items 6 and 11)."""
+    from imagend.cli import main
+
+    monkeypatch.setattr(tiny_extras, "write_tiny_models", lambda directory: models)
+    assert main(["-make-tiny-models", str(models["sdxl"].parent)]) == 0
+    lines = env_lines(capsys.readouterr().out)
+    assert lines["IMAGEND_MODEL"] == "sdxl" and lines["IMAGEND_BACKEND"] == "local"
+    (tmp_path / ".env").write_text(
+        "".join(f"{k}={v}\n" for k, v in {**lines, "DATABASE_URL": db_url, "HF_HUB_OFFLINE": "1",
+                                             "IMAGEND_LOCK_DIR": str(tmp_path / "locks")}.items()))
+    image_id = insert_image(conn, "a red fox")
+    started = time.monotonic()
+    result = run_imagend(["-generator"], {}, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row = fetch_image(conn, image_id)
+    assert row["status"] == "ReadyToPublish", row["error"]
+    assert PILImage.open(io.BytesIO(base64.b64decode(row["base64"]))).size == (128, 128)
+    assert time.monotonic() - started < 60
+    assert "torchvision" not in result.stderr  # transformers' fallback notice: nothing to act on
+
+
+def test_make_tiny_model_of_another_family_says_where_and_how_to_use_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from imagend.cli import main
+
+    assert main(["-make-tiny-model", str(tmp_path / "flux"), "-family", "flux"]) == 0
+    out = capsys.readouterr().out
+    assert f"FLUX.1 (black-forest-labs/FLUX.1-dev) pipeline (it makes noise) to {tmp_path / 'flux'}\n" in out
+    lines = env_lines(out)
+    assert lines["IMAGEND_MODEL"] == str(tmp_path / "flux") and lines["IMAGEND_BACKEND"] == "local"
+    assert int(lines["DEFAULT_IMAGE_WIDTH"]) % 16 == 0  # FLUX.1's sides are multiples of 16

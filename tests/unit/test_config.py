@@ -219,3 +219,44 @@ def test_aws_secrets_are_redacted_but_never_required():
     settings = storage_settings(AWS_SECRET_ACCESS_KEY="very-secret-key", AWS_ACCESS_KEY_ID="AKIDEXAMPLE")
     assert "very-secret-key" in settings.secrets()
     assert "AKIDEXAMPLE" not in settings.secrets()
+
+
+def test_only_fusion_brain_configured_makes_it_the_default_backend():
+    """The Go service's .env (its keys, no IMAGEND_*) starts on Fusion Brain; a local model named, or
+    IMAGEND_BACKEND, keeps the local default (issue 25, item 1)."""
+    keys = {"FUSION_BRAIN_API_KEY": "fb-api-key-1234", "FUSION_BRAIN_SECRET_KEY": "fb-secret-key-5678"}
+    s = settings(**keys)
+    assert s.default_backend == "fusionbrain" and "local" not in s.served_backends
+    assert settings(**keys, IMAGEND_MODEL="/srv/models/sdxl").default_backend == "local"
+    assert settings(**keys, IMAGEND_MODELS="a=/srv/a").default_backend == "local"
+    assert settings(**keys, IMAGEND_BACKEND="local").default_backend == "local"
+    assert settings().default_backend == "local"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("IMAGEND_LEASE_SECONDS", "30 # half a minute"), ("IMAGEND_BACKEND", "fusionbrain # the Go one"),
+     ("DEFAULT_IMAGE_WIDTH", "512 # small"), ("IMAGEND_STORE_BASE64", "false # S3 only")],
+)
+def test_an_inline_comment_is_named_in_the_error(name, value):
+    with pytest.raises(ConfigError, match="inline comment, which systemd's EnvironmentFile keeps") as error:
+        settings(**{name: value})
+    assert str(error.value).startswith(name)
+
+
+def test_default_style_is_checked_at_start():
+    assert settings(DEFAULT_STYLE="anime").default_style == "anime"
+    with pytest.raises(ConfigError, match="DEFAULT_STYLE='ANIME # the look we liked' holds an inline comment"):
+        settings(DEFAULT_STYLE="ANIME # the look we liked")
+    with pytest.raises(ConfigError, match="is not a style this daemon's backends know"):
+        settings(DEFAULT_STYLE="ANIMEE", IMAGEND_BACKEND="placeholder")
+    # Fusion Brain's API may publish more styles than imagend's own: left to it.
+    fb = settings(DEFAULT_STYLE="PIXEL", FUSION_BRAIN_API_KEY="k" * 16, FUSION_BRAIN_SECRET_KEY="s" * 16)
+    assert fb.default_style == "PIXEL"
+
+
+def test_the_style_names_config_checks_are_the_columns():
+    from imagend.config import settings as config_settings
+    from imagend.db.columns import STYLE_NAMES
+
+    assert config_settings.STYLE_NAMES == STYLE_NAMES

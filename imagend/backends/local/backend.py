@@ -60,6 +60,7 @@ from imagend.backends.local.png_metadata import GenerationParameters, encode_png
 from imagend.backends.local.previews import latent_previews
 from imagend.backends.local.speed.apply import preset_scheduler
 from imagend.backends.local.speed.settings import SpeedSettings
+from imagend.backends.local.startup import cpu_warning
 from imagend.config.settings import Settings
 from imagend.db.columns import check_style
 from imagend.db.rows import ModelPreference
@@ -190,6 +191,9 @@ class LocalBackend:
                 model=options.model,
                 note="random-weights miniature SDXL: every image it makes is noise (tests and demos only)",
             )
+        on_cpu = cpu_warning(options, backend.current.tiny)
+        if on_cpu is not None:
+            log.warning("local_model_on_cpu", model=options.model, device=options.device, note=on_cpu)
         if speed.compiles and backend.current.family is SDXL:
             backend.warm_up()
         return backend

@@ -103,7 +103,7 @@ class ModelCache:
         source = self.source_of(name)
         if source not in self.families:
             setting = f"IMAGEND_MODELS ({name})" if name else "IMAGEND_MODEL"
-            self.families[source] = family_of(source, setting)
+            self.families[source] = family_of(source, setting, asked=bool(name) or self.options.model_set)
         return self.families[source]
 
     def loaded_names(self) -> tuple[str, ...]:

@@ -110,6 +110,7 @@ class LocalSettings:
     upscaler: str | None = None  # a diffusers upscaler pipeline (folder or hub id)
     previews: bool = True
     sd3_t5: bool = True  # SD3's T5 text encoder (about 9 GB in fp16); without it, T5's part of the prompt is zeros
+    model_set: bool = True  # IMAGEND_MODEL was set; False: DEFAULT_MODEL, never downloaded unasked (hub.py)
 
     @classmethod
     def from_settings(cls, settings: Settings, cuda_available: bool) -> LocalSettings:
@@ -128,8 +129,12 @@ class LocalSettings:
             vae = DEFAULT_FP16_VAE if dtype == "float16" else VAE_FROM_MODEL
         scheduler = env.choice("IMAGEND_DEFAULT_SCHEDULER", DEFAULT_SCHEDULER, tuple(SCHEDULERS))
         max_side = env.int("IMAGEND_MAX_SIDE", DEFAULT_MAX_SIDE_PX, minimum=SIDE_MULTIPLE_PX, maximum=8192)
+        models = parse_models(env.str("IMAGEND_MODELS"))
+        named = env.str("IMAGEND_MODEL")
         return cls(
-            model=env.str("IMAGEND_MODEL", DEFAULT_MODEL) or DEFAULT_MODEL,
+            # IMAGEND_MODEL may name an entry of IMAGEND_MODELS (`IMAGEND_MODEL=sdxl`): that entry's checkpoint.
+            model=models.get(named, named) if named else DEFAULT_MODEL,
+            model_set=named is not None,
             vae=None if vae.lower() == VAE_FROM_MODEL else vae,
             device=device,
             dtype=dtype,
@@ -148,7 +153,7 @@ class LocalSettings:
             image_timeout_seconds=env.seconds("IMAGEND_IMAGE_TIMEOUT", IMAGE_TIMEOUT_SECONDS, minimum=0.001),
             lock_dir=Path(env.str("IMAGEND_LOCK_DIR") or settings.data_dir / "locks").expanduser(),
             warmup_size=(_round_side(settings.default_width, max_side), _round_side(settings.default_height, max_side)),
-            models=parse_models(env.str("IMAGEND_MODELS")),
+            models=models,
             model_cache=env.int("IMAGEND_MODEL_CACHE", DEFAULT_MODEL_CACHE, minimum=1, maximum=16),
             model_cache_cpu=env.int("IMAGEND_MODEL_CACHE_CPU", 0, minimum=0, maximum=16),
             model_switch_seconds=env.seconds("IMAGEND_MODEL_SWITCH_SECONDS", DEFAULT_MODEL_SWITCH_SECONDS),

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from imagend.backends.local.families import SD3, SDXL, Family, family_of
+from imagend.backends.local.hub import cached_file, hub_unreachable, load_offline
 from imagend.backends.local.options import SCHEDULERS, LocalSettings
 from imagend.errors import ConfigError, first_line
 from imagend.logs import get_logger
@@ -53,10 +54,18 @@ def load_vae(options: LocalSettings) -> Any:
     if options.vae is None:
         return None
     diffusers: Any = importlib.import_module("diffusers")
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, options.dtype)}
+    if not _looks_like_folder(options.vae):
+        reason = hub_unreachable()
+        if reason is not None and cached_file(options.vae, "config.json") is None:
+            raise ConfigError(
+                f"IMAGEND_VAE={options.vae}: not in the Hugging Face cache, and it cannot be downloaded: {reason}. "
+                f"Set IMAGEND_VAE to a folder or a cached hub id, or IMAGEND_VAE=model to keep the model's own"
+            )
+        kwargs["local_files_only"] = reason is not None
     try:
         return diffusers.AutoencoderKL.from_pretrained(
-            str(Path(options.vae).expanduser()) if _looks_like_folder(options.vae) else options.vae,
-            dtype=getattr(torch, options.dtype),
+            str(Path(options.vae).expanduser()) if _looks_like_folder(options.vae) else options.vae, **kwargs
         )
     except Exception as exc:  # any failure to load is a start-up configuration problem
         raise ConfigError(
@@ -84,7 +93,7 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
     diffusers: Any = importlib.import_module("diffusers")  # untyped from_pretrained: keep mypy out of it
     model = options.model if source is None else source
     check_model_source(model, setting)
-    family = family or family_of(model, setting)
+    family = family or family_of(model, setting, asked=source is not None or options.model_set)
     kwargs: dict[str, Any] = {"dtype": getattr(torch, options.dtype)}
     if options.model_variant:
         kwargs["variant"] = options.model_variant  # e.g. fp16: the half-size weight files of a hub repo
@@ -94,6 +103,8 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
             kwargs["vae"] = vae  # the fp16-fix VAE is SDXL's
     if family is SD3 and not options.sd3_t5:
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
+    if load_offline(model):  # cached, and the hub does not answer: no retries asking it for updates
+        kwargs["local_files_only"] = True
     try:
         pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
             str(Path(model).expanduser()) if _looks_like_folder(model) else model, **kwargs

@@ -11,7 +11,6 @@ No torch at import: the families are plain data, and their encoders import torch
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from imagend.backends.local.families.base import DISCRETE, FLOW, Family, PlainEncoder
@@ -19,6 +18,7 @@ from imagend.backends.local.families.flux import FLUX, FluxEncoder
 from imagend.backends.local.families.kandinsky3 import KANDINSKY3
 from imagend.backends.local.families.sd3 import SD3
 from imagend.backends.local.families.sdxl import SDXL, PromptEncoder
+from imagend.backends.local.hub import model_index_text
 from imagend.errors import ConfigError
 
 __all__ = [
@@ -33,18 +33,15 @@ def supported() -> str:
     return ", ".join(f"{f.name} ({f.pipeline_class})" for f in FAMILIES.values())
 
 
-def family_of(source: str, setting: str) -> Family:
-    """The family of the checkpoint at `source` (a folder, or a hub id in the Hugging Face cache), from
-    its model_index.json; ConfigError naming `setting` when it is none we drive."""
-    folder = Path(source).expanduser()
+def family_of(source: str, setting: str, *, asked: bool = True) -> Family:
+    """The family of the checkpoint at `source` (a folder, or a hub id: from the Hugging Face cache, or
+    downloaded where `asked` and the hub answers; hub.py), from its model_index.json; ConfigError naming
+    `setting` when it is none we drive, or cannot be read."""
     try:
-        if folder.is_dir():
-            text = (folder / "model_index.json").read_text(encoding="utf-8")
-        else:
-            from huggingface_hub import hf_hub_download
-
-            text = Path(hf_hub_download(source, "model_index.json")).read_text(encoding="utf-8")
+        text = model_index_text(source, setting, asked=asked)
         class_name = json.loads(text).get("_class_name")
+    except ConfigError:
+        raise
     except Exception as exc:  # missing, unreadable, not in the cache and no network: the setting is wrong
         raise ConfigError(
             f"{setting}={source}: cannot read its model_index.json ({type(exc).__name__}); set {setting} to a "
