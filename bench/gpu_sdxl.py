@@ -1,9 +1,21 @@
-"""GPU benchmark: every speed option of the local backend (imagend/backends/local/speed/) on the
-full-size SDXL architecture with random weights, against bare diffusers on the same GPU in one run.
+"""GPU benchmark of the local backend's speed options on full-size SDXL, random weights, vs bare diffusers.
+
+Every speed option of imagend/backends/local/speed/ on the full-size SDXL architecture with random
+weights, against bare diffusers on the same GPU in one run.
 
     .venv/bin/python bench/gpu_sdxl.py                        # everything: about an hour on an H100
     .venv/bin/python bench/gpu_sdxl.py --only bare,default,best --batches 1,4
     .venv/bin/python bench/gpu_sdxl.py --dry-run              # no GPU: every code path on the CPU, ~1-2 min
+    python3 bench/gpu_sdxl.py --quick --json $OUT/gpu_quick.json    # one call on a lent GPU, <= 8 min
+    .venv/bin/python bench/gpu_sdxl.py --quick --dry-run --json /tmp/gpu_quick.json   # its CPU rehearsal, ~1 min
+
+--quick: bare, default and best at batch 1 and 4 (1024x1024, 30 steps, --images 4 per figure) and the
+first image after start (best, empty compile cache), inside --budget seconds from the process's start
+(450 by default: with the install of the carried wheels, the call stays within 8 minutes); what would
+not fit is recorded 'skipped: over budget (...)' rather than run. It writes every figure, measured or
+not, as JSON to --json (default $OUT/gpu_quick.json when OUT is set; schema in quick_record) as they
+come, then prints a side-by-side table with imagend / bare at each batch size. `make gpu-wheels`
+(bench/gpu_wheels.py) packs what a bare GPU host lacks for it; docs/gpu_speed.md has the one command.
 
 No download: the UNet, VAE and both text encoders are built from SDXL base 1.0's published
 component configs (written out below) with random weights, and the tokenizers are imagend's
@@ -50,6 +62,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+PROCESS_STARTED = time.time()  # the quick mode's budget counts from here
 
 # SDXL base 1.0's published component configs (stabilityai/stable-diffusion-xl-base-1.0).
 SDXL_UNET: dict[str, Any] = {
@@ -694,6 +708,454 @@ def first_image(args: argparse.Namespace, workdir: Path) -> list[tuple[str, dict
     return runs
 
 
+# -- the quick mode: one call on a lent GPU --------------------------------------------------------------
+#
+# bare, default and best at batch 1 and 4, plus the first image after start, inside a wall-clock budget
+# counted from this process's start (PROCESS_STARTED): 450 s by default, so that the whole call, pip
+# install of the carried wheels included, stays within 8 minutes on an H100. bare and default run in
+# this process (eager: predictable); best runs in a fresh child process whose first image is the cold
+# start (empty compile cache), which then times batch 1 and compiles and times batch 4 if the budget
+# allows (the batch-1 compile is the estimate for the next shape). Before each call the budget is
+# checked against an estimate; what would not fit is recorded 'skipped: over budget (...)' instead of
+# run, and the child is killed at the deadline whatever it does. The figures go to --json as they come.
+
+QUICK_SCHEMA = "imagend-gpu-quick/1"
+QUICK_KEYS = ("bare", "default", "best")
+QUICK_BATCHES = "1,4"
+QUICK_IMAGES = 4
+QUICK_BUDGET_S = 450.0
+QUICK_EVENT = "QUICK-EVENT "  # the child's lines for the parent
+QUICK_WRAP_UP_S = 3.0  # kept back from the child's deadline for the parent's report
+OVER_BUDGET = "skipped: over budget"
+CELL_KEYS = ("status", "calls", "images", "seconds", "seconds_per_image", "images_per_s", "warmup_s",
+             "peak_vram_bytes")
+FIRST_IMAGE_KEYS = ("status", "process_s", "import_s", "build_s", "apply_and_first_image_s", "compile_cache",
+                    "applied")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Seconds from `started` (time.time(), so that a child process shares the deadline)."""
+
+    total_s: float
+    started: float
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.total_s
+
+    def left(self, now: float | None = None) -> float:
+        return self.deadline - (time.time() if now is None else now)
+
+    def check(self, need_s: float, what: str, now: float | None = None) -> str | None:
+        """None when `need_s` more seconds fit before the deadline, else the note that `what` was skipped."""
+        left = self.left(now)
+        if need_s <= left:
+            return None
+        return (f"{OVER_BUDGET} ({what} needs ~{need_s:.0f} s, {max(left, 0.0):.0f} s left of "
+                f"{self.total_s:.0f} s)")
+
+
+def next_shape_need(first_image_s: float, seconds_per_image: float | None, batch: int) -> float:
+    """Seconds to compile and time a new batch size in `best`: its compile, estimated by the first
+    image's apply + compile + image (an over-estimate by one image), and `batch` images at the speed
+    measured at batch 1 (else at the first image's, compile included)."""
+    return first_image_s + batch * (seconds_per_image if seconds_per_image is not None else first_image_s)
+
+
+def empty_cell(status: str = "not run") -> dict[str, Any]:
+    return {**dict.fromkeys(CELL_KEYS), "status": status}
+
+
+def quick_label(key: str, compile_mode: str) -> str:
+    return {"bare": "bare diffusers, eager", "default": "imagend, every option off",
+            "best": f"imagend best exact ({compile_mode})"}[key]
+
+
+def quick_record(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
+    """Every key of the JSON the quick mode writes, before anything is measured."""
+    batches = [str(b) for b in args.batch_sizes]
+    return {
+        "schema": QUICK_SCHEMA,
+        "dry_run": bool(args.dry_run),
+        "argv": sys.argv[1:],
+        "settings": {"side": args.side, "steps": args.steps, "batches": list(args.batch_sizes),
+                     "images": args.images, "compile_mode": args.compile_mode,
+                     "dtype": "float32" if args.dry_run else "float16", "budget_s": budget.total_s},
+        "environment": {},
+        "build": {"seconds": None, "parameters": {}, "full_size_parameters": {}},
+        "contenders": {
+            key: {"label": quick_label(key, args.compile_mode), "applied": [],
+                  "batches": {b: empty_cell() for b in batches}}
+            for key in QUICK_KEYS
+        },
+        "ratios": {key: dict.fromkeys(batches) for key in QUICK_KEYS if key != "bare"},
+        "first_image": {**dict.fromkeys(FIRST_IMAGE_KEYS), "status": "not run", "compile_cache": "empty",
+                        "applied": []},
+        "skipped": [],
+        "phases": {},
+        "total_s": None,
+        "within_budget": None,
+    }
+
+
+def fill_ratios(record: dict[str, Any]) -> None:
+    """imagend's images/s over bare diffusers' at the same batch size, where both were measured."""
+    bare = record["contenders"]["bare"]["batches"]
+    for key, ratios in record["ratios"].items():
+        for batch in ratios:
+            mine, theirs = record["contenders"][key]["batches"][batch], bare[batch]
+            if mine["images_per_s"] and theirs["images_per_s"]:
+                ratios[batch] = mine["images_per_s"] / theirs["images_per_s"]
+
+
+def write_record(record: dict[str, Any], path: Path | None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+
+
+def source_digest(package: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def quick_environment(device: str) -> dict[str, Any]:
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    import imagend
+
+    versions: dict[str, str | None] = {}
+    for name in ("torch", "diffusers", "transformers", "compel", "peft", "accelerate", "huggingface-hub",
+                 "tokenizers", "numpy", "imagend"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    installed = Path(imagend.__file__).resolve().parent
+    checkout = Path(__file__).resolve().parents[1] / "imagend"
+    manifest = checkout.parent / ".gpu-wheels" / "manifest.json"
+    on_cuda = device.startswith("cuda")
+    return {
+        "python": platform.python_version(),
+        "versions": versions,
+        "imagend_file": str(installed),
+        # The wheel built by bench/gpu_wheels.py against the checkout it travels with: False means stale.
+        "imagend_matches_checkout": (installed == checkout or source_digest(installed) == source_digest(checkout))
+        if checkout.is_dir() else None,
+        "wheels_commit": json.loads(manifest.read_text()).get("commit") if manifest.is_file() else None,
+        "device": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "gpu_memory_bytes": torch.cuda.get_device_properties(0).total_memory if on_cuda else None,
+        "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def measure_cell(runner: Runner, batch: int, images: int, budget: Budget, device: str, warmups: int) -> dict[str, Any]:
+    """Warm up at `batch` (`warmups` calls of WARMUP_STEPS steps), then time calls of `batch` images until
+    `images` are made, each call only if the budget holds it (estimated from the warm-up, then from the
+    calls before)."""
+    import torch
+
+    note = budget.check(0.0, f"the batch-{batch} warm-up")
+    if note:
+        return empty_cell(note)
+    started = time.perf_counter()
+    for _ in range(warmups):
+        runner.make(batch, batch, WARMUP_STEPS)
+    synchronize(device)
+    warmup_s = time.perf_counter() - started
+    # A warm-up's fixed costs (text encoders, VAE decode) scaled with its steps: an over-estimate.
+    estimate = warmup_s / warmups * max(runner.steps, WARMUP_STEPS) / WARMUP_STEPS
+    calls = max(1, -(-images // batch))
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    seconds, done, note = 0.0, 0, None
+    for _ in range(calls):
+        note = budget.check(seconds / done if done else estimate, f"a batch-{batch} call")
+        if note:
+            break
+        synchronize(device)
+        started = time.perf_counter()
+        runner.make(batch, batch, runner.steps)
+        synchronize(device)
+        seconds += time.perf_counter() - started
+        done += 1
+    cell = empty_cell(note or "ok")
+    cell["warmup_s"] = warmup_s
+    if done:
+        made = done * batch
+        cell.update(status="ok" if done == calls else f"ok, {done} of {calls} calls: {note}", calls=done, images=made,
+                    seconds=seconds, seconds_per_image=seconds / made, images_per_s=made / seconds,
+                    peak_vram_bytes=torch.cuda.max_memory_allocated() if on_cuda else None)
+    return cell
+
+
+def quick_eager(key: str, pristine: Any, args: argparse.Namespace, device: str, workdir: Path, budget: Budget,
+                record: dict[str, Any], save: Callable[[], None]) -> None:
+    import torch
+
+    from imagend.backends.local.speed.apply import apply_speed
+
+    contender = record["contenders"][key]
+    note = budget.check(0.0, key)
+    if note:
+        contender["batches"] = {b: empty_cell(note) for b in contender["batches"]}
+        return
+    pipe = fresh_copy(pristine, torch.float16 if device.startswith("cuda") else torch.float32)
+    if key == "bare":
+        runner = bare_runner(pipe, args.side, args.steps)
+    else:
+        contender["applied"] = apply_speed(pipe, speed_settings({}, workdir, args.dry_run), device)
+        backend = imagend_backend(pipe, device, max(args.batch_sizes), args.side, args.steps, workdir)
+        runner = imagend_runner(backend, args.side, args.steps, None)
+    for batch in args.batch_sizes:
+        contender["batches"][str(batch)] = cell = measure_cell(runner, batch, args.images, budget, device, warmups=1)
+        save()
+        print(f"  {key} batch {batch}: {cell_text(cell, batch)}", flush=True)
+
+
+def cell_text(cell: dict[str, Any], batch: int) -> str:
+    if cell["images_per_s"] is None:
+        return str(cell["status"])
+    text = f"{cell['seconds_per_image']:.3f} s/img" if batch == 1 else f"{cell['images_per_s']:.3f} img/s"
+    return text + f" ({cell['images']} images, warm-up {cell['warmup_s']:.1f} s)"
+
+
+def quick_best_child(args: argparse.Namespace) -> int:
+    """In a fresh process: build, apply `best` with an empty compile cache, make the first image (the
+    cold start); then time batch 1, and compile and time each other batch size the budget holds. Each
+    figure is printed as a line (QUICK_EVENT + JSON) the moment it is known."""
+    import torch
+
+    from imagend.backends.local.speed.apply import apply_speed
+
+    def emit(**fields: Any) -> None:
+        print(QUICK_EVENT + json.dumps(fields), flush=True)
+
+    quiet()
+    spawned = args.spawned_at
+    imported = time.time()
+    budget = Budget(args.deadline - spawned, spawned)
+    workdir = Path(args.quick_best_child)
+    device = "cpu" if args.dry_run else "cuda"
+    if args.dry_run:
+        from diffusers import StableDiffusionXLPipeline
+
+        pipe = StableDiffusionXLPipeline.from_pretrained(str(workdir / "tiny"), dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+    else:
+        pipe = build_sdxl(workdir / "child-tokenizer", device, torch.float16)
+    built = time.time()
+    best = next(c for c in contenders(args.compile_mode) if c.key == "best")
+    cache = workdir / "quick-compile-cache"  # new: nothing compiled before, as on a fresh host
+    applied = apply_speed(pipe, speed_settings({**best.env, "IMAGEND_COMPILE_CACHE_DIR": str(cache)}, workdir,
+                                               args.dry_run), device)
+    emit(event="applied", applied=applied)
+    backend = imagend_backend(pipe, device, max(args.batch_sizes), args.side, args.steps, workdir)
+    backend.generate(requests(backend, 1, args.side, args.steps, None), no_heartbeat)
+    synchronize(device)
+    done = time.time()
+    emit(event="first_image", import_s=imported - spawned, build_s=built - imported,
+         apply_and_first_image_s=done - built, process_s=done - spawned)
+    runner = imagend_runner(backend, args.side, args.steps, None)
+    compiled, per_image = {1}, None
+    for batch in args.batch_sizes:
+        if batch not in compiled:
+            note = budget.check(next_shape_need(done - built, per_image, batch), f"compiling and timing batch {batch}")
+            if note:
+                emit(event="cell", batch=batch, cell=empty_cell(note))
+                continue
+        cell = measure_cell(runner, batch, args.images, budget, device, warmups=2)
+        compiled.add(batch)
+        if cell["seconds_per_image"] is not None and per_image is None:
+            per_image = cell["seconds_per_image"]
+        emit(event="cell", batch=batch, cell=cell)
+    return 0
+
+
+def quick_best(args: argparse.Namespace, workdir: Path, budget: Budget, record: dict[str, Any],
+               save: Callable[[], None]) -> None:
+    """The child above, stopped at the deadline; its figures into `record` as they come."""
+    contender, first = record["contenders"]["best"], record["first_image"]
+    note = budget.check(0.0, "best and the first image after start")
+    if note:
+        contender["batches"] = {b: empty_cell(note) for b in contender["batches"]}
+        first["status"] = note
+        return
+    spawned = time.time()
+    command = [sys.executable, str(Path(__file__).resolve()), "--quick-best-child", str(workdir),
+               "--spawned-at", repr(spawned), "--deadline", repr(budget.deadline - QUICK_WRAP_UP_S),
+               "--side", str(args.side),
+               "--steps", str(args.steps), "--batches", ",".join(map(str, args.batch_sizes)),
+               "--images", str(args.images), "--compile-mode", args.compile_mode]
+    if args.dry_run:
+        command.append("--dry-run")
+    # The child's own compile cache, empty: none inherited from this shell.
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    out_path, err_path = workdir / "best-child.out", workdir / "best-child.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        child = subprocess.Popen(command, env=env, stdout=out, stderr=err, text=True)
+        try:
+            returncode: int | None = child.wait(timeout=max(budget.left() - QUICK_WRAP_UP_S, 1.0))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+            returncode = None
+    for line in out_path.read_text().splitlines():
+        if not line.startswith(QUICK_EVENT):
+            continue
+        event = json.loads(line[len(QUICK_EVENT):])
+        if event["event"] == "applied":
+            contender["applied"] = first["applied"] = event["applied"]
+        elif event["event"] == "first_image":
+            first.update({k: v for k, v in event.items() if k != "event"}, status="ok")
+        elif event["event"] == "cell":
+            contender["batches"][str(event["batch"])] = event["cell"]
+    ran = time.time() - spawned
+    if returncode is None:
+        why = f"{OVER_BUDGET} (the child was stopped at the deadline, {ran:.0f} s after its start)"
+    elif returncode:
+        lines = err_path.read_text().strip().splitlines()
+        why = f"failed: exit {returncode}: {lines[-1] if lines else 'no message'}"
+        print(f"  best: the child failed, exit {returncode}:\n" + "\n".join(lines[-40:]), flush=True)
+    else:
+        why = "not run"
+    if first["status"] == "not run":
+        first["status"] = why
+    for batch, cell in contender["batches"].items():
+        if cell["status"] == "not run":
+            contender["batches"][batch] = empty_cell(why)
+    save()
+
+
+def run_quick(args: argparse.Namespace) -> int:
+    import torch
+
+    budget = Budget(args.budget, PROCESS_STARTED)
+    path = Path(args.json) if args.json else (Path(os.environ["OUT"]) / "gpu_quick.json" if os.environ.get("OUT")
+                                               else None)
+    quiet()
+    if args.dry_run:
+        args.side, args.steps = 64, 2
+    record = quick_record(args, budget)
+    device = "cpu" if args.dry_run else "cuda"
+    if not args.dry_run and not torch.cuda.is_available():
+        record["skipped"].append("everything: no CUDA device (torch.cuda.is_available() is False)")
+        write_record(record, path)
+        print("bench/gpu_sdxl.py --quick: no CUDA device; nothing measured. Try --dry-run.")
+        return 1
+    record["environment"] = quick_environment(device)
+
+    def save() -> None:
+        record["total_s"] = time.time() - PROCESS_STARTED
+        write_record(record, path)
+
+    with tempfile.TemporaryDirectory(prefix="imagend-gpu-quick-") as tmp:
+        workdir = Path(tmp)
+        started = time.perf_counter()
+        if args.dry_run:
+            full = build_sdxl(workdir / "tokenizer", "meta", torch.float16)
+            record["build"]["full_size_parameters"] = parameter_counts(full)
+            del full
+            from diffusers import StableDiffusionXLPipeline
+
+            from imagend.backends.local.miniature.sdxl import write_tiny_model
+
+            pristine = StableDiffusionXLPipeline.from_pretrained(str(write_tiny_model(workdir / "tiny")),
+                                                                 dtype=torch.float32)
+            pristine.set_progress_bar_config(disable=True)
+            record["skipped"] += [
+                "the GPU: a dry run, on the CPU with the miniature model at 64x64, 2 steps "
+                "(the full-size SDXL built on the meta device for its parameter counts); its figures mean nothing",
+                "peak_vram_bytes: no CUDA device",
+                "inductor: compile traced by dynamo's eager backend (code generation takes minutes on a small CPU)",
+            ]
+        else:
+            pristine = build_sdxl(workdir / "tokenizer", device, torch.float16)
+        record["build"].update(seconds=time.perf_counter() - started, parameters=parameter_counts(pristine))
+        record["phases"]["start_and_build_s"] = time.time() - PROCESS_STARTED
+        print(f"{record['environment']['device']}: SDXL {'miniature' if args.dry_run else 'architecture'}, "
+              f"random weights, built in {record['build']['seconds']:.0f} s; {args.side}x{args.side}, "
+              f"{args.steps} steps, batches {args.batch_sizes}; budget {budget.total_s:.0f} s, "
+              f"{budget.left():.0f} s left", flush=True)
+        save()
+        for key in ("bare", "default"):
+            started = time.perf_counter()
+            quick_eager(key, pristine, args, device, workdir, budget, record, save)
+            record["phases"][f"{key}_s"] = time.perf_counter() - started
+            release(device)
+            save()
+        del pristine
+        release(device)
+        started = time.perf_counter()
+        quick_best(args, workdir, budget, record, save)
+        record["phases"]["best_s"] = time.perf_counter() - started
+    record["skipped"] += sorted({entry for entry in record["contenders"]["best"]["applied"]
+                                 if entry.startswith("skipped ")})
+    for key, contender in record["contenders"].items():
+        record["skipped"] += [f"{key} batch {b}: {c['status']}" for b, c in contender["batches"].items()
+                              if c["status"] != "ok"]
+    if not str(record["first_image"]["status"]).startswith("ok"):
+        record["skipped"].append(f"first image: {record['first_image']['status']}")
+    fill_ratios(record)
+    save()
+    record["within_budget"] = record["total_s"] <= budget.total_s
+    save()
+    quick_report(record)
+    if path is not None:
+        print(f"figures: {path}")
+    return 0
+
+
+def quick_report(record: dict[str, Any]) -> None:
+    """The side-by-side table: each contender at each batch size, and imagend / bare."""
+    settings, env = record["settings"], record["environment"]
+    batches = [str(b) for b in settings["batches"]]
+    print(f"\nSDXL {settings['side']}x{settings['side']}, {settings['steps']} steps, {settings['dtype']}, "
+          f"{env.get('device')}{' (DRY RUN: the figures mean nothing)' if record['dry_run'] else ''}")
+    header = f"  {'':44}" + "".join(f" {'b' + b + ' s/img':>10} {'img/s':>7} {'x bare':>6}" for b in batches)
+    print(header + f" {'peak VRAM':>9}")
+    notes = []
+    for key, contender in record["contenders"].items():
+        line = f"  {contender['label'][:44]:44}"
+        peaks = []
+        for b in batches:
+            cell = contender["batches"][b]
+            if cell["images_per_s"] is None:
+                notes.append(f"  {key} batch {b}: {cell['status']}")
+                line += f" {'-':>10} {'-':>7} {'-':>6}"
+                continue
+            ratio = 1.0 if key == "bare" else record["ratios"][key][b]
+            line += (f" {cell['seconds_per_image']:10.3f} {cell['images_per_s']:7.3f} "
+                     f"{(f'{ratio:.2f}' if ratio else '-'):>6}")
+            if cell["peak_vram_bytes"]:
+                peaks.append(cell["peak_vram_bytes"])
+        print(line + (f" {max(peaks) / 2**30:8.1f}G" if peaks else f" {'-':>9}"))
+    first = record["first_image"]
+    if first["process_s"] is not None:
+        print(f"  first image after start, best, empty compile cache: {first['process_s']:.1f} s "
+              f"(import {first['import_s']:.1f} s, build {first['build_s']:.1f} s, apply + compile + first image "
+              f"{first['apply_and_first_image_s']:.1f} s; random weights: no checkpoint read)")
+    else:
+        notes.append(f"  first image after start: {first['status']}")
+    if notes:
+        print("\n".join(["not measured:", *notes]))
+    print(f"x bare: imagend's images/s over bare diffusers' at the same batch size. "
+          f"{record['total_s']:.0f} s in all of a {settings['budget_s']:.0f} s budget")
+
+
 # -- the report ----------------------------------------------------------------------------------------
 
 
@@ -743,9 +1205,18 @@ def parse_batches(text: str) -> list[int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("--images", type=int, default=16, help="images per measurement (at least one call)")
+    p.add_argument("--quick", action="store_true",
+                   help="bare, default and best at batch 1 and 4, and the first image after start, within --budget "
+                   "seconds (one call on a lent GPU; docs/gpu_speed.md)")
+    p.add_argument("--json", default=None,
+                   help="--quick: write the figures here as JSON (default $OUT/gpu_quick.json when OUT is set)")
+    p.add_argument("--budget", type=float, default=QUICK_BUDGET_S,
+                   help="--quick: seconds from the process's start; what would not fit is recorded skipped")
+    p.add_argument("--images", type=int, default=None,
+                   help=f"images per measurement (at least one call; default 16, --quick {QUICK_IMAGES})")
     p.add_argument("--batch", type=int, default=None, help="(older flag) measure batch 1 and this one")
-    p.add_argument("--batches", default="1,4,8", help="batch sizes to measure, comma-separated")
+    p.add_argument("--batches", default=None,
+                   help=f"batch sizes to measure, comma-separated (default 1,4,8; --quick {QUICK_BATCHES})")
     p.add_argument("--side", type=int, default=1024)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--no-compile", action="store_true", help="skip every contender that compiles")
@@ -757,6 +1228,9 @@ def main() -> int:
     p.add_argument("--flux-steps", type=int, default=4)
     p.add_argument("--flux-batches", default="1,4")
     p.add_argument("--first-image-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--quick-best-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--spawned-at", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -770,8 +1244,18 @@ def main() -> int:
         print(f"{'flux_bare, flux_default, flux_best':22} FLUX.1-schnell, {args.flux_steps} steps (--skip-flux)")
         return 0
     args.only = {key.strip() for key in args.only.split(",") if key.strip()}
-    args.batch_sizes = sorted({1, args.batch}) if args.batch else parse_batches(args.batches)
+    quick = args.quick or args.quick_best_child
+    if args.json and not args.quick:
+        p.error("--json goes with --quick")
+    if args.images is None:
+        args.images = QUICK_IMAGES if quick else 16
+    batches = args.batches or (QUICK_BATCHES if quick else "1,4,8")
+    args.batch_sizes = sorted({1, args.batch}) if args.batch else parse_batches(batches)
     args.flux_batch_sizes = parse_batches(args.flux_batches)
+    if args.quick_best_child:
+        return quick_best_child(args)
+    if args.quick:
+        return run_quick(args)
     if args.first_image_child:
         if args.dry_run:
             args.side, args.steps = 64, 2
