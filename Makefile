@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 TEST_SERVER_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: install system-deps pg14 demo test lint check-server bench
+.PHONY: install system-deps pg14 demo test lint check-server bench gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -55,3 +55,11 @@ bench: install
 	$(PY) bench/queue_drain.py
 	$(PY) bench/pickup_latency.py
 	$(PY) bench/claim_scale.py
+
+# What `bench/gpu_sdxl.py --quick` needs on a lent GPU host (bare, no network: docs/gpu_speed.md), from
+# PyPI: .gpu-wheels/ (diffusers, compel, ... and imagend's own wheel; carried with the working tree,
+# checked under 64 MiB, with the one command to run there in .gpu-wheels/COMMAND, printed at the end) and
+# .gpu-wheels-device/ (the device's preinstalled packages for this Python: the stand-in that
+# tests/acceptance/test_gpu_bench_packaging.py installs; never carried).
+gpu-wheels: install
+	$(PY) bench/gpu_wheels.py --device-sim --torch '$(TORCH)'
