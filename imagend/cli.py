@@ -19,7 +19,7 @@ from imagend import __version__
 from imagend.backends import check_backends, create_backends, missing_libraries
 from imagend.config.settings import Settings, load_settings
 from imagend.db.columns import BACKEND_NAMES
-from imagend.db.connect import apply_schema, database_setting, database_url, open_pool
+from imagend.db.connect import apply_schema, database_setting, database_url, describe_target, open_pool
 from imagend.db.operations import ALL_BACKENDS, OperationsRepository
 from imagend.db.repository import Repository
 from imagend.errors import ConfigError, DatabaseUnavailable
@@ -223,9 +223,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _no_database(settings: Settings) -> str | None:
+    """Why an operator's command (-status, -pause, -resume) has no queue to read: no database configured
+    and no embedded Postgres yet, typically a folder without the daemon's .env. Starting an empty one there
+    would report no queue and no daemons, which reads as a dead fleet."""
+    if not settings.embedded_database or (settings.data_dir / "postgres" / "PG_VERSION").is_file():
+        return None
+    env_file = Path(".env").resolve()
+    where = f"nor in {env_file}" if env_file.is_file() else f"no {env_file}"
+    return (f"no database to read: neither DATABASE_URL nor DB_HOST/DB_NAME is set ({where}), and no "
+            f"daemon has run an embedded Postgres under IMAGEND_DATA_DIR={settings.data_dir}. Run it where the "
+            "daemon's .env is, or name it: -env-file PATH, DATABASE_URL, or IMAGEND_DATA_DIR for an embedded one")
+
+
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.generator or args.processor or args.cron:
         check_backends(settings)  # a start that cannot succeed stops here, before the table is upgraded
+    elif args.status or args.pause is not None or args.resume is not None:
+        missing = _no_database(settings)
+        if missing is not None:
+            raise ConfigError(missing)
     url = database_url(settings)
     apply_schema(url, setting=database_setting(settings))
     with open_pool(url, settings) as pool:
@@ -248,7 +265,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if args.status:
             serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
-            report = status_report(repo.queue_status(), ops.daemons(), ops.paused(), settings.default_backend, serving)
+            where = database_setting(settings)
+            database = where if settings.embedded_database else f"{where}: {describe_target(url)}"
+            report = status_report(repo.queue_status(), ops.daemons(), ops.paused(), settings.default_backend, serving,
+                                   database)
             print(json.dumps(report, default=str, indent=2))
             return 0
         if args.export_images:

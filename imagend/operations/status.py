@@ -13,34 +13,38 @@ from imagend.db.rows import FleetDaemon, Pause, Status
 
 
 def status_report(queue: Sequence[dict[str, Any]], daemons: Sequence[FleetDaemon], paused: Sequence[Pause],
-                  default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
-    """`serving`: running daemons per backend (Repository.unserved)."""
+                  default_backend: str, serving: dict[str, int], database: str) -> dict[str, Any]:
+    """`serving`: running daemons per backend (Repository.unserved); `database`: where it was read, in
+    words (never a password), first, so that an empty queue is never mistaken for a dead fleet."""
     return {
-        "queue": [_status_line(row, default_backend, serving) for row in _fold(queue)],
+        "database": database,
+        "queue": [_status_line(row, serving) for row in _fold(queue, default_backend)],
         "daemons": [_daemon_line(d, paused) for d in daemons],
         "paused": [dataclasses.asdict(p) for p in paused],
     }
 
 
-def _fold(queue: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Lines of backends imagend does not know fold into one per status (10,000 producer-written names
-    make one line, not 10,000): rows summed, the oldest wait kept."""
-    lines: list[dict[str, Any]] = []
-    unknown: dict[str, dict[str, Any]] = {}
+def _fold(queue: Sequence[dict[str, Any]], default_backend: str) -> list[dict[str, Any]]:
+    """One line per (status, backend) as /metrics labels them: a NULL backend under IMAGEND_BACKEND's name
+    (the claim fills it in so), and backends imagend does not know folded into one (10,000 producer-written
+    names make one line, not 10,000); rows summed, the oldest wait kept."""
+    lines: dict[tuple[str, str], dict[str, Any]] = {}
     for row in queue:
-        if known_or_unknown(row["backend"]) != UNKNOWN_BACKEND:
-            lines.append(dict(row))
-            continue
-        line = unknown.get(row["status"])
+        backend = known_or_unknown(row["backend"]) or default_backend
+        key = (row["status"], backend)
+        line = lines.get(key)
         if line is None:
-            line = {**row, "backend": UNKNOWN_BACKEND, "rows": 0, "avg_generation_seconds": None}
-            unknown[row["status"]] = line
-            lines.append(line)
+            lines[key] = {**row, "backend": backend}
+            continue
         line["rows"] += row["rows"]
+        if backend == UNKNOWN_BACKEND:
+            line["avg_generation_seconds"] = None
+        elif line["avg_generation_seconds"] is None:
+            line["avg_generation_seconds"] = row["avg_generation_seconds"]
         if row["oldest_waiting"] is not None and (line["oldest_waiting"] is None
                                                   or row["oldest_waiting"] > line["oldest_waiting"]):
             line["oldest_waiting"] = row["oldest_waiting"]
-    return lines
+    return list(lines.values())
 
 
 def _daemon_line(daemon: FleetDaemon, paused: Sequence[Pause]) -> dict[str, Any]:
@@ -51,11 +55,10 @@ def _daemon_line(daemon: FleetDaemon, paused: Sequence[Pause]) -> dict[str, Any]
     return line
 
 
-def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, int]) -> dict[str, Any]:
+def _status_line(row: dict[str, Any], serving: dict[str, int]) -> dict[str, Any]:
     """One line of images_queue_status for JSON: the oldest waiting row's age in seconds (a number,
     not an interval's text), the average generation time as a number; on waiting lines, how many
-    running daemons serve their backend (a NULL backend is IMAGEND_BACKEND's) and `unserved` when
-    none does."""
+    running daemons serve their backend and `unserved` when none does."""
     line = dict(row)
     oldest = line.pop("oldest_waiting", None)
     line["oldest_waiting_seconds"] = round(oldest.total_seconds(), 3) if isinstance(oldest, timedelta) else None
@@ -63,7 +66,7 @@ def _status_line(row: dict[str, Any], default_backend: str, serving: dict[str, i
     if average is not None:
         line["avg_generation_seconds"] = round(float(average), 3)
     if line["status"] == Status.READY_TO_GENERATE:
-        count = serving.get(line["backend"] or default_backend)  # None: no such backend; any daemon fails them
+        count = serving.get(line["backend"])  # None: no such backend; any daemon fails them
         line["daemons_serving"] = count
         line["unserved"] = count == 0
     return line

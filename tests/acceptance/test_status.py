@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from psycopg.conninfo import conninfo_to_dict
+
 from support.daemons import DaemonProcess, run_imagend
 from support.db import base_env, insert_image, wait_until
 
@@ -17,11 +19,11 @@ def test_status_gives_ages_and_times_in_seconds_as_numbers(db_url, conn):
     result = run_imagend(["-status"], base_env(db_url))
     assert result.returncode == 0, result.stderr
     lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)["queue"]}
-    waiting = lines[("ReadyToGenerate", None)]
+    waiting = lines[("ReadyToGenerate", "placeholder")]  # NULL: IMAGEND_BACKEND's, named as /metrics names it
     assert isinstance(waiting["oldest_waiting_seconds"], float)
     assert 85 <= waiting["oldest_waiting_seconds"] < 600
     assert "oldest_waiting" not in waiting  # no Python timedelta text ("0:01:30.0412")
-    finished = lines[("ReadyToPublish", None)]
+    finished = lines[("ReadyToPublish", "placeholder")]
     assert finished["avg_generation_seconds"] == 2.0
     assert finished["oldest_waiting_seconds"] is None
 
@@ -36,7 +38,7 @@ def test_status_shows_waiting_rows_that_no_running_daemon_serves(db_url, conn):
     lines = {(line["status"], line["backend"]): line for line in json.loads(result.stdout)["queue"]}
     local = lines[("ReadyToGenerate", "local")]
     assert (local["unserved"], local["daemons_serving"]) == (True, 0)
-    default = lines[("ReadyToGenerate", None)]
+    default = lines[("ReadyToGenerate", "placeholder")]
     assert (default["unserved"], default["daemons_serving"]) == (False, 1)
 
 
@@ -52,3 +54,40 @@ def test_a_daemon_says_at_start_that_rows_wait_for_a_backend_nobody_serves(db_ur
     assert (warning["backend"], warning["rows"], warning["daemons_serving"]) == ("local", 1, 0)
     assert warning["served_here"] == ["placeholder"]
     assert "IMAGEND_BACKENDS" in warning["hint"]
+
+
+def test_status_says_which_database_it_read(db_url, conn):
+    """An empty queue must never be mistaken for a dead fleet: the report names where it looked (issue 25,
+    item 4), never with a password."""
+    result = run_imagend(["-status"], base_env(db_url))
+    assert result.returncode == 0, result.stderr
+    database = json.loads(result.stdout)["database"]
+    target = conninfo_to_dict(db_url)
+    assert database.startswith("DATABASE_URL: ") and f"database {target['dbname']}" in database
+    assert not target.get("password") or target["password"] not in database
+
+
+def test_status_where_no_database_is_configured_starts_no_empty_one(tmp_path):
+    """From a folder without the daemon's .env and no DATABASE_URL: exit 2 saying so, instead of starting
+    an empty embedded Postgres and reporting no queue and no daemons with exit 0."""
+    data_dir = tmp_path / "data"
+    for args in (["-status"], ["-pause"], ["-resume"]):
+        result = run_imagend(args, {"IMAGEND_DATA_DIR": str(data_dir)}, cwd=tmp_path)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert "no database to read: neither DATABASE_URL nor DB_HOST/DB_NAME is set" in result.stderr
+        assert f"no {tmp_path / '.env'}" in result.stderr and "-env-file PATH" in result.stderr
+        assert result.stdout == ""
+    assert not (data_dir / "postgres").exists()  # nothing was started
+
+
+def test_status_names_a_null_backend_as_imagend_backend_as_metrics_does(db_url, conn):
+    """A NULL backend is IMAGEND_BACKEND's: -status shows that name (not null), one line with the rows
+    that named it (issue 25, item 11)."""
+    insert_image(conn, "left to the default")
+    insert_image(conn, "named", backend="placeholder")
+    conn.execute("UPDATE images SET created_at = now() - interval '1 minute' WHERE backend IS NULL")
+    result = run_imagend(["-status"], base_env(db_url, IMAGEND_BACKEND="placeholder"))
+    assert result.returncode == 0, result.stderr
+    waiting = [line for line in json.loads(result.stdout)["queue"] if line["status"] == "ReadyToGenerate"]
+    assert [(line["backend"], line["rows"]) for line in waiting] == [("placeholder", 2)]
+    assert waiting[0]["oldest_waiting_seconds"] >= 59  # the older of the two
