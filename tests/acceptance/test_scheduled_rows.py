@@ -3,7 +3,17 @@ when they fall due, by `imagend -cron` itself, not by the 5-minute interval run.
 
 from __future__ import annotations
 
-from support.daemons import DaemonProcess
+import json
+import re
+from typing import Any
+
+import psycopg
+from prometheus_client import CollectorRegistry, generate_latest
+
+from imagend.db.operations import OperationsRepository
+from imagend.operations.metrics import QueueCollector
+
+from support.daemons import DaemonProcess, run_imagend
 from support.db import base_env, fetch_image, insert_image, wait_until
 
 
@@ -23,3 +33,52 @@ def test_rows_due_at_different_times_are_each_claimed_when_due(db_url, conn, tmp
     for row in rows:
         assert row["started_at"] >= row["run_after"], "claimed before it was due"
     assert rows[0]["started_at"] < rows[1]["started_at"] < rows[2]["started_at"]
+
+
+
+def oldest_waiting_gauge(pool: Any) -> float:
+    """/metrics' imagend_queue_oldest_waiting_seconds (what the documented ImagendQueueTooOld rule reads)."""
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(OperationsRepository(pool, dead_after_seconds=10), "placeholder"))
+    text = generate_latest(registry).decode()
+    match = re.search(r'^imagend_queue_oldest_waiting_seconds\{backend="placeholder"\} (\S+)$', text, re.MULTILINE)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_a_row_scheduled_for_later_waits_for_nobody_before_its_time(db_url, conn, make_settings, make_repo):
+    """Issue 25, item 3: a row due in an hour does not trip the oldest-waiting alert, gets its run_after as
+    estimated start, and a cancel ends it at once rather than leaving it "cancelling" for an hour."""
+    later = insert_image(conn, "in an hour")
+    conn.execute("UPDATE images SET created_at = now() - interval '10 minutes', "
+                 "run_after = now() + interval '1 hour' WHERE id = %s", [later])
+    due = insert_image(conn, "due for a minute")
+    conn.execute("UPDATE images SET created_at = now() - interval '1 hour', "
+                 "run_after = now() - interval '1 minute' WHERE id = %s", [due])
+    # Waiting since each fell due: the due row's minute, not the scheduled row's ten minutes nor an hour.
+    assert 55 <= oldest_waiting_gauge(make_repo(make_settings()).pool) < 120
+    status = run_imagend(["-status"], base_env(db_url))
+    [waiting] = [line for line in json.loads(status.stdout)["queue"] if line["status"] == "ReadyToGenerate"]
+    assert waiting["rows"] == 2 and 55 <= waiting["oldest_waiting_seconds"] < 120
+    # Its place: the due row is claimed first, and it starts not before its time.
+    position = conn.execute("SELECT ahead, extract(epoch FROM estimated_start - now()) AS wait "
+                            "FROM imagend_position(%s)", [later]).fetchone()
+    assert position["ahead"] == 1 and float(position["wait"]) > 3500
+    assert conn.execute("SELECT ahead FROM imagend_position(%s)", [due]).fetchone()["ahead"] == 0
+    # A producer's cancel ends it now, not when it falls due.
+    conn.execute("UPDATE images SET cancel_requested = true WHERE id = %s", [later])
+    row = fetch_image(conn, later)
+    assert (row["status"], row["error"], row["attempts"]) == ("Failed", "cancelled", 0)
+    assert row["finished_at"] is not None
+    assert fetch_image(conn, due)["status"] == "ReadyToGenerate"  # only the row asked for
+
+
+def test_a_cancelled_waiting_row_notifies_its_producer(db_url, conn):
+    """The cancel's terminal write is like any other: imagend_done says so to a LISTENing producer."""
+    image_id = insert_image(conn, "never mind")
+    conn.execute("UPDATE images SET run_after = now() + interval '1 day' WHERE id = %s", [image_id])
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN imagend_done")
+        conn.execute("UPDATE images SET cancel_requested = true WHERE id = %s", [image_id])
+        notes = list(listener.notifies(timeout=5, stop_after=1))
+    assert [json.loads(n.payload) for n in notes] == [{"id": image_id, "status": "Failed"}]

@@ -54,7 +54,7 @@ def test_schema_is_idempotent(db_url, conn):
     assert {row["tgname"] for row in before["triggers"]} == {
         "images_touch_updated_at", "images_notify_new", "images_notify_done", "images_notify_requeued",
         "images_requeue_finished", "images_count_inserted", "images_count_updated", "images_count_deleted",
-        "images_count_truncated", "images_notify_sources_done", "images_refuse_chain_cycle"}
+        "images_count_truncated", "images_cancel_waiting", "images_notify_sources_done", "images_refuse_chain_cycle"}
 
 
 def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
@@ -160,6 +160,7 @@ def test_queue_status_view(conn, make_settings, make_repo):
         ('d2', 'ReadyToPublish', 'placeholder', 4.0, now()),
         ('d3', 'ReadyToPublish', 'local', 30.0, now()),
         ('f1', 'Failed', 'placeholder', NULL, now())""")
+    conn.execute("UPDATE images SET run_after = created_at")  # each due since it was created
     rows = make_repo(make_settings()).queue_status()
     view = {(r["status"], r["backend"]): r for r in rows}
     assert {k: r["rows"] for k, r in view.items()} == {

@@ -36,7 +36,9 @@ def test_waiting_rows_for_backends_not_served_are_found_per_backend(conn, repo):
     insert_image(conn, "served here", backend="placeholder")
     insert_image(conn, "unknown: any daemon claims it to fail it", backend="dalle")
     insert_image(conn, "finished", backend="local", status="ReadyToPublish")
-    conn.execute("UPDATE images SET created_at = now() - interval '2 minutes' WHERE prompt = 'a'")
+    # Waiting since it fell due: created two minutes ago, and due since then.
+    conn.execute("UPDATE images SET created_at = now() - interval '2 minutes', "
+                 "run_after = now() - interval '2 minutes' WHERE prompt = 'a'")
     found = {entry.backend: entry for entry in repo.unserved(["placeholder"])}
     assert set(found) == {"fusionbrain", "local"}
     assert (found["fusionbrain"].rows, found["local"].rows) == (2, 1)

@@ -411,15 +411,17 @@ FROM images_queue_status;
 -- oldest has waited, and how many running daemons (a heartbeat within dead_after) serve that
 -- backend. Rows naming no known backend are left out: any daemon claims them, to fail them.
 WITH waiting AS (
+    -- Waiting since it fell due (created, or its run_after), as images_oldest_waiting counts it.
     SELECT COALESCE(backend, %(default_backend)s) AS backend, count(*) AS rows,
-           min(created_at) FILTER (WHERE isfinite(created_at)) AS oldest
+           min(greatest(created_at, run_after)) FILTER (WHERE isfinite(greatest(created_at, run_after))
+                                                          AND run_after <= now()) AS oldest
     FROM images
     WHERE status = 'ReadyToGenerate'
     GROUP BY 1
 )
 SELECT w.backend,
        w.rows::int AS rows,
-       (extract(epoch FROM now()) - extract(epoch FROM w.oldest))::float8 AS oldest_waiting_seconds,
+       COALESCE(extract(epoch FROM now()) - extract(epoch FROM w.oldest), 0)::float8 AS oldest_waiting_seconds,
        (SELECT count(*)
         FROM imagend_daemons AS d
         WHERE w.backend = ANY (d.backends)

@@ -22,12 +22,14 @@ SELECT backend, paused_at, paused_by FROM imagend_paused ORDER BY backend;
 SELECT status, backend, rows FROM imagend_queue_counts();
 
 -- name: images_oldest_waiting
--- Per backend (NULL: the daemon's default), seconds the oldest waiting row has waited; read on
--- the claim's partial index, which holds waiting rows only.
+-- Per backend (NULL: the daemon's default), seconds the oldest waiting row has waited since it fell due
+-- (created, or its run_after: a row scheduled for later, or backing off, waits for nobody before its
+-- time); read on the claim's partial index, which holds waiting rows only.
 SELECT backend, (extract(epoch FROM now())
-                 - extract(epoch FROM min(created_at) FILTER (WHERE isfinite(created_at))))::float8 AS seconds
+                 - extract(epoch FROM min(greatest(created_at, run_after))
+                                      FILTER (WHERE isfinite(greatest(created_at, run_after)))))::float8 AS seconds
 FROM images
-WHERE status = 'ReadyToGenerate'
+WHERE status = 'ReadyToGenerate' AND run_after <= now()
 GROUP BY backend;
 
 -- name: daemons_list

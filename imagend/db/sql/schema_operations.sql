@@ -147,9 +147,13 @@ WITH recent AS (
     ORDER BY i.id DESC
     LIMIT 1000
 ), oldest AS (
-    SELECT COALESCE(i.backend, '') AS backend, min(i.created_at) FILTER (WHERE isfinite(i.created_at)) AS oldest
+    -- Waiting since it fell due: a row scheduled for later (run_after, a retry's backoff) waits for nobody
+    -- before its time.
+    SELECT COALESCE(i.backend, '') AS backend,
+           min(greatest(i.created_at, i.run_after)) FILTER (WHERE isfinite(greatest(i.created_at, i.run_after)))
+               AS oldest
     FROM images AS i
-    WHERE i.status = 'ReadyToGenerate'
+    WHERE i.status = 'ReadyToGenerate' AND i.run_after <= now()
     GROUP BY 1
 ), pace AS (
     SELECT COALESCE(r.backend, '') AS backend, avg(r.generation_seconds) AS seconds FROM recent AS r GROUP BY 1
@@ -164,20 +168,25 @@ LEFT JOIN oldest AS o ON o.backend = COALESCE(c.backend, '') AND c.status = 'Rea
 LEFT JOIN pace AS p ON p.backend = COALESCE(c.backend, '') AND c.status = 'ReadyToPublish';
 
 -- Where a waiting row stands: how many rows a daemon will claim before it (same backend, higher
--- priority, or equal priority and older — the claim's order), and when it should start, from the
--- generation times of its backend's rows among the newest 1,000 finished, and the daemons serving it.
+-- priority, or equal priority and older — the claim's order — and due by the time it is), and when it
+-- should start: not before its run_after, and not before the rows ahead are done, from the generation
+-- times of its backend's rows among the newest 1,000 finished and the daemons serving it.
 -- NULL for a row that is not waiting.
 CREATE OR REPLACE FUNCTION imagend_position(image_id INTEGER)
 RETURNS TABLE (ahead BIGINT, estimated_start TIMESTAMPTZ)
 LANGUAGE sql STABLE AS $$
     WITH me AS (
-        SELECT id, priority, backend FROM images WHERE id = image_id AND status = 'ReadyToGenerate'
+        SELECT id, priority, backend, greatest(run_after, now()) AS due
+        FROM images WHERE id = image_id AND status = 'ReadyToGenerate'
     ), ahead AS (
+        -- Due before it (claimed first, whatever their priority), or due with it and first in the claim's order.
         SELECT count(*) AS n
         FROM images AS i, me
         WHERE i.status = 'ReadyToGenerate'
-          AND (i.priority > me.priority OR (i.priority = me.priority AND i.id < me.id))
           AND i.backend IS NOT DISTINCT FROM me.backend
+          AND (greatest(i.run_after, now()) < me.due
+               OR greatest(i.run_after, now()) = me.due
+                  AND (i.priority > me.priority OR (i.priority = me.priority AND i.id < me.id)))
     ), pace AS (
         SELECT avg(r.generation_seconds) AS seconds
         FROM (SELECT i.backend, i.generation_seconds FROM images AS i
@@ -190,8 +199,32 @@ LANGUAGE sql STABLE AS $$
           AND (me.backend IS NULL OR me.backend = ANY (d.backends))
     )
     SELECT ahead.n,
-           now() + make_interval(secs => COALESCE(pace.seconds, 0) * ahead.n / serving.n)
+           greatest(me.due, now() + make_interval(secs => COALESCE(pace.seconds, 0) * ahead.n / serving.n))
     FROM me, ahead, pace, serving
 $$;
+
+-- A waiting row a producer cancels (`UPDATE images SET cancel_requested = true`, the API's cancel) ends
+-- Failed 'cancelled' in that very statement: no daemon need claim it first, so a row scheduled for
+-- later (run_after) does not stay "cancelling" until its time, nor one whose backend no daemon serves.
+-- A row in Generate is its daemon's to stop (the next lease renewal hears it); a row inserted already
+-- cancelled is failed at its claim. The queue counts follow the status change; the terminal NOTIFY is
+-- sent here (images_notify_done fires only for an UPDATE that sets `status` itself), at commit.
+CREATE OR REPLACE FUNCTION imagend_cancel_waiting() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('imagend_done', json_build_object('id', NEW.id, 'status', 'Failed')::text);
+    NEW.status := 'Failed';
+    NEW.error := 'cancelled';
+    NEW.finished_at := now();
+    NEW.progress := NULL;
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_cancel_waiting
+    BEFORE UPDATE OF cancel_requested ON images
+    FOR EACH ROW
+    WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested
+          AND OLD.status = 'ReadyToGenerate' AND NEW.status = 'ReadyToGenerate')
+    EXECUTE FUNCTION imagend_cancel_waiting();
 
 COMMIT;
