@@ -105,8 +105,13 @@ class Repository(Statements):
 
     def mark_done(self, results: Sequence[Finished]) -> set[int]:
         """End rows ReadyToPublish with their image in one statement; returns the ids still ours."""
+        return set(self.mark_done_or_cancelled(results))
+
+    def mark_done_or_cancelled(self, results: Sequence[Finished]) -> dict[int, str]:
+        """End rows ReadyToPublish with their image in one statement, or Failed 'cancelled' where a producer
+        cancelled meanwhile; returns the status of each row still ours."""
         if not results:
-            return set()
+            return {}
         rows = self._rows(
             "images_mark_done",
             {
@@ -125,7 +130,7 @@ class Repository(Statements):
                 "owner": self.owner,
             },
         )
-        return {row[0] for row in rows}
+        return {row[0]: row[1] for row in rows}
 
     def fail_attempt(self, claim: Claim, error: str, *, retryable: bool, backoff_seconds: float) -> str:
         """Record a failed attempt; returns the new status (ReadyToGenerate to retry, or Failed)."""

@@ -13,14 +13,14 @@ from typing import TypeVar
 from imagend.backends.base import Image
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
-from imagend.db.rows import Claim, Status
-from imagend.errors import LostOwnership, RowError, RowLocked
+from imagend.db.rows import Claim, Finished, Status
+from imagend.errors import Cancelled, LostOwnership, RowError, RowLocked
 from imagend.logs import get_logger, redact
 from imagend.operations.metrics import Metrics
 from imagend.queue.pass_counts import PassCounts
 from imagend.queue.publishing import Results
 from imagend.retry import backoff_seconds, retry_database
-from imagend.storage import Store
+from imagend.storage import Store, StoreUnavailable
 from imagend.storage.health import StoreHealth
 
 log = get_logger()
@@ -48,14 +48,24 @@ class Outcomes:
             self.fail(backend, claim, error, counts)
         if not rows:
             return
-        written = self._per_row_if_locked(self.repo.mark_done, rows, lambda row: row.claim.id)
+        statuses: dict[int, str] = {}
+
+        def write(batch: list[Finished]) -> Iterable[int]:
+            statuses.update(self.repo.mark_done_or_cancelled(batch))
+            return [row.claim.id for row in batch if row.claim.id in statuses]
+
+        ours = self._per_row_if_locked(write, rows, lambda row: row.claim.id)
+        cancelled = {image_id for image_id in ours if statuses.get(image_id) == Status.FAILED}
+        written = ours - cancelled
+        if cancelled:
+            self._cancelled_at_the_finish(backend, [row for row in rows if row.claim.id in cancelled], counts)
         counts.done += len(written)
         self.metrics.count(backend, "done", len(written))
         self.metrics.generation_seconds.observe(
             backend, (image.generation_seconds for claim, image in results if claim.id in written))
         kept = {row.claim for row in rows}
         for claim, image in results:
-            if claim not in kept:
+            if claim not in kept or claim.id in cancelled:
                 continue
             if claim.id in written:
                 log.debug(
@@ -75,6 +85,22 @@ class Outcomes:
                     attempt=claim.attempt,
                     reason="row is no longer ours (lease expired, the producer changed it, or holds it locked)",
                 )
+
+    def _cancelled_at_the_finish(self, backend: str, rows: Sequence[Finished], counts: PassCounts) -> None:
+        """Rows a producer cancelled while their image was made (images_mark_done ended them Failed
+        'cancelled'): what was stored for them goes too, so that a cancelled row leaves nothing behind."""
+        counts.failed += len(rows)
+        for row in rows:
+            self.metrics.failed(backend, Cancelled(), final=True)
+            log.info("image_failed", id=row.claim.id, status=Status.FAILED, attempt=row.claim.attempt,
+                     error="cancelled", result="dropped: the cancel came while it was made")
+        urls = [url for row in rows for url in (row.output_url, row.thumbnail_url) if url]
+        store = self.results.store
+        if urls and store is not None:
+            try:
+                store.delete_urls(urls)
+            except StoreUnavailable as exc:  # retention's IMAGEND_RETENTION_DELETE_OBJECTS would not find them
+                log.warning("cancelled_objects_kept", ids=[row.claim.id for row in rows], error=str(exc))
 
     def _per_row_if_locked(self, write: Callable[[list[T]], Iterable[int]], items: Sequence[T],
                            row_id: Callable[[T], int]) -> set[int]:

@@ -78,26 +78,29 @@ FROM images
 WHERE id = ANY (%(ids)b::int[]);
 
 -- name: images_mark_done
--- Ends a whole batch in one statement; returns the ids that were still ours. The image is already
--- in storage (when there is a target) before this runs: a finished row always has its image.
+-- Ends a whole batch in one statement; returns the ids that were still ours, each with the status it
+-- ended in. The image is already in storage (when there is a target) before this runs: a finished row
+-- always has its image. A row a producer cancelled meanwhile (a remote task runs to its end on the
+-- service's side; a local one may finish between two steps) ends Failed 'cancelled' instead, without
+-- its image: the cancel wins, and the caller deletes what it stored for it.
 UPDATE images AS i
-SET status             = 'ReadyToPublish',
-    base64             = d.base64,
+SET status             = CASE WHEN i.cancel_requested THEN 'Failed' ELSE 'ReadyToPublish' END,
+    base64             = CASE WHEN i.cancel_requested THEN NULL ELSE d.base64 END,
     seed               = COALESCE(d.seed, i.seed),
-    output_path        = d.output_path,
-    output_url         = d.output_url,
-    thumbnail_url      = d.thumbnail_url,
-    thumbnail          = d.thumbnail,
-    format             = d.format,
+    output_path        = CASE WHEN i.cancel_requested THEN i.output_path ELSE d.output_path END,
+    output_url         = CASE WHEN i.cancel_requested THEN i.output_url ELSE d.output_url END,
+    thumbnail_url      = CASE WHEN i.cancel_requested THEN i.thumbnail_url ELSE d.thumbnail_url END,
+    thumbnail          = CASE WHEN i.cancel_requested THEN i.thumbnail ELSE d.thumbnail END,
+    format             = CASE WHEN i.cancel_requested THEN i.format ELSE d.format END,
     generation_seconds = d.generation_seconds,
     warning            = COALESCE(d.warning, i.warning),
-    progress           = 1,
+    progress           = CASE WHEN i.cancel_requested THEN NULL ELSE 1 END,
     preview            = NULL,
-    error              = NULL,
+    error              = CASE WHEN i.cancel_requested THEN 'cancelled' END,
     finished_at        = now(),
     locked_by          = NULL,
     lease_until        = NULL,
-    spooled_at         = CASE WHEN d.spooled THEN now() END
+    spooled_at         = CASE WHEN d.spooled AND NOT i.cancel_requested THEN now() END
 FROM unnest(%(ids)b::int[], %(attempts)b::int[], %(base64s)b::text[], %(seeds)b::bigint[],
             %(output_paths)b::text[], %(output_urls)b::text[], %(thumbnail_urls)b::text[],
             %(thumbnails)b::text[], %(formats)b::text[], %(generation_seconds)b::float8[], %(warnings)b::text[],
@@ -112,7 +115,7 @@ WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
   AND i.attempts = d.attempt
-RETURNING i.id;
+RETURNING i.id, i.status;
 
 -- name: images_fail_attempt
 -- A failed attempt: back to the queue after a backoff while attempts are left

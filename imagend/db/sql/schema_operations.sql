@@ -206,7 +206,10 @@ $$;
 -- A waiting row a producer cancels (`UPDATE images SET cancel_requested = true`, the API's cancel) ends
 -- Failed 'cancelled' in that very statement: no daemon need claim it first, so a row scheduled for
 -- later (run_after) does not stay "cancelling" until its time, nor one whose backend no daemon serves.
--- A row in Generate is its daemon's to stop (the next lease renewal hears it); a row inserted already
+-- So does a remote row between two polls (Generate, a task `uuid`, no owner): its result is never
+-- fetched (Fusion Brain has no cancel: the task runs to its end on its side). A row a daemon holds is
+-- that daemon's to stop: its next lease renewal hears the cancel, and the finishing write
+-- (images_mark_done) ends it Failed 'cancelled' if the image came first. A row inserted already
 -- cancelled is failed at its claim. The queue counts follow the status change; the terminal NOTIFY is
 -- sent here (images_notify_done fires only for an UPDATE that sets `status` itself), at commit.
 CREATE OR REPLACE FUNCTION imagend_cancel_waiting() RETURNS trigger
@@ -217,14 +220,17 @@ BEGIN
     NEW.error := 'cancelled';
     NEW.finished_at := now();
     NEW.progress := NULL;
+    NEW.preview := NULL;
+    NEW.lease_until := NULL;
     RETURN NEW;
 END $$;
 
 CREATE OR REPLACE TRIGGER images_cancel_waiting
     BEFORE UPDATE OF cancel_requested ON images
     FOR EACH ROW
-    WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested
-          AND OLD.status = 'ReadyToGenerate' AND NEW.status = 'ReadyToGenerate')
+    WHEN (NEW.cancel_requested AND NOT OLD.cancel_requested AND NEW.status = OLD.status
+          AND (OLD.status = 'ReadyToGenerate'
+               OR OLD.status = 'Generate' AND OLD.uuid IS NOT NULL AND OLD.locked_by IS NULL))
     EXECUTE FUNCTION imagend_cancel_waiting();
 
 COMMIT;
