@@ -143,3 +143,59 @@ class OperationsRepository(Statements):
         text, so JSON Postgres accepts but Python cannot decode is still shown."""
         rows = self._rows("images_params", {"id": image_id, "max_chars": max_chars})
         return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    # -- the OpenAI and AUTOMATIC1111 routes (http/compat.py) ----------------------------
+
+    def insert_request(self, rows: Sequence[dict[str, Any]], key: str | None = None, *, attach: bool = False,
+                       window_seconds: float = 0.0) -> tuple[list[int], bool]:
+        """INSERT a request's rows in one transaction; returns their ids and False. A value `Earlier(i)`
+        is the id of the request's row i (a chained row). With `key`, the request is noted under it;
+        with `attach` too, a request noted under `key` within `window_seconds` is a retry: nothing is
+        inserted and its ids come back with True."""
+        with self._cursor() as cur, cur.connection.transaction():
+            if key is not None:
+                cur.execute(self._sql["images_api_request_find"], {"key": key, "window": window_seconds})
+                found = cur.fetchone()
+                if attach and found is not None and found[1] and found[0]:
+                    return [int(image_id) for image_id in found[0]], True
+            ids: list[int] = []
+            for row in rows:
+                params = dict.fromkeys(INSERTABLE)
+                params.update({name: ids[value.index] if isinstance(value, Earlier) else value
+                               for name, value in row.items()})
+                cur.execute(self._sql["images_insert"], params)
+                ids.append(int(cur.fetchone()[0]))  # type: ignore[index]
+            if key is not None:
+                cur.execute(self._sql["images_api_request_record"], {"key": key, "ids": ids})
+        return ids, False
+
+    def expire_requests(self, window_seconds: float) -> int:
+        """Forget the retry keys older than `window_seconds`; returns how many went."""
+        with self._cursor() as cur:
+            cur.execute(self._sql["images_api_requests_expire"], {"window": window_seconds})
+            return cur.rowcount
+
+    def results(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        return self._rows("images_api_results", {"ids": list(ids)}, dict_row)
+
+    def progress_of(self, ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Each row's status, progress and preview tag (id order); rows that are gone are missing."""
+        return self._rows("images_api_progress", {"ids": list(ids)}, dict_row)
+
+    def cancel_rows(self, ids: Sequence[int], statuses: Sequence[str]) -> list[int]:
+        """Ask the rows among `ids` whose status is one of `statuses` to stop; returns their ids."""
+        return [int(row[0]) for row in self._rows("images_api_cancel", {"ids": list(ids), "statuses": list(statuses)})]
+
+    def waiting_rows(self) -> int:
+        """Rows waiting (ReadyToGenerate), every backend: the exact counts, without counting the table."""
+        return sum(int(rows) for status, _backend, rows in self._rows("images_queue_counts", {})
+                   if status == "ReadyToGenerate")
+
+
+class Earlier:
+    """In insert_request's rows: the id of the request's row `index` (inserted before this one)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index

@@ -140,3 +140,42 @@ LIMIT %(limit)s;
 -- The API and the row page: the producer's params as text (decoded, or shown raw, in Python), at most
 -- %(max_chars)s characters of it: a producer may store 50 MB there, which is never read whole.
 SELECT left(params::text, %(max_chars)s) FROM images WHERE id = %(id)s;
+
+-- name: images_api_request_find
+-- images_api_*: the OpenAI and AUTOMATIC1111 routes (http/compat.py): a retried request's key, the rows
+-- of a request read back, its rows' progress, the caller's interrupt.
+-- The key's entry, locked until the transaction ends (a try arriving meanwhile waits for it); a new key
+-- gets an empty entry, filled by images_api_request_record in the same transaction. `fresh`: within the
+-- retry window.
+INSERT INTO imagend_api_requests AS r (key, image_ids) VALUES (%(key)s, '{}')
+ON CONFLICT (key) DO UPDATE SET key = r.key
+RETURNING r.image_ids, r.created_at > now() - make_interval(secs => %(window)s) AS fresh;
+
+-- name: images_api_request_record
+UPDATE imagend_api_requests SET image_ids = %(ids)s, created_at = now() WHERE key = %(key)s;
+
+-- name: images_api_requests_expire
+-- Keys past the retry window, on their index.
+DELETE FROM imagend_api_requests WHERE created_at < now() - make_interval(secs => %(window)s);
+
+-- name: images_api_results
+-- A request's rows as its answer needs them (the image inline when the row holds it; images.py reads
+-- a stored one), in id order.
+SELECT id, status, error, warning, prompt, negative_prompt, seed, width, height, steps, guidance, scheduler,
+       backend, model, strength, format, base64
+FROM images
+WHERE id = ANY (%(ids)s)
+ORDER BY id;
+
+-- name: images_api_progress
+-- A request's rows while they run: status, progress and a tag of their step preview (local backend).
+SELECT id, status, progress, left(md5(preview), 12) AS preview_tag
+FROM images
+WHERE id = ANY (%(ids)s)
+ORDER BY id;
+
+-- name: images_api_cancel
+-- A1111's interrupt (every status given) and skip (Generate only): what a producer's cancel does.
+UPDATE images SET cancel_requested = true
+WHERE id = ANY (%(ids)s) AND status = ANY (%(statuses)s)
+RETURNING id;

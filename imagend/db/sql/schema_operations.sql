@@ -234,3 +234,22 @@ CREATE OR REPLACE TRIGGER images_cancel_waiting
     EXECUTE FUNCTION imagend_cancel_waiting();
 
 COMMIT;
+
+-- The OpenAI and AUTOMATIC1111 routes of the listener (http/compat.py, docs/compatible-apis.md): the
+-- openai SDK retries a request that timed out or got a 408/409/429/5xx, with no idempotency key, only
+-- `x-stainless-retry-count`. A retry is recognised by its key (a hash of the route, the credentials and
+-- the body as parsed) and attached to the rows the first try queued, within IMAGEND_HTTP_RETRY_WINDOW;
+-- kept here, so that a listener restarted between the tries still recognises it. The listener deletes
+-- the keys older than the window (a minute apart at most, on the next request).
+BEGIN;
+
+SELECT pg_advisory_xact_lock(hashtext('imagend.schema'));
+
+CREATE TABLE IF NOT EXISTS imagend_api_requests (
+    key        TEXT PRIMARY KEY,
+    image_ids  INTEGER[] NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS imagend_api_requests_created_idx ON imagend_api_requests (created_at);
+
+COMMIT;
