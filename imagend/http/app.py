@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from imagend.errors import DatabaseUnavailable
-from imagend.http import api, dashboard, probes
+from imagend.http import a1111, api, dashboard, openai_images, probes
 from imagend.http.auth import Refused
+from imagend.http.compat import Compat
 from imagend.http.context import HttpContext
 from imagend.http.responses import error
 
@@ -42,8 +43,10 @@ def create_app(context: HttpContext) -> Starlette:
     async def internal(_request: Request, _exc: Exception) -> Response:
         return error(500, INTERNAL_ERROR)
 
+    compat = Compat.build(context)  # the OpenAI and A1111 APIs (docs/compatible-apis.md)
     return Starlette(
-        routes=[*probes.routes(context), *api.routes(context), *dashboard.routes(context)],
+        routes=[*probes.routes(context), *openai_images.routes(compat), *a1111.routes(compat), *api.routes(context),
+                *dashboard.routes(context)],
         exception_handlers={Refused: refused, DatabaseUnavailable: database_down, HTTPException: http_error,
                             500: internal},
     )

@@ -1,0 +1,164 @@
+"""The OpenAI and AUTOMATIC1111 APIs on the local backend (the miniature models, noise, on the CPU), one
+`imagend -cron` daemon for the module, driven by the real clients: the `openai` SDK's images.edit with an
+image and a mask (inpainting: the mask's transparent part is repainted, the rest stays the input's own
+pixels), Open WebUI's edit request, a stream with partial images built from the step previews; webuiapi's
+img2img with a mask, and a checkpoint chosen with util_set_model for that caller only."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import psycopg
+import pytest
+import webuiapi
+from PIL import Image
+from psycopg.rows import dict_row
+
+from support.http_daemon import TOKEN, HttpDaemon, own_database
+from support.local import TORCH_NUMPY_COPY_WARNING
+
+pytestmark = [TORCH_NUMPY_COPY_WARNING, pytest.mark.slow]  # a local daemon: about a minute in all
+
+SIDE = 64
+
+
+@pytest.fixture(scope="module")
+def module_db(server_url: str, template_db: str) -> Iterator[str]:
+    with own_database(server_url, template_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def daemon(module_db: str, tiny_models: dict[str, Path],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpDaemon]:
+    env = {
+        "IMAGEND_BACKEND": "local",
+        "IMAGEND_MODEL": str(tiny_models["sdxl"]),
+        "IMAGEND_MODELS": f"sdxl={tiny_models['sdxl']},sdxl-b={tiny_models['sdxl-b']}",
+        "IMAGEND_LOCK_DIR": str(tmp_path_factory.mktemp("locks")),
+        "IMAGEND_DEFAULT_STEPS": "50",  # the OpenAI API has no steps: quality "max" is 100 (the stream's)
+        "DEFAULT_IMAGE_WIDTH": str(SIDE),
+        "DEFAULT_IMAGE_HEIGHT": str(SIDE),
+        "HF_HUB_OFFLINE": "1",
+        "IMAGEND_OPENAI_MODELS": "gpt-image-1=local:sdxl-b",
+    }
+    with HttpDaemon(module_db, **env) as running:
+        yield running
+
+
+@pytest.fixture
+def db(module_db: str) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    with psycopg.connect(module_db, autocommit=True, row_factory=dict_row) as connection:
+        yield connection
+
+
+@pytest.fixture
+def client(daemon: HttpDaemon) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=TOKEN, timeout=60.0) as sdk:
+        yield sdk
+
+
+def picture() -> Image.Image:
+    x = np.linspace(0, 255, SIDE, dtype=np.uint8)[None, :].repeat(SIDE, 0)
+    return Image.fromarray(np.stack([x, x[:, ::-1], np.full_like(x, 90)], axis=-1), "RGB")
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def openai_mask() -> Image.Image:
+    """OpenAI's convention: the transparent part (here the right half) is the part to edit."""
+    alpha = np.full((SIDE, SIDE), 255, dtype=np.uint8)
+    alpha[:, SIDE // 2:] = 0
+    mask = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
+    mask[..., 3] = alpha
+    return Image.fromarray(mask, "RGBA")
+
+
+def decoded(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def test_openai_edit_with_a_mask_inpaints_the_transparent_part(client, db):
+    answer = client.images.with_raw_response.edit(image=("in.png", png_bytes(picture()), "image/png"),
+                                                  mask=("mask.png", png_bytes(openai_mask()), "image/png"),
+                                                  prompt="a red door", model="dall-e-2", size="64x64", n=1,
+                                                  response_format="b64_json")
+    (item,) = answer.parse().data
+    result, source = decoded(item.b64_json), np.asarray(picture(), dtype=np.int16)
+    assert result.shape == (SIDE, SIDE, 3)
+    # As A1111 does, the pixels outside the mask are the input's own; inside, repainted (noise here).
+    assert np.abs(result[:, : SIDE // 2 - 4] - source[:, : SIDE // 2 - 4]).max() <= 2
+    assert np.abs(result[:, SIDE // 2 + 4:] - source[:, SIDE // 2 + 4:]).mean() > 10
+    (image_id,) = answer.headers["x-imagend-ids"].split(",")
+    row = db.execute("SELECT * FROM images WHERE id = %s", [int(image_id)]).fetchone()
+    assert row["status"] == "ReadyToPublish" and row["init_image"] and row["mask_image"]
+    assert row["params"]["endpoint"] == "edits" and row["model"] is None
+
+
+def test_open_webuis_edit_request_with_image_brackets(daemon, db):
+    """routers/images.py's image_edits, engine 'openai': multipart with model, prompt, n and size as text,
+    response_format b64_json, and a list of images sent as `image[]` (uuid.png, image/png)."""
+    form = {"model": "gpt-image-1", "prompt": "same scene, dusk", "n": "1", "size": f"{SIDE}x{SIDE}",
+            "response_format": "b64_json"}
+    files = [("image[]", ("5f0c.png", io.BytesIO(png_bytes(picture())), "image/png"))]
+    with httpx.Client(base_url=f"{daemon.url}/v1", timeout=60) as web:
+        res = web.post("/images/edits", data=form, files=files, headers={"Authorization": f"Bearer {TOKEN}"})
+    res.raise_for_status()
+    assert decoded(res.json()["data"][0]["b64_json"]).shape == (SIDE, SIDE, 3)
+    row = db.execute("SELECT model, mask_image FROM images WHERE prompt = 'same scene, dusk'").fetchone()
+    assert row == {"model": "sdxl-b", "mask_image": None}  # gpt-image-1=local:sdxl-b; image-to-image
+
+
+def test_stream_with_partial_images_yields_previews_then_the_image(client):
+    """Previews are written every 2 s or so: a generation of some seconds (256 px, 100 steps) gives two."""
+    events = list(client.images.generate(prompt="a slow fox", model="dall-e-3", size="256x256", quality="max",
+                                         stream=True, partial_images=2, extra_body={"seed": 3},
+                                         timeout=120))
+    kinds = [event.type for event in events]
+    assert kinds == ["image_generation.partial_image", "image_generation.partial_image",
+                     "image_generation.completed"], kinds
+    assert [event.partial_image_index for event in events[:2]] == [0, 1]
+    for event in events[:2]:
+        assert Image.open(io.BytesIO(base64.b64decode(event.b64_json))).format == "PNG"
+    assert decoded(events[-1].b64_json).shape == (256, 256, 3)
+
+
+def test_webuiapi_img2img_with_a_mask(daemon, db):
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=daemon.port, username="alice", password=TOKEN)
+    mask = Image.fromarray(np.where(np.arange(SIDE)[None, :].repeat(SIDE, 0) >= SIDE // 2, 255, 0).astype(np.uint8))
+    result = api.img2img(images=[picture()], mask_image=mask, prompt="a painted door", denoising_strength=0.8,
+                         width=SIDE, height=SIDE, seed=11, steps=2)
+    assert len(result.images) == 1 and result.images[0].size == (SIDE, SIDE)
+    assert result.info["seed"] == 11 and "Denoising strength: 0.8" in result.info["infotexts"][0]
+    row = db.execute("SELECT strength, seed, scheduler FROM images WHERE prompt = 'a painted door'").fetchone()
+    assert (round(row["strength"], 3), row["seed"], row["scheduler"]) == (0.8, 11, "euler_a")
+
+
+def test_util_set_model_switches_the_checkpoint_for_that_caller_only(daemon, db):
+    alice = webuiapi.WebUIApi(host="127.0.0.1", port=daemon.port, username="alice", password=TOKEN)
+    bob = webuiapi.WebUIApi(host="127.0.0.1", port=daemon.port, username="bob", password=TOKEN)
+    assert alice.util_get_model_names() == ["sdxl", "sdxl-b"]
+    assert alice.util_get_current_model() == "sdxl"  # IMAGEND_MODEL is sdxl's folder
+    alice.util_set_model("sdxl-b")
+    assert alice.util_get_current_model() == "sdxl-b" and bob.util_get_current_model() == "sdxl"
+    mine = alice.txt2img(prompt="alice's checkpoint", width=SIDE, height=SIDE, steps=2)
+    theirs = bob.txt2img(prompt="bob's checkpoint", width=SIDE, height=SIDE, steps=2)
+    assert mine.info["sd_model_name"] == "sdxl-b" and "Model: sdxl-b" in mine.info["infotexts"][0]
+    assert theirs.info["sd_model_name"] == "sdxl"
+    models = {row["prompt"]: row["model"] for row in db.execute(
+        "SELECT prompt, model FROM images WHERE prompt LIKE '%''s checkpoint'").fetchall()}
+    assert models == {"alice's checkpoint": "sdxl-b", "bob's checkpoint": None}
+    one_off = bob.txt2img(prompt="bob's override", width=SIDE, height=SIDE, steps=2,
+                          override_settings={"sd_model_checkpoint": "sdxl-b.safetensors [0123abcd]"})
+    assert one_off.info["sd_model_name"] == "sdxl-b" and bob.util_get_current_model() == "sdxl"
