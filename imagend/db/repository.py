@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from imagend.db.columns import BACKEND_NAMES, REMOTE_BACKENDS
 from imagend.db.rows import (
     ENDED,
+    Beat,
     Claim,
     ClaimedRow,
     DaemonInfo,
@@ -35,6 +36,10 @@ from imagend.db.rows import (
 )
 from imagend.db.statements import Statements, by_name
 from imagend.errors import LostOwnership
+
+# An idle daemon's heartbeat looks for rows due this long ago and still waiting: a wake-up takes
+# milliseconds, so such a row's wake-up was lost (a race, a relay changing hands).
+WAKE_GRACE_SECONDS = 0.5
 
 
 class Repository(Statements):
@@ -65,11 +70,14 @@ class Repository(Statements):
     # -- the generator's side ---------------------------------------------------------
 
     def claim_batch(
-        self, backend: str, limit: int, now: datetime | None = None, prefer: ModelPreference | None = None
+        self, backend: str, limit: int, now: datetime | None = None, prefer: ModelPreference | None = None,
+        *, mark_idle: bool = True,
     ) -> list[ClaimedRow]:
         """Claim up to `limit` waiting rows for `backend`. Rows naming an unknown backend are
         claimed too (by whichever backend asks first) so that they fail instead of waiting forever.
-        `prefer`: the models loaded, whose rows come first within a priority (model affinity)."""
+        `prefer`: the models loaded, whose rows come first within a priority (model affinity).
+        `mark_idle`: finding nothing makes this daemon idle (one to wake); false for a claim made
+        ahead while it generates."""
         skip = [name for name in BACKEND_NAMES if name != backend]
         rows: list[ClaimedRow] = self._rows(
             "images_claim_batch",
@@ -83,6 +91,7 @@ class Repository(Statements):
                 "lease_seconds": self.lease_seconds,
                 "loaded_models": list(prefer.loaded) if prefer else None,
                 "switch_seconds": prefer.switch_seconds if prefer else 0.0,
+                "mark_idle": mark_idle,
             },
             by_name(ClaimedRow),
         )
@@ -293,8 +302,11 @@ class Repository(Statements):
         it will count as dead (dead_after)."""
         return 3 * self.heartbeat_seconds
 
-    def heartbeat(self, me: DaemonInfo) -> float | None:
-        """Say this daemon is alive; returns in how many seconds a rescue is due (None: none in sight)."""
+    def heartbeat(self, me: DaemonInfo, *, wake_channel: str | None = None, idle: bool = False,
+                  served: Sequence[str] = ()) -> Beat:
+        """Say this daemon is alive (and on which channel its host hears wake-ups); returns in how many
+        seconds a rescue is due (None: none in sight) and, when it is `idle`, whether a row it could
+        claim has been waiting longer than a wake-up takes."""
         rows = self._rows(
             "daemons_heartbeat",
             {
@@ -307,9 +319,15 @@ class Repository(Statements):
                 "model": me.model,
                 "dead_after": self.dead_after_seconds,
                 "alive_within": self.alive_within_seconds,
+                "wake_channel": wake_channel,
+                "idle": idle,
+                "wake_grace": WAKE_GRACE_SECONDS,
+                "default_backend": self.default_backend,
+                "skip_backends": [name for name in BACKEND_NAMES if name not in served],
             },
         )
-        return None if rows[0][0] is None else float(rows[0][0])
+        rescue_in, _, work_waiting = rows[0]
+        return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting))
 
     def remove_daemon(self) -> None:
         """This daemon stopped cleanly (its rows released); long-dead daemons holding nothing go too."""

@@ -159,6 +159,14 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Beat:
+    """What a heartbeat answers (daemons_heartbeat)."""
+
+    rescue_in: float | None  # seconds until a rescue is due (None: none in sight; <= 0: now)
+    work_waiting: bool  # idle, and a row it could claim waits past a wake-up's time: claim now
+
+
+@dataclass(frozen=True, slots=True)
 class Spooled:
     """A finished row whose image waits in the row for the store (images_spooled_batch)."""
 

@@ -22,10 +22,24 @@ DEATH_SLACK_SECONDS = 0.05  # a peer counts as dead strictly after dead_after: l
 
 
 class Liveness:
-    def __init__(self, repo: Repository, me: DaemonInfo, on_rescue_due: Callable[[float], None]) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        me: DaemonInfo,
+        on_rescue_due: Callable[[float], None],
+        *,
+        wake_channel: Callable[[], str | None] = lambda: None,
+        idle: Callable[[], bool] = lambda: False,
+        on_work_waiting: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`wake_channel`: where this host hears wake-ups (said in imagend_daemons); `idle`: whether the
+        daemon waits for work; `on_work_waiting`: an idle daemon's wake-up was lost, claim now."""
         self.repo = repo
         self.me = me
         self.on_rescue_due = on_rescue_due
+        self.wake_channel = wake_channel
+        self.idle = idle
+        self.on_work_waiting = on_work_waiting
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -52,7 +66,8 @@ class Liveness:
     def run_once(self) -> None:
         """One heartbeat; asks for a rescue pass when one falls due (on_rescue_due)."""
         try:
-            rescue_in = self.repo.heartbeat(self.me)
+            beat = self.repo.heartbeat(self.me, wake_channel=self.wake_channel(), idle=self.idle(),
+                                       served=self.me.backends)
         except DatabaseUnavailable as exc:
             if not self._failing:
                 log.warning("heartbeat_failed", error=str(exc), dead_after_seconds=self.repo.dead_after_seconds)
@@ -64,5 +79,8 @@ class Liveness:
         if self._failing:
             log.info("heartbeat_resumed")
             self._failing = False
-        if rescue_in is not None:
-            self.on_rescue_due(rescue_in + DEATH_SLACK_SECONDS)
+        if beat.rescue_in is not None:
+            self.on_rescue_due(beat.rescue_in + DEATH_SLACK_SECONDS)
+        if beat.work_waiting:
+            log.debug("wake_up_made_up", reason="a row waited past a wake-up's time while this daemon was idle")
+            self.on_work_waiting()

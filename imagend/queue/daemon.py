@@ -46,6 +46,7 @@ from imagend.queue.listener import Listener
 from imagend.queue.pacer import GENERATOR, PROCESSOR, Pacer
 from imagend.queue.pass_counts import PassCounts
 from imagend.queue.processor import Processor
+from imagend.queue.wakeups import HostWakeups, channel_of, host_key, runtime_folder
 from imagend.retry import pass_retry_seconds
 from imagend.storage import Store
 from imagend.storage.health import StoreHealth
@@ -149,8 +150,13 @@ class Daemon:
         # Rows waiting for a backend this daemon does not serve (nobody's, perhaps): said at start,
         # then at most every REPORT_EVERY_SECONDS.
         self.unserved_report = UnservedReport(repo, list(backends))
+        # Wake-ups: one LISTEN per host, one daemon woken per row (wakeups.py); -cron only.
+        self.wakeups: HostWakeups | None = None
         self.liveness = Liveness(
-            repo, describe(backends), on_rescue_due=lambda delay: self.pacer.request(PROCESSOR, delay)
+            repo, describe(backends), on_rescue_due=lambda delay: self.pacer.request(PROCESSOR, delay),
+            wake_channel=lambda: self.wakeups.channel if self.wakeups is not None and self.wakeups.hearing else None,
+            idle=lambda: self.wakeups is not None and self.wakeups.idle,
+            on_work_waiting=self.request_generator,
         )
 
     # -- one-shot (-generator / -processor) ---------------------------------------------
@@ -185,6 +191,7 @@ class Daemon:
     def run_forever(self) -> int:
         self._install_signal_handlers()
         self.unserved_report.run_once()
+        self.wakeups = self._start_wakeups()  # before the first heartbeat, which says its channel
         self.liveness.start()
         scheduler = BackgroundScheduler(
             job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}, timezone=UTC
@@ -208,10 +215,6 @@ class Daemon:
         scheduler.start()
         self.pacer.request(PROCESSOR)  # rescue first: a dead peer's rows wait longest
         self.pacer.request(GENERATOR)
-        Listener(
-            self.listen_url, self.repo, on_notify=self.request_generator, on_deaf=self._poll_instead,
-            stopping=self.stopping, check_seconds=self.settings.listen_check_seconds,
-        ).start()
         runner = threading.Thread(target=self.pacer.run, name="imagend-pacer", daemon=True)
         runner.start()
         log.info(
@@ -233,6 +236,20 @@ class Daemon:
             self.notifier.watchdog()
         state = "working" if self.health.busy else "waiting for work"
         self.notifier.status(f"{state}; {self._done_total} images done since start")
+
+    def _start_wakeups(self) -> HostWakeups:
+        key = host_key(self.listen_url)
+
+        def listen(on_notify: Callable[[str | None], None], on_deaf: Callable[[], None]) -> None:
+            Listener(
+                self.listen_url, self.repo, channel=channel_of(key), on_notify=on_notify, on_deaf=on_deaf,
+                stopping=self.stopping, check_seconds=self.settings.listen_check_seconds,
+            ).start()
+
+        wakeups = HostWakeups(runtime_folder(self.settings.env.values), key, listen=listen,
+                              on_wake=self.request_generator, on_deaf=self._poll_instead, stopping=self.stopping)
+        wakeups.start()
+        return wakeups
 
     def _requester(self, job: str) -> Callable[[], None]:
         return lambda: self.pacer.request(job)
@@ -267,6 +284,8 @@ class Daemon:
         self.pass_log.flush()
         self.release_owned_rows()
         self.liveness.stop(remove=not runner.is_alive())
+        if self.wakeups is not None:
+            self.wakeups.stop()
         self.io_pool.shutdown(wait=False, cancel_futures=True)
         if runner.is_alive():
             # A backend call that ignores interruption (a hung CUDA kernel) would keep the
@@ -289,7 +308,13 @@ class Daemon:
     # -- the passes, run by the pacer -------------------------------------------------
 
     def _generator_pass(self) -> None:
+        if self.wakeups is not None:
+            self.wakeups.set_idle(False)
         self._run_pass(GENERATOR, self.generator.run_once)
+        if self.wakeups is not None:
+            # It claimed until nothing was left (its last claim marked it idle in the database), unless
+            # it stopped early for the processor: then it comes back at once.
+            self.wakeups.set_idle(not self.pacer.is_due(GENERATOR) and not self.stopping.is_set())
 
     def _processor_pass(self) -> None:
         self._run_pass(PROCESSOR, self.processor.run_once)

@@ -118,7 +118,9 @@ class Generator:
                 if name in exhausted:
                     continue
                 ahead = self._claimed_ahead.pop(name, None)
-                rows = ahead.result() if ahead is not None else self._claim(name, backend)
+                rows = ahead.result() if ahead is not None else []
+                if not rows:  # a claim ahead that found nothing leaves the daemon busy: this one says idle
+                    rows = self._claim(name, backend)
                 if not rows:
                     exhausted.add(name)
                     continue
@@ -131,7 +133,7 @@ class Generator:
                 else:
                     assert isinstance(backend, GeneratingBackend)
                     if not self.stopping.is_set():
-                        self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend)
+                        self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend, ahead=True)
                     self._generate_all(backend, requests, counts)
                 if self.processor_due():
                     counts.more = True
@@ -139,8 +141,9 @@ class Generator:
             if not claimed_any and not self.wake.is_set():
                 break
 
-    def _claim(self, name: str, backend: Backend) -> list[ClaimedRow]:
-        return self.repo.claim_batch(name, backend.max_batch, prefer=backend.claim_preference())
+    def _claim(self, name: str, backend: Backend, *, ahead: bool = False) -> list[ClaimedRow]:
+        """`ahead`: claimed while a batch generates, so finding nothing does not make the daemon idle."""
+        return self.repo.claim_batch(name, backend.max_batch, prefer=backend.claim_preference(), mark_idle=not ahead)
 
     def _validate(self, backend: Backend, rows: Sequence[ClaimedRow], counts: PassCounts) -> list[Request]:
         requests = []

@@ -1,12 +1,12 @@
-"""LISTEN `imagend_new` on a connection of its own, so an idle daemon claims a new row
-within milliseconds instead of at its next interval run.
+"""LISTEN on a connection of its own (the host's wake-up channel, wakeups.py), so an idle daemon claims
+a new row within milliseconds instead of at its next interval run.
 
 The connection goes to IMAGEND_LISTEN_URL (default: the database's URL). Behind a
 transaction pooler (PgBouncer's usual mode) a LISTEN made through the pooler hears
 nothing, and the pooler hands its server connection to other clients. So before it
 listens, the listener checks on a throwaway channel that a NOTIFY sent through the pool
-really reaches it; if not, it says so naming IMAGEND_LISTEN_URL, never LISTENs on
-`imagend_new` through the pooler, and the daemon polls every IMAGEND_POLL_SECONDS.
+really reaches it; if not, it says so naming IMAGEND_LISTEN_URL, never LISTENs on its channel
+through the pooler, and the daemons poll every IMAGEND_POLL_SECONDS.
 
 A network that drops without a FIN leaves a connection half-open: nothing arrives and
 nothing fails. TCP keepalives make the kernel notice, and every IMAGEND_LISTEN_CHECK the
@@ -32,7 +32,6 @@ from imagend.retry import reconnect_seconds
 
 log = get_logger()
 
-CHANNEL = "imagend_new"
 PROBE_SECONDS = 3.0  # how long a probe NOTIFY may take to arrive
 NOTIFY_WAIT_SECONDS = 1.0  # how often the loop looks at `stopping`
 # libpq's TCP keepalives (ignored on a Unix socket): a dead peer is noticed within about a minute.
@@ -49,12 +48,14 @@ class Listener:
         url: str,
         repo: Repository,
         *,
-        on_notify: Callable[[], None],
+        channel: str,
+        on_notify: Callable[[str | None], None],
         on_deaf: Callable[[], None],
         stopping: threading.Event,
         check_seconds: float = 30.0,
     ) -> None:
         self.url = url
+        self.channel = channel
         self.check_seconds = check_seconds
         self.repo = repo
         self.on_notify = on_notify
@@ -71,7 +72,7 @@ class Listener:
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(
-                    make_conninfo(self.url, application_name="imagend", **KEEPALIVES),
+                    make_conninfo(self.url, application_name="imagend-listen", **KEEPALIVES),
                     autocommit=True,
                     prepare_threshold=None,
                 ) as conn:
@@ -90,11 +91,11 @@ class Listener:
                         self.on_deaf()
                         return
                     heard_before = True
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                     if failures:
                         log.info("listen_connection_restored")
                     failures = 0
-                    self.on_notify()  # rows inserted while we were not listening
+                    self.on_notify(None)  # rows inserted while we were not listening
                     self._listen(conn, probe)
             except (psycopg.OperationalError, DatabaseUnavailable, Deaf) as exc:
                 failures += 1
@@ -105,8 +106,8 @@ class Listener:
     def _listen(self, conn: psycopg.Connection[tuple[object, ...]], probe: str) -> None:
         checked = time.monotonic()
         while not self.stopping.is_set():
-            for _ in conn.notifies(timeout=NOTIFY_WAIT_SECONDS, stop_after=1):
-                self.on_notify()
+            for note in conn.notifies(timeout=NOTIFY_WAIT_SECONDS, stop_after=1):
+                self.on_notify(note.payload)
             if time.monotonic() - checked >= self.check_seconds:
                 if not self._hears(conn, probe):
                     log.warning("listen_connection_deaf", action="reconnecting")
@@ -122,5 +123,5 @@ class Listener:
         for note in conn.notifies(timeout=PROBE_SECONDS):
             if note.channel == probe:
                 return True
-            self.on_notify()
+            self.on_notify(note.payload)
         return False

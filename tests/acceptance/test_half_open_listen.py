@@ -24,7 +24,9 @@ def test_a_half_open_listen_connection_is_noticed_and_replaced(db_url, conn, tmp
             proxy.freeze()
             image_id = insert_image(conn, "sent while the LISTEN connection is half-open")
             wait_until(lambda: claimed(conn, image_id), CHECK_SECONDS + PROBE_SECONDS + 5,
-                       what="the row, once the deaf connection is replaced")
+                       what="the row, once the deaf connection is replaced (or by the idle heartbeat's look)")
+            wait_until(lambda: "listen_connection_deaf" in daemon.output(), CHECK_SECONDS + PROBE_SECONDS + 5,
+                       what="the listener to find its connection deaf")
         finally:
             code = daemon.stop()
     assert code == 0, daemon.output()

@@ -9,7 +9,7 @@ import psycopg
 from imagend.db.operations import OperationsRepository
 
 from support.daemons import InProcess
-from support.db import fetch_image, insert_image
+from support.db import fetch_image, idle_daemon, insert_image
 
 
 def test_a_cycle_closed_by_insert_fails_every_row_naming_it(conn, make_settings, make_repo):
@@ -57,8 +57,9 @@ def test_finishing_an_unrelated_row_wakes_nobody(conn, db_url):
     source = insert_image(conn, "far back in the queue")
     insert_image(conn, "waits for it", init_image_id=source)
     unrelated = insert_image(conn, "unrelated")
+    idle_daemon(conn, "imagend_wake_chains")
     with psycopg.connect(db_url, autocommit=True) as listener:
-        listener.execute("LISTEN imagend_new")
+        listener.execute("LISTEN imagend_wake_chains")
         conn.execute("UPDATE images SET status = 'Generate' WHERE id = %s", [unrelated])
         conn.execute("UPDATE images SET status = 'ReadyToPublish' WHERE id = %s", [unrelated])
         assert list(listener.notifies(timeout=0.3, stop_after=1)) == []

@@ -14,7 +14,7 @@ from imagend.db.operations import OperationsRepository
 from imagend.db.rows import Claim, Finished
 
 from support.daemons import InProcess, run_imagend
-from support.db import base_env, insert_image
+from support.db import base_env, idle_daemon, insert_image
 
 
 def counts(conn: Any) -> dict[tuple[str, str | None], int]:
@@ -101,10 +101,11 @@ def test_a_paused_backend_is_not_claimed_until_resumed(conn, db_url, make_settin
     assert repo.claim_batch("placeholder", 10) == []
     ops.resume(["local"])  # another backend's resume lifts nothing here
     assert repo.claim_batch("placeholder", 10) == []
+    idle_daemon(conn, "imagend_wake_resumed")
     with psycopg.connect(db_url, autocommit=True) as listener:
-        listener.execute("LISTEN imagend_new")
+        listener.execute("LISTEN imagend_wake_resumed")
         assert ops.resume(["placeholder"]) == ["placeholder"]
-        assert [n.channel for n in listener.notifies(timeout=2, stop_after=1)] == ["imagend_new"]  # woken
+        assert [n.channel for n in listener.notifies(timeout=2, stop_after=1)] == ["imagend_wake_resumed"]  # woken
     assert len(repo.claim_batch("placeholder", 10)) == 1
 
 

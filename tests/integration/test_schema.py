@@ -13,7 +13,7 @@ from imagend.db.connect import apply_schema, open_pool
 from imagend.db.repository import Repository
 
 from support.daemons import InProcess
-from support.db import fetch_image, insert_image
+from support.db import fetch_image, idle_daemon, insert_image
 
 ANCESTOR_TABLE = """
 CREATE TABLE images (
@@ -52,9 +52,9 @@ def test_schema_is_idempotent(db_url, conn):
     names = {row["indexname"] for row in before["indexes"]}
     assert {"images_pkey", "images_ready_idx", "images_lease_idx"} <= names
     assert {row["tgname"] for row in before["triggers"]} == {
-        "images_touch_updated_at", "images_notify_new", "images_notify_done", "images_notify_requeued",
+        "images_touch_updated_at", "images_wake_inserted", "images_notify_done",
         "images_requeue_finished", "images_count_inserted", "images_count_updated", "images_count_deleted",
-        "images_count_truncated", "images_cancel_waiting", "images_notify_sources_done", "images_refuse_chain_cycle"}
+        "images_count_truncated", "images_cancel_waiting", "images_wake_updated", "images_refuse_chain_cycle"}
 
 
 def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
@@ -116,12 +116,23 @@ def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
         }
 
 
-def test_insert_notifies_imagend_new(db_url, conn):
+def test_an_insert_wakes_one_idle_daemon_per_row_on_its_hosts_channel(db_url, conn):
+    """Issue 20: not a broadcast to every daemon; longest idle first; a busy fleet is signalled nothing."""
+    idle_daemon(conn, "imagend_wake_host_a", idle_seconds=5)
+    idle_daemon(conn, "imagend_wake_host_b", idle_seconds=1)
+    idle_daemon(conn, "imagend_wake_host_c", idle=False)  # busy
     with psycopg.connect(db_url, autocommit=True) as listener:
-        listener.execute("LISTEN imagend_new")
+        for channel in ("a", "b", "c"):
+            listener.execute(f"LISTEN imagend_wake_host_{channel}")
         insert_image(conn, "wake up")
-        notes = list(listener.notifies(timeout=5, stop_after=1))
-    assert [n.channel for n in notes] == ["imagend_new"]
+        assert [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)] == [
+            ("imagend_wake_host_a", "1")]
+        conn.execute("INSERT INTO images (prompt) SELECT 'burst' FROM generate_series(1, 5)")
+        woken = sorted((n.channel, n.payload) for n in listener.notifies(timeout=1, stop_after=2))
+        assert woken == [("imagend_wake_host_b", "1")]  # a was woken and has not claimed yet: b, the other idle one
+        conn.execute("UPDATE imagend_daemons SET idle_since = NULL")
+        insert_image(conn, "a busy fleet")
+        assert list(listener.notifies(timeout=0.5, stop_after=1)) == []
 
 
 def test_terminal_transitions_notify_imagend_done_with_id_and_status(db_url, conn, make_settings, make_repo):

@@ -58,12 +58,16 @@ class DaemonProcess:
     """`python -m imagend …` as a user runs it, with stderr going to a file (a pipe nobody reads
     fills up and blocks a long-running daemon)."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], log_dir: Path | None = None) -> None:
+    def __init__(self, args: list[str], env: Mapping[str, str], log_dir: Path | None = None,
+                 host: str | None = None) -> None:
+        """`host`: run it as a daemon of another host, in a UTS namespace of its own with that
+        hostname (`unshare --uts`, as root: the fleet tests' simulated hosts)."""
         log_dir = log_dir or Path(tempfile.mkdtemp(prefix="imagend-daemon-log-"))
         self.log_path = Path(tempfile.mkstemp(prefix="imagend-", suffix=".log", dir=log_dir)[1])
         self._log = self.log_path.open("w")
+        prefix = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host] if host else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "imagend", *args],
+            [*prefix, sys.executable, "-m", "imagend", *args],
             env=process_env(env),
             stdout=self._log,
             stderr=subprocess.STDOUT,

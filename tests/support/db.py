@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,19 @@ def insert_image(conn: psycopg.Connection[Any], prompt: str | None = "a beautifu
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return int(row["id"] if isinstance(row, Mapping) else row[0])
+
+
+def idle_daemon(conn: psycopg.Connection[Any], channel: str, *, idle_seconds: float = 1.0,
+                backends: Sequence[str] = ("placeholder",), idle: bool = True) -> str:
+    """A daemon's row as an idle (or busy) daemon writes it (imagend_daemons), hearing wake-ups on
+    `channel`; returns its owner."""
+    owner = f"test-host:{abs(hash(channel)) % 100000}:{channel[-6:]}"
+    conn.execute(
+        "INSERT INTO imagend_daemons (owner, host, pid, version, backends, idle_since, wake_channel) "
+        "VALUES (%s, 'test-host', 1, 'test', %s, CASE WHEN %s THEN now() - make_interval(secs => %s) END, %s)",
+        [owner, list(backends), idle, idle_seconds, channel],
+    )
+    return owner
 
 
 def fetch_image(conn: psycopg.Connection[Any], image_id: int) -> dict[str, Any]:

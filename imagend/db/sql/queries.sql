@@ -37,6 +37,14 @@ WITH picked AS (
              w.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), idle AS (
+    -- The daemon is idle (images_wake may wake it) from its first claim that finds nothing (when it
+    -- holds nothing else: mark_idle), busy again from one that finds rows. Written on a change only.
+    UPDATE imagend_daemons
+    SET idle_since = CASE WHEN EXISTS (SELECT 1 FROM picked) THEN NULL ELSE now() END
+    WHERE owner = %(owner)s
+      AND (idle_since IS NULL) = NOT EXISTS (SELECT 1 FROM picked)
+      AND (%(mark_idle)s OR EXISTS (SELECT 1 FROM picked))
 )
 UPDATE images AS i
 SET status       = 'Generate',
@@ -372,13 +380,18 @@ SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
 -- This daemon is alive (upsert); and in how many seconds is a rescue due (NULL: none in
 -- sight; <= 0: now)? Due now: a row whose lease ran out. Due later: the moment a silent peer
 -- that holds rows will count as dead. The liveness thread runs it every tenth of dead_after,
--- so an idle daemon rescues a dead peer's rows the moment they count as dead.
-WITH beat AS (
-    INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held)
+-- so an idle daemon rescues a dead peer's rows the moment they count as dead. And, for an idle daemon
+-- only, is a row it could claim waiting (due for over WAKE_GRACE)? A wake-up lost in a race (the
+-- daemon went idle as the row's producer chose whom to wake) or while its host's relay changed hands
+-- is made up for within a beat; in the normal case nothing waits that long, and this reads nothing.
+WITH forget AS (
+    DELETE FROM imagend_wakes WHERE owner = %(owner)s AND woken_at < now() - interval '10 seconds'
+), beat AS (
+    INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held, wake_channel)
     VALUES (%(owner)s, %(host)s, %(pid)s, %(version)s, %(backends)s, %(device)s, %(model)s,
-            (SELECT count(*) FROM images WHERE status = 'Generate' AND locked_by = %(owner)s))
+            (SELECT count(*) FROM images WHERE status = 'Generate' AND locked_by = %(owner)s), %(wake_channel)s)
     ON CONFLICT (owner) DO UPDATE
-        SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held
+        SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held, wake_channel = EXCLUDED.wake_channel
     RETURNING d.owner
 )
 SELECT least(
@@ -391,10 +404,27 @@ SELECT least(
               AND d.heartbeat_at < now() - make_interval(secs => %(alive_within)s)
               AND EXISTS (SELECT 1 FROM images WHERE status = 'Generate' AND locked_by = d.owner))
        ) AS rescue_in,
-       (SELECT count(*) FROM beat) AS beats;
+       (SELECT count(*) FROM beat) AS beats,
+       CASE WHEN %(idle)s THEN EXISTS (
+           SELECT 1 FROM images AS w
+           WHERE w.status = 'ReadyToGenerate'
+             AND w.run_after <= now() - make_interval(secs => %(wake_grace)s)
+             AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+             AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
+                             WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
+             AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
+                  OR NOT EXISTS (SELECT 1 FROM images AS source
+                                 WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
+                                   AND source.status IN ('ReadyToGenerate', 'Generate'))))
+       END AS work_waiting;
 
 -- name: daemons_remove
--- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing.
+-- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing (and the
+-- wake-ups noted for either).
+WITH forget AS (
+    DELETE FROM imagend_wakes AS w
+    WHERE w.owner = %(owner)s OR w.woken_at < now() - interval '1 day'
+)
 DELETE FROM imagend_daemons AS d
 WHERE d.owner = %(owner)s
    OR (d.heartbeat_at < now() - interval '1 day'

@@ -130,7 +130,7 @@ END $$;
 CREATE INDEX IF NOT EXISTS images_spooled_idx ON images (id) WHERE spooled_at IS NOT NULL;
 
 -- Rows that wait for another row's image (init_image_id, reference_image_id): few, and read when a
--- row ends to wake the daemons (images_notify_sources_done).
+-- row ends to wake the daemons (imagend_wake_updated).
 CREATE INDEX IF NOT EXISTS images_chained_idx
     ON images (id) WHERE status = 'ReadyToGenerate'
                      AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL);
@@ -146,43 +146,94 @@ CREATE OR REPLACE TRIGGER images_touch_updated_at
     BEFORE UPDATE ON images
     FOR EACH ROW EXECUTE FUNCTION imagend_touch_updated_at();
 
--- Channel `imagend_new`, no payload: on every INSERT statement, and whenever a row
--- returns to ReadyToGenerate due now (a producer's retry, a release, a rescue). Daemons
--- LISTEN and claim at once instead of waiting for the next interval run.
-CREATE OR REPLACE FUNCTION imagend_notify_new() RETURNS trigger
+-- Wake-ups (docs/fleet.md): a row that becomes claimable wakes one idle daemon, not the fleet. Each
+-- daemon says in imagend_daemons whether it is idle (idle_since, set by its own empty claim) and on
+-- which channel its host listens (wake_channel: one LISTEN per host, whose relay wakes that host's
+-- daemons). imagend_wake(backend, rows) NOTIFYs the host channels of up to `rows` idle daemons serving
+-- `backend` (a daemon that serves none of a row's names fails it: any idle one then), longest idle
+-- first, the payload saying how many of that host's daemons to wake. A busy fleet has no idle daemon:
+-- then a producer's commit NOTIFYs nothing at all (a NOTIFY signals every listening backend).
+-- A daemon woken stays idle in imagend_daemons until its claim (milliseconds later); the wake is noted
+-- in imagend_wakes (appended, never updated: no producer waits on another's lock, nor on a daemon's) so
+-- that the next row goes to another idle daemon. A daemon's heartbeat forgets its old wakes.
+CREATE TABLE IF NOT EXISTS imagend_wakes (
+    owner    TEXT NOT NULL,
+    woken_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS imagend_wakes_owner_idx ON imagend_wakes (owner, woken_at);
+
+CREATE OR REPLACE FUNCTION imagend_wake(backend_name TEXT, rows BIGINT) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    channels TEXT[];
+BEGIN
+    WITH picked AS (
+        SELECT d.owner, d.wake_channel
+        FROM imagend_daemons AS d
+        WHERE d.idle_since IS NOT NULL
+          AND d.wake_channel IS NOT NULL
+          AND d.heartbeat_at > now() - interval '30 seconds'
+          AND NOT EXISTS (SELECT 1 FROM imagend_wakes AS w WHERE w.owner = d.owner AND w.woken_at >= d.idle_since)
+        ORDER BY (backend_name IS NULL OR backend_name = ANY (d.backends)) DESC, d.idle_since
+        LIMIT rows
+    ), noted AS (
+        INSERT INTO imagend_wakes (owner) SELECT owner FROM picked
+    )
+    SELECT array_agg(wake_channel) INTO channels FROM picked;
+    PERFORM pg_notify(c.channel, c.daemons::text)
+    FROM (SELECT channel, count(*) AS daemons FROM unnest(channels) AS channel GROUP BY channel) AS c;
+END $$;
+
+-- Inserted rows due now: one idle daemon each, per backend. Rows scheduled for later: one idle daemon,
+-- which reads when they fall due after its (empty) claim and sets its timer (images_next_wakeups).
+CREATE OR REPLACE FUNCTION imagend_wake_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('imagend_new', '');
+    PERFORM imagend_wake(w.backend, greatest(w.due, least(w.later, 1)))
+    FROM (SELECT backend, count(*) FILTER (WHERE run_after <= now()) AS due,
+                 count(*) FILTER (WHERE run_after > now()) AS later
+          FROM inserted
+          WHERE status = 'ReadyToGenerate'
+          GROUP BY backend) AS w;
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE TRIGGER images_notify_new
+DROP TRIGGER IF EXISTS images_notify_new ON images;
+DROP TRIGGER IF EXISTS images_notify_requeued ON images;
+CREATE OR REPLACE TRIGGER images_wake_inserted
     AFTER INSERT ON images
-    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_inserted();
 
--- Row level, but Postgres folds identical notifications of one transaction into one.
-CREATE OR REPLACE TRIGGER images_notify_requeued
-    AFTER UPDATE OF status ON images
-    FOR EACH ROW
-    WHEN (NEW.status = 'ReadyToGenerate' AND OLD.status IS DISTINCT FROM NEW.status
-          AND NEW.run_after <= now())
-    EXECUTE FUNCTION imagend_notify_new();
-
--- A row that ends may be the input of a row waiting for it (init_image_id, reference_image_id): the
--- claim skips such a row until then, so the daemons are woken as for a new row: only when a row that
--- ended now is the source of a waiting one (not whenever chained rows exist: one chain waiting for a
--- row far back in the queue woke every daemon at every finishing write). Per statement, and the
--- chained index is almost always empty: a batch of 1,000 finished rows costs one probe.
-CREATE OR REPLACE FUNCTION imagend_notify_sources_done() RETURNS trigger
+-- After an UPDATE statement: rows that came back to ReadyToGenerate due now (a producer's retry, a
+-- release, a rescue), and waiting chained rows whose source has just ended (the claim skipped them
+-- until then; the chained index is almost always empty: a batch of 1,000 finished rows costs one
+-- probe). One query per statement, and imagend_wake only where there is something to wake for.
+CREATE OR REPLACE FUNCTION imagend_wake_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM images AS waiting
-               JOIN ended ON ended.id IN (waiting.init_image_id, waiting.reference_image_id)
-               WHERE waiting.status = 'ReadyToGenerate'
-                 AND (waiting.init_image_id IS NOT NULL OR waiting.reference_image_id IS NOT NULL)
-                 AND ended.status IN ('ReadyToPublish', 'Failed')) THEN
-        PERFORM pg_notify('imagend_new', '');
-    END IF;
+    PERFORM imagend_wake(w.backend, sum(w.rows)::bigint)
+    FROM (SELECT a.backend, count(*) AS rows
+          FROM after AS a JOIN before AS b ON b.id = a.id
+          WHERE a.status = 'ReadyToGenerate' AND b.status IS DISTINCT FROM a.status AND a.run_after <= now()
+          GROUP BY a.backend
+          UNION ALL
+          SELECT waiting.backend, count(*)
+          FROM images AS waiting
+          JOIN after AS ended ON ended.id IN (waiting.init_image_id, waiting.reference_image_id)
+          WHERE waiting.status = 'ReadyToGenerate'
+            AND (waiting.init_image_id IS NOT NULL OR waiting.reference_image_id IS NOT NULL)
+            AND ended.status IN ('ReadyToPublish', 'Failed')
+          GROUP BY waiting.backend) AS w
+    GROUP BY w.backend;
+    RETURN NULL;
+END $$;
+
+-- A pause lifted (imagend -resume): every idle daemon looks again.
+CREATE OR REPLACE FUNCTION imagend_wake_all() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM imagend_wake(NULL, (SELECT count(*) FROM imagend_daemons));
     RETURN NULL;
 END $$;
 
@@ -225,10 +276,11 @@ CREATE OR REPLACE TRIGGER images_refuse_chain_cycle
     WHEN (NEW.status = 'ReadyToGenerate' AND (NEW.init_image_id IS NOT NULL OR NEW.reference_image_id IS NOT NULL))
     EXECUTE FUNCTION imagend_refuse_chain_cycle();
 
-CREATE OR REPLACE TRIGGER images_notify_sources_done
+DROP TRIGGER IF EXISTS images_notify_sources_done ON images;
+CREATE OR REPLACE TRIGGER images_wake_updated
     AFTER UPDATE ON images
-    REFERENCING NEW TABLE AS ended
-    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_sources_done();
+    REFERENCING OLD TABLE AS before NEW TABLE AS after
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_updated();
 
 -- A producer putting a finished row back (README, "Trying again") means a fresh start:
 -- the cancel flag, the crash count and, unless the producer set it, the attempt count
@@ -288,6 +340,10 @@ CREATE TABLE IF NOT EXISTS imagend_daemons (
     -- hands (a crash each), the rest of what it held was only claimed ahead (charged nothing).
     working      INTEGER[] NOT NULL DEFAULT '{}'
 );
+-- Wake-ups (see imagend_wake): since when it has found nothing to claim (NULL: busy), and the channel
+-- its host's relay LISTENs on (NULL: it hears no wake-up, and polls).
+ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS idle_since   TIMESTAMPTZ;
+ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS wake_channel TEXT;
 
 -- Which daemon is working on which row right now (not rows it merely holds, claimed ahead).
 CREATE OR REPLACE VIEW imagend_working AS

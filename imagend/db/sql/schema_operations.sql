@@ -16,7 +16,11 @@ CREATE TABLE IF NOT EXISTS imagend_paused (
 
 CREATE OR REPLACE TRIGGER imagend_paused_resumed
     AFTER DELETE ON imagend_paused
-    FOR EACH STATEMENT EXECUTE FUNCTION imagend_notify_new();
+    FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_all();
+
+-- What the broadcast wake-ups (channel imagend_new, every daemon at every insert) were, gone with them.
+DROP FUNCTION IF EXISTS imagend_notify_new();
+DROP FUNCTION IF EXISTS imagend_notify_sources_done();
 
 -- Rows per (status, backend), exact, without counting `images` on every scrape: each statement
 -- that changes `images` appends its net change here (statement triggers over transition tables:
