@@ -233,13 +233,15 @@ def test_cancel_and_retry_end_to_end(daemon, db):
     assert daemon.post("/v1/backends/placeholder/pause").status_code == 200
     try:
         image_id = daemon.post("/v1/images", json={"prompt": "changed my mind"}).json()["id"]
+        waiting = daemon.post("/v1/images", json={"prompt": "still wanted"}).json()["id"]
         answer = daemon.post(f"/v1/images/{image_id}/cancel")
         assert answer.status_code == 202
-        assert answer.json() == {"id": image_id, "status": "ReadyToGenerate", "cancel_requested": True}
+        # A waiting row ends in the cancel's own statement: no daemon need claim it first (issue 25, item 3).
+        assert answer.json() == {"id": image_id, "status": "Failed", "cancel_requested": True}
         # Retrying a row that is not Failed is refused, and changes nothing.
-        refused = daemon.post(f"/v1/images/{image_id}/retry")
+        refused = daemon.post(f"/v1/images/{waiting}/retry")
         assert refused.status_code == 409
-        assert refused.json()["error"] == (f"image {image_id} is ReadyToGenerate: only a Failed image can be retried")
+        assert refused.json()["error"] == (f"image {waiting} is ReadyToGenerate: only a Failed image can be retried")
     finally:
         assert daemon.post("/v1/backends/placeholder/resume").status_code == 200
     failed = wait_status(daemon, image_id, ("Failed", "ReadyToPublish"))
