@@ -96,11 +96,18 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Image:
-    """A finished image. `seed` is the seed really used (written back to the row)."""
+    """A finished image. `seed` is the seed really used; `width` and `height` are the image's pixels, and
+    `steps`, `guidance` and `scheduler` what made it, where the backend has them (None: it has not). Each is
+    written back to a row that left it NULL (images_mark_done), so that nobody decodes an image to learn them."""
 
     png: bytes
     seed: int | None = None
     generation_seconds: float | None = None
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -370,10 +370,10 @@ class FusionBrainBackend:
             log.info("fusionbrain_censored_kept", uuid=task_id)
         if not isinstance(files, list) or not files or not isinstance(files[0], str):
             raise RetryableError("Fusion Brain reported DONE but sent no image")
-        data = _decode_image(files[0], self.config.convert_to_png)
+        data, (width, height) = _decode_image(files[0], self.config.convert_to_png)
         generation_time = body.get("generationTime")
         seconds = float(generation_time) if isinstance(generation_time, int | float) else None
-        return Image(data, seed=None, generation_seconds=seconds)
+        return Image(data, seed=None, generation_seconds=seconds, width=width, height=height)
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -481,8 +481,8 @@ def _queue_closed(body: Any) -> str | None:
     return None
 
 
-def _decode_image(encoded: str, convert_to_png: bool) -> bytes:
-    """base64 → bytes that Pillow fully decodes; RetryableError (a new attempt) otherwise."""
+def _decode_image(encoded: str, convert_to_png: bool) -> tuple[bytes, tuple[int, int]]:
+    """base64 → bytes that Pillow fully decodes, and the image's size; RetryableError (a new attempt) otherwise."""
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
@@ -496,10 +496,10 @@ def _decode_image(encoded: str, convert_to_png: bool) -> bytes:
         with PILImage.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: a truncated file fails here
             if not convert_to_png or image.format == "PNG":
-                return data
+                return data, image.size
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
-            return buffer.getvalue()
+            return buffer.getvalue(), image.size
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, PILImage.DecompressionBombError) as exc:
         raise RetryableError(
             f"Fusion Brain returned {len(data)} bytes that are not a complete image ({type(exc).__name__})"

@@ -105,6 +105,8 @@ class PlaceholderBackend:
                                     parameters=request.output is not None),
                     request.seed,
                     time.monotonic() - started,
+                    width=PLACEHOLDER_SIDE_PX,
+                    height=PLACEHOLDER_SIDE_PX,
                 )
             )
             if self.delay_seconds:

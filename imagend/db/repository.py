@@ -136,6 +136,11 @@ class Repository(Statements):
                 "generation_seconds": [r.generation_seconds for r in results],
                 "warnings": [r.warning for r in results],
                 "spooled": [r.spooled for r in results],
+                "widths": [r.width for r in results],
+                "heights": [r.height for r in results],
+                "steps": [r.steps for r in results],
+                "guidances": [r.guidance for r in results],
+                "schedulers": [r.scheduler for r in results],
                 "owner": self.owner,
             },
         )

@@ -155,6 +155,12 @@ class Finished:
     thumbnail_url: str | None = None
     thumbnail: str | None = None  # base64 WebP, when there is no storage target
     format: str | None = None
+    # What made the image (backends.base.Image), written where the row left the column NULL.
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
     spooled: bool = False  # the store refused it: kept in the row until the spool writes it there
 
 

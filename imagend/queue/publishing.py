@@ -13,6 +13,7 @@ else: the drain's finishing path stays as lean as before storage existed.
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -105,7 +106,7 @@ class Results:
 
     def _in_store(self, item: _Prepared, urls: list[str]) -> Finished:
         output_url = urls[0]
-        return Finished(
+        return _made_with(item.image, Finished(
             claim=item.claim,
             base64=b64(item.encoded.data) if self.store_base64 else None,
             seed=item.image.seed,
@@ -115,10 +116,10 @@ class Results:
             output_url=output_url,
             thumbnail_url=urls[1] if len(urls) > 1 else None,
             format=item.encoded.format,
-        )
+        ))
 
     def _in_row(self, item: _Prepared, warning: str | None = None, spooled: bool = False) -> Finished:
-        return Finished(
+        return _made_with(item.image, Finished(
             claim=item.claim,
             base64=b64(item.encoded.data),
             seed=item.image.seed,
@@ -128,8 +129,17 @@ class Results:
             thumbnail=b64(item.thumbnail) if item.thumbnail is not None else None,
             format=item.encoded.format,
             spooled=spooled,
-        )
+        ))
 
 
 def _plain(claim: Claim, image: Image) -> Finished:
-    return Finished(claim, b64(image.png), image.seed, None, image.generation_seconds, format=sniff(image.png))
+    return Finished(claim, b64(image.png), image.seed, None, image.generation_seconds, format=sniff(image.png),
+                    width=image.width, height=image.height, steps=image.steps, guidance=image.guidance,
+                    scheduler=image.scheduler)
+
+
+def _made_with(image: Image, finished: Finished) -> Finished:
+    """`finished` with what made `image` (its size, steps, guidance, scheduler), for the row's NULL columns.
+    A format conversion keeps the size."""
+    return dataclasses.replace(finished, width=image.width, height=image.height, steps=image.steps,
+                               guidance=image.guidance, scheduler=image.scheduler)

@@ -17,7 +17,8 @@ from PIL import Image as PILImage
 from imagend.backends.local.png_metadata import read_parameters
 from imagend.errors import BadInput, Cancelled
 
-from support.local import SIDE_PX, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, request
+from support.db import fetch_image, insert_image
+from support.local import SIDE_PX, STEPS, TORCH_NUMPY_COPY_WARNING, RecordingHeartbeat, in_process_generator, request
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
 
@@ -215,3 +216,21 @@ def test_encoding_keeps_the_lease_and_hears_a_cancel_before_the_first_step(backe
         backend.generate([backend.validate(request(9, LONG_PROMPT + " again", seed=9)),
                           backend.validate(request(10, LONG_PROMPT + " and again", seed=10))], cancelling)
     assert all(progress is None for progress in cancelling.progress)  # stopped while encoding
+
+
+def test_the_defaults_that_made_an_image_are_written_back_to_its_row(conn, make_settings, make_repo, local_env):
+    """Issue 25, item 9: a row that left size, steps, guidance and scheduler NULL gets the values that made
+    its image; the producer's own values stay."""
+    from imagend.backends.local import LocalBackend
+
+    settings = make_settings(**local_env(IMAGEND_DEFAULT_GUIDANCE="4.5", IMAGEND_DEFAULT_SCHEDULER="euler_a"))
+    backend = LocalBackend.from_settings(settings)
+    defaulted = insert_image(conn, "all left to the daemon")
+    asked = insert_image(conn, "asked", width=48, height=56, steps=2, guidance=3.0, scheduler="ddim")
+    in_process_generator(make_repo(settings), backend, settings).run_once()
+    row = fetch_image(conn, defaulted)
+    assert row["status"] == "ReadyToPublish", row["error"]
+    assert (row["width"], row["height"], row["steps"], row["guidance"], row["scheduler"]) == (
+        SIDE_PX, SIDE_PX, STEPS, 4.5, "euler_a")
+    row = fetch_image(conn, asked)
+    assert (row["width"], row["height"], row["steps"], row["guidance"], row["scheduler"]) == (48, 56, 2, 3.0, "ddim")

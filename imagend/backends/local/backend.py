@@ -546,7 +546,9 @@ class LocalBackend:
             style=request.style,
             extra=tuple(extra),
         )
-        return Image(encode_png(picture, parameters), job.seed, seconds)
+        return Image(encode_png(picture, parameters), job.seed, seconds, width=width, height=height,
+                     steps=request.steps, guidance=request.guidance,
+                     scheduler=request.scheduler if request.scheduler in SCHEDULERS else None)
 
     def _prepare_model(self, model: LoadedModel) -> None:
         """A checkpoint loaded after an out-of-memory fallback gets the same fallback."""

@@ -108,13 +108,21 @@ SET status             = CASE WHEN i.cancel_requested THEN 'Failed' ELSE 'ReadyT
     finished_at        = now(),
     locked_by          = NULL,
     lease_until        = NULL,
-    spooled_at         = CASE WHEN d.spooled AND NOT i.cancel_requested THEN now() END
+    spooled_at         = CASE WHEN d.spooled AND NOT i.cancel_requested THEN now() END,
+    -- What made the image, where the producer left it to the daemon (NULL: a default, or the source
+    -- image's size): an application lays out its thumbnails without decoding a single image.
+    width              = COALESCE(i.width, d.width),
+    height             = COALESCE(i.height, d.height),
+    steps              = COALESCE(i.steps, d.steps),
+    guidance           = COALESCE(i.guidance, d.guidance),
+    scheduler          = COALESCE(i.scheduler, d.scheduler)
 FROM unnest(%(ids)b::int[], %(attempts)b::int[], %(base64s)b::text[], %(seeds)b::bigint[],
             %(output_paths)b::text[], %(output_urls)b::text[], %(thumbnail_urls)b::text[],
             %(thumbnails)b::text[], %(formats)b::text[], %(generation_seconds)b::float8[], %(warnings)b::text[],
-            %(spooled)b::bool[])
+            %(spooled)b::bool[], %(widths)b::int[], %(heights)b::int[], %(steps)b::int[],
+            %(guidances)b::float8[], %(schedulers)b::text[])
      AS d(id, attempt, base64, seed, output_path, output_url, thumbnail_url, thumbnail, format,
-          generation_seconds, warning, spooled)
+          generation_seconds, warning, spooled, width, height, steps, guidance, scheduler)
 WHERE i.id = d.id
   -- Said again as an index condition: with statistics stale after a burst of inserts, the planner
   -- otherwise drove the join from every Generate row (a bitmap over the lease index, dead entries
