@@ -4,7 +4,7 @@ producer statements of the JSON API. Nothing here is on the loops' path."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from psycopg.rows import dict_row
@@ -147,27 +147,47 @@ class OperationsRepository(Statements):
     # -- the OpenAI and AUTOMATIC1111 routes (http/compat.py) ----------------------------
 
     def insert_request(self, rows: Sequence[dict[str, Any]], key: str | None = None, *, attach: bool = False,
-                       window_seconds: float = 0.0) -> tuple[list[int], bool]:
+                       window_seconds: float = 0.0,
+                       before_commit: Callable[[list[int]], None] | None = None) -> tuple[list[int], bool]:
         """INSERT a request's rows in one transaction; returns their ids and False. A value `Earlier(i)`
-        is the id of the request's row i (a chained row). With `key`, the request is noted under it;
-        with `attach` too, a request noted under `key` within `window_seconds` is a retry: nothing is
-        inserted and its ids come back with True."""
-        with self._cursor() as cur, cur.connection.transaction():
+        is the id of the request's row i (a chained row, inserted after the others). With `key`, the
+        request is noted under it; with `attach` too, a request noted under `key` within `window_seconds`
+        is a retry: nothing is inserted and its ids come back with True. `before_commit(ids)` runs before
+        the rows are committed (so that a waiter registered there cannot miss their end); what it raises
+        rolls the request back."""
+        first_chained = next((index for index, row in enumerate(rows)
+                              if any(isinstance(value, Earlier) for value in row.values())), len(rows))
+        plain, chained = rows[:first_chained], rows[first_chained:]  # Earlier(i) names a plain row
+        with self._cursor() as cur, cur.connection.pipeline(), cur.connection.transaction():
             if key is not None:
                 cur.execute(self._sql["images_api_request_find"], {"key": key, "window": window_seconds})
                 found = cur.fetchone()
                 if attach and found is not None and found[1] and found[0]:
                     return [int(image_id) for image_id in found[0]], True
-            ids: list[int] = []
-            for row in rows:
-                params = dict.fromkeys(INSERTABLE)
-                params.update({name: ids[value.index] if isinstance(value, Earlier) else value
-                               for name, value in row.items()})
-                cur.execute(self._sql["images_insert"], params)
-                ids.append(int(cur.fetchone()[0]))  # type: ignore[index]
+            ids = self._insert_rows(cur, plain, [])
+            ids += self._insert_rows(cur, chained, ids)
             if key is not None:
                 cur.execute(self._sql["images_api_request_record"], {"key": key, "ids": ids})
+            if before_commit is not None:
+                before_commit(ids)
         return ids, False
+
+    def _insert_rows(self, cur: Any, rows: Sequence[dict[str, Any]], earlier: list[int]) -> list[int]:
+        """images_insert for each row (pipelined: one round trip), Earlier(i) as earlier[i]; their ids."""
+        if not rows:
+            return []
+        params = []
+        for row in rows:
+            values = dict.fromkeys(INSERTABLE)
+            values.update({name: earlier[value.index] if isinstance(value, Earlier) else value
+                           for name, value in row.items()})
+            params.append(values)
+        cur.executemany(self._sql["images_insert"], params, returning=True)
+        ids = []
+        while True:
+            ids.append(int(cur.fetchone()[0]))
+            if not cur.nextset():
+                return ids
 
     def expire_requests(self, window_seconds: float) -> int:
         """Forget the retry keys older than `window_seconds`; returns how many went."""

@@ -57,7 +57,7 @@ from imagend.http.compat import (
     disconnect_watch,
     reencode,
 )
-from imagend.http.completions import Full
+from imagend.http.completions import Full, Waiter
 from imagend.images.formats import read_parameters
 from imagend.images.inputs import decode_base64_image, decode_base64_mask
 
@@ -451,6 +451,16 @@ def _parse_infotext(text: str) -> dict[str, Any]:
 # -- the routes -----------------------------------------------------------------------------------------
 
 
+class _Released:
+    """The waiter of a request, released when the request ends (contextlib.closing)."""
+
+    def __init__(self, compat: Compat, waiter: Waiter) -> None:
+        self.compat, self.waiter = compat, waiter
+
+    def close(self) -> None:
+        self.compat.completions.release(self.waiter)
+
+
 def routes(compat: Compat) -> list[BaseRoute]:
     context = compat.context
     ops = context.ops
@@ -482,16 +492,16 @@ def routes(compat: Compat) -> list[BaseRoute]:
         plan = _plan(compat, callers.model(caller), body, kind)
         rows = _checked(plan.columns)
         try:
-            await run_in_threadpool(compat.check_room)
-            ids, _ = await compat.insert(rows)
+            await compat.check_room()
+            ids, waiter = await compat.submit(rows)
         except QueueFull as exc:
             raise A1111Error(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _unprocessable(f"the database refused the row: {clip(str(exc).splitlines()[0], 200)}") from None
         job = Job(kind=kind, ids=ids, steps=plan.steps)
         loop = asyncio.get_running_loop()
-        with callers.running(caller, job):
-            async with disconnect_watch(request) as gone, compat.completions.watching(ids) as waiter:
+        with callers.running(caller, job), contextlib.closing(_Released(compat, waiter)):
+            async with disconnect_watch(request) as gone:
                 deadline = loop.time() + compat.settings.max_wait_seconds
                 while not waiter.done and not gone.is_set():
                     left = deadline - loop.time()

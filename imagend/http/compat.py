@@ -19,6 +19,7 @@ Settings (the settings' typed environment reader, each error naming its variable
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -41,7 +42,7 @@ from imagend.db.columns import NAME_MAX_CHARS
 from imagend.db.rows import Status
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.http.checks import check_columns
-from imagend.http.completions import Completions
+from imagend.http.completions import Completions, Waiter
 from imagend.http.context import HttpContext
 from imagend.http.images import image_kind, image_response
 from imagend.logs import get_logger
@@ -262,11 +263,13 @@ class Compat:
 
     # -- before inserting ------------------------------------------------------------------
 
-    def check_room(self) -> None:
+    async def check_room(self) -> None:
         """QueueFull while IMAGEND_HTTP_MAX_WAITING rows or more wait (read at most every 0.5 s)."""
+        if self.settings.max_waiting:
+            await run_in_threadpool(self._check_room)
+
+    def _check_room(self) -> None:
         limit = self.settings.max_waiting
-        if not limit:
-            return
         with self._lock:
             read_at, waiting = self._waiting
             if time.monotonic() - read_at >= WAITING_CACHE_SECONDS:
@@ -276,14 +279,46 @@ class Compat:
             raise QueueFull(f"the queue is full: {waiting} images wait (IMAGEND_HTTP_MAX_WAITING={limit}); try again "
                             "in a few seconds", FULL_RETRY_AFTER_SECONDS)
 
-    async def insert(self, rows: Sequence[dict[str, Any]], key: str | None = None,
-                     attach: bool = False) -> tuple[list[int], bool]:
-        """The rows in one transaction (ids, False), or, for a retry of a request noted under `key`, that
-        request's ids (ids, True)."""
+    async def submit(self, rows: Sequence[dict[str, Any]], key: str | None = None,
+                     attach: bool = False) -> tuple[list[int], Waiter]:
+        """The rows in one transaction, their waiter registered before the commit (so no end is missed);
+        for a retry of a request noted under `key`, that request's rows, their waiter caught up with what
+        ended already. The caller releases the waiter (completions.release), or it goes once the rows end."""
         if key is not None:
             self._expire_keys()
-        return await run_in_threadpool(self.context.ops.insert_request, rows, key, attach=attach,
-                                       window_seconds=self.settings.retry_window_seconds)
+        loop = asyncio.get_running_loop()
+        registered: list[Waiter] = []
+
+        def register(ids: list[int]) -> None:
+            registered.append(self.completions.register(ids, loop))
+
+        try:
+            ids, _attached = await run_in_threadpool(
+                self.context.ops.insert_request, rows, key, attach=attach,
+                window_seconds=self.settings.retry_window_seconds, before_commit=register)
+        except BaseException:
+            for waiter in registered:
+                self.completions.release(waiter)
+            raise
+        if registered:
+            return ids, registered[0]
+        waiter = self.completions.register(ids, loop)
+        try:
+            await self.completions.catch_up(waiter)
+        except BaseException:
+            self.completions.release(waiter)
+            raise
+        return ids, waiter
+
+    @contextlib.asynccontextmanager
+    async def submitted(self, rows: Sequence[dict[str, Any]], key: str | None = None,
+                        attach: bool = False) -> AsyncIterator[tuple[list[int], Waiter]]:
+        """`submit`, the waiter released on leaving."""
+        ids, waiter = await self.submit(rows, key, attach)
+        try:
+            yield ids, waiter
+        finally:
+            self.completions.release(waiter)
 
     def _expire_keys(self) -> None:
         with self._lock:
@@ -376,8 +411,6 @@ def request_key(*parts: str | bytes) -> str:
 async def disconnect_watch(request: Request) -> AsyncIterator[Any]:
     """An asyncio.Event set when the client goes away (read after its body: the next message is the
     disconnect). Not for streaming answers, which watch the disconnect themselves."""
-    import asyncio
-
     gone = asyncio.Event()
 
     async def watch() -> None:

@@ -53,14 +53,19 @@ class Full(Exception):
 
 
 class Waiter:
-    """One request's rows: which have ended (id → status), woken on its own event loop."""
+    """One request's rows: which have ended (id → status), woken on its own event loop. Once all have
+    ended it leaves the registry by itself (`on_done`), so a waiter its request never released (a
+    stream whose client went before it began) does not stay."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, ids: Sequence[int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, ids: Sequence[int],
+                 on_done: Callable[[Waiter], None] = lambda waiter: None) -> None:
         self.loop = loop
         self.ids = tuple(ids)
         self.pending = set(ids)
         self.ended: dict[int, str] = {}
         self.event = asyncio.Event()
+        self.registered = False
+        self.on_done = on_done
 
     @property
     def done(self) -> bool:
@@ -72,6 +77,8 @@ class Waiter:
             self.pending.discard(image_id)
             self.ended[image_id] = status
             self.event.set()
+            if not self.pending:
+                self.on_done(self)
 
     async def changed(self, timeout: float) -> bool:
         """Until a row ends (True) or `timeout` seconds pass (False)."""
@@ -114,22 +121,11 @@ class Completions:
     def waiting_rows(self) -> int:
         return self._waiting_rows
 
-    @contextlib.asynccontextmanager
-    async def watching(self, ids: Sequence[int]) -> AsyncIterator[Waiter]:
-        """Register `ids` (Full past the bound), read their statuses once, yield the waiter; unregistered
-        on leaving, however the request ends."""
-        waiter = Waiter(asyncio.get_running_loop(), ids)
-        self._register(waiter)
-        try:
-            self._ensure_thread()
-            found = await asyncio.to_thread(self._ended_of, list(ids))
-            for image_id, status in found.items():
-                waiter.end(image_id, status)
-            yield waiter
-        finally:
-            self._unregister(waiter)
-
-    def _register(self, waiter: Waiter) -> None:
+    def register(self, ids: Sequence[int], loop: asyncio.AbstractEventLoop) -> Waiter:
+        """A waiter for `ids` on `loop` (Full past the bound); thread-safe. Registered before the rows
+        are committed, it hears their end; registered after (a retry attached to rows queued earlier),
+        `catch_up` reads what already ended."""
+        waiter = Waiter(loop, ids, on_done=self.release)
         with self._lock:
             if self._waiting_rows + len(waiter.ids) > self.max_waiting_rows:
                 raise Full(f"{self._waiting_rows} rows are waited for by requests already, at most "
@@ -137,9 +133,16 @@ class Completions:
             for image_id in waiter.ids:
                 self._by_id.setdefault(image_id, []).append(waiter)
             self._waiting_rows += len(waiter.ids)
+            waiter.registered = True
+        self._ensure_thread()
+        return waiter
 
-    def _unregister(self, waiter: Waiter) -> None:
+    def release(self, waiter: Waiter) -> None:
+        """Unregister `waiter` (again: nothing)."""
         with self._lock:
+            if not waiter.registered:
+                return
+            waiter.registered = False
             for image_id in waiter.ids:
                 waiters = self._by_id.get(image_id)
                 if waiters is None:
@@ -152,11 +155,30 @@ class Completions:
             if not self._waiting_rows:
                 self._idle_since = time.monotonic()
 
-    def _ended_of(self, ids: list[int]) -> dict[int, str]:
-        """The rows among `ids` that have ended, or are gone (a row deleted meanwhile: 'Failed')."""
+    async def catch_up(self, waiter: Waiter) -> None:
+        """End the waiter's rows that have ended already (one query)."""
+        found = await asyncio.to_thread(self._ended_of, list(waiter.pending))
+        for image_id, status in found.items():
+            waiter.end(image_id, status)
+
+    @contextlib.asynccontextmanager
+    async def watching(self, ids: Sequence[int]) -> AsyncIterator[Waiter]:
+        """Register `ids`, read their statuses once, yield the waiter; released on leaving."""
+        waiter = self.register(ids, asyncio.get_running_loop())
+        try:
+            await self.catch_up(waiter)
+            yield waiter
+        finally:
+            self.release(waiter)
+
+    def _ended_of(self, ids: list[int], missing_ended: bool = True) -> dict[int, str]:
+        """The rows among `ids` that have ended; with `missing_ended`, those gone too (deleted: 'Failed').
+        The recheck leaves missing rows alone: a request registers its rows before it commits them, so
+        a row it cannot see yet may be one still being inserted."""
         current = self.statuses(ids)
-        return {image_id: current.get(image_id, Status.FAILED) for image_id in ids
-                if current.get(image_id, Status.FAILED) in ENDED}
+        if missing_ended:
+            current = {image_id: current.get(image_id, Status.FAILED) for image_id in ids}
+        return {image_id: status for image_id, status in current.items() if status in ENDED}
 
     # -- the LISTEN thread ---------------------------------------------------------------------
 
@@ -234,7 +256,7 @@ class Completions:
         if not ids:
             return
         try:
-            ended = self._ended_of(ids)
+            ended = self._ended_of(ids, missing_ended=False)
         except DatabaseUnavailable as exc:
             log.warning("http_completions_recheck_failed", reason=str(exc))
             return

@@ -50,7 +50,7 @@ from imagend.http.compat import (
     reencode,
     request_key,
 )
-from imagend.http.completions import Full
+from imagend.http.completions import Full, Waiter
 from imagend.http.images import image_response
 from imagend.images.formats import read_parameters
 from imagend.images.inputs import MAX_INPUT_BYTES, decode_image_bytes, decode_mask_bytes
@@ -421,7 +421,7 @@ USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_to
          "total_tokens": 0}  # imagend counts no tokens
 
 
-def _stream(compat: Compat, plan: Plan, ids: list[int]) -> StreamingResponse:
+def _stream(compat: Compat, plan: Plan, ids: list[int], waiter: Waiter) -> StreamingResponse:
     prefix = "image_generation" if plan.endpoint == "generations" else "image_edit"
     ops = compat.context.ops
     fmt = plan.output_format or "png"
@@ -457,6 +457,8 @@ def _stream(compat: Compat, plan: Plan, ids: list[int]) -> StreamingResponse:
             error = {"message": f"the database is not answering: {exc}", "type": "server_error", "param": None,
                      "code": "database_unavailable"}
             yield _sse("error", {"type": "error", "error": error})
+        finally:
+            compat.completions.release(waiter)
 
     async def stream_events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -465,36 +467,35 @@ def _stream(compat: Compat, plan: Plan, ids: list[int]) -> StreamingResponse:
         tags: dict[int, str | None] = {}
         answered: set[int] = set()
         quiet_since = loop.time()
-        async with compat.completions.watching(ids) as waiter:
-            while True:
-                for image_id in [i for i in ids if i in waiter.ended and i not in answered]:
-                    answered.add(image_id)
-                    quiet_since = loop.time()
-                    yield await run_in_threadpool(completed, image_id)
-                if waiter.done:
-                    return
-                if plan.partial_images:
-                    for row in await run_in_threadpool(ops.progress_of, list(waiter.pending)):
-                        image_id, tag = int(row["id"]), row["preview_tag"]
-                        if tag and tag != tags.get(image_id) and sent_partials[image_id] < plan.partial_images:
-                            tags[image_id] = tag
-                            chunk = await run_in_threadpool(partial, image_id, sent_partials[image_id])
-                            if chunk is not None:
-                                sent_partials[image_id] += 1
-                                quiet_since = loop.time()
-                                yield chunk
-                if loop.time() >= deadline:
-                    error = {"message": f"images {', '.join(map(str, sorted(waiter.pending)))} are still being "
-                                        f"generated after {compat.settings.max_wait_seconds:g} s "
-                                        "(IMAGEND_HTTP_MAX_WAIT): GET /v1/images/{id} tells when they are done",
-                             "type": "server_error", "param": None, "code": "still_generating"}
-                    yield _sse("error", {"type": "error", "error": error})
-                    return
-                if loop.time() - quiet_since >= KEEPALIVE_SECONDS:
-                    quiet_since = loop.time()
-                    yield b": still generating\n\n"
-                wait = PREVIEW_POLL_SECONDS if plan.partial_images else KEEPALIVE_SECONDS
-                await waiter.changed(min(wait, max(0.0, deadline - loop.time())))
+        while True:
+            for image_id in [i for i in ids if i in waiter.ended and i not in answered]:
+                answered.add(image_id)
+                quiet_since = loop.time()
+                yield await run_in_threadpool(completed, image_id)
+            if waiter.done:
+                return
+            if plan.partial_images:
+                for row in await run_in_threadpool(ops.progress_of, list(waiter.pending)):
+                    image_id, tag = int(row["id"]), row["preview_tag"]
+                    if tag and tag != tags.get(image_id) and sent_partials[image_id] < plan.partial_images:
+                        tags[image_id] = tag
+                        chunk = await run_in_threadpool(partial, image_id, sent_partials[image_id])
+                        if chunk is not None:
+                            sent_partials[image_id] += 1
+                            quiet_since = loop.time()
+                            yield chunk
+            if loop.time() >= deadline:
+                error = {"message": f"images {', '.join(map(str, sorted(waiter.pending)))} are still being "
+                                    f"generated after {compat.settings.max_wait_seconds:g} s "
+                                    "(IMAGEND_HTTP_MAX_WAIT): GET /v1/images/{id} tells when they are done",
+                         "type": "server_error", "param": None, "code": "still_generating"}
+                yield _sse("error", {"type": "error", "error": error})
+                return
+            if loop.time() - quiet_since >= KEEPALIVE_SECONDS:
+                quiet_since = loop.time()
+                yield b": still generating\n\n"
+            wait = PREVIEW_POLL_SECONDS if plan.partial_images else KEEPALIVE_SECONDS
+            await waiter.changed(min(wait, max(0.0, deadline - loop.time())))
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "x-imagend-ids": ",".join(map(str, ids))})
@@ -508,44 +509,41 @@ def _retry_count(request: Request) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-async def _queue(compat: Compat, request: Request, plan: Plan, credential: str, canonical: bytes) -> list[int]:
+async def _answer(compat: Compat, request: Request, plan: Plan, credential: str, canonical: bytes) -> Response:
+    """Queue the request's rows (or attach a retry to them) and answer once they end."""
     columns = _checked(plan.columns)
     retries = _retry_count(request)
     key = request_key("openai", request.url.path, credential, canonical) if retries is not None else None
     attach = retries is not None and retries > 0
     try:
         if not attach:
-            await run_in_threadpool(compat.check_room)
-        ids, _attached = await compat.insert([columns] * plan.n, key, attach=attach)
+            await compat.check_room()
+        ids, waiter = await compat.submit([columns] * plan.n, key, attach=attach)
     except QueueFull as exc:
         raise OpenAIError(429, exc.message, kind="requests", code="rate_limit_exceeded", retry=True,
                           headers={"Retry-After": str(exc.retry_after)}) from None
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         raise _bad(f"the database refused the row: {clip(str(exc).splitlines()[0], 200)}") from None
-    return ids
-
-
-async def _answer(compat: Compat, request: Request, plan: Plan, ids: list[int]) -> Response:
     if plan.stream:
-        completions = compat.completions
-        if completions.waiting_rows + len(ids) > completions.max_waiting_rows:
-            raise Full(f"{completions.waiting_rows} rows are waited for by requests already")
-        return _stream(compat, plan, ids)
-    async with disconnect_watch(request) as gone, compat.completions.watching(ids) as waiter:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + compat.settings.max_wait_seconds
-        while not waiter.done and not gone.is_set():
-            left = deadline - loop.time()
-            if left <= 0:
-                pending = ", ".join(map(str, sorted(waiter.pending)))
-                raise OpenAIError(503, f"images {pending} are still being generated after "
-                                       f"{compat.settings.max_wait_seconds:g} s (IMAGEND_HTTP_MAX_WAIT): this request "
-                                       "sent again by the openai SDK (its retry) waits for the same images",
-                                  kind="server_error", code="still_generating", retry=True,
-                                  headers={"Retry-After": "1"})
-            await waiter.changed(min(left, 1.0))
-        if gone.is_set():
-            return Response(status_code=499)  # nobody reads it; the rows finish anyway
+        return _stream(compat, plan, ids, waiter)
+    try:
+        async with disconnect_watch(request) as gone:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + compat.settings.max_wait_seconds
+            while not waiter.done and not gone.is_set():
+                left = deadline - loop.time()
+                if left <= 0:
+                    pending = ", ".join(map(str, sorted(waiter.pending)))
+                    raise OpenAIError(503, f"images {pending} are still being generated after "
+                                           f"{compat.settings.max_wait_seconds:g} s (IMAGEND_HTTP_MAX_WAIT): this "
+                                           "request sent again by the openai SDK (its retry) waits for the same "
+                                           "images", kind="server_error", code="still_generating", retry=True,
+                                      headers={"Retry-After": "1"})
+                await waiter.changed(min(left, 1.0))
+            if gone.is_set():
+                return Response(status_code=499)  # nobody reads it; the rows finish anyway
+    finally:
+        compat.completions.release(waiter)
     results = await run_in_threadpool(compat.results, ids)
     return _images_response(compat, request, plan, results)
 
@@ -573,8 +571,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
         except BadRequest as exc:
             raise OpenAIError(exc.status if exc.status == 413 else 400, exc.message, code="invalid_json") from None
         plan = _plan(compat, body, "generations")
-        ids = await _queue(compat, request, plan, credential, json.dumps(body, sort_keys=True).encode())
-        return await _answer(compat, request, plan, ids)
+        return await _answer(compat, request, plan, credential, json.dumps(body, sort_keys=True).encode())
 
     async def uploads(request: Request, endpoint: str) -> Response:
         credential = _credential(compat, request)
@@ -606,8 +603,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
         digest = hashlib.sha256()
         for part in sorted(form.parts, key=lambda p: (p.name, p.data)):
             digest.update(part.name.encode() + b"\0" + hashlib.sha256(part.data).digest())
-        ids = await _queue(compat, request, plan, credential, digest.digest())
-        return await _answer(compat, request, plan, ids)
+        return await _answer(compat, request, plan, credential, digest.digest())
 
     async def edits(request: Request) -> Response:
         return await uploads(request, "edits")

@@ -356,3 +356,45 @@ def test_open_webuis_openai_engine_requests(daemon, db):
         fetched = web.get(image_url, headers={k: v for k, v in headers.items() if k != "Content-Type"})
         assert fetched.status_code == 200 and fetched.headers["content-type"].split("/")[0] == "image"
     assert {row["width"] for row in rows_with(db, "an owl at dusk")} == {512}
+
+
+# -- the completions hub (imagend/http/completions.py) on its own ---------------------------------------
+
+
+def test_completions_hear_an_end_and_a_recheck_skips_rows_not_committed_yet(module_db):
+    """A request registers its rows before it commits them: the LISTEN thread's recheck (after it
+    connects) must not take an uncommitted row, which it cannot see, for a deleted one."""
+    import asyncio
+
+    from imagend.http.completions import Completions
+
+    with psycopg.connect(module_db, autocommit=True) as reader:
+
+        def statuses(ids: Any) -> dict[int, str]:
+            rows = reader.execute("SELECT id, status FROM images WHERE id = ANY(%s)", [list(ids)]).fetchall()
+            return {int(row[0]): str(row[1]) for row in rows}
+
+        hub = Completions(module_db, statuses, idle_close_seconds=0.5)
+
+        async def scenario() -> dict[int, str]:
+            with psycopg.connect(module_db) as writer:  # a transaction left open: the row is not committed
+                (image_id,) = writer.execute("INSERT INTO images (prompt, backend) VALUES ('hub', 'fusionbrain') "
+                                             "RETURNING id").fetchone()  # type: ignore[misc]
+                waiter = hub.register([image_id], asyncio.get_running_loop())
+                await asyncio.sleep(0.5)  # the thread connected, listened and rechecked meanwhile
+                assert hub.connections == 1 and not waiter.done
+                writer.commit()
+            assert not await waiter.changed(0.3)
+            with psycopg.connect(module_db, autocommit=True) as producer:
+                producer.execute("UPDATE images SET status = 'Failed', error = 'x' WHERE id = %s", [image_id])
+            assert await waiter.changed(5.0)
+            assert hub.waiting_rows == 0  # a waiter whose rows all ended leaves by itself
+            hub.release(waiter)  # and releasing it again is nothing
+            return waiter.ended
+
+        ended = asyncio.run(scenario())
+        assert list(ended.values()) == ["Failed"]
+        deadline = time.monotonic() + 5
+        while hub._thread is not None and time.monotonic() < deadline:  # idle: the thread and connection go
+            time.sleep(0.1)
+        assert hub._thread is None
