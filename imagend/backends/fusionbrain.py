@@ -40,6 +40,7 @@ from tenacity import (
 )
 
 from imagend import __version__
+from imagend.backends import a1111_prompt
 from imagend.backends.base import Image, Pending, Request, Submission, refuse_image_inputs
 from imagend.config.settings import Settings
 from imagend.db.columns import STYLE_NAMES
@@ -180,6 +181,8 @@ class FusionBrainBackend:
     # -- validate -----------------------------------------------------------------------
 
     def validate(self, request: Request) -> Request:
+        # A1111's `(red:1.5)`, `<lora:…>`: Fusion Brain reads plain text (weights dropped, tags removed, noted).
+        request = a1111_prompt.apply(request, weighting=False, takes_loras=False)
         refuse_image_inputs(request, self.name)
         for side_name, side in (("width", request.width), ("height", request.height)):
             if not MIN_SIDE_PX <= side <= MAX_SIDE_PX:

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Sequence
 
 from imagend import __version__
+from imagend.backends import a1111_prompt
 from imagend.backends.base import Heartbeat, Image, Request, refuse_image_inputs
 from imagend.config.settings import Settings
 from imagend.db.columns import check_style
@@ -84,6 +85,7 @@ class PlaceholderBackend:
         )
 
     def validate(self, request: Request) -> Request:
+        request = a1111_prompt.apply(request, weighting=False, takes_loras=False)  # as Fusion Brain reads it
         refuse_image_inputs(request, self.name)
         for name, side in (("width", request.width), ("height", request.height)):
             if side > MAX_SIDE_PX:

@@ -176,6 +176,22 @@ def test_a_lora_is_read_from_disk_once_and_named_in_the_png(rows: Rows) -> None:
     assert 'Lora hashes: "pixel-kohya: ' in parameters
 
 
+def test_a1111_prompt_syntax_is_what_compel_and_loras_make(rows: Rows) -> None:
+    """Issue 25, item 8: `(red:1.5)` and `<lora:pixel-kohya:0.8>` make, bit for bit, the image of compel's
+    `(red)1.5` with the LoRA in `loras`; the row says what was read, and the PNG names the LoRA as A1111 does."""
+    a1111 = rows.request("a (red:1.5) fox, <lora:pixel-kohya:0.8>")
+    assert a1111.prompt == "a (red)1.5 fox"
+    assert [(lora.name, lora.weight) for lora in a1111.inputs.loras] == [("pixel-kohya", 0.8)]
+    assert any("read as compel's weighting" in note for note in a1111.notes)
+    png = rows.png("a (red:1.5) fox, <lora:pixel-kohya:0.8>")
+    compel = rows.png("a (red)1.5 fox", loras=[{"name": "pixel-kohya", "weight": 0.8}])
+    assert np.array_equal(pixels(PILImage.open(io.BytesIO(png))), pixels(PILImage.open(io.BytesIO(compel))))
+    unweighted = rows.png("a red fox", loras=[{"name": "pixel-kohya", "weight": 0.8}])
+    assert not np.array_equal(pixels(PILImage.open(io.BytesIO(png))), pixels(PILImage.open(io.BytesIO(unweighted))))
+    parameters = read_parameters(png) or ""
+    assert parameters.splitlines()[0] == "a (red)1.5 fox <lora:pixel-kohya:0.8>"
+
+
 @pytest.mark.parametrize(
     ("loras", "error"),
     [

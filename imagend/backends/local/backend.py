@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from PIL import Image as PILImage
 
+from imagend.backends import a1111_prompt
 from imagend.backends.base import Heartbeat, Image, Request
 from imagend.backends.local.addons.ip_adapter import IpAdapter
 from imagend.backends.local.addons.loras import LoraLibrary
@@ -212,6 +213,8 @@ class LocalBackend:
     def validate(self, request: Request) -> Request:
         opts = self.options
         family = self.models.family(request.inputs.model)
+        # A1111's `(red:1.5)` and `<lora:pixel:0.8>`: compel's weighting and the row's loras (SDXL's).
+        request = a1111_prompt.apply(request, weighting=family.weighting, takes_loras=family.image_inputs)
         request = self._validate_inputs(request, family)
         notes: list[str] = []
         sides = () if request.inputs.task == "upscale" else (("width", request.width), ("height", request.height))
