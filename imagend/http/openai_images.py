@@ -597,7 +597,10 @@ def routes(compat: Compat) -> list[BaseRoute]:
         if masks and endpoint == "edits":
             plan.columns["mask_image"] = _mask(masks[0].data, picture.size)
         if endpoint == "variations" and "prompt" not in fields:
-            with_parameters = read_parameters(image_data) if image_data[:4] != b"RIFF" else None
+            try:
+                with_parameters = read_parameters(image_data)
+            except Exception:  # Pillow's many errors on a file it opened once already: no parameters
+                with_parameters = None
             if with_parameters and with_parameters.strip():
                 plan.columns["prompt"] = with_parameters.strip().splitlines()[0][:999]
         digest = hashlib.sha256()
