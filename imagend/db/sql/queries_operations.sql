@@ -33,12 +33,15 @@ WHERE status = 'ReadyToGenerate' AND run_after <= now()
 GROUP BY backend;
 
 -- name: daemons_list
--- The fleet: every daemon with a heartbeat within %(dead_after)s seconds.
-SELECT owner, host, pid, version, backends, device, model, started_at, heartbeat_at, rows_held,
-       cardinality(working) AS working
-FROM imagend_daemons
-WHERE heartbeat_at > now() - make_interval(secs => %(dead_after)s)
-ORDER BY host, pid, owner;
+-- The fleet: every daemon with a heartbeat within %(dead_after)s seconds. `working`: the rows of its last
+-- batch (imagend_daemons.working, left as it was when the batch ended) that it still generates now, read
+-- on the primary key; a batch finished long ago counts none.
+SELECT d.owner, d.host, d.pid, d.version, d.backends, d.device, d.model, d.started_at, d.heartbeat_at, d.rows_held,
+       (SELECT count(*) FROM images AS i
+        WHERE i.id = ANY (d.working) AND i.status = 'Generate' AND i.locked_by = d.owner)::int AS working
+FROM imagend_daemons AS d
+WHERE d.heartbeat_at > now() - make_interval(secs => %(dead_after)s)
+ORDER BY d.host, d.pid, d.owner;
 
 -- name: images_in_flight
 -- Rows being generated now, with their progress (the lease index holds Generate rows only) and a tag
