@@ -130,7 +130,7 @@ def slow_db(server_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def slow_daemon(slow_db: str) -> Iterator[HttpDaemon]:
-    with HttpDaemon(slow_db, IMAGEND_PLACEHOLDER_DELAY="0.4") as running:
+    with HttpDaemon(slow_db, IMAGEND_PLACEHOLDER_DELAY="0.4", IMAGEND_HTTP_MAX_WAIT="3") as running:
         yield running
 
 
@@ -186,6 +186,34 @@ def test_interrupt_cancels_the_callers_rows_and_answers_what_was_made(slow_daemo
     assert len(rows) == 6
     assert {row["error"] for row in rows if row["status"] == "Failed"} == {"cancelled"}
     assert sum(row["status"] == "ReadyToPublish" for row in rows) == len(result.images)
+
+
+def test_skip_cancels_the_running_image_only(slow_daemon, slow_db):
+    api = client_for(slow_daemon, user="carol")
+    thread, outcome = in_thread(lambda: api.txt2img(prompt="one of three skipped", batch_size=3))
+    with psycopg.connect(slow_db, autocommit=True) as conn:
+        wait_until(lambda: conn.execute("SELECT 1 FROM images WHERE prompt = 'one of three skipped' AND status = "
+                                        "'Generate'").fetchone(), 10, interval=0.02, what="the first image to start")
+    assert api.skip() is None
+    thread.join(10)
+    assert "error" not in outcome and len(outcome["result"].images) == 2
+    with psycopg.connect(slow_db, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT status, error FROM images WHERE prompt = 'one of three skipped' ORDER BY id"
+                            ).fetchall()
+    assert [row["status"] for row in rows].count("Failed") == 1 and rows[0]["error"] == "cancelled"
+
+
+def test_past_the_wait_bound_txt2img_answers_504_and_the_rows_finish(slow_daemon, slow_db):
+    answer = slow_daemon.client.post("/sdapi/v1/txt2img", json={"prompt": "nine, slower than 3 s", "batch_size": 9},
+                                     headers=basic(), timeout=20)
+    assert answer.status_code == 504 and "IMAGEND_HTTP_MAX_WAIT" in answer.json()["detail"]
+
+    def finished() -> bool:
+        with psycopg.connect(slow_db) as conn:
+            rows = conn.execute("SELECT status FROM images WHERE prompt = 'nine, slower than 3 s'").fetchall()
+        return len(rows) == 9 and all(row[0] == "ReadyToPublish" for row in rows)
+
+    wait_until(finished, 10, what="the nine rows to finish anyway")
 
 
 # -- options and checkpoints -----------------------------------------------------------------------

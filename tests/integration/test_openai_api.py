@@ -193,7 +193,7 @@ def slow_db(server_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def slow_daemon(slow_db: str) -> Iterator[HttpDaemon]:
-    with HttpDaemon(slow_db, IMAGEND_PLACEHOLDER_DELAY="1.2") as running:
+    with HttpDaemon(slow_db, IMAGEND_PLACEHOLDER_DELAY="1.2", IMAGEND_HTTP_MAX_WAIT="2.5") as running:
         yield running
 
 
@@ -212,6 +212,26 @@ def test_the_sdks_retries_after_client_timeouts_queue_one_set_of_rows(slow_daemo
         (keys,) = conn.execute("SELECT count(*) FROM imagend_api_requests").fetchone()  # type: ignore[misc]
     assert count == 2  # not 2 per try
     assert keys == 1
+
+
+def test_past_the_wait_bound_the_sdks_retry_still_gets_the_images(slow_daemon, slow_db, caplog):
+    """Three images at 1.2 s each outlive IMAGEND_HTTP_MAX_WAIT (2.5 s): 503 still_generating, which the
+    SDK retries; its retry waits for the same rows and gets them."""
+    with openai.OpenAI(base_url=f"{slow_daemon.url}/v1", api_key=TOKEN, timeout=20, max_retries=0) as sdk, \
+            pytest.raises(openai.InternalServerError) as bounded:
+        sdk.images.generate(prompt="longer than the wait bound, once", model="gpt-image-1", n=3)
+    assert bounded.value.status_code == 503 and bounded.value.code == "still_generating"
+    assert bounded.value.response.headers["x-should-retry"] == "true"
+    assert bounded.value.response.headers["retry-after"] == "1"
+    caplog.set_level(logging.INFO, logger="openai")
+    with openai.OpenAI(base_url=f"{slow_daemon.url}/v1", api_key=TOKEN, timeout=20, max_retries=2) as sdk:
+        images = sdk.images.generate(prompt="longer than the wait bound, retried", model="gpt-image-1", n=3)
+    assert len(images.data) == 3
+    assert any("Retrying request" in record.getMessage() for record in caplog.records)
+    with psycopg.connect(slow_db) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM images WHERE prompt = 'longer than the wait bound, retried'"
+                                ).fetchone()  # type: ignore[misc]
+    assert count == 3
 
 
 def test_a_retry_header_alone_does_not_attach_a_new_request(slow_daemon, slow_db):
