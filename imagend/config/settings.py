@@ -47,6 +47,10 @@ def default_data_dir() -> Path:
     return Path(base) / "imagend"
 
 
+# Retention looks again this long after a pass that finished its work (or after half its shortest age),
+# and an idle daemon's processor runs at least this often while retention is on, so the ages hold.
+RETENTION_LOOK_AGAIN_SECONDS = 60.0
+
 # The longest side of a thumbnail, in pixels; smaller than a list page's tiles would need is pointless.
 THUMBNAIL_MIN_PX = 16
 THUMBNAIL_MAX_PX = 2048
@@ -64,6 +68,13 @@ class RetentionSettings:
     @property
     def enabled(self) -> bool:
         return any(age is not None for age in (self.failed_seconds, self.done_seconds, self.base64_seconds))
+
+    @property
+    def look_again_seconds(self) -> float:
+        """How long retention waits after a pass that finished its work: RETENTION_LOOK_AGAIN_SECONDS, or
+        half the shortest age if that is shorter (a row then outlives its age by at most half of it)."""
+        ages = [age for age in (self.failed_seconds, self.done_seconds, self.base64_seconds) if age]
+        return min([RETENTION_LOOK_AGAIN_SECONDS, *(age / 2 for age in ages)])
 
 
 @dataclass(frozen=True)
@@ -295,11 +306,15 @@ def load_settings(
     default_backend = env.choice("IMAGEND_BACKEND", implied_default_backend(env), BACKEND_NAMES)
     served = _served_backends(env, default_backend, api_key is not None and secret_key is not None)
     storage, store_base64, thumbnail_px = _storage(env)
+    retention = _retention(env, storage)
+    processor_interval = env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1)
+    if retention.enabled:  # retention runs in processor passes: an idle daemon's come at this interval
+        processor_interval = min(processor_interval, retention.look_again_seconds)
     pool_max = env.int("DB_MAX_OPEN_CONNS", 10, minimum=2)
     return Settings(
         database_url=_database_url(env),
         db_pool_max=pool_max,
-        db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 2, minimum=1), pool_max),
+        db_pool_min=min(env.int("DB_MAX_IDLE_CONNS", 1, minimum=1), pool_max),  # kept at rest
         db_conn_max_lifetime_seconds=env.seconds("DB_CONN_MAX_LIFETIME", 3600.0, minimum=1.0),
         listen_url=_conninfo_setting(env, "IMAGEND_LISTEN_URL"),
         data_dir=Path(env.str("IMAGEND_DATA_DIR") or default_data_dir()).expanduser(),
@@ -322,13 +337,13 @@ def load_settings(
         poll_seconds=env.seconds("IMAGEND_POLL_SECONDS", POLL_SECONDS, minimum=0.05),
         listen_check_seconds=env.seconds("IMAGEND_LISTEN_CHECK", LISTEN_CHECK_SECONDS, minimum=0.5),
         generator_interval_seconds=env.seconds("IMAGEND_GENERATOR_INTERVAL", GENERATOR_INTERVAL_SECONDS, minimum=0.1),
-        processor_interval_seconds=env.seconds("IMAGEND_PROCESSOR_INTERVAL", PROCESSOR_INTERVAL_SECONDS, minimum=0.1),
+        processor_interval_seconds=processor_interval,
         drain_seconds=env.seconds("IMAGEND_DRAIN_SECONDS", DRAIN_SECONDS),
         max_batch=env.int("IMAGEND_MAX_BATCH", 1, minimum=1, maximum=64),
         storage=storage,
         store_base64=store_base64,
         thumbnail_px=thumbnail_px,
-        retention=_retention(env, storage),
+        retention=retention,
         placeholder_delay_seconds=env.seconds("IMAGEND_PLACEHOLDER_DELAY", 0.0),
         retry_base_seconds=env.seconds("IMAGEND_RETRY_BACKOFF", BACKOFF_BASE_SECONDS),
         fusion_brain_api_key=api_key,

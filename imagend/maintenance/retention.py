@@ -26,9 +26,6 @@ log = get_logger()
 
 BATCH_ROWS = 2000
 MAX_BATCHES_PER_PASS = 25
-# A pass that finished its work waits this long before looking again (each look is one index probe per
-# policy; processor passes come every few seconds while remote tasks are in flight).
-IDLE_SECONDS = 60.0
 
 
 @dataclass
@@ -72,10 +69,10 @@ class Retention:
 
     @property
     def idle_seconds(self) -> float:
-        """After a pass that finished its work: IDLE_SECONDS, or half the shortest age if that is shorter
-        (a row then outlives its age by at most half of it)."""
-        ages = [a for a in (self.policy.failed_seconds, self.policy.done_seconds, self.policy.base64_seconds) if a]
-        return min([IDLE_SECONDS, *(age / 2 for age in ages)])
+        """After a pass that finished its work (each look is one index probe per policy; processor passes
+        come every few seconds while remote tasks are in flight): RetentionSettings.look_again_seconds.
+        An idle daemon's processor interval is held to it too (config/settings.py), so the look comes."""
+        return self.policy.look_again_seconds
 
     def due(self, now: float | None = None) -> bool:
         return self.enabled and (time.monotonic() if now is None else now) >= self._next_at

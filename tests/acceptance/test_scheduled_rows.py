@@ -82,3 +82,21 @@ def test_a_cancelled_waiting_row_notifies_its_producer(db_url, conn):
         conn.execute("UPDATE images SET cancel_requested = true WHERE id = %s", [image_id])
         notes = list(listener.notifies(timeout=5, stop_after=1))
     assert [json.loads(n.payload) for n in notes] == [{"id": image_id, "status": "Failed"}]
+
+
+def test_retention_keeps_its_age_on_an_idle_daemon(db_url, conn, tmp_path):
+    """Issue 25, item 11: with IMAGEND_RETENTION_FAILED=4s a failed row goes within about half that after
+    its age, on a daemon with nothing to do and the default 10-minute processor interval; it went at the
+    next interval run (minutes) before."""
+    env = base_env(db_url, IMAGEND_RETENTION_FAILED="4s")
+    env.pop("IMAGEND_PROCESSOR_INTERVAL", None)
+    daemon = DaemonProcess(["-cron"], env, log_dir=tmp_path)
+    try:
+        wait_until(lambda: "daemon_started" in daemon.output(), 30, what="the daemon to start")
+        image_id = insert_image(conn, "failed just now", status="Failed", error="an old failure")
+        conn.execute("UPDATE images SET finished_at = now() WHERE id = %s", [image_id])
+        gone = lambda: conn.execute("SELECT 1 FROM images WHERE id = %s", [image_id]).fetchone() is None  # noqa: E731
+        wait_until(gone, timeout=15, what="retention to delete the row 4 s past its finish")
+    finally:
+        assert daemon.stop() == 0, daemon.output()
+    assert '"processor_interval": 2.0' in daemon.output()  # half the shortest age: the processor runs that often
