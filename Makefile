@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  := torch==2.13.0
 TEST_SERVER_URL ?= postgresql://127.0.0.1:5432/test
 
-.PHONY: install system-deps pg14 demo test lint check-server bench gpu-wheels
+.PHONY: install system-deps pg14 demo test lint check-server check-units bench gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -50,6 +50,10 @@ test: lint system-deps pg14
 	$(VENV)/bin/pytest -W error -q
 	@echo "== tests against $(TEST_SERVER_URL) (those that use a database; tests/conftest.py)"
 	IMAGEND_TEST_DATABASE_ONLY=1 IMAGEND_TEST_DATABASE_URL=$(TEST_SERVER_URL) $(VENV)/bin/pytest -W error -q
+
+# systemd-analyze verify and security on both units from any clone (the units expect /opt/imagend).
+check-units: install
+	sh systemd/check-units.sh
 
 bench: install
 	$(PY) bench/queue_drain.py

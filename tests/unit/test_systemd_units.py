@@ -156,3 +156,25 @@ def test_a_configuration_error_exits_2(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("IMAGEND_BACKEND", "no-such-backend")
     assert cli.main(["-cron"]) == 2
     assert "configuration error: IMAGEND_BACKEND" in capsys.readouterr().err
+
+
+@needs_analyze
+def test_make_check_units_verifies_from_any_clone_and_the_docs_state_the_score_it_prints(unit_root):
+    """Issue 25, item 11: from a clone `systemd-analyze verify` needs the install path; the units' headers
+    and the README say which, `make check-units` (systemd/check-units.sh) passes from the checkout, and
+    the score they all state is the one systemd-analyze prints."""
+    exec_start = values(SERVICE, "ExecStart")[0].split()[0]
+    result = subprocess.run(["sh", "systemd/check-units.sh"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120, env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                                              "VENV": str(Path(sys.executable).parent.parent)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passes on imagend.service and imagend@.service" in result.stdout
+    scores = re.findall(r"Overall exposure level for (\S+): ([0-9.]+)", result.stdout)
+    assert [unit for unit, _ in scores] == ["imagend.service", "imagend@i.service"]
+    readme = (ROOT / "README.md").read_text()
+    for unit, (_, score) in zip((SERVICE, TEMPLATE), scores, strict=True):
+        header = "".join(line for line in (UNITS / unit).read_text().splitlines(keepends=True) if line.startswith("#"))
+        assert re.search(rf"scores this unit {re.escape(score)}\b", header), f"{unit}'s header states another score"
+        assert exec_start.removesuffix("/.venv/bin/imagend") in header and "make check-units" in header
+    assert f"scores **{scores[0][1]}** (and {scores[1][1]} for" in readme
+    assert exec_start in readme and "make check-units" in readme
