@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ def daemon(module_db: str, tiny_models: dict[str, Path],
         "IMAGEND_MODEL": str(tiny_models["sdxl"]),
         "IMAGEND_MODELS": f"sdxl={tiny_models['sdxl']},sdxl-b={tiny_models['sdxl-b']}",
         "IMAGEND_LOCK_DIR": str(tmp_path_factory.mktemp("locks")),
-        "IMAGEND_DEFAULT_STEPS": "50",  # the OpenAI API has no steps: quality "max" is 100 (the stream's)
+        "IMAGEND_DEFAULT_STEPS": "100",  # the OpenAI API has no steps: quality "max" is 200 (the stream's)
         "DEFAULT_IMAGE_WIDTH": str(SIDE),
         "DEFAULT_IMAGE_HEIGHT": str(SIDE),
         "HF_HUB_OFFLINE": "1",
@@ -120,8 +121,27 @@ def test_open_webuis_edit_request_with_image_brackets(daemon, db):
     assert row == {"model": "sdxl-b", "mask_image": None}  # gpt-image-1=local:sdxl-b; image-to-image
 
 
+def test_openai_variations_start_from_the_image_and_its_own_prompt(client, db):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a fox in the snow\nSteps: 30, Sampler: Euler, Seed: 1, Size: 64x64")
+    buffer = io.BytesIO()
+    picture().save(buffer, format="PNG", pnginfo=info)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the SDK marks the endpoint retired at OpenAI
+        answer = client.images.with_raw_response.create_variation(
+            image=("fox.png", buffer.getvalue(), "image/png"), n=2, size="64x64", response_format="b64_json")
+    assert [decoded(item.b64_json).shape for item in answer.parse().data] == [(SIDE, SIDE, 3)] * 2
+    ids = [int(image_id) for image_id in answer.headers["x-imagend-ids"].split(",")]
+    rows = db.execute("SELECT prompt, init_image IS NOT NULL AS init, params FROM images WHERE id = ANY(%s)",
+                      [ids]).fetchall()
+    assert [(row["prompt"], row["init"], row["params"]["endpoint"]) for row in rows] == [
+        ("a fox in the snow", True, "variations")] * 2
+
+
 def test_stream_with_partial_images_yields_previews_then_the_image(client):
-    """Previews are written every 2 s or so: a generation of some seconds (256 px, 100 steps) gives two."""
+    """Previews are written every 2 s or so: a generation of some seconds (256 px, 200 steps: 5 s and more) gives two."""
     events = list(client.images.generate(prompt="a slow fox", model="dall-e-3", size="256x256", quality="max",
                                          stream=True, partial_images=2, extra_body={"seed": 3},
                                          timeout=120))
