@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make check-units`: `systemd-analyze verify` and `security` on both units, from any clone. verify
-# checks that ExecStart= is executable, and the units expect the checkout at /opt/imagend (README,
+# checks that ExecStart= is executable, and the units expect the checkout at /opt/imagend (docs/running.md,
 # "Running under systemd"): so it runs in a throwaway root that holds the units unchanged, this
 # host's own units (sysinit.target and the others ours order against) and the venv's imagend at the
 # units' ExecStart path. tests/unit/test_systemd_units.py does the same on every run.

@@ -99,6 +99,9 @@ def schema_marker() -> str:
     return "imagend schema sha256:" + hashlib.sha256(schema().encode()).hexdigest()[:16]
 
 
+INSUFFICIENT_PRIVILEGE = "42501"  # SQLSTATE: a role without the right to change the schema
+
+
 def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
     """Create or upgrade the schema; safe to run from many daemons at once (advisory lock inside).
 
@@ -134,6 +137,9 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
         if isinstance(exc, psycopg.ProgrammingError) and exc.sqlstate is None:  # psycopg could not parse it
             raise ConfigError(f"{setting} is not a valid libpq URL or connection string: {reason}") from None
         # The server refused the schema: privileges, an incompatible table, too old a server.
+        if exc.sqlstate == INSUFFICIENT_PRIVILEGE:  # a daemons' role with data rights only, and a schema to change
+            reason += (": the schema needs its owner. Run one imagend command (imagend -status) as the owner of "
+                       "images, then the daemons (docs/running.md, \"Database roles and privileges\")")
         raise ConfigError(f"cannot apply the schema ({describe_target(url)}; from {setting}): {reason}") from None
 
 

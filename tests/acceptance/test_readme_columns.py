@@ -1,5 +1,6 @@
-"""What the README's producer table says about `seed`, `params` and `run_after` is what the daemon
-does: the CLI run on rows a producer wrote, and the table's own words checked against the outcome."""
+"""What the producer's table (docs/producers.md, moved there from the README) says about `seed`, `params`
+and `run_after` is what the daemon does: the CLI run on rows a producer wrote, and the table's own words
+checked against the outcome."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from support.daemons import run_imagend
 from support.db import base_env, fetch_image, insert_image
 from support.fusionbrain import drive, fake_server, rig
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "producers.md"
 
 
 def column_row(name: str) -> tuple[str, str]:
-    """(written by, meaning) of the README table row for `name`."""
-    match = re.search(rf"^\| `{name}` \| ([^|]+) \| (.+) \|$", README.read_text(), re.MULTILINE)
-    assert match, f"no row of its own for {name} in the README's table"
+    """(written by, meaning) of the producer's table row for `name`."""
+    match = re.search(rf"^\| `{name}` \| ([^|]+) \| (.+) \|$", GUIDE.read_text(), re.MULTILINE)
+    assert match, f"no row of its own for {name} in the producer's table"
     return match.group(1).strip(), match.group(2).strip()
 
 

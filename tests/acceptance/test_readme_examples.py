@@ -1,5 +1,5 @@
-"""The README's examples run as written: the producer's LISTEN example, the notification
-payload it shows, and the queue status it describes."""
+"""The producer's guide's examples (docs/producers.md, moved there from the README) run as written: the
+producer's LISTEN example, the notification payload it shows, and the queue status it describes."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from pathlib import Path
 from support.daemons import DaemonProcess, process_env, run_imagend
 from support.db import base_env, insert_image, wait_until
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "producers.md"
 
 
-def readme_section(heading: str) -> str:
-    """The README's text from the bold paragraph `heading` to the next bold paragraph or heading."""
-    text = README.read_text()
+def guide_section(heading: str) -> str:
+    """The guide's text from the bold paragraph `heading` to the next bold paragraph or heading."""
+    text = GUIDE.read_text()
     start = text.index(heading)
     end = re.compile(r"^(\*\*|#)", re.MULTILINE).search(text, start + len(heading))
     return text[start : end.start() if end else len(text)]
@@ -30,7 +30,7 @@ def python_block(section: str) -> str:
 
 
 def test_the_listen_example_runs_as_written_and_sees_its_row_finish(db_url, tmp_path):
-    code = python_block(readme_section("**Waiting without polling.**"))
+    code = python_block(guide_section("**Waiting without polling.**"))
     daemon = DaemonProcess(["-cron"], base_env(db_url), tmp_path)
     try:
         wait_until(lambda: "daemon_started" in daemon.output(), 30, what="the daemon to start")
@@ -44,8 +44,8 @@ def test_the_listen_example_runs_as_written_and_sees_its_row_finish(db_url, tmp_
 
 
 def test_the_payload_the_readme_shows_is_the_one_sent(db_url, conn):
-    shown = re.search(r"`(\{\"id\".*?\})`", readme_section("**Waiting without polling.**"))
-    assert shown, "the README shows no imagend_done payload"
+    shown = re.search(r"`(\{\"id\".*?\})`", guide_section("**Waiting without polling.**"))
+    assert shown, "the producer's guide shows no imagend_done payload"
     conn.execute("LISTEN imagend_done")
     image_id = insert_image(conn, "a red fox")
     assert run_imagend(["-generator"], base_env(db_url)).returncode == 0

@@ -119,7 +119,7 @@ WHERE id = %(id)s AND status IN ('ReadyToGenerate', 'Generate')
 RETURNING id, status;
 
 -- name: images_retry
--- The README's "Trying again" statement, for a Failed row only.
+-- The producer's guide's "Trying again" statement (docs/producers.md), for a Failed row only.
 UPDATE images SET status = 'ReadyToGenerate', attempts = 0, error = NULL
 WHERE id = %(id)s AND status = 'Failed'
 RETURNING id, status;

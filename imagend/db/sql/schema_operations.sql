@@ -27,6 +27,8 @@ DROP FUNCTION IF EXISTS imagend_notify_sources_done();
 -- one insert per statement, not per row, and no counter row that two daemons would queue on).
 -- imagend_queue_counts folds the changes into imagend_queue_totals now and then (a scrape does).
 -- backend '' stands for NULL (the daemon's default backend, filled in at the claim).
+-- The trigger functions run as their owner (SECURITY DEFINER, with the owner's search_path), so that a
+-- producer's role needs no rights on these tables (docs/running.md, "Database roles and privileges").
 CREATE TABLE IF NOT EXISTS imagend_queue_totals (
     status  TEXT NOT NULL,
     backend TEXT NOT NULL,
@@ -40,7 +42,7 @@ CREATE TABLE IF NOT EXISTS imagend_queue_changes (
 );
 
 CREATE OR REPLACE FUNCTION imagend_count_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO imagend_queue_changes
     SELECT status, COALESCE(backend, ''), count(*) FROM new_rows GROUP BY 1, 2;
@@ -48,7 +50,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION imagend_count_deleted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO imagend_queue_changes
     SELECT status, COALESCE(backend, ''), -count(*) FROM old_rows GROUP BY 1, 2;
@@ -60,7 +62,7 @@ END $$;
 -- over half its speed); updates that change neither status nor backend (lease renewals, progress)
 -- cancel out and add nothing.
 CREATE OR REPLACE FUNCTION imagend_count_updated() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     INSERT INTO imagend_queue_changes
     SELECT d.status, d.backend, sum(d.rows)
@@ -73,7 +75,7 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION imagend_count_truncated() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM imagend_queue_changes;
     DELETE FROM imagend_queue_totals;
@@ -175,10 +177,10 @@ LEFT JOIN pace AS p ON p.backend = COALESCE(c.backend, '') AND c.status = 'Ready
 -- priority, or equal priority and older — the claim's order — and due by the time it is), and when it
 -- should start: not before its run_after, and not before the rows ahead are done, from the generation
 -- times of its backend's rows among the newest 1,000 finished and the daemons serving it.
--- NULL for a row that is not waiting.
+-- NULL for a row that is not waiting. It runs as its owner: a producer's role reads imagend_daemons so.
 CREATE OR REPLACE FUNCTION imagend_position(image_id INTEGER)
 RETURNS TABLE (ahead BIGINT, estimated_start TIMESTAMPTZ)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH me AS (
         SELECT id, priority, backend, greatest(run_after, now()) AS due
         FROM images WHERE id = image_id AND status = 'ReadyToGenerate'
