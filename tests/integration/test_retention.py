@@ -68,7 +68,7 @@ def test_days_and_batches(conn, make_settings, make_repo, monkeypatch):
     assert policy.due()
     second = policy.run_once()
     assert (second.failed_deleted, second.more) == (5, False)
-    assert not policy.due()  # nothing left: the next look is RETENTION_LOOK_AGAIN_SECONDS (or half the shortest age) away
+    assert not policy.due()  # nothing left: the next look is RETENTION_LOOK_AGAIN_SECONDS (or half an age) away
     assert remaining(conn) == {young}
 
 
