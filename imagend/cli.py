@@ -32,6 +32,7 @@ from imagend.operations.metrics import Metrics
 from imagend.operations.status import status_report
 from imagend.queue.daemon import Daemon, daemon_identity
 from imagend.storage import Store, StoreUnavailable, open_store
+from imagend.storage.health import StoreHealth
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +276,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return _export(repo, settings)
         # The one store of this process, built here and handed to the loops and the listener.
         store = open_store(settings.storage, settings.env.values) if settings.storage is not None else None
+        store_health = StoreHealth()
         if store is not None:
             store.check()
         if settings.retention.enabled and (args.cron or args.processor):
@@ -283,10 +285,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         # Up before the backends load (minutes for a model on a GPU host): /readyz says it is loading.
         http_server = None
         if args.cron and settings.http is not None:
-            http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends, store)
+            http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends, store,
+                                     store_problem=store_health.problem)
             http_server.start()
         try:
-            return _run_backends(args, settings, repo, url, metrics, health, http_server, store)
+            return _run_backends(args, settings, repo, url, metrics, health, http_server, store, store_health)
         finally:
             if http_server is not None:
                 http_server.stop()
@@ -295,7 +298,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository, url: str, metrics: Metrics,
-                  health: LoopHealth, http_server: HttpServer | None, store: Store | None) -> int:
+                  health: LoopHealth, http_server: HttpServer | None, store: Store | None,
+                  store_health: StoreHealth) -> int:
     started = time.monotonic()
     backends = create_backends(settings)
     for name in backends:
@@ -304,7 +308,8 @@ def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository
         http_server.ready.backends_loaded()
     try:
         listen_url = settings.listen_url.reveal() if settings.listen_url else url
-        daemon = Daemon(settings, repo, backends, listen_url=listen_url, metrics=metrics, health=health, store=store)
+        daemon = Daemon(settings, repo, backends, listen_url=listen_url, metrics=metrics, health=health, store=store,
+                        store_health=store_health)
         if args.cron:
             return daemon.run_forever()
         try:

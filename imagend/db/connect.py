@@ -28,6 +28,7 @@ POOL_WAIT_SECONDS = 5.0
 # The schema uses CREATE OR REPLACE TRIGGER (PostgreSQL 14); tests/integration/test_oldest_postgres.py runs on 14.
 MIN_SERVER_VERSION_NUM = 140000
 POOL_MAX_IDLE_SECONDS = 30.0
+POOL_SHRINK_SECONDS = 2.0  # a connection above DB_MAX_IDLE_CONNS unused this long is closed (one per period)
 APPLICATION_NAME = "imagend"  # what pg_stat_activity shows for the daemon's connections
 # psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
 # Every connection made after this reads 'infinity' and years Python cannot hold (timestamps.py).
@@ -144,15 +145,18 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
 
 
 def open_pool(url: str, settings: Settings) -> ConnectionPool:
-    """The daemon's pool: at most DB_MAX_OPEN_CONNS connections, DB_MAX_IDLE_CONNS kept open; the
-    ones above that are closed after DB_CONN_MAX_IDLE_TIME unused (as the Go service's database/sql
-    gave them back), so a fleet of idle daemons does not hold Postgres's connection slots."""
+    """The daemon's pool: at most DB_MAX_OPEN_CONNS connections, DB_MAX_IDLE_CONNS (1) kept open at
+    rest; those a burst opened above it go back within seconds of being unused (psycopg_pool closes
+    one unused connection per period: POOL_SHRINK_SECONDS, or DB_CONN_MAX_IDLE_TIME if shorter), as
+    database/sql's SetMaxIdleConns gave them back, so a fleet of idle daemons does not hold Postgres's
+    connection slots (docs/fleet.md)."""
     pool = ConnectionPool(
         url,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         max_lifetime=settings.db_conn_max_lifetime_seconds,
-        max_idle=settings.env.seconds("DB_CONN_MAX_IDLE_TIME", POOL_MAX_IDLE_SECONDS, minimum=0.1),
+        max_idle=min(settings.env.seconds("DB_CONN_MAX_IDLE_TIME", POOL_MAX_IDLE_SECONDS, minimum=0.1),
+                     POOL_SHRINK_SECONDS),
         # prepare_threshold=None: no server-side prepared statements, which break behind a
         # transaction pooler (PgBouncer): the next transaction may run on another server connection.
         kwargs={"autocommit": True, "prepare_threshold": None, "application_name": APPLICATION_NAME},
@@ -165,3 +169,4 @@ def open_pool(url: str, settings: Settings) -> ConnectionPool:
     )
     pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_SECONDS)
     return pool
+

@@ -246,7 +246,7 @@ class Daemon:
                 stopping=self.stopping, check_seconds=self.settings.listen_check_seconds,
             ).start()
 
-        wakeups = HostWakeups(runtime_folder(self.settings.env.values), key, listen=listen,
+        wakeups = HostWakeups(runtime_folder(self.settings.env.values), key, self.repo.owner, listen=listen,
                               on_wake=self.request_generator, on_deaf=self._poll_instead, stopping=self.stopping)
         wakeups.start()
         return wakeups

@@ -132,7 +132,9 @@ class Generator:
                     self._submit(backend, requests, counts)
                 else:
                     assert isinstance(backend, GeneratingBackend)
-                    if not self.stopping.is_set():
+                    # Claimed ahead while this batch generates, when a full batch says more may wait (a
+                    # drain): at a trickle it would be one more claim per row, finding nothing.
+                    if not self.stopping.is_set() and len(rows) >= backend.max_batch > 1:
                         self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend, ahead=True)
                     self._generate_all(backend, requests, counts)
                 if self.processor_due():

@@ -5,11 +5,11 @@ Postgres signals every listening backend at every NOTIFY commit, so each LISTEN 
 and a broadcast woke every idle daemon to run a claim that, for all but one, found nothing. Instead:
 
 - the database chooses whom to wake (imagend_wake in schema.sql): up to one idle daemon per row that
-  became claimable, and NOTIFYs that daemon's *host* channel with how many of its daemons to wake;
+  became claimable, and NOTIFYs that daemon's *host* channel naming the daemons (owners) to wake;
 - on each host the daemons elect a relay by a lock file (the kernel frees it when its holder dies, and
   the next daemon takes over within RELAY_ELECTION_SECONDS); the relay holds the host's one LISTEN
-  connection (listener.py: probes, reconnects, the pooler check) and passes each wake-up on to that
-  many of its host's idle daemons, over Unix datagram sockets in the runtime folder;
+  connection (listener.py: probes, reconnects, the pooler check) and passes each wake-up on to the
+  daemons it names, over Unix datagram sockets in the runtime folder;
 - each daemon has a mailbox (a datagram socket) and tells the relay when it is idle or busy, again
   every second while idle (so a new relay learns at once). Its idle state in the database is kept by
   its own claims (images_claim_batch); a wake-up lost in a race is made up for by its heartbeat.
@@ -78,6 +78,7 @@ class Relay:
         self.path = folder / f"{key}.relay"
         self.listen = listen
         self.members: dict[str, float | None] = {}  # mailbox path -> idle since (monotonic), None: busy
+        self.mailboxes: dict[str, str] = {}  # owner (images.locked_by) -> mailbox path
         self._lock = threading.Lock()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         with contextlib.suppress(FileNotFoundError):
@@ -106,8 +107,11 @@ class Relay:
                 continue
             except OSError:
                 return
-            state, _, member = data.decode(errors="replace").partition(" ")
+            state, _, rest = data.decode(errors="replace").partition(" ")
+            member, _, owner = rest.partition(" ")
             with self._lock:
+                if owner:
+                    self.mailboxes[owner] = member
                 if state == "idle":
                     if self.members.get(member) is None:
                         self.members[member] = time.monotonic()
@@ -115,14 +119,22 @@ class Relay:
                     self.members[member] = None
                 elif state == "bye":
                     self.members.pop(member, None)
+                    self.mailboxes.pop(owner, None)
 
     def on_notify(self, payload: str | None) -> None:
-        """`payload`: how many of this host's daemons to wake; None (the LISTEN (re)connected, so
-        wake-ups may have been missed): every idle one."""
+        """`payload`: the owners of this host's daemons to wake (the database chose them, and notes
+        them woken); None (the LISTEN (re)connected, so wake-ups may have been missed): every idle
+        one. A daemon it does not know yet (it has not said it is idle here) is made up for by
+        another idle one."""
         with self._lock:
             idle = sorted((since, member) for member, since in self.members.items() if since is not None)
-            count = len(idle) if payload is None else _count(payload)
-            chosen = [member for _, member in idle[:count]]
+            if payload is None:
+                chosen = [member for _, member in idle]
+            else:
+                named = [self.mailboxes.get(owner) for owner in payload.split()]
+                chosen = [member for member in named if member is not None]
+                spare = [member for _, member in idle if member not in chosen]
+                chosen += spare[: len(named) - len(chosen)]
             for member in chosen:
                 self.members[member] = None  # busy until it says otherwise
         for member in chosen:
@@ -143,13 +155,6 @@ class Relay:
                 self.members.pop(member, None)
 
 
-def _count(payload: str) -> int:
-    try:
-        return max(1, int(payload))
-    except ValueError:
-        return 1
-
-
 class HostWakeups:
     """This daemon's part: its mailbox, its state told to the relay, and the election (the daemon
     holding the host's lock runs the Relay in a thread of its own)."""
@@ -158,6 +163,7 @@ class HostWakeups:
         self,
         folder: Path,
         key: str,
+        owner: str,
         *,
         listen: Callable[[Callable[[str | None], None], Callable[[], None]], None],
         on_wake: Callable[[], None],
@@ -167,6 +173,7 @@ class HostWakeups:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = folder
         self.key = key
+        self.owner = owner
         self.channel = channel_of(key)
         self.listen = listen
         self.on_wake = on_wake
@@ -216,7 +223,8 @@ class HostWakeups:
 
     def _tell(self, state: str) -> None:
         with contextlib.suppress(OSError):  # no relay yet (or it is changing hands): said again soon
-            self._socket.sendto(f"{state} {self.mailbox}".encode(), str(self.folder / f"{self.key}.relay"))
+            self._socket.sendto(f"{state} {self.mailbox} {self.owner}".encode(),
+                                str(self.folder / f"{self.key}.relay"))
 
     def _receive(self) -> None:
         while not self.stopping.is_set():

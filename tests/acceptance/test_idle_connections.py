@@ -1,6 +1,7 @@
-"""An idle daemon gives back the connections above DB_MAX_IDLE_CONNS (after DB_CONN_MAX_IDLE_TIME),
-so a fleet of daemons does not hold every Postgres connection slot once the queue has drained:
-at rest a daemon holds DB_MAX_IDLE_CONNS pooled connections plus its LISTEN connection."""
+"""An idle daemon gives back the connections a burst opened (those above DB_MAX_IDLE_CONNS as soon as it
+is idle, the rest after DB_CONN_MAX_IDLE_TIME), so a fleet of daemons does not hold every Postgres
+connection slot once the queue has drained: at rest a daemon holds one pooled connection, and its host
+one LISTEN connection (application_name imagend-listen)."""
 
 from __future__ import annotations
 

@@ -118,18 +118,18 @@ def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
 
 def test_an_insert_wakes_one_idle_daemon_per_row_on_its_hosts_channel(db_url, conn):
     """Issue 20: not a broadcast to every daemon; longest idle first; a busy fleet is signalled nothing."""
-    idle_daemon(conn, "imagend_wake_host_a", idle_seconds=5)
-    idle_daemon(conn, "imagend_wake_host_b", idle_seconds=1)
+    a = idle_daemon(conn, "imagend_wake_host_a", idle_seconds=5)
+    b = idle_daemon(conn, "imagend_wake_host_b", idle_seconds=1)
     idle_daemon(conn, "imagend_wake_host_c", idle=False)  # busy
     with psycopg.connect(db_url, autocommit=True) as listener:
         for channel in ("a", "b", "c"):
             listener.execute(f"LISTEN imagend_wake_host_{channel}")
         insert_image(conn, "wake up")
         assert [(n.channel, n.payload) for n in listener.notifies(timeout=2, stop_after=1)] == [
-            ("imagend_wake_host_a", "1")]
+            ("imagend_wake_host_a", a)]
         conn.execute("INSERT INTO images (prompt) SELECT 'burst' FROM generate_series(1, 5)")
         woken = sorted((n.channel, n.payload) for n in listener.notifies(timeout=1, stop_after=2))
-        assert woken == [("imagend_wake_host_b", "1")]  # a was woken and has not claimed yet: b, the other idle one
+        assert woken == [("imagend_wake_host_b", b)]  # a was woken and has not claimed yet: b, the other idle one
         conn.execute("UPDATE imagend_daemons SET idle_since = NULL")
         insert_image(conn, "a busy fleet")
         assert list(listener.notifies(timeout=0.5, stop_after=1)) == []

@@ -151,7 +151,7 @@ CREATE OR REPLACE TRIGGER images_touch_updated_at
 -- which channel its host listens (wake_channel: one LISTEN per host, whose relay wakes that host's
 -- daemons). imagend_wake(backend, rows) NOTIFYs the host channels of up to `rows` idle daemons serving
 -- `backend` (a daemon that serves none of a row's names fails it: any idle one then), longest idle
--- first, the payload saying how many of that host's daemons to wake. A busy fleet has no idle daemon:
+-- first, the payload naming which of that host's daemons to wake (owners). A busy fleet has no idle daemon:
 -- then a producer's commit NOTIFYs nothing at all (a NOTIFY signals every listening backend).
 -- A daemon woken stays idle in imagend_daemons until its claim (milliseconds later); the wake is noted
 -- in imagend_wakes (appended, never updated: no producer waits on another's lock, nor on a daemon's) so
@@ -172,16 +172,17 @@ BEGIN
         FROM imagend_daemons AS d
         WHERE d.idle_since IS NOT NULL
           AND d.wake_channel IS NOT NULL
-          AND d.heartbeat_at > now() - interval '30 seconds'
+          AND d.heartbeat_at > now() - interval '10 seconds'  -- it beats every second: past 10 s it is gone or stuck
           AND NOT EXISTS (SELECT 1 FROM imagend_wakes AS w WHERE w.owner = d.owner AND w.woken_at >= d.idle_since)
         ORDER BY (backend_name IS NULL OR backend_name = ANY (d.backends)) DESC, d.idle_since
         LIMIT rows
     ), noted AS (
         INSERT INTO imagend_wakes (owner) SELECT owner FROM picked
     )
-    SELECT array_agg(wake_channel) INTO channels FROM picked;
-    PERFORM pg_notify(c.channel, c.daemons::text)
-    FROM (SELECT channel, count(*) AS daemons FROM unnest(channels) AS channel GROUP BY channel) AS c;
+    SELECT array_agg(wake_channel || ' ' || owner) INTO channels FROM picked;
+    PERFORM pg_notify(c.channel, c.owners)
+    FROM (SELECT split_part(pair, ' ', 1) AS channel, string_agg(split_part(pair, ' ', 2), ' ') AS owners
+          FROM unnest(channels) AS pair GROUP BY 1) AS c;
 END $$;
 
 -- Inserted rows due now: one idle daemon each, per backend. Rows scheduled for later: one idle daemon,
@@ -205,17 +206,20 @@ CREATE OR REPLACE TRIGGER images_wake_inserted
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_inserted();
 
--- After an UPDATE statement: rows that came back to ReadyToGenerate due now (a producer's retry, a
--- release, a rescue), and waiting chained rows whose source has just ended (the claim skipped them
--- until then; the chained index is almost always empty: a batch of 1,000 finished rows costs one
--- probe). One query per statement, and imagend_wake only where there is something to wake for.
+-- After an UPDATE statement: rows that came back to ReadyToGenerate (a producer's retry, a release, a
+-- rescue; one due later wakes one daemon, which sets its timer), and waiting chained rows whose source
+-- has just ended (the claim skipped them until then; the chained index is almost always empty: a
+-- batch of 1,000 finished rows costs one probe). One query per statement, and imagend_wake only where there is something to wake for.
 CREATE OR REPLACE FUNCTION imagend_wake_updated() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM imagend_wake(w.backend, sum(w.rows)::bigint)
-    FROM (SELECT a.backend, count(*) AS rows
+    FROM (SELECT a.backend,
+                 -- due now: one each; due later (a backoff): one daemon, to set its timer
+                 greatest(count(*) FILTER (WHERE a.run_after <= now()),
+                          least(count(*) FILTER (WHERE a.run_after > now()), 1)) AS rows
           FROM after AS a JOIN before AS b ON b.id = a.id
-          WHERE a.status = 'ReadyToGenerate' AND b.status IS DISTINCT FROM a.status AND a.run_after <= now()
+          WHERE a.status = 'ReadyToGenerate' AND b.status IS DISTINCT FROM a.status
           GROUP BY a.backend
           UNION ALL
           SELECT waiting.backend, count(*)
