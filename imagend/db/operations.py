@@ -159,6 +159,10 @@ class OperationsRepository(Statements):
                               if any(isinstance(value, Earlier) for value in row.values())), len(rows))
         plain, chained = rows[:first_chained], rows[first_chained:]  # Earlier(i) names a plain row
         with self._cursor() as cur, cur.connection.pipeline(), cur.connection.transaction():
+            # As the loops' begin_work (statements.py): the commit does not wait for the WAL flush. Only a
+            # crash of the Postgres server in the next moment can lose the rows, and then the request that
+            # waits for them answers at its bound (the openai SDK retries it: queued again).
+            cur.connection.execute("SELECT set_config('synchronous_commit', 'off', true)")  # a cursor of its own
             if key is not None:
                 cur.execute(self._sql["images_api_request_find"], {"key": key, "window": window_seconds})
                 found = cur.fetchone()

@@ -44,9 +44,11 @@ def create_app(context: HttpContext) -> Starlette:
         return error(500, INTERNAL_ERROR)
 
     compat = Compat.build(context)  # the OpenAI and A1111 APIs (docs/compatible-apis.md)
-    return Starlette(
+    app = Starlette(
         routes=[*probes.routes(context), *openai_images.routes(compat), *a1111.routes(compat), *api.routes(context),
                 *dashboard.routes(context)],
         exception_handlers={Refused: refused, DatabaseUnavailable: database_down, HTTPException: http_error,
                             500: internal},
     )
+    app.state.compat = compat  # its LISTEN thread stops with app.state.compat.completions.close()
+    return app

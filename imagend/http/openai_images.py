@@ -124,11 +124,11 @@ def _credential(compat: Compat, request: Request) -> str:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise OpenAIError(401, "You didn't provide an API key: send 'Authorization: Bearer <IMAGEND_HTTP_TOKEN>' "
-                               "(the openai SDK's api_key)", code="missing_api_key", retry=None,
+                               "(the openai SDK's api_key)", code="missing_api_key",
                           headers={"WWW-Authenticate": "Bearer"})
     if not hmac.compare_digest(given.strip().encode(), token.reveal().encode()):
         raise OpenAIError(401, "Incorrect API key provided: use the daemon's IMAGEND_HTTP_TOKEN",
-                          code="invalid_api_key", retry=None, headers={"WWW-Authenticate": "Bearer"})
+                          code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
     return hashlib.sha256(token.reveal().encode()).hexdigest()
 
 

@@ -311,6 +311,7 @@ def test_wrong_or_missing_key_is_401_and_the_key_is_never_echoed(daemon, db):
     assert TOKEN not in refused.value.response.text
     answer = daemon.post("/v1/images/generations", auth=False, json={"prompt": "no key"})
     assert answer.status_code == 401 and answer.json()["error"]["code"] == "missing_api_key"
+    assert answer.headers["x-should-retry"] == "false"
     assert row_count(db) == before
 
 
