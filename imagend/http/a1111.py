@@ -56,6 +56,7 @@ from imagend.http.compat import (
     checked_columns,
     disconnect_watch,
     reencode,
+    release_admission,
 )
 from imagend.http.completions import Full, Waiter
 from imagend.images.formats import read_parameters
@@ -487,13 +488,31 @@ def routes(compat: Compat) -> list[BaseRoute]:
         except BadRequest as exc:
             raise A1111Error(exc.status if exc.status == 413 else 422, exc.message) from None
 
+    def planned(raw: bytes, chosen: str | None, kind: str) -> tuple[dict[str, Any], Plan, list[dict[str, Any]]]:
+        """The body parsed and checked, its images decoded as the daemon decodes them: CPU work for a
+        16 MiB body, run off the event loop."""
+        try:
+            body = parse_object(raw)
+        except BadRequest as exc:
+            raise A1111Error(422, exc.message) from None
+        plan = _plan(compat, chosen, body, kind)
+        return body, plan, _checked(plan.columns)
+
     async def generate(request: Request, caller: str, kind: str) -> Response:
-        body = await body_of(request)
-        plan = _plan(compat, callers.model(caller), body, kind)
-        rows = _checked(plan.columns)
+        try:
+            raw = await read_body(request, UPLOAD_MAX_BYTES)
+        except BadRequest as exc:
+            raise A1111Error(exc.status if exc.status == 413 else 422, exc.message) from None
+        body, plan, rows = await run_in_threadpool(planned, raw, callers.model(caller), kind)
+        del raw
+        if not body.get("include_init_images"):  # echoed without them, as A1111: a waiting request keeps none
+            body = {name: value for name, value in body.items() if name not in ("init_images", "mask")}
         try:
             await compat.check_room()
             ids, waiter = await compat.submit(rows)
+            del rows
+            plan.columns = []
+            release_admission(request)
         except QueueFull as exc:
             raise A1111Error(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         except (psycopg.DataError, psycopg.IntegrityError) as exc:

@@ -440,3 +440,15 @@ def checked_columns(columns: dict[str, Any]) -> dict[str, Any]:
     checked = check_columns({**columns, **dict.fromkeys(images, "x")})
     checked.update(images)
     return checked
+
+
+ADMISSION_RELEASE = "imagend.release_admission"
+
+
+def release_admission(request: Request) -> None:
+    """From here the request only waits for its rows (no thread, no connection, its body dropped; the
+    completions bound it): it stops counting against the listener's requests in flight, if the
+    listener's admission (guards.py) offers that (a callable in the ASGI scope under ADMISSION_RELEASE)."""
+    release = request.scope.get(ADMISSION_RELEASE)
+    if callable(release):
+        release()

@@ -48,6 +48,7 @@ from imagend.http.compat import (
     checked_columns,
     disconnect_watch,
     reencode,
+    release_admission,
     request_key,
 )
 from imagend.http.completions import Full, Waiter
@@ -359,6 +360,36 @@ def _form_fields(form: multipart.Form) -> dict[str, Any]:
     return fields
 
 
+def _upload_plan(compat: Compat, body: bytes, content_type: str, endpoint: str) -> tuple[Plan, bytes]:
+    """An edit's or a variation's multipart body, checked: its plan and its canonical form (for the retry
+    key: the fields and a hash of each file, whatever the boundary)."""
+    try:
+        form = multipart.parse(body, content_type)
+        fields = _form_fields(form)
+    except multipart.MultipartError as exc:
+        raise _bad(f"{exc}: send the fields and files as multipart/form-data, as the openai SDK does.",
+                   code="invalid_body") from None
+    files = [name for name in form.names() if name in ("image", "image[]", "mask")]
+    plan = _plan(compat, {**fields, **dict.fromkeys(files, "")}, endpoint)
+    image_data = _image_part(form)
+    picture = _checked_image(image_data, "image")
+    plan.columns["init_image"] = base64.b64encode(image_data).decode("ascii")
+    masks = form.all("mask")
+    if masks and endpoint == "edits":
+        plan.columns["mask_image"] = _mask(masks[0].data, picture.size)
+    if endpoint == "variations" and "prompt" not in fields:
+        try:
+            with_parameters = read_parameters(image_data)
+        except Exception:  # Pillow's many errors on a file it opened once already: no parameters
+            with_parameters = None
+        if with_parameters and with_parameters.strip():
+            plan.columns["prompt"] = with_parameters.strip().splitlines()[0][:999]
+    digest = hashlib.sha256()
+    for part in sorted(form.parts, key=lambda p: (p.name, p.data)):
+        digest.update(part.name.encode() + b"\0" + hashlib.sha256(part.data).digest())
+    return plan, digest.digest()
+
+
 # -- answers ------------------------------------------------------------------------------------------
 
 
@@ -519,6 +550,9 @@ async def _answer(compat: Compat, request: Request, plan: Plan, credential: str,
         if not attach:
             await compat.check_room()
         ids, waiter = await compat.submit([columns] * plan.n, key, attach=attach)
+        del columns
+        plan.columns = {}  # the images it may hold are in the rows now: a waiting request keeps none
+        release_admission(request)
     except QueueFull as exc:
         raise OpenAIError(429, exc.message, kind="requests", code="rate_limit_exceeded", retry=True,
                           headers={"Retry-After": str(exc.retry_after)}) from None
@@ -575,38 +609,17 @@ def routes(compat: Compat) -> list[BaseRoute]:
 
     async def uploads(request: Request, endpoint: str) -> Response:
         credential = _credential(compat, request)
-        content_type = request.headers.get("content-type", "")
         try:
-            form = multipart.parse(await read_body(request, UPLOAD_MAX_BYTES), content_type)
+            body = await read_body(request, UPLOAD_MAX_BYTES)
         except BadRequest as exc:
             raise OpenAIError(exc.status if exc.status == 413 else 400, exc.message,
                               code="file_too_large" if exc.status == 413 else "invalid_body") from None
-        except multipart.MultipartError as exc:
-            raise _bad(f"{exc}: send the fields and files as multipart/form-data, as the openai SDK does.",
-                       code="invalid_body") from None
-        try:
-            fields = _form_fields(form)
-        except multipart.MultipartError as exc:
-            raise _bad(str(exc)) from None
-        files = [name for name in form.names() if name in ("image", "image[]", "mask")]
-        plan = _plan(compat, {**fields, **dict.fromkeys(files, "")}, endpoint)
-        image_data = _image_part(form)
-        picture = _checked_image(image_data, "image")
-        plan.columns["init_image"] = base64.b64encode(image_data).decode("ascii")
-        masks = form.all("mask")
-        if masks and endpoint == "edits":
-            plan.columns["mask_image"] = _mask(masks[0].data, picture.size)
-        if endpoint == "variations" and "prompt" not in fields:
-            try:
-                with_parameters = read_parameters(image_data)
-            except Exception:  # Pillow's many errors on a file it opened once already: no parameters
-                with_parameters = None
-            if with_parameters and with_parameters.strip():
-                plan.columns["prompt"] = with_parameters.strip().splitlines()[0][:999]
-        digest = hashlib.sha256()
-        for part in sorted(form.parts, key=lambda p: (p.name, p.data)):
-            digest.update(part.name.encode() + b"\0" + hashlib.sha256(part.data).digest())
-        return await _answer(compat, request, plan, credential, digest.digest())
+        # Parsing and decoding up to 16 MiB (the image checked as the daemon checks it) is CPU work:
+        # off the event loop. Only the plan survives it (the body, the form and the pixels are dropped).
+        plan, canonical = await run_in_threadpool(_upload_plan, compat, body, request.headers.get("content-type", ""),
+                                                  endpoint)
+        del body
+        return await _answer(compat, request, plan, credential, canonical)
 
     async def edits(request: Request) -> Response:
         return await uploads(request, "edits")
