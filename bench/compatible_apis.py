@@ -13,7 +13,7 @@
    twice (one row per request), the SDK's retries counted, each daemon's memory before, after one burst
    and after a second.
 
-    .venv/bin/python bench/compatible_apis.py [--requests 500] [--clients 200]
+    .venv/bin/python bench/compatible_apis.py [--requests 500] [--clients 200] [--burst-only] [--src DIR]
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ PORTS = (9481, 9482)
 
 
 @contextlib.contextmanager
-def listening_daemon(db_url: str, port: int, **env: str) -> Iterator[int]:
-    """A daemon with its listener on `port`, once /readyz answers 200; yields its pid."""
-    with daemon(db_url, IMAGEND_HTTP=f"127.0.0.1:{port}", IMAGEND_HTTP_TOKEN=TOKEN, **env) as proc:
+def listening_daemon(db_url: str, port: int, src: str | None = None, **env: str) -> Iterator[int]:
+    """A daemon with its listener on `port`, once /readyz answers 200; yields its pid. `src`: the imagend
+    package found in that folder instead of this checkout's (a patched copy)."""
+    with daemon(db_url, src=src, IMAGEND_HTTP=f"127.0.0.1:{port}", IMAGEND_HTTP_TOKEN=TOKEN, **env) as proc:
         deadline = time.monotonic() + 60
         while True:
             with contextlib.suppress(httpx.TransportError):
@@ -137,14 +138,15 @@ class Retries(logging.Handler):
             self.count += 1
 
 
-def burst(server: str, clients: int) -> None:
+def burst(server: str, clients: int, src: str | None) -> None:
     db_url = fresh_database(server, "imagend_bench_compat_burst")
     retries = Retries()
     logger = logging.getLogger("openai")
     logger.addHandler(retries)
     logger.setLevel(logging.INFO)
     env = {"IMAGEND_PLACEHOLDER_DELAY": "0.05"}
-    with listening_daemon(db_url, PORTS[0], **env) as first, listening_daemon(db_url, PORTS[1], **env) as second:
+    with listening_daemon(db_url, PORTS[0], src, **env) as first, \
+            listening_daemon(db_url, PORTS[1], src, **env) as second:
         pids = (first, second)
         memory = [[rss_mib(pid) for pid in pids]]
         sdks = [openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=TOKEN, timeout=120,
@@ -192,10 +194,13 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--gap-ms", type=float, default=50.0, help="between two requests of part 1")
+    p.add_argument("--src", help="part 2 runs the imagend package in this folder (a patched copy)")
+    p.add_argument("--burst-only", action="store_true")
     args = p.parse_args()
     with postgres(args.database_url) as server:
-        latency(server, args.requests, args.gap_ms)
-        burst(server, args.clients)
+        if not args.burst_only:
+            latency(server, args.requests, args.gap_ms)
+        burst(server, args.clients, args.src)
 
 
 if __name__ == "__main__":
