@@ -87,8 +87,8 @@ def test_status_prints_the_queue_as_json(db_url, conn):
     result = run_imagend(["-status"], base_env(db_url))
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["queue"]
-    assert {(r["status"], r["backend"], r["rows"]) for r in rows} == {
-        ("ReadyToGenerate", None, 1), ("ReadyToGenerate", "local", 1)}
+    assert {(r["status"], r["backend"], r["rows"]) for r in rows} == {  # NULL: IMAGEND_BACKEND's, named
+        ("ReadyToGenerate", "placeholder", 1), ("ReadyToGenerate", "local", 1)}
 
 
 def test_cron_picks_up_a_new_insert_at_once_via_listen(db_url, conn):

@@ -13,7 +13,9 @@ from support.db import base_env, insert_image, wait_until
 
 def test_status_gives_ages_and_times_in_seconds_as_numbers(db_url, conn):
     insert_image(conn, "waiting for a minute and a half")
-    conn.execute("UPDATE images SET created_at = now() - interval '90 seconds'")
+    # Waiting since it fell due (created, and due since): 90 s.
+    conn.execute("UPDATE images SET created_at = now() - interval '90 seconds', "
+                 "run_after = now() - interval '90 seconds'")
     insert_image(conn, "done", status="ReadyToPublish", generation_seconds=1.5)
     insert_image(conn, "done too", status="ReadyToPublish", generation_seconds=2.5)
     result = run_imagend(["-status"], base_env(db_url))
@@ -85,7 +87,8 @@ def test_status_names_a_null_backend_as_imagend_backend_as_metrics_does(db_url, 
     that named it (issue 25, item 11)."""
     insert_image(conn, "left to the default")
     insert_image(conn, "named", backend="placeholder")
-    conn.execute("UPDATE images SET created_at = now() - interval '1 minute' WHERE backend IS NULL")
+    conn.execute("UPDATE images SET created_at = now() - interval '1 minute', run_after = now() - interval '1 minute' "
+                 "WHERE backend IS NULL")
     result = run_imagend(["-status"], base_env(db_url, IMAGEND_BACKEND="placeholder"))
     assert result.returncode == 0, result.stderr
     waiting = [line for line in json.loads(result.stdout)["queue"] if line["status"] == "ReadyToGenerate"]
