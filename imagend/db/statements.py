@@ -112,7 +112,8 @@ class Statements:
                 return cur.fetchall() if cur.description else []
             # Pipelined, the messages (BEGIN, the SETs, the statement, COMMIT) cost one round trip.
             with cur.connection.pipeline(), cur.connection.transaction():
-                for setting, value in settings.items():  # on a cursor of their own: not the row factory's
-                    cur.connection.execute("SELECT set_config(%s, %s, true)", [setting, value])
+                # One statement for all of them, on a cursor of its own (not the row factory's).
+                calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
+                cur.connection.execute(f"SELECT {calls}", [v for pair in settings.items() for v in pair])
                 cur.execute(self._sql[name], params)
             return cur.fetchall() if cur.description else []

@@ -18,7 +18,7 @@ from imagend.logs import get_logger
 
 log = get_logger()
 
-PROGRESS_WRITE_SECONDS = 0.5  # at most about two progress/lease writes a second per batch
+PROGRESS_WRITE_SECONDS = 1.0  # at most one progress/lease write a second per batch (each costs the fleet's database)
 PREVIEW_WRITE_SECONDS = 2.0  # step previews (local backend) are written at most this often per batch
 
 

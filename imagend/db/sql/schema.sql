@@ -130,7 +130,7 @@ END $$;
 CREATE INDEX IF NOT EXISTS images_spooled_idx ON images (id) WHERE spooled_at IS NOT NULL;
 
 -- Rows that wait for another row's image (init_image_id, reference_image_id): few, and read when a
--- row ends to wake the daemons (imagend_wake_updated).
+-- row ends to wake the daemons (imagend_wake_dependents).
 CREATE INDEX IF NOT EXISTS images_chained_idx
     ON images (id) WHERE status = 'ReadyToGenerate'
                      AND (init_image_id IS NOT NULL OR reference_image_id IS NOT NULL);
@@ -163,7 +163,7 @@ CREATE TABLE IF NOT EXISTS imagend_wakes (
 CREATE INDEX IF NOT EXISTS imagend_wakes_owner_idx ON imagend_wakes (owner, woken_at);
 
 CREATE OR REPLACE FUNCTION imagend_wake(backend_name TEXT, rows BIGINT) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     channels TEXT[];
 BEGIN
@@ -188,7 +188,7 @@ END $$;
 -- Inserted rows due now: one idle daemon each, per backend. Rows scheduled for later: one idle daemon,
 -- which reads when they fall due after its (empty) claim and sets its timer (images_next_wakeups).
 CREATE OR REPLACE FUNCTION imagend_wake_inserted() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 BEGIN
     PERFORM imagend_wake(w.backend, greatest(w.due, least(w.later, 1)))
     FROM (SELECT backend, count(*) FILTER (WHERE run_after <= now()) AS due,
@@ -206,36 +206,50 @@ CREATE OR REPLACE TRIGGER images_wake_inserted
     REFERENCING NEW TABLE AS inserted
     FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_inserted();
 
--- After an UPDATE statement: rows that came back to ReadyToGenerate (a producer's retry, a release, a
--- rescue; one due later wakes one daemon, which sets its timer), and waiting chained rows whose source
--- has just ended (the claim skipped them until then; the chained index is almost always empty: a
--- batch of 1,000 finished rows costs one probe). One query per statement, and imagend_wake only where there is something to wake for.
-CREATE OR REPLACE FUNCTION imagend_wake_updated() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- (jit = off on these functions: the planner knows nothing of a transition table's size, and on
+-- PostgreSQL 15 its guess crossed jit_above_cost: 50 ms of JIT compilation per statement.)
+-- A row back to ReadyToGenerate (a producer's retry, a release, a rescue; one due later wakes a daemon,
+-- which sets its timer). Row level with a WHEN: the claims, lease renewals and every other UPDATE of
+-- the loops run nothing at all.
+CREATE OR REPLACE FUNCTION imagend_wake_requeued() RETURNS trigger
+LANGUAGE plpgsql SET jit = off AS $$
 BEGIN
-    PERFORM imagend_wake(w.backend, sum(w.rows)::bigint)
-    FROM (SELECT a.backend,
-                 -- due now: one each; due later (a backoff): one daemon, to set its timer
-                 greatest(count(*) FILTER (WHERE a.run_after <= now()),
-                          least(count(*) FILTER (WHERE a.run_after > now()), 1)) AS rows
-          FROM after AS a JOIN before AS b ON b.id = a.id
-          WHERE a.status = 'ReadyToGenerate' AND b.status IS DISTINCT FROM a.status
-          GROUP BY a.backend
-          UNION ALL
-          SELECT waiting.backend, count(*)
-          FROM images AS waiting
-          JOIN after AS ended ON ended.id IN (waiting.init_image_id, waiting.reference_image_id)
-          WHERE waiting.status = 'ReadyToGenerate'
-            AND (waiting.init_image_id IS NOT NULL OR waiting.reference_image_id IS NOT NULL)
-            AND ended.status IN ('ReadyToPublish', 'Failed')
-          GROUP BY waiting.backend) AS w
+    PERFORM imagend_wake(NEW.backend, 1);
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS images_wake_updated ON images;
+DROP FUNCTION IF EXISTS imagend_wake_updated();
+CREATE OR REPLACE TRIGGER images_wake_requeued
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status = 'ReadyToGenerate' AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION imagend_wake_requeued();
+
+-- A row that ended may be the source of waiting chained rows (init_image_id, reference_image_id): the
+-- claim skipped them until now, so one idle daemon per such row is woken. The chained index is almost
+-- always empty: one probe per row that ends.
+CREATE OR REPLACE FUNCTION imagend_wake_dependents() RETURNS trigger
+LANGUAGE plpgsql SET jit = off AS $$
+BEGIN
+    PERFORM imagend_wake(w.backend, count(*))
+    FROM images AS w
+    WHERE w.status = 'ReadyToGenerate'
+      AND (w.init_image_id IS NOT NULL OR w.reference_image_id IS NOT NULL)
+      AND NEW.id IN (w.init_image_id, w.reference_image_id)
     GROUP BY w.backend;
     RETURN NULL;
 END $$;
 
+CREATE OR REPLACE TRIGGER images_wake_dependents
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION imagend_wake_dependents();
+
 -- A pause lifted (imagend -resume): every idle daemon looks again.
 CREATE OR REPLACE FUNCTION imagend_wake_all() RETURNS trigger
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET jit = off AS $$
 BEGIN
     PERFORM imagend_wake(NULL, (SELECT count(*) FROM imagend_daemons));
     RETURN NULL;
@@ -281,10 +295,6 @@ CREATE OR REPLACE TRIGGER images_refuse_chain_cycle
     EXECUTE FUNCTION imagend_refuse_chain_cycle();
 
 DROP TRIGGER IF EXISTS images_notify_sources_done ON images;
-CREATE OR REPLACE TRIGGER images_wake_updated
-    AFTER UPDATE ON images
-    REFERENCING OLD TABLE AS before NEW TABLE AS after
-    FOR EACH STATEMENT EXECUTE FUNCTION imagend_wake_updated();
 
 -- A producer putting a finished row back (README, "Trying again") means a fresh start:
 -- the cancel flag, the crash count and, unless the producer set it, the attempt count
