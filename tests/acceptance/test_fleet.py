@@ -125,7 +125,7 @@ def test_a_fleet_wakes_one_daemon_per_row_and_one_listener_per_host(db_url, conn
             wait_until(lambda: sessions(conn) <= len(fleet) - 1 + len(HOSTS), 10, interval=0.5,
                        what="the burst's connections given back within 10 s")
         except AssertionError:
-            rows = conn.execute("SELECT application_name, client_port, state, left(query, 60) AS q FROM pg_stat_activity "
+            rows = conn.execute("SELECT application_name, state, left(query, 60) AS q FROM pg_stat_activity "
                                 "WHERE datname = current_database() ORDER BY 1").fetchall()
             print("\n".join(str(r) for r in rows))
             raise
