@@ -93,9 +93,9 @@ def route(port: int, path: str, body: Callable[[int], dict[str, object]],
     return one
 
 
-def latency(server: str, requests: int, gap_ms: float) -> None:
+def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -> None:
     db_url = fresh_database(server, "imagend_bench_compat_latency")
-    with listening_daemon(db_url, PORTS[0]):
+    with listening_daemon(db_url, PORTS[0], src):
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         basic = "Basic " + base64.b64encode(f"bench:{TOKEN}".encode()).decode()
         paths = {
@@ -194,12 +194,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=500)
     p.add_argument("--clients", type=int, default=200)
     p.add_argument("--gap-ms", type=float, default=50.0, help="between two requests of part 1")
-    p.add_argument("--src", help="part 2 runs the imagend package in this folder (a patched copy)")
+    p.add_argument("--src", help="run the imagend package in this folder (a patched copy, an earlier commit)")
     p.add_argument("--burst-only", action="store_true")
     args = p.parse_args()
     with postgres(args.database_url) as server:
         if not args.burst_only:
-            latency(server, args.requests, args.gap_ms)
+            latency(server, args.requests, args.gap_ms, args.src)
         burst(server, args.clients, args.src)
 
 
