@@ -20,6 +20,7 @@ from _common import parser, percentile, postgres
 def main() -> None:
     p = parser(__doc__ or "")
     p.add_argument("--baseline-src", required=True)
+    p.add_argument("--after-src", default=None, help="another checkout as the 'after' (default: this one)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rows", type=int, default=20_000)
     p.add_argument("--inserts", type=int, default=200)
@@ -30,11 +31,12 @@ def main() -> None:
     with postgres(args.database_url) as server:
         for n in range(args.rounds):
             # ABBA order: whichever runs second meets the first one's checkpoint and autovacuum.
-            order = [("before", args.baseline_src), ("after", None)]
+            order = [("before", args.baseline_src), ("after", args.after_src)]
             for name, src in order if n % 2 == 0 else order[::-1]:
                 drains[name].append(drain_imagend(server, args.rows, src=src))
                 pickups[name] += measure(server, args.inserts, 50.0, src=src)
-    print(f"before/after ({args.baseline_src} vs this checkout), {args.rounds} interleaved rounds, "
+    after = args.after_src or "this checkout"
+    print(f"before/after ({args.baseline_src} vs {after}), {args.rounds} interleaved rounds, "
           f"{args.rows} rows drained, {args.inserts} pickups per round")
     for name in ("before", "after"):
         rates = ", ".join(f"{r:,.0f}" for r in drains[name])

@@ -194,13 +194,13 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
 )
 COLUMNS: dict[str, Column] = {column.name: column for column in PRODUCER_COLUMNS}
 
-# The columns images_insert takes: what a producer may INSERT (the README's producer's guide).
+# The columns images_insert takes: what a producer may INSERT (docs/producers.md).
 INSERTABLE: tuple[str, ...] = tuple(COLUMNS)
 # Local-backend columns: what validation's image_inputs_of reads and the other backends refuse.
 LOCAL_COLUMNS: tuple[str, ...] = tuple(c.name for c in PRODUCER_COLUMNS if c.local)
 # Base64 images a producer hands in (images/inputs.py decodes them when the row is claimed).
 IMAGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in PRODUCER_COLUMNS if c.kind is Kind.IMAGE)
-# Columns the daemon writes: a producer never sets them (README, "The producer's guide").
+# Columns the daemon writes: a producer never sets them (docs/producers.md).
 DAEMON_COLUMNS = frozenset({
     "id", "status", "base64", "error", "warning", "progress", "attempts", "crashes", "locked_by",
     "lease_until", "uuid", "submitted_at", "started_at", "finished_at", "generation_seconds",

@@ -23,7 +23,7 @@ class Status(StrEnum):
     GENERATE = "Generate"
     # Done, image written: final. Only the producer (or retention, deleting it) moves it on.
     READY_TO_PUBLISH = "ReadyToPublish"
-    # Ended without an image (`error` says why): final, until a producer retries it (README's "Trying
+    # Ended without an image (`error` says why): final, until a producer retries it (docs/producers.md's "Trying
     # again", `POST /v1/images/{id}/retry`: back to ReadyToGenerate) or retention deletes it.
     FAILED = "Failed"
 

@@ -6,7 +6,7 @@ mobile app), and the operator's pause and resume.
     GET  /v1/images/{id}/image        the image bytes (images.py, shared with the dashboard)
     GET  /v1/images/{id}/preview      the image forming (WebP), while the local backend generates it
     POST /v1/images/{id}/cancel       what `UPDATE images SET cancel_requested = true` does
-    POST /v1/images/{id}/retry        the README's "Trying again", for a Failed row
+    POST /v1/images/{id}/retry        docs/producers.md's "Trying again", for a Failed row
     GET  /v1/backends                 every backend: served here, paused
     POST /v1/backends/{name}/pause    `imagend -pause NAME` ('*': all)
     POST /v1/backends/{name}/resume   `imagend -resume NAME` ('*': every pause)

@@ -208,6 +208,8 @@ class Dashboard:
             "counts": counts_table(snap, default) if snap else None,
             "labels": STATUS_LABELS,
             "oldest": sorted(((b or default, s) for b, s in snap.oldest_waiting.items())) if snap else [],
+            # A backend no running daemon serves is not "claiming" (its rows wait for one to start).
+            "serving": sorted({b for d in snap.daemons for b in d.backends}) if snap else [],
             "pauses": snap.paused if snap else [],
             "paused": paused,
             "all_paused": ALL_BACKENDS in paused,

@@ -92,7 +92,7 @@ def _image_create() -> dict[str, Any]:
     rules = "; ".join(rule["description"] for rule in INPUT_RULES)
     return {"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": properties,
             "allOf": INPUT_RULES,
-            "description": "The columns a producer may INSERT (README, the producer's guide); null or absent: "
+            "description": "The columns a producer may INSERT (docs/producers.md); null or absent: "
                            "the daemon's default. The daemon's columns (status, base64, …) are refused (400). "
                            f"The local backend's inputs (docs/local.md) come last. {BIG_IMAGES}. The inputs "
                            f"together (allOf; 422 otherwise): {rules}."}

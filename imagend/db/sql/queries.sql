@@ -65,8 +65,11 @@ WHERE i.id = picked.id
 RETURNING i.id, i.attempts AS attempt, {{claimed_columns}}, i.cancel_requested,
           -- Epochs, not an interval: arithmetic on an infinite created_at fails on PostgreSQL 15 (the
           -- whole claim with it); NULL then, as for a year BC, so the wait metric stays finite.
-          CASE WHEN isfinite(i.created_at) AND i.created_at > '0001-01-01 00:00:00+00'
-               THEN (extract(epoch FROM COALESCE(%(now)s::timestamptz, now())) - extract(epoch FROM i.created_at))::float8
+          -- From when it fell due (a row scheduled for later did not wait before its time).
+          CASE WHEN isfinite(greatest(i.created_at, i.run_after))
+                    AND greatest(i.created_at, i.run_after) > '0001-01-01 00:00:00+00'
+               THEN (extract(epoch FROM COALESCE(%(now)s::timestamptz, now()))
+                     - extract(epoch FROM greatest(i.created_at, i.run_after)))::float8
           END AS waited_seconds;
 
 -- name: images_input_image

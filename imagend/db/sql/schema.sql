@@ -162,8 +162,9 @@ CREATE TABLE IF NOT EXISTS imagend_wakes (
 );
 CREATE INDEX IF NOT EXISTS imagend_wakes_owner_idx ON imagend_wakes (owner, woken_at);
 
+-- SECURITY DEFINER: a producer's role needs no privilege on imagend_daemons or imagend_wakes to insert.
 CREATE OR REPLACE FUNCTION imagend_wake(backend_name TEXT, rows BIGINT) RETURNS void
-LANGUAGE plpgsql SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET jit = off AS $$
 DECLARE
     channels TEXT[];
 BEGIN
@@ -296,7 +297,7 @@ CREATE OR REPLACE TRIGGER images_refuse_chain_cycle
 
 DROP TRIGGER IF EXISTS images_notify_sources_done ON images;
 
--- A producer putting a finished row back (README, "Trying again") means a fresh start:
+-- A producer putting a finished row back (docs/producers.md, "Trying again") means a fresh start:
 -- the cancel flag, the crash count and, unless the producer set it, the attempt count
 -- are reset, so `UPDATE images SET status = 'ReadyToGenerate' WHERE id = 42` just works.
 CREATE OR REPLACE FUNCTION imagend_requeue_finished() RETURNS trigger
