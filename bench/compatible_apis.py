@@ -7,7 +7,7 @@
    order, --requests rounds, each request --gap-ms apart (back to back, a request can land while the
    daemon is not yet idle again, and the wake-up then waits for its heartbeat, whichever path it came
    by); p50 and p95, the routes' p50 over the direct path's and the median of the rounds' differences
-   (target: <= 5 ms added at p50).
+   (target: <= 5 ms added at p50); and, for scale, the listener's HTTP round trip alone (GET sd-models).
 2. A burst: --clients concurrent `openai` SDK requests (n=1 each, the SDK's own retries on) spread over
    two daemons on one database (placeholder, 50 ms an image): every request answered, no image queued
    twice (one row per request), the SDK's retries counted, each daemon's memory before, after one burst
@@ -93,6 +93,20 @@ def route(port: int, path: str, body: Callable[[int], dict[str, object]],
     return one
 
 
+FLOOR = "GET /sdapi/v1/sd-models"  # the listener's HTTP round trip alone: no database, no image
+
+
+def http_floor(port: int, headers: dict[str, str]) -> Callable[[int], float]:
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=headers)
+
+    def one(_index: int) -> float:
+        started = time.perf_counter()
+        client.get("/sdapi/v1/sd-models").raise_for_status()
+        return (time.perf_counter() - started) * 1000
+
+    return one
+
+
 def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -> None:
     db_url = fresh_database(server, "imagend_bench_compat_latency")
     with listening_daemon(db_url, PORTS[0], src):
@@ -106,6 +120,7 @@ def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -
             "POST /sdapi/v1/txt2img": route(
                 PORTS[0], "/sdapi/v1/txt2img", lambda i: {"prompt": f"a1111 {i}", "width": 64, "height": 64},
                 {"Authorization": basic}),
+            FLOOR: http_floor(PORTS[0], {"Authorization": basic}),
         }
         for one in paths.values():  # warm: the listener's LISTEN connection, the pools, the imports
             for index in range(10):
@@ -113,7 +128,7 @@ def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -
         times: dict[str, list[float]] = {name: [] for name in paths}
         order = list(paths)
         for index in range(requests):  # one of each per round, in a rotating order: the load's drift is shared
-            for name in order[index % 3:] + order[: index % 3]:
+            for name in order[index % len(order):] + order[: index % len(order)]:
                 times[name].append(paths[name](index))
                 time.sleep(gap_ms / 1000)
     base = times["direct INSERT + LISTEN"]
@@ -121,7 +136,7 @@ def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -
           "(placeholder backend, no delay), ms:")
     for name, values in times.items():
         paired = [value - direct_value for value, direct_value in zip(values, base, strict=True)]
-        added = "" if name.startswith("direct") else (
+        added = "" if name.startswith("direct") or name == FLOOR else (
             f"   added: p50 {percentile(values, 50) - percentile(base, 50):+.2f}, "
             f"median of the rounds' differences {statistics.median(paired):+.2f}")
         print(f"   {name:<30} p50 {percentile(values, 50):6.2f}  p95 {percentile(values, 95):6.2f}  "
