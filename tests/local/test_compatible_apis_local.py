@@ -141,7 +141,7 @@ def test_openai_variations_start_from_the_image_and_its_own_prompt(client, db):
 
 
 def test_stream_with_partial_images_yields_previews_then_the_image(client):
-    """Previews are written every 2 s or so: a generation of some seconds (256 px, 200 steps: 5 s and more) gives two."""
+    """Previews are written every 2 s or so: a generation of 5 s or more (256 px, 200 steps) gives two."""
     events = list(client.images.generate(prompt="a slow fox", model="dall-e-3", size="256x256", quality="max",
                                          stream=True, partial_images=2, extra_body={"seed": 3},
                                          timeout=120))
