@@ -104,7 +104,17 @@ class Guards:
             await busy(scope, receive, send)
             return
         self.in_flight += 1
+        released = False
+
+        def release() -> None:
+            """A request that only waits for its rows now (the compatible APIs, once queued) stops counting."""
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        scope["imagend.release_admission"] = release
         try:
             await self.app(scope, receive, send)
         finally:
-            self.in_flight -= 1
+            release()

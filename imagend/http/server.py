@@ -60,8 +60,9 @@ class HttpServer:
             policy=policy,
             store_problem=_either(store_problem, StoreWatch(store).problem if store is not None else None),
         )
+        self.app = create_app(self.context)
         config = uvicorn.Config(
-            Guards(create_app(self.context), policy), host=http.host, port=http.port, log_config=None,
+            Guards(self.app, policy), host=http.host, port=http.port, log_config=None,
             log_level="warning", access_log=False, lifespan="off", server_header=False,
             # Open connections are not counted (connections.py caps them and times out slow ones);
             # requests in flight are (guards.py), never the probes.
@@ -90,6 +91,7 @@ class HttpServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=5)
+        self.app.state.compat.completions.close()  # the compatible APIs' LISTEN connection
         self.pool.close()
 
 
