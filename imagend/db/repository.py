@@ -334,6 +334,14 @@ class Repository(Statements):
         rescue_in, _, work_waiting = rows[0]
         return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting))
 
+    def claimable(self, served: Sequence[str]) -> bool:
+        """A row this daemon (serving `served`) could claim is waiting."""
+        rows = self._rows("images_claimable", {
+            "default_backend": self.default_backend,
+            "skip_backends": [name for name in BACKEND_NAMES if name not in served],
+        })
+        return bool(rows[0][0])
+
     def remove_daemon(self) -> None:
         """This daemon stopped cleanly (its rows released); long-dead daemons holding nothing go too."""
         self._rows("daemons_remove", {"owner": self.owner})

@@ -14,6 +14,7 @@ liveness heartbeat, and a clean stop on SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -54,6 +55,9 @@ from imagend.storage.health import StoreHealth
 log = get_logger()
 
 IO_THREADS = 32  # concurrent remote submissions / polls
+# A daemon gone idle looks once more this long after (images_claimable): a row whose producer saw it
+# still busy, committed just after its last claim, is picked up now rather than at a heartbeat.
+IDLE_RECHECK_SECONDS = 0.05
 MIN_RESCHEDULE_SECONDS = 0.25  # floor for a wake-up read from the database: a due row we cannot claim must not spin
 INTERRUPT_GRACE_SECONDS = 5.0
 LISTEN_FALLBACK_JOB = "listen-fallback-poll"
@@ -251,6 +255,14 @@ class Daemon:
         wakeups.start()
         return wakeups
 
+    def _recheck_idle(self) -> None:
+        """Still idle a moment after going idle: did a row slip between its last claim and its wake-up?"""
+        if self.wakeups is None or not self.wakeups.idle or self.stopping.is_set():
+            return
+        with contextlib.suppress(DatabaseUnavailable, RowLocked):
+            if self.repo.claimable(list(self.backends)):
+                self.request_generator()
+
     def _requester(self, job: str) -> Callable[[], None]:
         return lambda: self.pacer.request(job)
 
@@ -314,7 +326,12 @@ class Daemon:
         if self.wakeups is not None:
             # It claimed until nothing was left (its last claim marked it idle in the database), unless
             # it stopped early for the processor: then it comes back at once.
-            self.wakeups.set_idle(not self.pacer.is_due(GENERATOR) and not self.stopping.is_set())
+            idle = not self.pacer.is_due(GENERATOR) and not self.stopping.is_set()
+            self.wakeups.set_idle(idle)
+            if idle:
+                timer = threading.Timer(IDLE_RECHECK_SECONDS, self._recheck_idle)
+                timer.daemon = True
+                timer.start()
 
     def _processor_pass(self) -> None:
         self._run_pass(PROCESSOR, self.processor.run_once)

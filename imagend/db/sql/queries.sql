@@ -387,6 +387,22 @@ SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
           AND COALESCE(lease_until, updated_at) < now() + interval '1 day'
           AND NOT (uuid IS NOT NULL AND COALESCE(backend, '') <> ALL (%(served)b::text[])))::float8 AS processor;
 
+-- name: images_claimable
+-- Is a row this daemon could claim waiting? Asked once, RECHECK_SECONDS after it went idle: a producer
+-- that chose whom to wake while this daemon's last claim ran (it still looked busy) and committed just
+-- after that claim's snapshot would otherwise wait for a heartbeat.
+SELECT EXISTS (
+    SELECT 1 FROM images AS w
+    WHERE w.status = 'ReadyToGenerate'
+      AND w.run_after <= now()
+      AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+      AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
+                      WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
+      AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM images AS source
+                          WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
+                            AND source.status IN ('ReadyToGenerate', 'Generate'))));
+
 -- name: daemons_heartbeat
 -- This daemon is alive (upsert); and in how many seconds is a rescue due (NULL: none in
 -- sight; <= 0: now)? Due now: a row whose lease ran out. Due later: the moment a silent peer
