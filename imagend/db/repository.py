@@ -331,12 +331,13 @@ class Repository(Statements):
                 "skip_backends": [name for name in BACKEND_NAMES if name not in served],
             },
         )
-        rescue_in, _, work_waiting = rows[0]
-        return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting))
+        rescue_in, _, work_waiting, fleet_default = rows[0]
+        return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting), fleet_default)
 
     def claimable(self, served: Sequence[str]) -> bool:
         """A row this daemon (serving `served`) could claim is waiting."""
         rows = self._rows("images_claimable", {
+            "owner": self.owner,
             "default_backend": self.default_backend,
             "skip_backends": [name for name in BACKEND_NAMES if name not in served],
         })

@@ -43,6 +43,7 @@ class Liveness:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
+        self.fleet_default: str | None = None  # the fleet's default backend as last heard
 
     def start(self) -> None:
         """Beat once now (so this daemon is known before it claims anything), then keep beating."""
@@ -81,6 +82,14 @@ class Liveness:
             self._failing = False
         if beat.rescue_in is not None:
             self.on_rescue_due(beat.rescue_in + DEATH_SLACK_SECONDS)
+        if beat.fleet_default != self.fleet_default:
+            self.fleet_default = beat.fleet_default
+            mine = self.repo.default_backend
+            if beat.fleet_default is not None and beat.fleet_default != mine:
+                log.warning("default_backend_disagrees", fleet_default=beat.fleet_default, this_daemon=mine,
+                            consequence="rows with no backend are the fleet's default's: this daemon claims none",
+                            fix=f"start it with IMAGEND_BACKEND={beat.fleet_default}, or stop the daemons "
+                            "whose default it should not be")
         if beat.work_waiting:
             log.debug("wake_up_made_up", reason="a row waited past a wake-up's time while this daemon was idle")
             self.on_work_waiting()

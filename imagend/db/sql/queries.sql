@@ -21,6 +21,15 @@ WITH picked AS (
     WHERE w.status = 'ReadyToGenerate'
       AND w.run_after <= COALESCE(%(now)s::timestamptz, now())
       AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+      AND (w.backend IS NOT NULL OR NOT EXISTS (
+               -- A row with no backend is the fleet's default's: the oldest live daemon's IMAGEND_BACKEND.
+               -- A daemon started with another default claims none of them (it says so in its log).
+               SELECT 1 FROM imagend_daemons AS elder
+               WHERE elder.owner <> %(owner)s
+                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.heartbeat_at > now() - interval '10 seconds'
+                 AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
+                                                 WHERE me.owner = %(owner)s), now())))
       -- Paused (imagend -pause): claim nothing. Read once per claim, so a pause reaches every daemon at once.
       AND NOT EXISTS (SELECT 1 FROM imagend_paused WHERE imagend_paused.backend IN (%(backend)s, '*'))
       -- Chained on another row's image: wait until that row has ended (a failed source fails it then).
@@ -396,6 +405,15 @@ SELECT EXISTS (
     WHERE w.status = 'ReadyToGenerate'
       AND w.run_after <= now()
       AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+      AND (w.backend IS NOT NULL OR NOT EXISTS (
+               -- A row with no backend is the fleet's default's: the oldest live daemon's IMAGEND_BACKEND.
+               -- A daemon started with another default claims none of them (it says so in its log).
+               SELECT 1 FROM imagend_daemons AS elder
+               WHERE elder.owner <> %(owner)s
+                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.heartbeat_at > now() - interval '10 seconds'
+                 AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
+                                                 WHERE me.owner = %(owner)s), now())))
       AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
                       WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
       AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
@@ -414,11 +432,14 @@ SELECT EXISTS (
 WITH forget AS (
     DELETE FROM imagend_wakes WHERE owner = %(owner)s AND woken_at < now() - interval '10 seconds'
 ), beat AS (
-    INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held, wake_channel)
+    INSERT INTO imagend_daemons AS d (owner, host, pid, version, backends, device, model, rows_held, wake_channel,
+                                      default_backend)
     VALUES (%(owner)s, %(host)s, %(pid)s, %(version)s, %(backends)s, %(device)s, %(model)s,
-            (SELECT count(*) FROM images WHERE status = 'Generate' AND locked_by = %(owner)s), %(wake_channel)s)
+            (SELECT count(*) FROM images WHERE status = 'Generate' AND locked_by = %(owner)s), %(wake_channel)s,
+            %(default_backend)s)
     ON CONFLICT (owner) DO UPDATE
-        SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held, wake_channel = EXCLUDED.wake_channel
+        SET heartbeat_at = now(), rows_held = EXCLUDED.rows_held, wake_channel = EXCLUDED.wake_channel,
+            default_backend = EXCLUDED.default_backend
     RETURNING d.owner
 )
 SELECT least(
@@ -437,13 +458,25 @@ SELECT least(
            WHERE w.status = 'ReadyToGenerate'
              AND w.run_after <= now() - make_interval(secs => %(wake_grace)s)
              AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
+             AND (w.backend IS NOT NULL OR NOT EXISTS (
+               -- A row with no backend is the fleet's default's: the oldest live daemon's IMAGEND_BACKEND.
+               -- A daemon started with another default claims none of them (it says so in its log).
+               SELECT 1 FROM imagend_daemons AS elder
+               WHERE elder.owner <> %(owner)s
+                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.heartbeat_at > now() - interval '10 seconds'
+                 AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
+                                                 WHERE me.owner = %(owner)s), now())))
              AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
                              WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
              AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
                   OR NOT EXISTS (SELECT 1 FROM images AS source
                                  WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
                                    AND source.status IN ('ReadyToGenerate', 'Generate'))))
-       END AS work_waiting;
+       END AS work_waiting,
+       (SELECT d.default_backend FROM imagend_daemons AS d
+        WHERE d.heartbeat_at > now() - interval '10 seconds' AND d.default_backend IS NOT NULL
+        ORDER BY d.started_at, d.owner LIMIT 1) AS fleet_default;
 
 -- name: daemons_remove
 -- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing (and the

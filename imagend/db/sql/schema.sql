@@ -359,6 +359,8 @@ CREATE TABLE IF NOT EXISTS imagend_daemons (
 -- its host's relay LISTENs on (NULL: it hears no wake-up, and polls).
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS idle_since   TIMESTAMPTZ;
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS wake_channel TEXT;
+-- Its IMAGEND_BACKEND: a row with no backend is the oldest live daemon's default's (images_claim_batch).
+ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS default_backend TEXT;
 
 -- Which daemon is working on which row right now (not rows it merely holds, claimed ahead).
 CREATE OR REPLACE VIEW imagend_working AS
