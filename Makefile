@@ -48,7 +48,7 @@ lint: install
 test: lint system-deps pg14
 	@echo "== tests against the embedded Postgres"
 	$(VENV)/bin/pytest -W error -q
-	@echo "== tests against $(TEST_SERVER_URL) (tests/integration, those that use a database; tests/conftest.py)"
+	@echo "== tests against $(TEST_SERVER_URL) (the statements that differ between versions: SECOND_SERVER in tests/conftest.py)"
 	IMAGEND_TEST_DATABASE_ONLY=1 IMAGEND_TEST_DATABASE_URL=$(TEST_SERVER_URL) $(VENV)/bin/pytest -W error -q
 
 # systemd-analyze verify and security on both units from any clone (the units expect /opt/imagend).

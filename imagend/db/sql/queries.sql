@@ -26,7 +26,7 @@ WITH picked AS (
                -- A daemon started with another default claims none of them (it says so in its log).
                SELECT 1 FROM imagend_daemons AS elder
                WHERE elder.owner <> %(owner)s
-                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.default_backend <> %(default_backend)s
                  AND elder.heartbeat_at > now() - interval '10 seconds'
                  AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
                                                  WHERE me.owner = %(owner)s), now())))
@@ -410,7 +410,7 @@ SELECT EXISTS (
                -- A daemon started with another default claims none of them (it says so in its log).
                SELECT 1 FROM imagend_daemons AS elder
                WHERE elder.owner <> %(owner)s
-                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.default_backend <> %(default_backend)s
                  AND elder.heartbeat_at > now() - interval '10 seconds'
                  AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
                                                  WHERE me.owner = %(owner)s), now())))
@@ -463,7 +463,7 @@ SELECT least(
                -- A daemon started with another default claims none of them (it says so in its log).
                SELECT 1 FROM imagend_daemons AS elder
                WHERE elder.owner <> %(owner)s
-                 AND elder.default_backend IS DISTINCT FROM %(default_backend)s
+                 AND elder.default_backend <> %(default_backend)s
                  AND elder.heartbeat_at > now() - interval '10 seconds'
                  AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
                                                  WHERE me.owner = %(owner)s), now())))
