@@ -400,26 +400,7 @@ SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
 -- Is a row this daemon could claim waiting? Asked once, RECHECK_SECONDS after it went idle: a producer
 -- that chose whom to wake while this daemon's last claim ran (it still looked busy) and committed just
 -- after that claim's snapshot would otherwise wait for a heartbeat.
-SELECT EXISTS (
-    SELECT 1 FROM images AS w
-    WHERE w.status = 'ReadyToGenerate'
-      AND w.run_after <= now()
-      AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
-      AND (w.backend IS NOT NULL OR NOT EXISTS (
-               -- A row with no backend is the fleet's default's: the oldest live daemon's IMAGEND_BACKEND.
-               -- A daemon started with another default claims none of them (it says so in its log).
-               SELECT 1 FROM imagend_daemons AS elder
-               WHERE elder.owner <> %(owner)s
-                 AND elder.default_backend <> %(default_backend)s
-                 AND elder.heartbeat_at > now() - interval '10 seconds'
-                 AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
-                                                 WHERE me.owner = %(owner)s), now())))
-      AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
-                      WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
-      AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
-           OR NOT EXISTS (SELECT 1 FROM images AS source
-                          WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
-                            AND source.status IN ('ReadyToGenerate', 'Generate'))));
+SELECT imagend_claimable(%(owner)s, %(default_backend)s, %(skip_backends)b::text[], now());
 
 -- name: daemons_heartbeat
 -- This daemon is alive (upsert); and in how many seconds is a rescue due (NULL: none in
@@ -453,26 +434,8 @@ SELECT least(
               AND EXISTS (SELECT 1 FROM images WHERE status = 'Generate' AND locked_by = d.owner))
        ) AS rescue_in,
        (SELECT count(*) FROM beat) AS beats,
-       CASE WHEN %(idle)s THEN EXISTS (
-           SELECT 1 FROM images AS w
-           WHERE w.status = 'ReadyToGenerate'
-             AND w.run_after <= now() - make_interval(secs => %(wake_grace)s)
-             AND COALESCE(w.backend, %(default_backend)s) <> ALL (%(skip_backends)b::text[])
-             AND (w.backend IS NOT NULL OR NOT EXISTS (
-               -- A row with no backend is the fleet's default's: the oldest live daemon's IMAGEND_BACKEND.
-               -- A daemon started with another default claims none of them (it says so in its log).
-               SELECT 1 FROM imagend_daemons AS elder
-               WHERE elder.owner <> %(owner)s
-                 AND elder.default_backend <> %(default_backend)s
-                 AND elder.heartbeat_at > now() - interval '10 seconds'
-                 AND elder.started_at < COALESCE((SELECT me.started_at FROM imagend_daemons AS me
-                                                 WHERE me.owner = %(owner)s), now())))
-             AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
-                             WHERE p.backend IN (COALESCE(w.backend, %(default_backend)s), '*'))
-             AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
-                  OR NOT EXISTS (SELECT 1 FROM images AS source
-                                 WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
-                                   AND source.status IN ('ReadyToGenerate', 'Generate'))))
+       CASE WHEN %(idle)s THEN imagend_claimable(%(owner)s, %(default_backend)s, %(skip_backends)b::text[],
+                                                  now() - make_interval(secs => %(wake_grace)s))
        END AS work_waiting,
        (SELECT d.default_backend FROM imagend_daemons AS d
         WHERE d.heartbeat_at > now() - interval '10 seconds' AND d.default_backend IS NOT NULL

@@ -258,4 +258,31 @@ CREATE TABLE IF NOT EXISTS imagend_api_requests (
 );
 CREATE INDEX IF NOT EXISTS imagend_api_requests_created_idx ON imagend_api_requests (created_at);
 
+-- Could the daemon `claimant` (default backend `fallback_backend`, not serving `skipped`) claim a row due
+-- by `due_before`? The claim's conditions but model affinity, as an EXISTS: what an idle daemon asks
+-- when a wake-up may have been lost (daemons_heartbeat, images_claimable).
+CREATE OR REPLACE FUNCTION imagend_claimable(claimant TEXT, fallback_backend TEXT, skipped TEXT[],
+                                             due_before TIMESTAMPTZ) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (
+        SELECT 1 FROM images AS w
+        WHERE w.status = 'ReadyToGenerate'
+          AND w.run_after <= due_before
+          AND COALESCE(w.backend, fallback_backend) <> ALL (skipped)
+          -- A row with no backend is the fleet's default's (images_claim_batch says why).
+          AND (w.backend IS NOT NULL OR NOT EXISTS (
+                   SELECT 1 FROM imagend_daemons AS elder
+                   WHERE elder.owner <> claimant
+                     AND elder.default_backend <> fallback_backend
+                     AND elder.heartbeat_at > now() - interval '10 seconds'
+                     AND elder.started_at < COALESCE((SELECT mine.started_at FROM imagend_daemons AS mine
+                                                     WHERE mine.owner = claimant), now())))
+          AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
+                          WHERE p.backend IN (COALESCE(w.backend, fallback_backend), '*'))
+          AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
+               OR NOT EXISTS (SELECT 1 FROM images AS source
+                              WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
+                                AND source.status IN ('ReadyToGenerate', 'Generate'))))
+$$;
+
 COMMIT;
