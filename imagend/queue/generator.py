@@ -18,6 +18,7 @@ from imagend.backends.base import Backend, GeneratingBackend, Image, RemoteBacke
 from imagend.config.settings import Settings
 from imagend.db.repository import Repository
 from imagend.db.rows import Claim, ClaimedRow, Status
+from imagend.db.videos import VideoRepository
 from imagend.errors import (
     BadInput,
     Cancelled,
@@ -36,8 +37,10 @@ from imagend.queue.finishing import Outcomes
 from imagend.queue.leases import LeaseKeeper
 from imagend.queue.pass_counts import PassCounts
 from imagend.queue.validation import validate_row
+from imagend.queue.videos import VIDEO_TASK, Videos
 from imagend.storage import Store
 from imagend.storage.health import StoreHealth
+from imagend.video.settings import VideoSettings, load_video_settings
 
 log = get_logger()
 
@@ -68,6 +71,7 @@ class Generator:
         progressed: Callable[[], None] = lambda: None,
         store: Store | None = None,
         store_health: StoreHealth | None = None,
+        video: VideoSettings | None = None,
     ) -> None:
         self.repo = repo
         self.backends = backends
@@ -82,6 +86,10 @@ class Generator:
         self.store = store
         self.store_health = store_health or StoreHealth()
         self.outcomes = Outcomes(repo, settings, self.metrics, store, self.store_health)
+        # Video rows (task 'video', queue/videos.py): their storyboard and scene rows, then their composition.
+        self.videos = Videos(repo, VideoRepository(repo.pool, repo.owner, lease_seconds=repo.lease_seconds),
+                             settings, video or load_video_settings(settings.env, settings.data_dir), self.outcomes,
+                             store, aborting=aborting, progressed=progressed)
         # The writes that end earlier batches run while the next one is claimed and generated; at
         # most FINISHING_IN_FLIGHT at once, and a pass waits for them before it returns.
         self._finishing: deque[Future[PassCounts]] = deque()
@@ -127,7 +135,10 @@ class Generator:
                 claimed_any = True
                 counts.claimed += len(rows)
                 self.metrics.claimed_rows(name, (row.waited_seconds for row in rows))
-                requests = self._validate(backend, rows, counts)
+                videos = [row for row in rows if row.task == VIDEO_TASK]
+                if videos:  # the images of the batch first (their leases are kept while they wait), then these
+                    rows = [row for row in rows if row.task != VIDEO_TASK]
+                requests = self._validate(backend, rows, counts) if rows else []
                 if isinstance(backend, RemoteBackend):
                     self._submit(backend, requests, counts)
                 else:
@@ -137,6 +148,11 @@ class Generator:
                     if not self.stopping.is_set() and len(rows) >= backend.max_batch > 1:
                         self._claimed_ahead[name] = self.io_pool.submit(self._claim, name, backend, ahead=True)
                     self._generate_all(backend, requests, counts)
+                for video in videos:
+                    if self.stopping.is_set():
+                        self.outcomes.release(name, [video.id], counts)
+                        continue
+                    self.videos.run(name, video, counts)
                 if self.processor_due():
                     counts.more = True
                     return

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from imagend.db.columns import BACKEND_NAMES, COLUMNS, INSERTABLE, PRODUCER_COLUMNS, check_style
 from imagend.db.rows import ClaimedRow
-from imagend.db.sql import queries
+from imagend.db.sql import SCHEMA_FILES, queries
 
-SCHEMA = (Path(__file__).resolve().parents[2] / "imagend/db/sql/schema.sql").read_text()
+SCHEMA = "\n".join((Path(__file__).resolve().parents[2] / "imagend/db/sql" / name).read_text() for name in SCHEMA_FILES)
 
 
 def schema_types() -> dict[str, str]:

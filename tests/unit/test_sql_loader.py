@@ -24,6 +24,9 @@ EXPECTED = {
     "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",
     "images_thumbnail", "images_preview", "images_insert", "images_cancel", "images_retry", "images_status_of",
     "database_ping", "images_waiting", "images_params",
+    # queries_video.sql
+    "videos_row", "videos_background_audio", "videos_set_scenes", "videos_expand", "videos_scenes", "videos_park",
+    "videos_set_phase", "videos_mark_done",
 }
 
 
@@ -42,7 +45,7 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    assert all(re.fullmatch(r"(images|daemons|listen|paused|database)_[a-z_]+", name) for name in queries())
+    assert all(re.fullmatch(r"(images|daemons|listen|paused|database|videos)_[a-z_]+", name) for name in queries())
 
 
 def test_queries_are_parsed_once():

@@ -9,8 +9,9 @@ from importlib.resources import files
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-# The tables and triggers of the queue, then those of operations (pause, counts, position).
-SCHEMA_FILES = ("schema.sql", "schema_operations.sql")
+# The tables and triggers of the queue, then those of operations (pause, counts, position), then video rows'.
+SCHEMA_FILES = ("schema.sql", "schema_operations.sql", "schema_video.sql")
+VIDEO_QUERY_FILES = ("queries_video.sql",)
 QUERY_FILES = ("queries.sql", "queries_operations.sql")
 
 
@@ -34,7 +35,7 @@ def queries() -> dict[str, str]:
     """Parse the query files into {name: statement}; text before a file's first name is a preamble."""
     named: dict[str, str] = {}
     templates = _templates()
-    for file in QUERY_FILES:
+    for file in (*QUERY_FILES, *VIDEO_QUERY_FILES):
         parts = _NAME.split(_read(file))
         for name, body in zip(parts[1::2], parts[2::2], strict=True):
             if name in named:
