@@ -33,6 +33,8 @@ from imagend.operations.status import status_report
 from imagend.queue.daemon import Daemon, daemon_identity
 from imagend.storage import Store, StoreUnavailable, open_store
 from imagend.storage.health import StoreHealth
+from imagend.storage.links import Links, derive_secret
+from imagend.webhooks.delivery import WebhookSender
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,17 +286,36 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         metrics, health = Metrics(), LoopHealth(stuck_after(settings))
         # Up before the backends load (minutes for a model on a GPU host): /readyz says it is loading.
         http_server = None
+        links = image_links(settings, store)
         if args.cron and settings.http is not None:
             http_server = HttpServer(settings.http, settings, url, metrics, health, settings.served_backends, store,
-                                     store_problem=store_health.problem)
+                                     store_problem=store_health.problem, links=links)
             http_server.start()
+        # Webhooks (the outbox's deliveries) on a thread of their own, beside the loops.
+        webhooks = None
+        if args.cron:
+            listen = settings.listen_url.reveal() if settings.listen_url else url
+            webhooks = WebhookSender(url, listen, settings.webapp, links)
+            webhooks.start()
         try:
             return _run_backends(args, settings, repo, url, metrics, health, http_server, store, store_health)
         finally:
+            if webhooks is not None:
+                webhooks.stop()
             if http_server is not None:
                 http_server.stop()
             if store is not None:
                 store.close()
+
+
+def image_links(settings: Settings, store: Store | None) -> Links:
+    """The links a browser opens (storage/links.py): signed with IMAGEND_LINK_SECRET, else a key derived
+    from IMAGEND_HTTP_TOKEN, else unsigned paths."""
+    webapp = settings.webapp
+    token = settings.http.token if settings.http is not None else None
+    secret = (webapp.link_secret.reveal().encode() if webapp.link_secret is not None
+              else derive_secret(token.reveal()) if token is not None else None)
+    return Links(store=store, secret=secret, seconds=webapp.link_seconds, public_base_url=webapp.public_base_url)
 
 
 def _run_backends(args: argparse.Namespace, settings: Settings, repo: Repository, url: str, metrics: Metrics,

@@ -105,6 +105,59 @@ def _http(env: Env) -> HttpSettings | None:
     return HttpSettings(host=host, port=int(port_text), token=token)
 
 
+UPLOAD_MAX_BYTES = 20 * 1024 * 1024  # as images/inputs.py's MAX_INPUT_BYTES: an input the daemon decodes
+LINK_SECONDS = 3600.0  # how long a presigned or signed image link works
+WEBHOOK_TIMEOUT_SECONDS = 10.0  # one delivery attempt, connect to last byte
+WEBHOOK_BACKOFF_SECONDS = 2.0  # the first retry's delay; doubled per attempt up to an hour
+WEBHOOK_EXPIRE_SECONDS = 24 * 3600.0  # an event not acknowledged by then is abandoned
+WEBHOOK_KEEP_SECONDS = 7 * 24 * 3600.0  # delivered or abandoned events are kept this long (to look at)
+SSE_MAX_STREAMS = 1000  # live streams open at once, per listener
+SSE_MAX_PER_CLIENT = 16  # per client address
+
+
+@dataclass(frozen=True)
+class WebAppSettings:
+    """What a web app's side of the API reads (issue 23; docs/operations.md): uploads, the links a
+    browser opens, webhooks, the live stream."""
+
+    upload_max_bytes: int = UPLOAD_MAX_BYTES
+    link_seconds: float = LINK_SECONDS
+    public_base_url: str | None = None  # IMAGEND_PUBLIC_BASE_URL: a CDN in front of the bucket or folder
+    link_secret: Secret | None = None  # IMAGEND_LINK_SECRET, else derived from IMAGEND_HTTP_TOKEN
+    webhook_secret: Secret | None = None  # IMAGEND_WEBHOOK_SECRET (whsec_<base64> or any text)
+    webhook_allow_hosts: frozenset[str] = frozenset()  # private / loopback targets allowed; "*": any
+    webhook_timeout_seconds: float = WEBHOOK_TIMEOUT_SECONDS
+    webhook_backoff_seconds: float = WEBHOOK_BACKOFF_SECONDS
+    webhook_expire_seconds: float = WEBHOOK_EXPIRE_SECONDS
+    webhook_keep_seconds: float = WEBHOOK_KEEP_SECONDS
+    sse_max_streams: int = SSE_MAX_STREAMS
+    sse_max_per_client: int = SSE_MAX_PER_CLIENT
+
+
+def _webapp(env: Env) -> WebAppSettings:
+    base = env.str("IMAGEND_PUBLIC_BASE_URL")
+    if base is not None and not base.startswith(("https://", "http://")):
+        raise ConfigError(f"IMAGEND_PUBLIC_BASE_URL={base!r}: an http(s) URL, e.g. https://cdn.example.com/images")
+    hosts = env.str("IMAGEND_WEBHOOK_ALLOW_HOSTS") or ""
+    secret = env.secret("IMAGEND_LINK_SECRET")
+    if secret is not None and len(secret.reveal()) < 16:
+        raise ConfigError("IMAGEND_LINK_SECRET is too short: use at least 16 random characters")
+    return WebAppSettings(
+        upload_max_bytes=env.int("IMAGEND_UPLOAD_MAX_BYTES", UPLOAD_MAX_BYTES, minimum=1024),
+        link_seconds=env.seconds("IMAGEND_LINK_SECONDS", LINK_SECONDS, minimum=1.0),
+        public_base_url=base.rstrip("/") if base else None,
+        link_secret=secret,
+        webhook_secret=env.secret("IMAGEND_WEBHOOK_SECRET"),
+        webhook_allow_hosts=frozenset(h.strip().lower().strip("[]") for h in hosts.split(",") if h.strip()),
+        webhook_timeout_seconds=env.seconds("IMAGEND_WEBHOOK_TIMEOUT", WEBHOOK_TIMEOUT_SECONDS, minimum=0.1),
+        webhook_backoff_seconds=env.seconds("IMAGEND_WEBHOOK_BACKOFF", WEBHOOK_BACKOFF_SECONDS, minimum=0.01),
+        webhook_expire_seconds=env.seconds("IMAGEND_WEBHOOK_EXPIRE", WEBHOOK_EXPIRE_SECONDS, minimum=1.0),
+        webhook_keep_seconds=env.seconds("IMAGEND_WEBHOOK_KEEP", WEBHOOK_KEEP_SECONDS, minimum=1.0),
+        sse_max_streams=env.int("IMAGEND_SSE_MAX_STREAMS", SSE_MAX_STREAMS, minimum=1),
+        sse_max_per_client=env.int("IMAGEND_SSE_MAX_PER_CLIENT", SSE_MAX_PER_CLIENT, minimum=1),
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     # Database: DATABASE_URL, else the ancestor's DB_*, else the embedded Postgres.
@@ -147,6 +200,7 @@ class Settings:
     fusion_brain_secret_key: Secret | None
     env: Env = field(repr=False, compare=False)
     http: HttpSettings | None = None
+    webapp: WebAppSettings = field(default_factory=WebAppSettings)
 
     @property
     def embedded_database(self) -> bool:
@@ -157,7 +211,7 @@ class Settings:
         found = [
             s.reveal()
             for s in (self.database_url, self.listen_url, self.fusion_brain_api_key, self.fusion_brain_secret_key,
-                      self.http.token if self.http else None)
+                      self.http.token if self.http else None, self.webapp.link_secret, self.webapp.webhook_secret)
             if s
         ]
         others = [self.env.str(name) for name in ("DB_PASSWORD", *AWS_SECRET_VARIABLES)]
@@ -350,4 +404,5 @@ def load_settings(
         fusion_brain_secret_key=secret_key,
         env=env,
         http=_http(env),
+        webapp=_webapp(env),
     )

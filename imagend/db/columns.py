@@ -50,6 +50,7 @@ REFERENCE_SCALE_RANGE = (0.0, 2.0)
 LORA_WEIGHT_RANGE = (-4.0, 4.0)
 LORAS_MAX = 8
 ECHO_MAX_CHARS = 80  # what an error quotes of a producer's value
+CALLBACK_URL_MAX_CHARS = 2048
 
 
 def shown(number: float | None) -> str:
@@ -206,6 +207,10 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
            max_chars=NAME_MAX_CHARS, claimed=False),
     Column("background_audio", "TEXT", Kind.TEXT, "A video's background audio, base64 (MP3, WAV, AAC, Ogg), "
            "mixed under the narration", max_chars=BACKGROUND_AUDIO_MAX_CHARS, claimed=False),
+    # A web app's (docs/operations.md, "Webhooks"): read by the outbox trigger, never by the claim.
+    Column("callback_url", "TEXT", Kind.TEXT, "An http(s) URL the daemon POSTs the row's end to (a signed "
+           "webhook); private, loopback and link-local addresses only when IMAGEND_WEBHOOK_ALLOW_HOSTS lists them",
+           max_chars=CALLBACK_URL_MAX_CHARS, claimed=False, openapi={"format": "uri"}),
 )
 COLUMNS: dict[str, Column] = {column.name: column for column in PRODUCER_COLUMNS}
 

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 from imagend.db.columns import BACKEND_NAMES, INSERTABLE
 from imagend.db.rows import FleetDaemon, Pause, QueueSnapshot
 from imagend.db.statements import Statements, by_name
+from imagend.db.webapp import KeyReused
 
 ALL_BACKENDS = "*"
 # A producer may write any text into `backend`: names imagend does not know fold into this one value
@@ -148,13 +149,15 @@ class OperationsRepository(Statements):
 
     def insert_request(self, rows: Sequence[dict[str, Any]], key: str | None = None, *, attach: bool = False,
                        window_seconds: float = 0.0,
-                       before_commit: Callable[[list[int]], None] | None = None) -> tuple[list[int], bool]:
+                       before_commit: Callable[[list[int]], None] | None = None,
+                       body_hash: str | None = None) -> tuple[list[int], bool]:
         """INSERT a request's rows in one transaction; returns their ids and False. A value `Earlier(i)`
         is the id of the request's row i (a chained row, inserted after the others). With `key`, the
         request is noted under it; with `attach` too, a request noted under `key` within `window_seconds`
         is a retry: nothing is inserted and its ids come back with True. `before_commit(ids)` runs before
         the rows are committed (so that a waiter registered there cannot miss their end); what it raises
-        rolls the request back."""
+        rolls the request back. `body_hash`: the request body's, noted with the key; a retry under the key
+        with another body raises KeyReused."""
         first_chained = next((index for index, row in enumerate(rows)
                               if any(isinstance(value, Earlier) for value in row.values())), len(rows))
         plain, chained = rows[:first_chained], rows[first_chained:]  # Earlier(i) names a plain row
@@ -167,11 +170,13 @@ class OperationsRepository(Statements):
                 cur.execute(self._sql["images_api_request_find"], {"key": key, "window": window_seconds})
                 found = cur.fetchone()
                 if attach and found is not None and found[1] and found[0]:
+                    if body_hash is not None and found[2] != body_hash:  # POST /v1/images's Idempotency-Key
+                        raise KeyReused(key)
                     return [int(image_id) for image_id in found[0]], True
             ids = self._insert_rows(cur, plain, [])
             ids += self._insert_rows(cur, chained, ids)
             if key is not None:
-                cur.execute(self._sql["images_api_request_record"], {"key": key, "ids": ids})
+                cur.execute(self._sql["images_api_request_record"], {"key": key, "ids": ids, "body_hash": body_hash})
             if before_commit is not None:
                 before_commit(ids)
         return ids, False

@@ -34,15 +34,18 @@ from starlette.routing import BaseRoute, Route
 from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
 from imagend.db.operations import ALL_BACKENDS
 from imagend.db.rows import Pause, Status
+from imagend.db.webapp import KeyReused, WebAppRepository
 from imagend.errors import BadInput, clip
+from imagend.http import webapp
 from imagend.http.auth import check_read, check_write
-from imagend.http.checks import BadRequest, check_columns, parse_object, read_body
+from imagend.http.checks import BadRequest, check_columns, read_body
 from imagend.http.context import HttpContext
 from imagend.http.images import image_kind, image_response
 from imagend.http.openapi import document
 from imagend.http.responses import error
 from imagend.images.formats import FORMATS
 from imagend.queue.validation import decode_params
+from imagend.storage.links import Links
 
 ECHO_MAX_CHARS = 60
 # A row's params as GET /v1/images/{id} returns them: past this, its first characters as text and
@@ -89,9 +92,11 @@ def _returned_params(text: str | None) -> tuple[Any, bool]:
     return _params(text), False
 
 
-def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
-    """One row as GET /v1/images/{id} answers it: never the image bytes (see `image_url`)."""
+def describe(row: dict[str, Any], params: str | None, links: Links | None = None) -> dict[str, Any]:
+    """One row as GET /v1/images/{id} answers it: never the image bytes (see `image_url`: a link a
+    browser opens, storage/links.py)."""
     image_id = row["id"]
+    finished = row["status"] == Status.READY_TO_PUBLISH and row["has_image"]
     returned_params, params_truncated = _returned_params(params)
     return {
         "id": image_id,
@@ -107,11 +112,14 @@ def describe(row: dict[str, Any], params: str | None) -> dict[str, Any]:
         "timings": {name: _json_value(row[name]) for name in TIMINGS},
         "parameters": {**{name: row[name] for name in PARAMETERS}, "loras": _loras(row["loras"]),
                        "params": returned_params, "params_truncated": params_truncated},
-        "image_url": f"/v1/images/{image_id}/image" if row["status"] == Status.READY_TO_PUBLISH and row["has_image"]
-        else None,
+        "image_url": (links.link(image_id, "image", row["output_url"], finished) if links is not None
+                      else f"/v1/images/{image_id}/image" if finished else None),
         "preview_url": f"/v1/images/{image_id}/preview" if row["preview_tag"] is not None else None,
         "output_url": row["output_url"],
-        "thumbnail_url": row["thumbnail_url"],
+        # A link a browser opens (storage/links.py); the store's own location is `output_url`.
+        "thumbnail_url": (links.link(image_id, "thumbnail", row["thumbnail_url"] or row["output_url"], finished)
+                          if links is not None else row["thumbnail_url"]),
+        "events_url": f"/v1/images/{image_id}/events",
     }
 
 
@@ -163,16 +171,29 @@ def routes(context: HttpContext) -> list[BaseRoute]:
 
     async def create(request: Request) -> Response:
         check_write(context, request)
+        uploads = webapp.Uploads(context, WebAppRepository(ops.pool))
         try:
-            columns = check_columns(parse_object(await read_body(request)))
+            # JSON, or multipart with the images inline; an Idempotency-Key makes a retry safe (webapp.py).
+            body = await read_body(request, webapp.submit_limit(context, request))
+            key = webapp.idempotency_key(request, "v1/images", body)
+            if key is not None and (replay := await run_in_threadpool(webapp.replayed, uploads.repo, context, key)):
+                return replay
+            fields, images = await run_in_threadpool(webapp.submitted, request, body)
+            del body
+            columns = check_columns({**fields, **webapp.placeholders(images)})
+            webapp.check_callback(context, columns)
+            if images:
+                columns = await run_in_threadpool(webapp.store_inline, uploads, columns, images)
+            image_id, replayed = await run_in_threadpool(webapp.insert, context, columns, key)
         except BadRequest as exc:
             return error(exc.status, exc.message)
-        try:
-            image_id = await run_in_threadpool(ops.insert, columns)
+        except KeyReused:
+            return error(422, "this Idempotency-Key was used with another body: use a new key per request")
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             # Checked above; Postgres still has the last word (a constraint added later, say).
             return error(422, f"the database refused the row: {clip(str(exc).splitlines()[0], 200)}")
-        return JSONResponse({"id": image_id}, status_code=201, headers={"Location": f"/v1/images/{image_id}"})
+        headers = {"Location": f"/v1/images/{image_id}", **({"Idempotent-Replayed": "true"} if replayed else {})}
+        return JSONResponse({"id": image_id}, status_code=201, headers=headers)
 
     def show(request: Request) -> Response:
         check_read(context, request)
@@ -180,11 +201,13 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         row = ops.get(image_id) if image_id is not None else None
         if row is None:
             return _not_found(request.path_params["id"])
-        return JSONResponse(describe(row, ops.params(row["id"], PARAMS_RETURNED_MAX_CHARS + 1)))
+        return JSONResponse(describe(row, ops.params(row["id"], PARAMS_RETURNED_MAX_CHARS + 1), context.links))
 
     def image(request: Request) -> Response:
-        check_read(context, request)
         image_id = _id_or_none(request)
+        query = request.query_params  # a signed link (storage/links.py) needs no token
+        if image_id is None or not context.links.valid(image_id, "image", query.get("expires"), query.get("signature")):
+            check_read(context, request)
         if image_id is None:
             return _not_found(request.path_params["id"])
         return image_response(context, image_id)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from imagend.errors import DatabaseUnavailable
-from imagend.http import a1111, api, dashboard, openai_images, probes
+from imagend.http import a1111, api, dashboard, openai_images, probes, webapp
 from imagend.http.auth import Refused
 from imagend.http.compat import Compat
 from imagend.http.context import HttpContext
@@ -46,7 +46,7 @@ def create_app(context: HttpContext) -> Starlette:
     compat = Compat.build(context)  # the OpenAI and A1111 APIs (docs/compatible-apis.md)
     app = Starlette(
         routes=[*probes.routes(context), *openai_images.routes(compat), *a1111.routes(compat), *api.routes(context),
-                *dashboard.routes(context)],
+                *webapp.routes(context), *dashboard.routes(context)],
         exception_handlers={Refused: refused, DatabaseUnavailable: database_down, HTTPException: http_error,
                             500: internal},
     )

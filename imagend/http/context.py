@@ -13,6 +13,7 @@ from imagend.http.guards import ListenerPolicy
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import QueueCollector
 from imagend.storage import Store
+from imagend.storage.links import Links
 
 
 @dataclass(frozen=True)
@@ -28,3 +29,4 @@ class HttpContext:
     store: Store | None  # the daemon's store (IMAGEND_STORAGE_URL), built once at start
     policy: ListenerPolicy  # allowed Host names, reads needing the token (guards.py)
     store_problem: Callable[[], str | None]  # None while the store takes writes, else why not (/readyz)
+    links: Links  # the links a browser opens: presigned, public or signed (storage/links.py)

@@ -52,6 +52,16 @@ NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
                   "description": "A backend's name, or `*` for all of them",
                   "schema": {"type": "string", "enum": [*BACKEND_NAMES, "*"]}}
 WRITE: list[dict[str, list[str]]] = [{"bearer": []}]
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "description": "A unique value per request (a UUID): a retry with the same key and body within "
+                                  "IMAGEND_HTTP_RETRY_WINDOW gets the first request's answer, not a second row",
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+SIGNED_LINK = [
+    {"name": "expires", "in": "query", "required": False, "schema": {"type": "string", "pattern": "^[0-9]{1,12}$"},
+     "description": "A signed link's expiry (Unix seconds)"},
+    {"name": "signature", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "A signed link's HMAC-SHA256 (hex)"},
+]
 
 
 def _given(*names: str) -> dict[str, Any]:
@@ -126,12 +136,15 @@ def _image() -> dict[str, Any]:
                            "init_image, mask_image and reference_image say whether they are set "
                            "(true/false), never the image",
                            "properties": {"params_truncated": {"type": "boolean"}}},
-            "image_url": {"type": ["string", "null"], "description": "Where the image is served, once finished"},
+            "image_url": {"type": ["string", "null"], "description": "A link a browser opens without the token, "
+                          "once finished: presigned (S3), under IMAGEND_PUBLIC_BASE_URL, or signed on this listener "
+                          "(expiring after IMAGEND_LINK_SECONDS)"},
             "preview_url": {"type": ["string", "null"],
                             "description": "Where the image forming is served while the local backend generates it"},
             "output_url": {"type": ["string", "null"], "description": "Where the daemon stored the image (as "
                            "written in the row; only what the daemon stored is served, at image_url)"},
-            "thumbnail_url": {"type": ["string", "null"]},
+            "thumbnail_url": {"type": ["string", "null"], "description": "The thumbnail's link, as image_url"},
+            "events_url": {"type": "string", "description": "The row's live stream (Server-Sent Events)"},
         },
     }
 
@@ -179,15 +192,79 @@ def document() -> dict[str, Any]:
                 "summary": "Queue an image (INSERT INTO images)",
                 "operationId": "createImage",
                 "security": WRITE,
-                "requestBody": {"required": True, "description": f"At most 64 KiB. {BIG_IMAGES}.", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}}}},
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "description": f"JSON: at most 64 KiB. {BIG_IMAGES}. Or "
+                                "multipart/form-data: the columns as fields (or a `json` field holding them) and the "
+                                "images inline as files `init_image`, `reference_image`, `mask_image` (each at most "
+                                "IMAGEND_UPLOAD_MAX_BYTES; stored as uploads).", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/ImageCreate"}},
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {
+                        "json": {"type": "string", "description": "A JSON object of columns"},
+                        "init_image": {"type": "string", "contentMediaType": "application/octet-stream"},
+                        "reference_image": {"type": "string", "contentMediaType": "application/octet-stream"},
+                        "mask_image": {"type": "string", "contentMediaType": "application/octet-stream"}}}}}},
                 "responses": {
-                    "201": {**_json("Queued; Location names the row", "Created"),
-                            "headers": {"Location": {"schema": {"type": "string"}}}},
-                    "400": _error("Not a JSON object, unknown columns, or columns the daemon writes"),
+                    "201": {**_json("Queued (or, a retry under the same Idempotency-Key and body, the row queued "
+                                    "then: Idempotent-Replayed: true); Location names the row", "Created"),
+                            "headers": {"Location": {"schema": {"type": "string"}},
+                                        "Idempotent-Replayed": {"schema": {"type": "string"}}}},
+                    "400": _error("Not a JSON object, unknown columns, columns the daemon writes, or an "
+                                  "Idempotency-Key over 255 bytes"),
                     **AUTH_ERRORS,
-                    "413": _error("The body is over 64 KiB"),
-                    "422": _error("A column of the wrong type or out of its range"),
+                    "413": _error("The body is over 64 KiB (JSON) or the images' limit (multipart)"),
+                    "422": _error("A column of the wrong type or out of its range; a callback_url the daemon will "
+                                  "not call; an inline image that is not one; an Idempotency-Key used with another "
+                                  "body"),
+                },
+            }},
+            "/v1/uploads": {"post": {
+                "summary": "Upload an input image: its id is taken by init_image_id and reference_image_id",
+                "operationId": "uploadImage",
+                "security": WRITE,
+                "parameters": [IDEMPOTENCY_KEY],
+                "requestBody": {"required": True, "description": "The image's bytes (PNG, JPEG or WebP), or "
+                                "multipart/form-data with the image as its first file; at most "
+                                "IMAGEND_UPLOAD_MAX_BYTES (20 MiB)", "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "contentMediaType":
+                                                            "application/octet-stream"}},
+                    "multipart/form-data": {"schema": {"type": "object", "properties": {
+                        "file": {"type": "string", "contentMediaType": "application/octet-stream"}}}}}},
+                "responses": {
+                    "201": {"description": "Stored: a finished row of its own (task `upload`)", "content": {
+                        "application/json": {"schema": {"type": "object", "required": ["id"], "properties": {
+                            "id": {"type": "integer"}, "width": {"type": "integer"}, "height": {"type": "integer"},
+                            "format": {"type": "string"}, "bytes": {"type": "integer"},
+                            "image_url": {"type": ["string", "null"]}}}}},
+                        "headers": {"Location": {"schema": {"type": "string"}}}},
+                    "400": _error("A multipart body without a file; an Idempotency-Key over 255 bytes"),
+                    **AUTH_ERRORS,
+                    "413": _error("Over IMAGEND_UPLOAD_MAX_BYTES (cut while it streams in)"),
+                    "422": _error("Not a PNG, JPEG or WebP, damaged, or over the decoder's limits (a decompression "
+                                  "bomb); an Idempotency-Key used with another body"),
+                },
+            }},
+            "/v1/images/{id}/events": {"get": {
+                "summary": "The row forming, as Server-Sent Events: `status` (status, progress, error), `preview` "
+                           "(a new step preview's URL), then `end` (status, error, image and thumbnail links) or "
+                           "`gone`",
+                "operationId": "streamImageEvents",
+                "parameters": [ID_PARAMETER],
+                "responses": {
+                    "200": {"description": "The stream", "content": {"text/event-stream": {"schema": {
+                        "type": "string"}}}},
+                    **READ_ERRORS,
+                    "404": _error("No such row"),
+                    "429": _error("This client has IMAGEND_SSE_MAX_PER_CLIENT streams open"),
+                },
+            }},
+            "/v1/images/{id}/thumbnail": {"get": {
+                "summary": "The finished image's thumbnail (else the image); a signed link needs no token",
+                "operationId": "getImageThumbnail",
+                "parameters": [ID_PARAMETER, *SIGNED_LINK],
+                "responses": {
+                    "200": {"description": "The thumbnail", "content": image_types},
+                    **READ_ERRORS,
+                    "404": _error("No such row, or no image"),
                 },
             }},
             "/v1/images/{id}": {"get": {
@@ -197,9 +274,9 @@ def document() -> dict[str, Any]:
                 "responses": {"200": _json("The row", "Image"), **READ_ERRORS, "404": _error("No such row")},
             }},
             "/v1/images/{id}/image": {"get": {
-                "summary": "The finished image's bytes",
+                "summary": "The finished image's bytes; a signed link (image_url) needs no token",
                 "operationId": "getImageBytes",
-                "parameters": [ID_PARAMETER],
+                "parameters": [ID_PARAMETER, *SIGNED_LINK],
                 "responses": {
                     "200": {"description": "The image, its Content-Type from its bytes", "content": image_types},
                     **READ_ERRORS,

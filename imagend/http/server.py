@@ -24,6 +24,7 @@ from imagend.logs import get_logger
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import GpuCollector, Metrics, QueueCollector
 from imagend.storage import Store
+from imagend.storage.links import Links
 
 log = get_logger()
 
@@ -38,7 +39,7 @@ SHUTDOWN_GRACE_SECONDS = 3.0  # requests still answering at stop; the thread is 
 class HttpServer:
     def __init__(self, http: HttpSettings, settings: Settings, database_url: str, metrics: Metrics,
                  health: LoopHealth, served_backends: tuple[str, ...], store: Store | None = None,
-                 store_problem: Callable[[], str | None] | None = None) -> None:
+                 store_problem: Callable[[], str | None] | None = None, links: Links | None = None) -> None:
         """`store_problem`: None while the store takes writes, else why not (the loops' view of their
         last writes). /readyz also asks the store itself now and then (store_watch.py), so an outage
         shows while the daemon is idle too."""
@@ -59,6 +60,7 @@ class HttpServer:
             ready=self.ready, served_backends=served_backends, store=store,
             policy=policy,
             store_problem=_either(store_problem, StoreWatch(store).problem if store is not None else None),
+            links=links if links is not None else Links(store=store, secret=None, seconds=settings.webapp.link_seconds),
         )
         self.app = create_app(self.context)
         config = uvicorn.Config(

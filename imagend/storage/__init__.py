@@ -55,6 +55,11 @@ class Store(Protocol):
         """The bytes at `url` (tools and tests)."""
         ...
 
+    def presign(self, url: str, seconds: float) -> str | None:
+        """A URL a browser can GET `url` from without credentials for `seconds` (an S3 presigned URL);
+        None when the store has none (a folder: the listener signs links to itself, storage/links.py)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -68,5 +68,8 @@ class FileStore:
             raise ValueError(f"{url} is not in {self.target.describe()}")
         return path.read_bytes()
 
+    def presign(self, url: str, seconds: float) -> str | None:
+        return None  # a folder has no URL of its own: the listener signs links to itself (storage/links.py)
+
     def close(self) -> None:
         pass

@@ -60,6 +60,9 @@ class S3Store:
                 read_timeout=READ_TIMEOUT_SECONDS,
                 retries={"max_attempts": REQUEST_ATTEMPTS, "mode": "standard"},
                 max_pool_connections=PUT_THREADS,
+                # SigV4 everywhere: botocore presigns with the legacy SigV2 otherwise, which AWS regions
+                # opened since 2014 (and many S3-compatible stores) refuse.
+                signature_version="s3v4",
             ),
         )
         self._pool = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="imagend-s3")
@@ -139,6 +142,15 @@ class S3Store:
             raise ValueError(f"{url} is not in {self.target.url}")
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return body
+
+    def presign(self, url: str, seconds: float) -> str | None:
+        """A presigned GET (SigV4, computed locally: no request to the store), None for a URL not ours."""
+        key = self._key_of(url)
+        if key is None:
+            return None
+        presigned: str = self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=max(1, int(seconds)))
+        return presigned
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -10,14 +10,17 @@ from typing import Any
 import pytest
 from starlette.routing import Route
 
+from imagend.config.settings import WebAppSettings
 from imagend.db.operations import INSERTABLE
-from imagend.http import api, probes
+from imagend.http import api, probes, webapp
 from imagend.http.openapi import document
 
 
 def served() -> set[tuple[str, str]]:
-    context: Any = SimpleNamespace(ops=None)  # building the routes reads nothing from it
-    routes = [*api.routes(context), *probes.routes(context)]
+    context: Any = SimpleNamespace(ops=SimpleNamespace(pool=None), settings=SimpleNamespace(webapp=WebAppSettings()))
+    # Building the routes reads nothing from it; /example is a page, not the API.
+    routes = [*api.routes(context), *probes.routes(context),
+              *(route for route in webapp.routes(context) if getattr(route, "path", "").startswith("/v1/"))]
     pairs = set()
     for route in routes:
         assert isinstance(route, Route)

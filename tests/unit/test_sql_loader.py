@@ -24,6 +24,10 @@ EXPECTED = {
     "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",
     "images_thumbnail", "images_preview", "images_insert", "images_cancel", "images_retry", "images_status_of",
     "database_ping", "images_waiting", "images_params",
+    # queries_webapp.sql
+    "uploads_insert", "uploads_stored", "images_events_state", "images_api_request_peek",
+    "webhooks_claim", "webhooks_images", "webhooks_delivered", "webhooks_retry_later", "webhooks_give_up",
+    "webhooks_next_due", "webhooks_forget",
     # queries_video.sql
     "videos_row", "videos_background_audio", "videos_set_scenes", "videos_expand", "videos_scenes", "videos_park",
     "videos_set_phase", "videos_mark_done",
@@ -45,7 +49,8 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    assert all(re.fullmatch(r"(images|daemons|listen|paused|database|videos)_[a-z_]+", name) for name in queries())
+    nouns = "images|daemons|listen|paused|database|videos|uploads|webhooks"
+    assert all(re.fullmatch(rf"({nouns})_[a-z_]+", name) for name in queries())
 
 
 def test_queries_are_parsed_once():

@@ -152,10 +152,11 @@ SELECT left(params::text, %(max_chars)s) FROM images WHERE id = %(id)s;
 -- retry window.
 INSERT INTO imagend_api_requests AS r (key, image_ids) VALUES (%(key)s, '{}')
 ON CONFLICT (key) DO UPDATE SET key = r.key
-RETURNING r.image_ids, r.created_at > now() - make_interval(secs => %(window)s) AS fresh;
+RETURNING r.image_ids, r.created_at > now() - make_interval(secs => %(window)s) AS fresh, r.body_hash;
 
 -- name: images_api_request_record
-UPDATE imagend_api_requests SET image_ids = %(ids)s, created_at = now() WHERE key = %(key)s;
+UPDATE imagend_api_requests SET image_ids = %(ids)s, body_hash = %(body_hash)s, created_at = now()
+WHERE key = %(key)s;
 
 -- name: images_api_requests_expire
 -- Keys past the retry window, on their index.

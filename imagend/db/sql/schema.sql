@@ -45,6 +45,8 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image    TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image_id INTEGER;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_scale    REAL;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS upscale            REAL;
+-- A web app's: where the daemon POSTs the row's end (a webhook; imagend_webhooks below).
+ALTER TABLE images ADD COLUMN IF NOT EXISTS callback_url       TEXT;
 -- What the daemon writes.
 -- preview: a small WebP (base64) of the image forming, every 2 s or so while it generates.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS preview           TEXT;
@@ -336,6 +338,43 @@ CREATE OR REPLACE TRIGGER images_notify_done
     FOR EACH ROW
     WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION imagend_notify_done();
+
+-- Webhooks (docs/operations.md, "Webhooks"): the outbox. A row naming a callback_url that ends gets an
+-- event here in the same transaction as its end, so an end is never lost; a daemon's webhook thread
+-- claims due events (FOR UPDATE SKIP LOCKED, a lease in next_at: one that dies mid-delivery leaves the
+-- event to be claimed again, same event_id) and POSTs them until the receiver answers 2xx or the event
+-- expires (IMAGEND_WEBHOOK_EXPIRE).
+CREATE TABLE IF NOT EXISTS imagend_webhooks (
+    id           BIGSERIAL PRIMARY KEY,
+    event_id     TEXT NOT NULL DEFAULT ('msg_' || replace(gen_random_uuid()::text, '-', '')),
+    image_id     INTEGER NOT NULL,
+    url          TEXT NOT NULL,
+    status       TEXT NOT NULL,             -- the row's status when the event was made
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    next_at      TIMESTAMPTZ NOT NULL DEFAULT now(),  -- due; while a daemon delivers it, its lease
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    delivered_at TIMESTAMPTZ,
+    gave_up_at   TIMESTAMPTZ
+);
+CREATE INDEX IF NOT EXISTS imagend_webhooks_due_idx
+    ON imagend_webhooks (next_at) WHERE delivered_at IS NULL AND gave_up_at IS NULL;
+CREATE INDEX IF NOT EXISTS imagend_webhooks_created_idx ON imagend_webhooks (created_at);
+
+CREATE OR REPLACE FUNCTION imagend_webhook_enqueue() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO imagend_webhooks (image_id, url, status) VALUES (NEW.id, NEW.callback_url, NEW.status);
+    PERFORM pg_notify('imagend_webhooks', '');
+    RETURN NULL;
+END $$;
+
+CREATE OR REPLACE TRIGGER images_webhook_enqueue
+    AFTER UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.callback_url IS NOT NULL AND NEW.status IN ('ReadyToPublish', 'Failed')
+          AND OLD.status IS DISTINCT FROM NEW.status)
+    EXECUTE FUNCTION imagend_webhook_enqueue();
 
 -- One row per running daemon, written by its liveness thread every second or so. A
 -- daemon whose heartbeat is older than IMAGEND_DEAD_AFTER is dead: any other daemon

@@ -257,6 +257,10 @@ CREATE TABLE IF NOT EXISTS imagend_api_requests (
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS imagend_api_requests_created_idx ON imagend_api_requests (created_at);
+-- POST /v1/images's Idempotency-Key (issue 23): the request body's SHA-256, so the same key with
+-- another body is refused (422) rather than answered with the first body's rows. NULL: the
+-- compatible APIs' keys, which name their request by its body already.
+ALTER TABLE imagend_api_requests ADD COLUMN IF NOT EXISTS body_hash TEXT;
 
 -- Could the daemon `claimant` (default backend `fallback_backend`, not serving `skipped`) claim a row due
 -- by `due_before`? The claim's conditions but model affinity, as an EXISTS: what an idle daemon asks

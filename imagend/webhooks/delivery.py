@@ -1,0 +1,284 @@
+"""The webhook thread: delivers the outbox (imagend_webhooks), at least once.
+
+- Durable: the event is written by a trigger in the transaction that ends the row, so no end is
+  missed, whatever happens to a daemon afterwards.
+- Shared: a pass claims due events with FOR UPDATE SKIP LOCKED and pushes their `next_at` past the
+  delivery's bound (a lease). Several daemons share one outbox; one killed mid-delivery leaves its
+  events to be claimed again once the lease passes (the same `webhook-id`: receivers deduplicate on it).
+- Never in the way: a thread of its own with its own connections (a pool of 2 and one LISTEN), the
+  deliveries of a pass on a few worker threads, each bounded by IMAGEND_WEBHOOK_TIMEOUT per phase
+  (connect, send, first byte; the body is never read). The generator never waits for it.
+- Retried: a receiver that is down, answers anything but 2xx, redirects (never followed) or hangs is
+  tried again after IMAGEND_WEBHOOK_BACKOFF x 2^(attempt-1) (at most an hour, ±20 %), until
+  IMAGEND_WEBHOOK_EXPIRE after the event; then the event is abandoned (`gave_up_at`, `last_error`).
+  A target the SSRF guard refuses (targets.py) is abandoned at once.
+- Woken by NOTIFY imagend_webhooks (the trigger's), else at the next event's due time (RECHECK_SECONDS
+  at most).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from imagend import __version__
+from imagend.config.settings import WebAppSettings
+from imagend.db.statements import Statements
+from imagend.errors import DatabaseUnavailable, clip
+from imagend.logs import get_logger, redact
+from imagend.storage.links import Links
+from imagend.webhooks import signing, targets
+
+log = get_logger()
+
+CHANNEL = "imagend_webhooks"
+BATCH = 32  # events claimed per pass
+WORKERS = 8  # deliveries at once per daemon
+RECHECK_SECONDS = 5.0  # the longest sleep without a notification (a lost NOTIFY costs this much)
+WAIT_STEP_SECONDS = 0.25  # how often a sleep looks at the stop event
+BACKOFF_MAX_SECONDS = 3600.0
+JITTER = 0.2
+LEASE_MARGIN_SECONDS = 2.0  # beyond the three timed phases of a delivery
+FORGET_EVERY_SECONDS = 600.0
+ERROR_CHARS = 300
+USER_AGENT = f"imagend/{__version__} (webhooks)"
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    event_id: str
+    image_id: int
+    url: str
+    status: str
+    attempts: int
+    created_at: datetime
+    age_seconds: float
+
+
+@dataclass
+class PassCounts:
+    claimed: int = 0
+    delivered: int = 0
+    retried: int = 0
+    abandoned: int = 0
+
+
+class Outbox(Statements):
+    """The outbox's statements (queries_webapp.sql)."""
+
+    def claim(self, limit: int, lease_seconds: float) -> list[Event]:
+        return [Event(**row) for row in self._rows("webhooks_claim", {"limit": limit, "lease": lease_seconds},
+                                                    dict_row)]
+
+    def images(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return {int(row["id"]): row for row in self._rows("webhooks_images", {"ids": list(ids)}, dict_row)}
+
+    def delivered(self, event: Event) -> None:
+        self._rows("webhooks_delivered", {"id": event.id})
+
+    def retry_later(self, event: Event, delay: float, error: str) -> None:
+        self._rows("webhooks_retry_later", {"id": event.id, "delay": delay, "error": error})
+
+    def give_up(self, event: Event, error: str) -> None:
+        self._rows("webhooks_give_up", {"id": event.id, "error": error})
+
+    def next_due(self) -> float | None:
+        rows = self._rows("webhooks_next_due", {})
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    def forget(self, keep_seconds: float) -> int:
+        with self._cursor() as cur:
+            cur.execute(self._sql["webhooks_forget"], {"keep": keep_seconds})
+            return cur.rowcount
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime | date) else value
+
+
+def event_body(event: Event, row: dict[str, Any] | None, links: Links) -> dict[str, Any]:
+    """The JSON an event carries: the row's end, with links to its image (never the bytes)."""
+    kind = "image.ready" if event.status == "ReadyToPublish" else "image.failed"
+    data: dict[str, Any] = {"id": event.image_id, "status": event.status}
+    if row is not None:
+        finished = event.status == "ReadyToPublish"
+        has_image = finished and (bool(row["has_base64"]) or row["output_url"] is not None)
+        has_thumb = finished and (bool(row["has_thumbnail"]) or row["thumbnail_url"] is not None or has_image)
+        params: Any = row["params"]
+        with contextlib.suppress(ValueError, RecursionError):
+            params = json.loads(params) if params is not None else None
+        data |= {
+            "error": row["error"],
+            "warning": row["warning"],
+            "image_url": links.link(event.image_id, "image", row["output_url"], has_image),
+            "thumbnail_url": links.link(event.image_id, "thumbnail", row["thumbnail_url"] or row["output_url"],
+                                        has_thumb),
+            "seed": row["seed"], "width": row["width"], "height": row["height"], "format": row["format"],
+            "params": params,
+            "timings": {name: _iso(row[name]) for name in ("created_at", "started_at", "finished_at",
+                                                           "generation_seconds")},
+        }
+    return {"type": kind, "timestamp": _iso(event.created_at.astimezone(UTC)), "data": data}
+
+
+def backoff(attempt: int, base_seconds: float, rng: Callable[[], float] = random.random) -> float:
+    delay = min(base_seconds * 2.0 ** max(attempt - 1, 0), BACKOFF_MAX_SECONDS)
+    return float(delay * (1 + JITTER * (2 * rng() - 1)))
+
+
+class WebhookSender:
+    """The daemon's webhook thread (started in cli.py with `-cron`)."""
+
+    def __init__(self, database_url: str, listen_url: str, settings: WebAppSettings, links: Links) -> None:
+        self.settings = settings
+        self.links = links
+        self.backoff_seconds = settings.webhook_backoff_seconds
+        self.listen_url = listen_url
+        self.pool = ConnectionPool(database_url, min_size=0, max_size=2, timeout=5.0, open=False,
+                                   kwargs={"autocommit": True, "prepare_threshold": None,
+                                           "application_name": "imagend-webhooks"},
+                                   check=ConnectionPool.check_connection, name="imagend-webhooks")
+        self.outbox = Outbox(self.pool)
+        self.key = signing.secret_key(settings.webhook_secret.reveal()) if settings.webhook_secret else None
+        timeout = settings.webhook_timeout_seconds
+        self.client = httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False,
+                                   headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
+                                   limits=httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS))
+        self.lease_seconds = 3 * timeout + LEASE_MARGIN_SECONDS  # connect, send, first byte, and the bookkeeping
+        self.workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="imagend-webhook")
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="imagend-webhooks", daemon=True)
+        self._forgot_at = 0.0
+        self.resolver: targets.Resolver = targets.resolve
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def run_once(self) -> PassCounts:
+        """Claim the due events (up to BATCH), deliver them, record each outcome."""
+        counts = PassCounts()
+        events = self.outbox.claim(BATCH, self.lease_seconds)
+        counts.claimed = len(events)
+        if not events:
+            return counts
+        rows = self.outbox.images([event.image_id for event in events])
+        outcomes = list(self.workers.map(lambda event: self._deliver(event, rows.get(event.image_id)), events))
+        for event, (outcome, error) in zip(events, outcomes, strict=True):
+            self._record(event, outcome, error, counts)
+        return counts
+
+    def _deliver(self, event: Event, row: dict[str, Any] | None) -> tuple[str, str | None]:
+        """('delivered' | 'retry' | 'abandon', error)."""
+        if self.key is None:
+            return "retry", "IMAGEND_WEBHOOK_SECRET is not set: events wait, unsigned events are never sent"
+        try:
+            where = targets.target(event.url, self.settings.webhook_allow_hosts, self.resolver)
+        except targets.Refused as exc:
+            return "abandon", str(exc)
+        except OSError as exc:
+            return "retry", f"cannot resolve the callback_url's host: {exc}"
+        body = json.dumps(event_body(event, row, self.links), separators=(",", ":")).encode()
+        headers = signing.headers(self.key, event.event_id, int(time.time()), body)
+        headers["Host"] = where.host_header
+        extensions = {"sni_hostname": where.host} if event.url.startswith("https:") else {}
+        try:
+            request = self.client.build_request("POST", where.connect_url, content=body, headers=headers,
+                                                extensions=extensions)
+            response = self.client.send(request, stream=True)
+            response.close()  # the status is all that counts: a body is never read (nor waited for)
+        except httpx.HTTPError as exc:
+            return "retry", f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return "delivered", None
+        if 300 <= response.status_code < 400:
+            return "retry", f"answered {response.status_code} (a redirect, not followed: name the final URL)"
+        return "retry", f"answered {response.status_code}"
+
+    def _record(self, event: Event, outcome: str, error: str | None, counts: PassCounts) -> None:
+        text = clip(redact(error or ""), ERROR_CHARS)
+        if outcome == "delivered":
+            self.outbox.delivered(event)
+            counts.delivered += 1
+            log.debug("webhook_delivered", image_id=event.image_id, event_id=event.event_id, attempt=event.attempts)
+            return
+        delay = backoff(event.attempts, self.backoff_seconds)
+        if outcome == "abandon" or event.age_seconds + delay > self.settings.webhook_expire_seconds:
+            self.outbox.give_up(event, text)
+            counts.abandoned += 1
+            log.warning("webhook_abandoned", image_id=event.image_id, event_id=event.event_id,
+                        attempts=event.attempts, error=text)
+            return
+        self.outbox.retry_later(event, delay, text)
+        counts.retried += 1
+        log.info("webhook_retry", image_id=event.image_id, event_id=event.event_id, attempt=event.attempts,
+                 in_seconds=round(delay, 1), error=text)
+
+    # -- the thread ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.pool.open(wait=False)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.workers.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+        self.pool.close()
+
+    def _run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self.stopping.is_set():
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self.listen_url, autocommit=True, application_name="imagend-webhooks-listen")
+                    conn.execute(f"LISTEN {CHANNEL}")
+                counts = self.run_once()
+                if counts.claimed:
+                    log.debug("webhooks_pass", **vars(counts))
+                if counts.claimed >= BATCH:
+                    continue
+                self._forget()
+                due = self.outbox.next_due()
+                self._wait(conn, RECHECK_SECONDS if due is None else min(max(due, 0.0), RECHECK_SECONDS))
+            except (DatabaseUnavailable, psycopg.Error) as exc:
+                log.warning("webhooks_database_unavailable", error=clip(redact(str(exc)), ERROR_CHARS))
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self.stopping.wait(1.0)
+            except Exception:
+                log.exception("webhooks_pass_failed")
+                self.stopping.wait(1.0)
+        if conn is not None:
+            conn.close()
+
+    def _wait(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for _ in conn.notifies(timeout=min(left, WAIT_STEP_SECONDS), stop_after=1):
+                return
+
+    def _forget(self) -> None:
+        if time.monotonic() - self._forgot_at < FORGET_EVERY_SECONDS:
+            return
+        self._forgot_at = time.monotonic()
+        gone = self.outbox.forget(self.settings.webhook_keep_seconds)
+        if gone:
+            log.info("webhooks_forgotten", events=gone)
