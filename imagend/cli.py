@@ -21,8 +21,9 @@ from imagend.config.settings import Settings, load_settings
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, describe_target, open_pool
 from imagend.db.operations import ALL_BACKENDS, OperationsRepository
+from imagend.db.owners import SCOPES, OwnersRepository, parse_plan_values
 from imagend.db.repository import Repository
-from imagend.errors import ConfigError, DatabaseUnavailable
+from imagend.errors import BadInput, ConfigError, DatabaseUnavailable
 from imagend.http.server import HttpServer
 from imagend.logs import configure, get_logger
 from imagend.maintenance import retention
@@ -66,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
         "-resume", "--resume", nargs="*", metavar="BACKEND",
         help="lift the pause of these backends (none named: every pause); then exit",
     )
+    # Owners and plans (docs/owners.md): each changes or prints, then exits.
+    parser.add_argument(
+        "-plan", "--plan", nargs="+", metavar=("NAME", "KEY=VALUE"),
+        help="create or change a plan: max_running=N weight=W max_waiting=M rate=R (rows a minute) budget=B "
+        "period=day|week|month default=true|false ('none': no limit); then exit",
+    )
+    parser.add_argument("-plan-delete", "--plan-delete", metavar="NAME",
+                        help="delete a plan (its owners fall back to the default plan); then exit")
+    parser.add_argument("-assign", "--assign", nargs=2, metavar=("OWNER", "PLAN"),
+                        help="put an owner on a plan ('-': the default plan); then exit")
+    parser.add_argument("-plans", "--plans", action="store_true", help="print the plans as JSON and exit")
+    parser.add_argument(
+        "-key-create", "--key-create", nargs="+", metavar=("OWNER", "SCOPE"),
+        help="create an API key for OWNER (scopes: submit read cancel delete, default all) and print it once, "
+        "on its own line; then exit",
+    )
+    parser.add_argument("-key-revoke", "--key-revoke", metavar="KEY_OR_PREFIX",
+                        help="revoke an API key, by the key or its prefix (imk_…); then exit")
     parser.add_argument(
         "-export-images",
         "--export-images",
@@ -105,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Go's flag package: a boolean flag also takes `-flag=VALUE` with strconv.ParseBool's spellings.
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images"})
-VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file", "family"})
+BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images", "plans"})
+VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file", "family", "plan-delete", "key-revoke"})
 _GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
 
 
@@ -197,10 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return make_tiny_models(args.make_tiny_models)
         return make_tiny_model(args.make_tiny_model, args.family)
     pausing = args.pause is not None or args.resume is not None
-    if not (args.generator or args.processor or args.cron or args.status or args.export_images or pausing):
+    if not (args.generator or args.processor or args.cron or args.status or args.export_images or pausing
+            or _owners_command(args)):
         parser.print_usage(sys.stderr)
-        print("imagend: say what to run: -cron, -generator, -processor, -status, -pause, -resume or -export-images",
-              file=sys.stderr)
+        print("imagend: say what to run: -cron, -generator, -processor, -status, -pause, -resume, -export-images, "
+              "-plan, -plans, -assign, -key-create or -key-revoke", file=sys.stderr)
         return 2
     for name in [*(args.pause or []), *(args.resume or [])]:
         if name not in (*BACKEND_NAMES, ALL_BACKENDS):
@@ -242,7 +262,7 @@ def _no_database(settings: Settings) -> str | None:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.generator or args.processor or args.cron:
         check_backends(settings)  # a start that cannot succeed stops here, before the table is upgraded
-    elif args.status or args.pause is not None or args.resume is not None:
+    elif args.status or args.pause is not None or args.resume is not None or _owners_command(args):
         missing = _no_database(settings)
         if missing is not None:
             raise ConfigError(missing)
@@ -266,12 +286,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 ops.resume(args.resume)
             print(json.dumps({"paused": [p.backend for p in ops.paused()]}))
             return 0
+        if _owners_command(args):
+            return _owners(args, OwnersRepository(pool))
         if args.status:
             serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
             where = database_setting(settings)
             database = where if settings.embedded_database else f"{where}: {describe_target(url)}"
             report = status_report(repo.queue_status(), ops.daemons(), ops.paused(), settings.default_backend, serving,
                                    database)
+            report["plans"] = OwnersRepository(pool).plans()
             print(json.dumps(report, default=str, indent=2))
             return 0
         if args.export_images:
@@ -306,6 +329,41 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                 http_server.stop()
             if store is not None:
                 store.close()
+
+
+def _owners_command(args: argparse.Namespace) -> bool:
+    return bool(args.plan or args.plan_delete or args.assign or args.plans or args.key_create or args.key_revoke)
+
+
+def _owners(args: argparse.Namespace, owners: OwnersRepository) -> int:
+    """-plan, -plan-delete, -assign, -plans, -key-create, -key-revoke (docs/owners.md). Exit 2 with the
+    reason for a bad value, an unknown plan or key."""
+    try:
+        if args.plan:
+            owners.set_plan(args.plan[0], parse_plan_values(args.plan[1:]))
+        if args.plan_delete and not owners.delete_plan(args.plan_delete):
+            raise BadInput(f"no plan named {args.plan_delete!r}")
+        if args.assign:
+            owner, plan = args.assign
+            owners.assign(owner, None if plan in ("-", "") else plan)
+        if args.key_create:
+            owner, *scopes = args.key_create
+            key = owners.create_key(owner, scopes or SCOPES)
+            # The key, once, alone on its line (a script reads it with `| tail -1`); never logged.
+            print(f"imagend: a new API key for owner {owner!r} (scopes {', '.join(scopes or SCOPES)}); it is not "
+                  "stored and will not be shown again:", file=sys.stderr)
+            print(key)
+        if args.key_revoke:
+            revoked = owners.revoke_key(args.key_revoke)
+            if not revoked:
+                raise BadInput("no live key has that key or prefix (already revoked, or never created)")
+            print(json.dumps({"revoked": revoked}))
+        if args.plans or args.plan or args.plan_delete or args.assign:
+            print(json.dumps({"plans": owners.plans()}, default=str, indent=2))
+    except BadInput as exc:
+        print(f"imagend: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def image_links(settings: Settings, store: Store | None) -> Links:

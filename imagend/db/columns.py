@@ -50,6 +50,7 @@ REFERENCE_SCALE_RANGE = (0.0, 2.0)
 LORA_WEIGHT_RANGE = (-4.0, 4.0)
 LORAS_MAX = 8
 ECHO_MAX_CHARS = 80  # what an error quotes of a producer's value
+OWNER_MAX_CHARS = 200  # schema_owners.sql's imagend_owner_problem says the same
 CALLBACK_URL_MAX_CHARS = 2048
 
 
@@ -163,6 +164,10 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
     Column("priority", "INTEGER", Kind.INTEGER, "Higher first (default 0)", claimed=False, default_sql="0",
            **_int(-INT4_MAX - 1, INT4_MAX)),
     Column("params", "JSONB", Kind.OBJECT, "Yours: kept with the row"),
+    # The customer (docs/owners.md): plans, fair share, usage. Read by the owners' triggers, not the claim.
+    Column("owner", "TEXT", Kind.TEXT, "The customer this row is for (docs/owners.md); null: the shared "
+           "anonymous owner. Set by the API itself with an owner's key", max_chars=OWNER_MAX_CHARS, claimed=False,
+           openapi={"minLength": 1, "pattern": "^[^\\x00-\\x1f\\x7f]*$"}),
     Column("max_attempts", "INTEGER", Kind.INTEGER, "Attempts before Failed (default DEFAULT_MAX_ATTEMPTS)",
            **_int(1, INT4_MAX)),
     Column("run_after", "TIMESTAMPTZ", Kind.TIME, "Not before this time (with a time zone); default now",

@@ -79,22 +79,25 @@ class Repository(Statements):
         `mark_idle`: finding nothing makes this daemon idle (one to wake); false for a claim made
         ahead while it generates."""
         skip = [name for name in BACKEND_NAMES if name != backend]
-        rows: list[ClaimedRow] = self._rows(
-            "images_claim_batch",
-            {
-                "now": now,
-                "backend": backend,
-                "default_backend": self.default_backend,
-                "skip_backends": skip,
-                "limit": limit,
-                "owner": self.owner,
-                "lease_seconds": self.lease_seconds,
-                "loaded_models": list(prefer.loaded) if prefer else None,
-                "switch_seconds": prefer.switch_seconds if prefer else 0.0,
-                "mark_idle": mark_idle,
-            },
-            by_name(ClaimedRow),
-        )
+        params: dict[str, Any] = {
+            "now": now,
+            "backend": backend,
+            "default_backend": self.default_backend,
+            "skip_backends": skip,
+            "limit": limit,
+            "owner": self.owner,
+            "lease_seconds": self.lease_seconds,
+            "loaded_models": list(prefer.loaded) if prefer else None,
+            "switch_seconds": prefer.switch_seconds if prefer else 0.0,
+            "mark_idle": mark_idle,
+        }
+        rows: list[ClaimedRow] = self._rows("images_claim_batch", params, by_name(ClaimedRow))
+        if not rows and mark_idle:
+            # Found rows but was refused them all: their owners' cap was taken by another daemon between
+            # this claim's snapshot and its lock on their counters (schema_owners.sql). That claim left
+            # the daemon busy; this one, in a fresh snapshot, leaves those owners out and says idle if
+            # nothing else waits. An empty claim costs little, and an idle daemon makes few.
+            rows = self._rows("images_claim_batch", params, by_name(ClaimedRow))
         return sorted(rows, key=lambda r: r.id)
 
     def source_rows(self, ids: Sequence[int]) -> dict[int, SourceRow]:

@@ -10,9 +10,9 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 # The tables and triggers of the queue, then those of operations (pause, counts, position), then video rows'.
-SCHEMA_FILES = ("schema.sql", "schema_operations.sql", "schema_video.sql")
+SCHEMA_FILES = ("schema.sql", "schema_owners.sql", "schema_operations.sql", "schema_video.sql")
 VIDEO_QUERY_FILES = ("queries_video.sql",)
-QUERY_FILES = ("queries.sql", "queries_operations.sql", "queries_webapp.sql")
+QUERY_FILES = ("queries.sql", "queries_operations.sql", "queries_webapp.sql", "queries_owners.sql")
 
 
 def _templates() -> dict[str, str]:

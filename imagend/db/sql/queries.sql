@@ -16,7 +16,7 @@
 -- have waited switch_seconds or more, so affinity delays no row longer than that. NULL (one model, or
 -- another backend): the CASE folds to a constant, which the planner drops; the ready index's order stands.
 WITH picked AS (
-    SELECT w.id
+    SELECT w.id, w.owner
     FROM images AS w
     WHERE w.status = 'ReadyToGenerate'
       AND w.run_after <= COALESCE(%(now)s::timestamptz, now())
@@ -37,15 +37,30 @@ WITH picked AS (
            OR NOT EXISTS (SELECT 1 FROM images AS source
                           WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
                             AND source.status IN ('ReadyToGenerate', 'Generate')))
+      -- Owners (schema_owners.sql): an owner at its plan's cap, out of rate or over budget is left out
+      -- before the batch is chosen, so its backlog never blocks anyone. Read once per claim (the owners
+      -- running something: a few per daemon); the row trigger images_owner_moved has the last word.
+      AND (w.owner IS NULL OR w.owner <> ALL ((SELECT imagend_blocked_owners())::text[]))
+    -- Within a priority, owned rows in their fair-share order (vtime; anonymous rows first), as the
+    -- ready index holds them.
     ORDER BY w.priority DESC,
              CASE WHEN %(loaded_models)b::text[] IS NULL THEN 0
                   WHEN COALESCE(w.model, '') = ANY (%(loaded_models)b::text[]) THEN 0
                   WHEN w.run_after <= COALESCE(%(now)s::timestamptz, now())
                                       - make_interval(secs => %(switch_seconds)s) THEN 0
                   ELSE 1 END,
+             w.vtime NULLS FIRST,
              w.id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), counters AS (
+    -- The picked rows' owners' counters, locked in one order (by owner) before any row is admitted
+    -- (images_owner_moved): two daemons claiming rows of the same owners never wait on each other in a
+    -- cycle. Anonymous rows: nothing to lock.
+    SELECT o.owner FROM imagend_owners AS o
+    WHERE o.owner IN (SELECT picked.owner FROM picked)
+    ORDER BY o.owner
+    FOR UPDATE
 ), idle AS (
     -- The daemon is idle (images_wake may wake it) from its first claim that finds nothing (when it
     -- holds nothing else: mark_idle), busy again from one that finds rows. Written on a change only.
@@ -68,6 +83,7 @@ SET status       = 'Generate',
     submitted_at = NULL
 FROM picked
 WHERE i.id = picked.id
+  AND NOT EXISTS (SELECT 1 FROM counters WHERE counters.owner IS NULL)  -- the counters first (never true)
 -- The producer's columns come from their one table (db/columns.py: claimed_columns), in ClaimedRow's
 -- order; params and loras as text, decoded per row in validation.py, so JSON that Postgres accepts but
 -- Python cannot read (nested 10,000 deep, an integer of 5,000 digits) fails its own row, not the batch.
@@ -387,6 +403,7 @@ SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
         FROM images
         WHERE status = 'ReadyToGenerate'
           AND run_after < now() + interval '1 day'
+          AND (owner IS NULL OR owner <> ALL ((SELECT imagend_blocked_owners())::text[]))  -- they wait for a finish
           AND (COALESCE(backend, %(default_backend)s) = ANY (%(served)b::text[])
                OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)b::text[])))::float8 AS generator,
        (SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s))))

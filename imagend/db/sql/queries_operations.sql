@@ -136,7 +136,7 @@ SELECT 1;
 SELECT id, prompt, backend, priority, created_at, run_after, cancel_requested
 FROM images
 WHERE status = 'ReadyToGenerate'
-ORDER BY priority DESC, id
+ORDER BY priority DESC, vtime NULLS FIRST, id
 LIMIT %(limit)s;
 
 -- name: images_params

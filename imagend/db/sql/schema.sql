@@ -47,7 +47,14 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_scale    REAL;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS upscale            REAL;
 -- A web app's: where the daemon POSTs the row's end (a webhook; imagend_webhooks below).
 ALTER TABLE images ADD COLUMN IF NOT EXISTS callback_url       TEXT;
+-- The customer a row is for (docs/owners.md): NULL is the shared anonymous owner. Not a daemon: a
+-- daemon's identity is locked_by / imagend_daemons.owner.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS owner             TEXT;
 -- What the daemon writes.
+-- vtime: an owned row's place in its owner's fair share (schema_owners.sql sets it at insert; NULL for
+-- anonymous rows). cost: what a finished owned row cost, in the operator's units (imagend_costs).
+ALTER TABLE images ADD COLUMN IF NOT EXISTS vtime             DOUBLE PRECISION;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS cost              DOUBLE PRECISION;
 -- preview: a small WebP (base64) of the image forming, every 2 s or so while it generates.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS preview           TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS run_after         TIMESTAMPTZ NOT NULL DEFAULT now();
@@ -91,9 +98,18 @@ BEGIN
     END IF;
 END $$;
 
--- Serves the claim: only waiting rows are indexed, so finished rows cost nothing.
+-- Serves the claim: only waiting rows are indexed, so finished rows cost nothing. Within a priority,
+-- owned rows in their fair-share order (vtime); anonymous rows (vtime NULL) first, then in id order as
+-- before owners existed. Before owners the index was (priority DESC, id): replaced once.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_indexes
+               WHERE indexname = 'images_ready_idx' AND indexdef NOT LIKE '%vtime%') THEN
+        DROP INDEX images_ready_idx;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS images_ready_idx
-    ON images (priority DESC, id) WHERE status = 'ReadyToGenerate';
+    ON images (priority DESC, vtime NULLS FIRST, id) WHERE status = 'ReadyToGenerate';
 -- Serves lease expiry, remote polling and the next wake-up time: every row in Generate (a few per
 -- daemon), whose leases are then read from the heap. Keyed on id, not lease_until, so that the most
 -- frequent write of all, a lease renewal with its progress (twice a second per generating batch),

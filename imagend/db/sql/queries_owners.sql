@@ -1,0 +1,112 @@
+-- Owners, plans, usage and per-owner API keys (schema_owners.sql, docs/owners.md): the operator's
+-- statements (`imagend -plan/-assign/-plans/-key-create/-key-revoke`) and the API's (an owner's key:
+-- its rows only). `owner` here is always the customer (images.owner), never a daemon.
+
+-- name: plans_upsert
+-- `imagend -plan NAME k=v …`: creates the plan, or changes only the values given (set_<name> true).
+-- Making one plan the default takes the flag from any other in the same statement.
+WITH undefault AS (
+    UPDATE imagend_plans SET is_default = false, updated_at = now()
+    WHERE %(set_is_default)s AND %(is_default)s AND is_default AND name <> %(name)s
+)
+INSERT INTO imagend_plans AS p (name, max_running, weight, max_waiting, rate_per_minute, budget, budget_period,
+                                is_default)
+VALUES (%(name)s, %(max_running)s, COALESCE(%(weight)s, 1), %(max_waiting)s, %(rate_per_minute)s, %(budget)s,
+        COALESCE(%(budget_period)s, 'day'), COALESCE(%(is_default)s, false))
+ON CONFLICT (name) DO UPDATE
+SET max_running     = CASE WHEN %(set_max_running)s THEN EXCLUDED.max_running ELSE p.max_running END,
+    weight          = CASE WHEN %(set_weight)s THEN EXCLUDED.weight ELSE p.weight END,
+    max_waiting     = CASE WHEN %(set_max_waiting)s THEN EXCLUDED.max_waiting ELSE p.max_waiting END,
+    rate_per_minute = CASE WHEN %(set_rate_per_minute)s THEN EXCLUDED.rate_per_minute ELSE p.rate_per_minute END,
+    budget          = CASE WHEN %(set_budget)s THEN EXCLUDED.budget ELSE p.budget END,
+    budget_period   = CASE WHEN %(set_budget_period)s THEN EXCLUDED.budget_period ELSE p.budget_period END,
+    is_default      = CASE WHEN %(set_is_default)s THEN EXCLUDED.is_default ELSE p.is_default END,
+    updated_at      = now()
+RETURNING name;
+
+-- name: plans_delete
+-- Its owners fall back to the default plan (imagend_owners.plan ON DELETE SET NULL).
+DELETE FROM imagend_plans WHERE name = %(name)s RETURNING name;
+
+-- name: plans_list
+-- `imagend -plans`, `-status`, the dashboard: every plan with its owners' rows running and waiting.
+SELECT p.name, p.max_running, p.weight, p.max_waiting, p.rate_per_minute, p.budget, p.budget_period, p.is_default,
+       (SELECT count(*) FROM imagend_owners_now AS o WHERE o.plan = p.name)::int AS owners,
+       (SELECT COALESCE(sum(o.running), 0) FROM imagend_owners_now AS o WHERE o.plan = p.name)::int AS running,
+       (SELECT COALESCE(sum(o.waiting), 0) FROM imagend_owners_now AS o WHERE o.plan = p.name)::int AS waiting
+FROM imagend_plans AS p
+ORDER BY p.name;
+
+-- name: owners_assign
+-- `imagend -assign OWNER PLAN` ('-' or '' for the default plan). Returns the owner; an unknown plan is a
+-- foreign-key error the caller words.
+INSERT INTO imagend_owners AS o (owner, plan) VALUES (%(owner)s, %(plan)s)
+ON CONFLICT (owner) DO UPDATE SET plan = EXCLUDED.plan
+RETURNING o.owner;
+
+-- name: owners_top
+-- The dashboard: the owners with the most rows waiting or running (a top-N, never all of them), their plan
+-- and today's usage (UTC).
+SELECT o.owner, o.plan, o.running, o.waiting,
+       COALESCE(u.done, 0)::int AS done_today, COALESCE(u.failed, 0)::int AS failed_today,
+       COALESCE(u.cost, 0)::float8 AS cost_today
+FROM imagend_owners_now AS o
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE i.status = 'ReadyToPublish') AS done,
+           count(*) FILTER (WHERE i.status = 'Failed') AS failed,
+           sum(i.cost) AS cost
+    FROM images AS i
+    WHERE i.owner = o.owner AND i.owner IS NOT NULL
+      AND i.status IN ('ReadyToPublish', 'Failed')
+      AND i.finished_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+) AS u ON true
+WHERE o.running > 0 OR o.waiting > 0
+ORDER BY o.running + o.waiting DESC, o.owner
+LIMIT %(limit)s;
+
+-- name: owners_usage
+-- Usage of one owner per day (UTC), newest first: GET /v1/usage with an owner's key.
+SELECT day, done::int, failed::int, cancelled::int, gpu_seconds, cost, avg_generation_seconds
+FROM imagend_usage
+WHERE owner = %(owner)s
+ORDER BY day DESC
+LIMIT %(days)s;
+
+-- name: keys_create
+INSERT INTO imagend_api_keys (prefix, hash, owner, scopes) VALUES (%(prefix)s, %(hash)s, %(owner)s, %(scopes)s)
+RETURNING prefix;
+
+-- name: keys_revoke
+-- By the whole key (its hash) or by its prefix; returns what was revoked.
+UPDATE imagend_api_keys
+SET revoked_at = now()
+WHERE (hash = %(hash)s OR prefix = %(prefix)s) AND revoked_at IS NULL
+RETURNING prefix, owner;
+
+-- name: keys_lookup
+-- Every request with a key that is not the operator's token: looked up each time (no cache), so a revoked
+-- key is refused from the next request on.
+SELECT owner, scopes, hash FROM imagend_api_keys WHERE prefix = %(prefix)s AND revoked_at IS NULL;
+
+-- name: images_owner_of
+-- Whose row is it (an owner's key sees only its own: 404 for any other). No row: nothing.
+SELECT owner FROM images WHERE id = %(id)s;
+
+-- name: images_list_owned
+-- GET /v1/images with an owner's key: that owner's rows, newest first, after a cursor (the last id seen),
+-- optionally of one status. Served by images_owner_id_idx.
+SELECT id, status, prompt, error, progress, created_at, finished_at, cost, output_url, thumbnail_url
+FROM images
+WHERE owner = %(owner)s
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(before)s::int IS NULL OR id < %(before)s)
+ORDER BY owner, id DESC
+LIMIT %(limit)s;
+
+-- name: images_delete
+-- DELETE /v1/images/{id}: the row (any status; a running one's daemon loses it at its next lease renewal
+-- and drops its result), returning where its image and thumbnail are stored so that the caller deletes
+-- them. Guarded by the owner when the caller is an owner's key.
+DELETE FROM images
+WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)
+RETURNING id, output_url, thumbnail_url, output_path;
