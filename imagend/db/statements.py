@@ -26,7 +26,7 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
 # Settings some statements run under, each in a transaction of its own (SET LOCAL: pooler-safe, no
-# session state outlives it).
+# session state outlives it). Constants: they are written into the statement's text.
 # - lock_timeout: statements that change a row a producer may hold locked (SELECT … FOR UPDATE from
 #   an admin tool or an ORM) wait at most this long, then raise RowLocked: one locked row must delay
 #   only itself. The others never wait: the claim, the rescue and lease renewals skip locked rows.
@@ -62,7 +62,9 @@ def by_name(cls: type[T]) -> RowFactory[T]:
     make: Callable[..., T] = cls
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
-        names = [column.name for column in cursor.description or ()]
+        if cursor.description is None:  # a command's result (a SET before the statement): no rows
+            return lambda values: make(*values)
+        names = [column.name for column in cursor.description]
         if sorted(names) != sorted(fields):
             raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
         order = [names.index(name) for name in fields]
@@ -84,6 +86,10 @@ class Statements:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self._sql = queries()
+        self._with_settings = {
+            name: "".join(f"SET LOCAL {k} = '{v}'; " for k, v in settings.items()) + self._sql[name]
+            for name, settings in TRANSACTION_SETTINGS.items()
+        }
 
     @contextmanager
     def _cursor(self, row_factory: RowFactory[Any] | None = None) -> Iterator[psycopg.Cursor[Any]]:
@@ -110,10 +116,12 @@ class Statements:
             if settings is None:
                 cur.execute(self._sql[name], params)
                 return cur.fetchall() if cur.description else []
-            # Pipelined, the messages (BEGIN, the SETs, the statement, COMMIT) cost one round trip.
-            with cur.connection.pipeline(), cur.connection.transaction():
-                # One statement for all of them, on a cursor of its own (not the row factory's).
-                calls = ", ".join("set_config(%s, %s, true)" for _ in settings)
-                cur.connection.execute(f"SELECT {calls}", [v for pair in settings.items() for v in pair])
-                cur.execute(self._sql[name], params)
-            return cur.fetchall() if cur.description else []
+            # One message, two statements: the SETs and the statement share the implicit transaction
+            # of a multi-statement query (the settings end with it, error or not), so no BEGIN and
+            # COMMIT of our own (a fleet counts its statements per row: docs/fleet.md). A simple query
+            # takes no parameters: they are bound on the client.
+            with psycopg.ClientCursor(cur.connection, row_factory=cur.row_factory) as bound:
+                bound.execute(self._with_settings[name], params)
+                while bound.nextset():  # past the SETs' results: the statement's is the last
+                    pass
+                return bound.fetchall() if bound.description else []

@@ -79,6 +79,8 @@ class Relay:
         self.listen = listen
         self.members: dict[str, float | None] = {}  # mailbox path -> idle since (monotonic), None: busy
         self.mailboxes: dict[str, str] = {}  # owner (images.locked_by) -> mailbox path
+        # The relay's own daemon is woken by a call, not a datagram: a single daemon's pickup pays no hop.
+        self.local: dict[str, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         with contextlib.suppress(FileNotFoundError):
@@ -140,7 +142,11 @@ class Relay:
             for member in chosen:
                 self.members[member] = None  # busy until it says otherwise
         for member in chosen:
-            self._send(member, WAKE)
+            wake = self.local.get(member)
+            if wake is not None:
+                wake()
+            else:
+                self._send(member, WAKE)
 
     def on_deaf(self) -> None:
         """The LISTEN connection hears nothing (a transaction pooler between): every daemon polls."""
@@ -240,11 +246,14 @@ class HostWakeups:
             except OSError:
                 return
             if message == WAKE:
-                self._idle = False
-                self.on_wake()
+                self._woken()
             elif message == DEAF and not self.deaf:
                 self.deaf = True
                 self.on_deaf()
+
+    def _woken(self) -> None:
+        self._idle = False
+        self.on_wake()
 
     def _elect(self) -> None:
         while not self.stopping.is_set():
@@ -257,5 +266,6 @@ class HostWakeups:
                 return  # closed at stop
             log.info("wake_relay_started", channel=self.channel, folder=str(self.folder))
             self.relay = Relay(self.folder, self.key, self.listen)
+            self.relay.local[str(self.mailbox)] = self._woken
             self.relay.start()
             return

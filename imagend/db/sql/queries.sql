@@ -417,7 +417,7 @@ SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
 -- Is a row this daemon could claim waiting? Asked once, RECHECK_SECONDS after it went idle: a producer
 -- that chose whom to wake while this daemon's last claim ran (it still looked busy) and committed just
 -- after that claim's snapshot would otherwise wait for a heartbeat.
-SELECT imagend_claimable(%(owner)s, %(default_backend)s, %(skip_backends)b::text[], now());
+SELECT EXISTS (SELECT 1 FROM imagend_claimable_rows(%(owner)s, %(default_backend)s, %(skip_backends)b::text[], now()));
 
 -- name: daemons_heartbeat
 -- This daemon is alive (upsert); and in how many seconds is a rescue due (NULL: none in
@@ -451,8 +451,9 @@ SELECT least(
               AND EXISTS (SELECT 1 FROM images WHERE status = 'Generate' AND locked_by = d.owner))
        ) AS rescue_in,
        (SELECT count(*) FROM beat) AS beats,
-       CASE WHEN %(idle)s THEN imagend_claimable(%(owner)s, %(default_backend)s, %(skip_backends)b::text[],
-                                                  now() - make_interval(secs => %(wake_grace)s))
+       CASE WHEN %(idle)s THEN EXISTS (SELECT 1 FROM imagend_claimable_rows(
+                                   %(owner)s, %(default_backend)s, %(skip_backends)b::text[],
+                                   now() - make_interval(secs => %(wake_grace)s)))
        END AS work_waiting,
        (SELECT d.default_backend FROM imagend_daemons AS d
         WHERE d.heartbeat_at > now() - interval '10 seconds' AND d.default_backend IS NOT NULL

@@ -262,33 +262,41 @@ CREATE INDEX IF NOT EXISTS imagend_api_requests_created_idx ON imagend_api_reque
 -- compatible APIs' keys, which name their request by its body already.
 ALTER TABLE imagend_api_requests ADD COLUMN IF NOT EXISTS body_hash TEXT;
 
--- Could the daemon `claimant` (default backend `fallback_backend`, not serving `skipped`) claim a row due
--- by `due_before`? The claim's conditions but model affinity, as an EXISTS: what an idle daemon asks
--- when a wake-up may have been lost (daemons_heartbeat, images_claimable).
+-- The rows the daemon `claimant` (default backend `fallback_backend`, not serving `skipped`) could
+-- claim that are due by `due_before`: the claim's conditions but model affinity. What an idle daemon
+-- asks, as EXISTS, when a wake-up may have been lost (daemons_heartbeat, images_claimable). A set-returning
+-- SQL function (STABLE, no SET): the planner inlines it into its caller, so asking costs one statement,
+-- not two (pg_stat_statements counts a function's own statement; a fleet's idle background is counted).
+CREATE OR REPLACE FUNCTION imagend_claimable_rows(claimant TEXT, fallback_backend TEXT, skipped TEXT[],
+                                                  due_before TIMESTAMPTZ) RETURNS SETOF INTEGER
+LANGUAGE sql STABLE AS $$
+    SELECT w.id FROM images AS w
+    WHERE w.status = 'ReadyToGenerate'
+      AND w.run_after <= due_before
+      AND COALESCE(w.backend, fallback_backend) <> ALL (skipped)
+      -- A row with no backend is the fleet's default's (images_claim_batch says why).
+      AND (w.backend IS NOT NULL OR NOT EXISTS (
+               SELECT 1 FROM imagend_daemons AS elder
+               WHERE elder.owner <> claimant
+                 AND elder.default_backend <> fallback_backend
+                 AND elder.heartbeat_at > now() - interval '10 seconds'
+                 AND elder.started_at < COALESCE((SELECT mine.started_at FROM imagend_daemons AS mine
+                                                 WHERE mine.owner = claimant), now())))
+      AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
+                      WHERE p.backend IN (COALESCE(w.backend, fallback_backend), '*'))
+      -- An owner at its cap, out of rate or over budget (schema_owners.sql): not claimable.
+      AND (w.owner IS NULL OR w.owner <> ALL ((SELECT imagend_blocked_owners())::text[]))
+      AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM images AS source
+                          WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
+                            AND source.status IN ('ReadyToGenerate', 'Generate')))
+$$;
+
+-- The same, as a boolean: what daemons of the previous version call, until they are all upgraded.
 CREATE OR REPLACE FUNCTION imagend_claimable(claimant TEXT, fallback_backend TEXT, skipped TEXT[],
                                              due_before TIMESTAMPTZ) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM images AS w
-        WHERE w.status = 'ReadyToGenerate'
-          AND w.run_after <= due_before
-          AND COALESCE(w.backend, fallback_backend) <> ALL (skipped)
-          -- A row with no backend is the fleet's default's (images_claim_batch says why).
-          AND (w.backend IS NOT NULL OR NOT EXISTS (
-                   SELECT 1 FROM imagend_daemons AS elder
-                   WHERE elder.owner <> claimant
-                     AND elder.default_backend <> fallback_backend
-                     AND elder.heartbeat_at > now() - interval '10 seconds'
-                     AND elder.started_at < COALESCE((SELECT mine.started_at FROM imagend_daemons AS mine
-                                                     WHERE mine.owner = claimant), now())))
-          AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
-                          WHERE p.backend IN (COALESCE(w.backend, fallback_backend), '*'))
-          -- An owner at its cap, out of rate or over budget (schema_owners.sql): not claimable.
-          AND (w.owner IS NULL OR w.owner <> ALL ((SELECT imagend_blocked_owners())::text[]))
-          AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
-               OR NOT EXISTS (SELECT 1 FROM images AS source
-                              WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id
-                                AND source.status IN ('ReadyToGenerate', 'Generate'))))
+    SELECT EXISTS (SELECT 1 FROM imagend_claimable_rows(claimant, fallback_backend, skipped, due_before))
 $$;
 
 COMMIT;
