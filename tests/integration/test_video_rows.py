@@ -320,3 +320,23 @@ def test_a_script_endpoint_that_times_out_fails_the_video(conn: Any, video_daemo
     assert row["status"] == "Failed"
     assert "the script endpoint (IMAGEND_SCRIPT_URL) did not answer within 0.3 s" in row["error"]
     assert scene_rows(conn, video_id) == []
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("hd", ("h264", "yuv420p", 1920, 1080, 60.0, "avc1")),
+    ("ultra", ("hevc", "yuv420p", 3840, 2160, 60.0, "hvc1")),
+])
+def test_hd_and_ultra_give_their_sizes_rates_and_codecs(conn: Any, video_daemon: Any, preset: str,
+                                                        expected: tuple[Any, ...]) -> None:
+    video_id = insert_video(conn, [{"prompt": "a short clip", "seconds": 0.5, "narration": "Hi."}],
+                            video_preset=preset, width=64, height=64)
+
+    row = run_until(video_daemon(), conn, video_id)
+
+    assert row["status"] == "ReadyToPublish", row["error"]
+    info = probe(Path(row["output_url"].removeprefix("file://")))
+    assert (info.codec, info.pix_fmt, info.width, info.height, info.fps, info.codec_tag) == expected
+    assert info.seconds == pytest.approx(0.5, abs=0.1) and (info.audio, info.sample_rate) == ("aac", 48000)
+    assert info.boxes.index("moov") < info.boxes.index("mdat")
+    multiplier = {"hd": 2, "ultra": 5}[preset]
+    assert (row["width"], row["height"]) == expected[2:4] and row["cost"] == pytest.approx(0.5 * 0.01 * multiplier)
