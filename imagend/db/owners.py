@@ -194,6 +194,12 @@ class OwnersRepository(Statements):
         return self._rows("images_list_owned", {"owner": owner, "status": status, "before": before, "limit": limit},
                           dict_row)
 
+    def refused_at_insert(self, image_id: int) -> tuple[str, bool] | None:
+        """(the reason, whether max_waiting) when the owner's plan refused the row just inserted (deleted
+        then); None when it was taken."""
+        rows = self._rows("images_refused_at_insert", {"id": image_id})
+        return (rows[0][0], rows[0][1]) if rows else None
+
     def delete(self, image_id: int, owner: str | None) -> dict[str, Any] | None:
         """Delete the row (only `owner`'s when given); its stored objects' locations, or None."""
         rows = self._rows("images_delete", {"id": image_id, "owner": owner}, dict_row)

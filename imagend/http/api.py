@@ -7,14 +7,19 @@ mobile app), and the operator's pause and resume.
     GET  /v1/images/{id}/preview      the image forming (WebP), while the local backend generates it
     POST /v1/images/{id}/cancel       what `UPDATE images SET cancel_requested = true` does
     POST /v1/images/{id}/retry        docs/producers.md's "Trying again", for a Failed row
+    GET  /v1/images?status=&cursor=   an owner's rows, newest first (docs/owners.md)
+    DELETE /v1/images/{id}            the row, its image and its thumbnail (file or S3)
+    GET  /v1/usage                    an owner's usage per day: rows, GPU seconds, cost
     GET  /v1/backends                 every backend: served here, paused
     POST /v1/backends/{name}/pause    `imagend -pause NAME` ('*': all)
     POST /v1/backends/{name}/resume   `imagend -resume NAME` ('*': every pause)
     GET  /openapi.json                the OpenAPI 3.1 description (openapi.py)
 
-Writes need the token, reads follow the read policy (auth.py). The API refuses obviously bad input
-up front (4xx with a readable `error`) so that no row is written in a bad state; the daemon stays
-the final judge of a row it claims (validation.py), exactly as for a row INSERTed in SQL.
+Writes need the token, reads follow the read policy (auth.py); an owner's key (docs/owners.md) reaches
+that owner's rows only, on every route (404 for any other), and submits with `owner` set to its own.
+The API refuses obviously bad input up front (4xx with a readable `error`) so that no row is written
+in a bad state; the daemon stays the final judge of a row it claims (validation.py), exactly as for a
+row INSERTed in SQL.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from starlette.routing import BaseRoute, Route
 
 from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
 from imagend.db.operations import ALL_BACKENDS
+from imagend.db.owners import OwnersRepository, owner_problem
 from imagend.db.rows import Pause, Status
 from imagend.db.webapp import KeyReused, WebAppRepository
 from imagend.errors import BadInput, clip
 from imagend.http import webapp
-from imagend.http.auth import check_read, check_write
+from imagend.http.auth import Caller, authorize, check_read, check_write, sees
 from imagend.http.checks import BadRequest, check_columns, read_body
 from imagend.http.context import HttpContext
 from imagend.http.images import image_kind, image_response
@@ -45,6 +51,7 @@ from imagend.http.openapi import document
 from imagend.http.responses import error
 from imagend.images.formats import FORMATS
 from imagend.queue.validation import decode_params
+from imagend.storage import StoreUnavailable
 from imagend.storage.links import Links
 
 ECHO_MAX_CHARS = 60
@@ -52,6 +59,8 @@ ECHO_MAX_CHARS = 60
 # `params_truncated` true (a producer may store megabytes there; the whole is in the row, for SQL).
 PARAMS_RETURNED_MAX_CHARS = 64 * 1024
 PREVIEW_CACHE_CONTROL = "no-store"  # it changes every 2 s or so, and is gone once the row ends
+RETRY_AFTER_SECONDS = 10  # an owner past its plan's max_waiting: when to try again (a row starts by then, mostly)
+LIST_DEFAULT, LIST_MAX = 50, 500  # GET /v1/images: rows per page
 
 
 # -- what a row looks like ----------------------------------------------------------------
@@ -166,11 +175,25 @@ def _not_found(image_id: int | str) -> JSONResponse:
     return error(404, f"no image with id {image_id}")
 
 
+def owned(caller: Caller, columns: dict[str, Any]) -> dict[str, Any]:
+    """The row's columns as the caller may insert them: an owner's key sets `owner` itself (a body naming
+    another owner is refused); the operator may name any owner imagend takes."""
+    given = columns.get("owner")
+    if caller.owner is not None:
+        if given is not None and given != caller.owner:
+            raise BadRequest(403, "this API key submits for its own owner only: leave owner out")
+        return {**columns, "owner": caller.owner}
+    if given is not None and (problem := owner_problem(given)) is not None:
+        raise BadRequest(422, problem)
+    return columns
+
+
 def routes(context: HttpContext) -> list[BaseRoute]:
     ops = context.ops
+    owners = OwnersRepository(ops.pool)
 
     async def create(request: Request) -> Response:
-        check_write(context, request)
+        caller = authorize(context, request, "submit")
         uploads = webapp.Uploads(context, WebAppRepository(ops.pool))
         try:
             # JSON, or multipart with the images inline; an Idempotency-Key makes a retry safe (webapp.py).
@@ -181,6 +204,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
             fields, images = await run_in_threadpool(webapp.submitted, request, body)
             del body
             columns = check_columns({**fields, **webapp.placeholders(images)})
+            columns = owned(caller, columns)
             webapp.check_callback(context, columns)
             if images:
                 columns = await run_in_threadpool(webapp.store_inline, uploads, columns, images)
@@ -192,13 +216,21 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             # Checked above; Postgres still has the last word (a constraint added later, say).
             return error(422, f"the database refused the row: {clip(str(exc).splitlines()[0], 200)}")
+        if columns.get("owner") is not None and not replayed:
+            refused = await run_in_threadpool(owners.refused_at_insert, image_id)
+            if refused is not None:  # the owner's plan: max_waiting (429, try later) or its budget (402)
+                reason, waiting_full = refused
+                answer = error(429 if waiting_full else 402, reason)
+                if waiting_full:
+                    answer.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+                return answer
         headers = {"Location": f"/v1/images/{image_id}", **({"Idempotent-Replayed": "true"} if replayed else {})}
         return JSONResponse({"id": image_id}, status_code=201, headers=headers)
 
     def show(request: Request) -> Response:
-        check_read(context, request)
+        caller = authorize(context, request, "read")
         image_id = _id_or_none(request)
-        row = ops.get(image_id) if image_id is not None else None
+        row = ops.get(image_id) if image_id is not None and sees(context, caller, image_id) else None
         if row is None:
             return _not_found(request.path_params["id"])
         return JSONResponse(describe(row, ops.params(row["id"], PARAMS_RETURNED_MAX_CHARS + 1), context.links))
@@ -206,16 +238,18 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     def image(request: Request) -> Response:
         image_id = _id_or_none(request)
         query = request.query_params  # a signed link (storage/links.py) needs no token
-        if image_id is None or not context.links.valid(image_id, "image", query.get("expires"), query.get("signature")):
-            check_read(context, request)
+        signed = image_id is not None and context.links.valid(image_id, "image", query.get("expires"),
+                                                             query.get("signature"))
+        if not signed and not sees(context, authorize(context, request, "read"), image_id):
+            return _not_found(request.path_params["id"])
         if image_id is None:
             return _not_found(request.path_params["id"])
         return image_response(context, image_id)
 
     def preview(request: Request) -> Response:
-        check_read(context, request)
+        caller = authorize(context, request, "read")
         image_id = _id_or_none(request)
-        row = ops.preview(image_id) if image_id is not None else None
+        row = ops.preview(image_id) if image_id is not None and sees(context, caller, image_id) else None
         if row is None:
             return _not_found(request.path_params["id"])
         decoded = _decode_preview(row["preview"])
@@ -227,8 +261,10 @@ def routes(context: HttpContext) -> list[BaseRoute]:
                         headers={"Cache-Control": PREVIEW_CACHE_CONTROL, "X-Content-Type-Options": "nosniff"})
 
     def cancel(request: Request) -> Response:
-        check_write(context, request)
+        caller = authorize(context, request, "cancel")
         image_id = _id_or_none(request)
+        if not sees(context, caller, image_id):
+            return _not_found(request.path_params["id"])
         status = ops.cancel(image_id) if image_id is not None else None
         if status is not None:
             return JSONResponse({"id": image_id, "status": status, "cancel_requested": True}, status_code=202)
@@ -239,14 +275,60 @@ def routes(context: HttpContext) -> list[BaseRoute]:
                           "(Generate) image can be cancelled")
 
     def retry(request: Request) -> Response:
-        check_write(context, request)
+        caller = authorize(context, request, "submit")
         image_id = _id_or_none(request)
+        if not sees(context, caller, image_id):
+            return _not_found(request.path_params["id"])
         if image_id is not None and ops.retry(image_id):
             return JSONResponse({"id": image_id, "status": Status.READY_TO_GENERATE})
         current = ops.status_of(image_id) if image_id is not None else None
         if current is None:
             return _not_found(request.path_params["id"])
         return error(409, f"image {image_id} is {current}: only a Failed image can be retried")
+
+    def listing(request: Request) -> Response:
+        """GET /v1/images?status=&cursor=&limit=: an owner's rows, newest first (the operator names ?owner=)."""
+        caller = authorize(context, request, "read")
+        query = request.query_params
+        owner = caller.owner if caller.owner is not None else query.get("owner")
+        if owner is None:
+            return error(400, "name the owner whose rows to list: ?owner=… (an owner's key lists its own)")
+        status = query.get("status")
+        if status is not None and status not in set(Status):
+            return error(400, f"unknown status {clip(status, ECHO_MAX_CHARS)!r}; use one of: {', '.join(Status)}")
+        cursor, limit = query.get("cursor"), query.get("limit", str(LIST_DEFAULT))
+        if (cursor is not None and not (cursor.isdigit() and int(cursor) <= INT4_MAX)) or not (
+                limit.isdigit() and 1 <= int(limit) <= LIST_MAX):
+            return error(400, f"cursor is the last id seen (digits); limit is 1 to {LIST_MAX}")
+        rows = owners.list_owned(owner, status, int(cursor) if cursor else None, int(limit))
+        listed = [{k: _json_value(v) for k, v in row.items()} for row in rows]
+        more = len(rows) == int(limit)
+        return JSONResponse({"images": listed, "next_cursor": str(rows[-1]["id"]) if more else None})
+
+    def delete(request: Request) -> Response:
+        """DELETE /v1/images/{id}: the row, then its image and thumbnail in the store (file or S3)."""
+        caller = authorize(context, request, "delete")
+        image_id = _id_or_none(request)
+        gone = owners.delete(image_id, caller.owner) if image_id is not None else None
+        if gone is None:
+            return _not_found(request.path_params["id"])
+        urls = [url for url in (gone["output_url"], gone["thumbnail_url"]) if url]
+        left = 0
+        if urls and context.store is not None:
+            try:
+                left = len(urls) - context.store.delete_urls(urls)
+            except StoreUnavailable:
+                left = len(urls)
+        return JSONResponse({"id": image_id, "deleted": True, "objects_left": left})
+
+    def usage(request: Request) -> Response:
+        """GET /v1/usage: an owner's usage per day (UTC), newest first (the operator names ?owner=)."""
+        caller = authorize(context, request, "read")
+        owner = caller.owner if caller.owner is not None else request.query_params.get("owner")
+        if owner is None:
+            return error(400, "name the owner: ?owner=… (an owner's key reads its own)")
+        days = [{k: _json_value(v) for k, v in row.items()} for row in owners.usage(owner)]
+        return JSONResponse({"owner": owner, "days": days})
 
     def backends(request: Request) -> Response:
         check_read(context, request)
@@ -274,6 +356,9 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     # The database calls are blocking psycopg: sync endpoints run in Starlette's thread pool.
     return [
         Route("/v1/images", create, methods=["POST"]),
+        Route("/v1/images", listing, methods=["GET"]),
+        Route("/v1/images/{id:int}", delete, methods=["DELETE"]),
+        Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/images/{id:int}", show, methods=["GET"]),
         Route("/v1/images/{id:int}/image", image, methods=["GET"]),
         Route("/v1/images/{id:int}/preview", preview, methods=["GET"]),

@@ -11,6 +11,11 @@
   keeps; DELETE /session drops it from a browser, and changing the token revokes every one. It
   never allows a write: a cross-site page cannot add the header writes need.
 - Which `Host` a request may name is guards.py's (DNS rebinding).
+- Owner keys (docs/owners.md, "API keys"): `Authorization: Bearer imk_…`, created by `imagend -key-create`,
+  bound to one owner and its scopes (submit, read, cancel, delete). `authorize` says who calls: the operator
+  (the token, or an open read) or an owner, whose requests the routes confine to that owner's rows (404 for
+  any other). A key is looked up at every request (no cache): a revoked one is refused from the next on;
+  a request already past its check finishes.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from imagend.db.owners import KEY_PREFIX, OwnersRepository
 from imagend.http.context import HttpContext
 
 READ_COOKIE = "imagend_read"
@@ -93,3 +100,42 @@ def check_read(context: HttpContext, request: Request) -> None:
     if required:
         raise Refused(401, "reads need the token here (IMAGEND_HTTP_READ_TOKEN=required): 'Authorization: Bearer …'")
     raise Refused(401, "reads on a non-loopback address need the token: 'Authorization: Bearer …'")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request is: the operator (owner None: every row) or an owner's key (that owner's rows only)."""
+
+    owner: str | None
+
+
+OPERATOR = Caller(owner=None)
+
+
+def authorize(context: HttpContext, request: Request, scope: str) -> Caller:
+    """The caller of a route that needs `scope` (submit, read, cancel, delete): an owner's key (401 unknown
+    or revoked, 403 without the scope), else the operator's policy (reads: check_read; the rest: the token)."""
+    given = _bearer(request)
+    if given is not None and given.startswith(KEY_PREFIX):
+        key = OwnersRepository(context.ops.pool).find_key(given)
+        if key is None:
+            raise Refused(401, "this API key is unknown or revoked")
+        if scope not in key.scopes:
+            raise Refused(403, f"this API key lacks the {scope!r} scope (it has: {', '.join(key.scopes)})")
+        return Caller(owner=key.owner)
+    if scope == "read":
+        check_read(context, request)
+    else:
+        check_write(context, request)
+    return OPERATOR
+
+
+def sees(context: HttpContext, caller: Caller, image_id: int | None) -> bool:
+    """Whether `caller` may see row `image_id` at all: the operator any, an owner its own (a row of another
+    owner, or none, reads as no such row: 404, never 403, so ids do not tell whose rows exist)."""
+    if image_id is None:
+        return False
+    if caller.owner is None:
+        return True
+    exists, owner = OwnersRepository(context.ops.pool).owner_of(image_id)
+    return exists and owner == caller.owner

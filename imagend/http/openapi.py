@@ -215,7 +215,32 @@ def document() -> dict[str, Any]:
                     "422": _error("A column of the wrong type or out of its range; a callback_url the daemon will "
                                   "not call; an inline image that is not one; an Idempotency-Key used with another "
                                   "body"),
+                    "402": _error("The owner's plan budget is spent for its period (docs/owners.md)"),
+                    "429": {**_error("The owner has its plan's max_waiting rows waiting: try again after "
+                                     "Retry-After seconds (no row was left)"),
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
                 },
+            }, "get": {
+                "summary": "An owner's rows, newest first (an owner's key: its own; the operator names ?owner=)",
+                "operationId": "listImages",
+                "parameters": [
+                    {"name": "owner", "in": "query", "schema": {"type": "string"}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [
+                        "ReadyToGenerate", "Generate", "ReadyToPublish", "Failed"]}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the page before",
+                     "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
+                "responses": {"200": _object("images (id, status, prompt, error, progress, created_at, finished_at, "
+                                             "cost, output_url, thumbnail_url) and next_cursor (null: the last page)"),
+                              "400": _error("No owner named, an unknown status, a bad cursor or limit"),
+                              **READ_ERRORS},
+            }},
+            "/v1/usage": {"get": {
+                "summary": "An owner's usage per day (UTC): rows done, failed, cancelled, GPU seconds, cost",
+                "operationId": "getUsage",
+                "parameters": [{"name": "owner", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": _object("owner and days, newest first"),
+                              "400": _error("No owner named (the operator's token)"), **READ_ERRORS},
             }},
             "/v1/uploads": {"post": {
                 "summary": "Upload an input image: its id is taken by init_image_id and reference_image_id",
@@ -272,6 +297,13 @@ def document() -> dict[str, Any]:
                 "operationId": "getImage",
                 "parameters": [ID_PARAMETER],
                 "responses": {"200": _json("The row", "Image"), **READ_ERRORS, "404": _error("No such row")},
+            }, "delete": {
+                "summary": "Delete a row and its stored image and thumbnail (file or S3)",
+                "operationId": "deleteImage",
+                "security": WRITE,
+                "parameters": [ID_PARAMETER],
+                "responses": {"200": _object("Deleted; objects_left: stored objects the store would not delete"),
+                              **AUTH_ERRORS, "404": _error("No such row (or another owner's)")},
             }},
             "/v1/images/{id}/image": {"get": {
                 "summary": "The finished image's bytes; a signed link (image_url) needs no token",

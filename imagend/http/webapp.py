@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from imagend.db.columns import COLUMNS, INT4_MAX, Kind
 from imagend.db.webapp import KeyReused, WebAppRepository
 from imagend.errors import BadInput, clip
-from imagend.http.auth import check_read, check_write
+from imagend.http.auth import authorize, check_read, check_write, sees
 from imagend.http.checks import BODY_MAX_BYTES, BadRequest, parse_object, read_body
 from imagend.http.context import HttpContext
 from imagend.http.events import EventHub, TooMany
@@ -276,9 +276,10 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         return JSONResponse(described, status_code=201, headers=headers)
 
     async def events(request: Request) -> Response:
-        check_read(context, request)
+        caller = authorize(context, request, "read")
         image_id = int(request.path_params["id"])
-        if image_id > INT4_MAX or not await run_in_threadpool(repo.events_state, [image_id]):
+        if (image_id > INT4_MAX or not await run_in_threadpool(sees, context, caller, image_id)
+                or not await run_in_threadpool(repo.events_state, [image_id])):
             return error(404, f"no image with id {request.path_params['id']}")
         client = request.client.host if request.client else "?"
         try:
@@ -309,8 +310,9 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         if image_id > INT4_MAX:
             return error(404, f"no image with id {request.path_params['id']}")
         query = request.query_params
-        if not context.links.valid(image_id, "thumbnail", query.get("expires"), query.get("signature")):
-            check_read(context, request)
+        if not context.links.valid(image_id, "thumbnail", query.get("expires"), query.get("signature")) and not sees(
+                context, authorize(context, request, "read"), image_id):
+            return error(404, f"no image with id {request.path_params['id']}")  # an owner's key: its rows only
         return thumbnail_response(context, image_id)
 
     def example(request: Request) -> Response:

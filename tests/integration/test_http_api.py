@@ -514,7 +514,7 @@ def test_the_image_of_a_row_not_finished_is_404(daemon, paused):
 
 
 def test_wrong_methods_are_405(daemon):
-    assert daemon.client.delete("/v1/images/1", headers=daemon.auth).status_code == 405
+    assert daemon.client.patch("/v1/images/1", headers=daemon.auth).status_code == 405  # DELETE: docs/owners.md
     assert daemon.client.get("/v1/images/1/cancel").status_code == 405
     assert daemon.client.put("/v1/images", json={"prompt": "x"}, headers=daemon.auth).status_code == 405
 

@@ -110,3 +110,12 @@ LIMIT %(limit)s;
 DELETE FROM images
 WHERE id = %(id)s AND (%(owner)s::text IS NULL OR owner = %(owner)s)
 RETURNING id, output_url, thumbnail_url, output_path;
+
+-- name: images_refused_at_insert
+-- POST /v1/images: whether the owner's plan refused the row it just inserted (max_waiting, budget: the
+-- insert trigger ended it Failed with the reason). A refused row is deleted (the API answers 429 or 402,
+-- and the producer sends it again later): no row is left behind for a request that was refused.
+DELETE FROM images
+WHERE id = %(id)s AND status = 'Failed' AND owner IS NOT NULL
+  AND error ~ '^owner .* (already has [0-9]+ rows waiting|is over its plan)'
+RETURNING error, error ~ '^owner .* already has [0-9]+ rows waiting' AS waiting_full;
