@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from imagend.db.rows import Claim
@@ -106,3 +108,11 @@ class VideoRepository(Statements):
         if not rows:
             raise LostOwnership(claim.id, "videos_mark_done")
         return str(rows[0][0])
+
+
+class VideoReads(Statements):
+    """What the listener reads of video rows (http/videos.py)."""
+
+    def get(self, video_id: int) -> dict[str, Any] | None:
+        rows: list[dict[str, Any]] = self._rows("videos_api_get", {"id": video_id}, dict_row)
+        return rows[0] if rows else None

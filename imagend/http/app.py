@@ -15,6 +15,7 @@ from imagend.http.auth import Refused
 from imagend.http.compat import Compat
 from imagend.http.context import HttpContext
 from imagend.http.responses import error
+from imagend.http.videos import routes as video_routes
 
 INTERNAL_ERROR = "internal error: the daemon's log says more"
 
@@ -46,7 +47,7 @@ def create_app(context: HttpContext) -> Starlette:
     compat = Compat.build(context)  # the OpenAI and A1111 APIs (docs/compatible-apis.md)
     app = Starlette(
         routes=[*probes.routes(context), *openai_images.routes(compat), *a1111.routes(compat), *api.routes(context),
-                *webapp.routes(context), *dashboard.routes(context)],
+                *webapp.routes(context), *video_routes(context), *dashboard.routes(context)],
         exception_handlers={Refused: refused, DatabaseUnavailable: database_down, HTTPException: http_error,
                             500: internal},
     )

@@ -26,6 +26,8 @@ from imagend.db.columns import (
 from imagend.errors import BadInput, clip
 from imagend.images.formats import FORMAT_ALIASES, FORMATS
 from imagend.queue.validation import parse_loras
+from imagend.video.settings import VIDEO_MAX_SECONDS
+from imagend.video.storyboard import check_storyboard
 
 BODY_MAX_BYTES = 64 * 1024  # a request body past this is refused (413) while it is being read
 API_ECHO_MAX_CHARS = 60
@@ -148,8 +150,8 @@ def _check_column(column: Column, value: Any) -> Any:
         if "\\u0000" in json.dumps(value):
             raise BadRequest(422, f"{name} contains a NUL character, which Postgres jsonb cannot hold")
         return Jsonb(value)
-    if column.kind is Kind.ARRAY:  # loras
-        return _loras(value)
+    if column.kind is Kind.ARRAY:  # loras, a video's scenes
+        return _loras(value) if name == "loras" else _scenes(value)
     if column.kind is Kind.IMAGE:
         # Here they only have to fit the body, so big ones are INSERTed in SQL or chained with *_image_id.
         image = _text(column, value, BODY_MAX_BYTES)
@@ -188,6 +190,20 @@ def _time(column: Column, text: str) -> datetime:
         raise BadRequest(422, f"{column.name} must be between 0001-01-01 and 9999-12-31 in UTC; "
                               f"got {clip(text, API_ECHO_MAX_CHARS)!r}") from None
     return when
+
+
+def _scenes(value: Any) -> Jsonb:
+    """A video's storyboard, checked as the daemon checks it (video/storyboard.py; the daemon's own
+    IMAGEND_VIDEO_MAX_SECONDS has the last word)."""
+    try:
+        check_storyboard(value, max_seconds=VIDEO_MAX_SECONDS)
+    except BadInput as exc:
+        raise BadRequest(422, str(exc)) from None
+    except RecursionError:
+        raise BadRequest(422, "scenes is nested too deeply") from None
+    if "\\u0000" in json.dumps(value):
+        raise BadRequest(422, "scenes contains a NUL character, which Postgres jsonb cannot hold")
+    return Jsonb(value)
 
 
 def _loras(value: Any) -> Jsonb:

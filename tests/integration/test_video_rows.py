@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from imagend.db.rows import Status
 from imagend.queue.pass_counts import PassCounts
 
 from support.daemons import InProcess
-from support.video import FAST, insert_video, probe
+from support.video import FAST, STORYBOARD, FakeChat, completion, insert_video, probe
 
 
 def run_until(process: InProcess, conn: Any, video_id: int, statuses: tuple[str, ...] = ("ReadyToPublish", "Failed"),
@@ -207,53 +205,6 @@ def test_retrying_a_failed_video_retries_its_failed_scenes(conn: Any, video_daem
 
 
 # -- the script endpoint -------------------------------------------------------------------------------------------
-
-STORYBOARD = {"scenes": [{"prompt": "a fox wakes in its den", "seconds": 1.5, "motion": "zoom_in"},
-                         {"prompt": "the fox runs through snow", "seconds": 1.5, "transition": "dissolve"}]}
-
-
-class FakeChat:
-    """A chat-completions endpoint on 127.0.0.1 whose next answer the test chooses (`answer`)."""
-
-    def __init__(self) -> None:
-        self.answer: Callable[[], tuple[int, str]] = lambda: (200, completion(json.dumps(STORYBOARD)))
-        self.requests: list[dict[str, Any]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                fake.requests.append({"path": self.path, "body": body})
-                status, text = fake.answer()
-                data = text.encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def completion(content: str) -> str:
-    return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()), "model": "tiny",
-                       "choices": [{"index": 0, "finish_reason": "stop",
-                                    "message": {"role": "assistant", "content": content}}],
-                       "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
 
 @pytest.fixture
 def fake_chat() -> Iterator[FakeChat]:

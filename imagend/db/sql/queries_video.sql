@@ -92,3 +92,12 @@ SET status             = CASE WHEN cancel_requested THEN 'Failed' ELSE 'ReadyToP
     lease_until        = NULL
 WHERE id = %(id)s AND status = 'Generate' AND locked_by = %(owner)s AND attempts = %(attempt)s
 RETURNING status;
+
+-- name: videos_api_get
+-- A video row as the listener's /v1/videos routes describe it (http/videos.py).
+SELECT id, task, status, phase, progress, error, created_at, finished_at, video_seconds, width, height,
+       video_preset, aspect, output_url, output_path, thumbnail_url, cost, scenes::text AS scenes,
+       (SELECT count(*) FROM images AS s WHERE s.parent_id = i.id) AS scene_rows,
+       (SELECT count(*) FROM images AS s WHERE s.parent_id = i.id AND s.status = 'ReadyToPublish') AS scenes_done
+FROM images AS i
+WHERE id = %(id)s;
