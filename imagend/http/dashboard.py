@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute, Route
 from imagend import __version__
 from imagend.db.columns import BACKEND_NAMES
 from imagend.db.operations import ALL_BACKENDS
+from imagend.db.owners import OwnersRepository
 from imagend.db.rows import FleetDaemon, QueueSnapshot, Status
 from imagend.db.timestamps import EARLIEST, LATEST
 from imagend.errors import DatabaseUnavailable
@@ -47,6 +48,7 @@ RECENT_REFRESH_MS = 4000
 DETAIL_REFRESH_MS = 2000
 IN_FLIGHT_SHOWN = 50
 WAITING_SHOWN = 10
+OWNERS_SHOWN = 10  # the owners with the most rows waiting or running (a top-N: 10,000 owners, one short table)
 DONE_SHOWN = 24
 FAILED_SHOWN = 20
 PARAMS_SHOWN_CHARS = 20_000
@@ -217,6 +219,8 @@ class Dashboard:
             "fleet": [(d, self._daemon_paused(d, paused)) for d in snap.daemons] if snap else [],
             "in_flight": self.context.ops.in_flight(IN_FLIGHT_SHOWN),
             "waiting": self.context.ops.waiting(WAITING_SHOWN),
+            # Owners (docs/owners.md): the busiest few, with their plan and today's usage; none: no section.
+            "owners": OwnersRepository(self.context.ops.pool).top_owners(OWNERS_SHOWN),
         }
 
     def recent(self) -> dict[str, Any]:

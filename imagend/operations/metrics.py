@@ -15,6 +15,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -22,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from imagend import __version__
 from imagend.db.operations import OperationsRepository
+from imagend.db.owners import OwnersRepository
 from imagend.db.rows import QueueSnapshot
 from imagend.errors import BadInput, Cancelled, DatabaseUnavailable, PermanentError, RetryableError, UnexpectedError
 from imagend.logs import get_logger
@@ -153,6 +155,9 @@ class QueueCollector(Collector):
         self._read_at = -float("inf")
         self._read_wall = 0.0
         self._stale = True
+        # Per plan, never per owner (10,000 owners must not make 10,000 series): read with the queue.
+        self.owners = OwnersRepository(ops.pool)
+        self._plans: list[dict[str, Any]] = []
 
     def snapshot(self) -> tuple[QueueSnapshot | None, bool]:
         """The cached snapshot (read again when older than QUEUE_CACHE_SECONDS) and whether it is stale."""
@@ -161,6 +166,7 @@ class QueueCollector(Collector):
                 self._read_at = self.clock()
                 try:
                     self._snapshot = self.ops.snapshot()
+                    self._plans = self.owners.plans()
                     self._read_wall, self._stale = time.time(), False
                 except DatabaseUnavailable as exc:
                     if not self._stale:
@@ -192,6 +198,11 @@ class QueueCollector(Collector):
             paused.add_metric([pause.backend], 1)
         yield paused
         yield GaugeMetricFamily("imagend_daemons", "Daemons with a recent heartbeat", value=len(snap.daemons))
+        for name, what in (("running", "Rows in Generate"), ("waiting", "Rows waiting"), ("owners", "Owners")):
+            family = GaugeMetricFamily(f"imagend_plan_{name}", f"{what} per plan (docs/owners.md)", labels=["plan"])
+            for plan in self._plans:
+                family.add_metric([plan["name"]], plan[name])
+            yield family
 
 
 class GpuCollector(Collector):

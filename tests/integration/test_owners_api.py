@@ -137,3 +137,12 @@ def test_scopes_and_revoked_keys(daemon, keys, module_db):
         conn.execute("UPDATE imagend_api_keys SET revoked_at = now() WHERE prefix = %s", [keys["doomed"][:12]])
     assert daemon.client.get("/v1/images", headers=bearer(keys["doomed"])).status_code == 401
     assert daemon.client.get("/v1/images", headers=bearer("imk_00000000_guessed")).status_code == 401
+
+
+def test_the_dashboard_shows_owners_and_metrics_count_per_plan(daemon, keys):
+    submit(daemon, keys["bob"], run_after="2999-01-01T00:00:00Z")
+    page = daemon.client.get("/fragments/live")
+    assert page.status_code == 200 and 'id="owners"' in page.text and "bob" in page.text
+    metrics = daemon.client.get("/metrics").text
+    assert 'imagend_plan_waiting{plan="SMALL"}' in metrics
+    assert "alice" not in metrics and "bob" not in metrics  # per plan, never per owner
