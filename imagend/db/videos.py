@@ -116,3 +116,7 @@ class VideoReads(Statements):
     def get(self, video_id: int) -> dict[str, Any] | None:
         rows: list[dict[str, Any]] = self._rows("videos_api_get", {"id": video_id}, dict_row)
         return rows[0] if rows else None
+
+    def scenes(self, video_id: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._rows("videos_scene_list", {"id": video_id}, dict_row)
+        return rows

@@ -37,6 +37,7 @@ from imagend.db.operations import ALL_BACKENDS
 from imagend.db.owners import OwnersRepository
 from imagend.db.rows import FleetDaemon, QueueSnapshot, Status
 from imagend.db.timestamps import EARLIEST, LATEST
+from imagend.db.videos import VideoReads
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, READ_COOKIE_SECONDS, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
@@ -279,12 +280,16 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         check_read(context, request)
         return board.guarded("recent.html", board.recent)
 
+    videos = VideoReads(context.ops.pool)  # a video row's page: its phase, scenes and player (docs/video.md)
+
     def _image_values(image_id: int) -> dict[str, Any] | None:
         row = context.ops.get(image_id)
         if row is None:
             return None
+        video = videos.get(image_id) if row.get("task") == "video" else None
         return {"row": row, "params": context.ops.params(image_id, PARAMS_SHOWN_CHARS + 1),
-                "terminal": row["status"] not in (WAITING, RUNNING)}
+                "terminal": row["status"] not in (WAITING, RUNNING), "video": video,
+                "scenes": videos.scenes(image_id) if video is not None else []}
 
     def _image(request: Request, template: str) -> Response:
         check_read(context, request)

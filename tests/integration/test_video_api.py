@@ -84,6 +84,13 @@ def test_a_json_body_with_scenes_and_bad_bodies(daemon: HttpDaemon, conn: Any) -
         time.sleep(0.1)
     done = daemon.get(f"/v1/videos/{video['id']}").json()
     assert done["status"] == "completed" and done["scenes"] == {"done": 2, "total": 2}
+    row_id = int(video["id"].removeprefix("video_"))
+    page = daemon.get(f"/images/{row_id}")  # the dashboard plays it, with its poster, and lists its scenes
+    assert page.status_code == 200
+    assert f'src="/v1/videos/video_{row_id}/content"' in page.text and "variant=thumbnail" in page.text
+    assert "phase <span class=\"tag\">done</span>" in page.text and "scenes 2 of 2 made" in page.text
+    scene_ids = [r["id"] for r in conn.execute("SELECT id FROM images WHERE parent_id = %s", [row_id]).fetchall()]
+    assert all(f'href="/images/{scene}"' in page.text for scene in scene_ids)
     assert daemon.get("/v1/videos/video_999999").status_code == 404
     image_id = json.loads(daemon.post("/v1/images", json={"prompt": "an image"}).text)["id"]
     assert daemon.get(f"/v1/videos/video_{image_id}").status_code == 404  # an image is no video

@@ -30,7 +30,7 @@ EXPECTED = {
     "webhooks_next_due", "webhooks_forget",
     # queries_video.sql
     "videos_row", "videos_background_audio", "videos_set_scenes", "videos_expand", "videos_scenes", "videos_park",
-    "videos_set_phase", "videos_mark_done", "videos_api_get",
+    "videos_set_phase", "videos_mark_done", "videos_api_get", "videos_scene_list",
 }
 
 

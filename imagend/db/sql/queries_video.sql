@@ -101,3 +101,10 @@ SELECT id, task, status, phase, progress, error, created_at, finished_at, video_
        (SELECT count(*) FROM images AS s WHERE s.parent_id = i.id AND s.status = 'ReadyToPublish') AS scenes_done
 FROM images AS i
 WHERE id = %(id)s;
+
+-- name: videos_scene_list
+-- A video's scenes as the dashboard lists them (no images).
+SELECT id, scene_index, status, error, progress
+FROM images
+WHERE parent_id = %(id)s
+ORDER BY scene_index, id;
