@@ -278,8 +278,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
         caller = authorize(context, request, "read")
         image_id = int(request.path_params["id"])
-        if (image_id > INT4_MAX or not await run_in_threadpool(sees, context, caller, image_id)
-                or not await run_in_threadpool(repo.events_state, [image_id])):
+        if image_id > INT4_MAX:
             return error(404, f"no image with id {request.path_params['id']}")
         client = request.client.host if request.client else "?"
         try:
@@ -288,9 +287,20 @@ def routes(context: HttpContext) -> list[BaseRoute]:
             answer = error(exc.status, exc.message)
             answer.headers["Retry-After"] = "5"
             return answer
+        # From here it is bounded by the streams' own limits, not by the requests in flight: hundreds of
+        # browsers opening their streams at once are not told 'busy' (it only waits from now on).
         release = request.scope.get("imagend.release_admission")
         if release is not None:
-            release()  # it only waits from now on: not one of the requests being answered
+            release()
+        try:
+            found = await run_in_threadpool(sees, context, caller, image_id)
+            found = found and bool(await run_in_threadpool(repo.events_state, [image_id]))
+        except BaseException:
+            hub.unsubscribe(sub)
+            raise
+        if not found:
+            hub.unsubscribe(sub)
+            return error(404, f"no image with id {image_id}")
 
         def end(state: dict[str, Any]) -> dict[str, Any]:
             finished = state["status"] == "ReadyToPublish"

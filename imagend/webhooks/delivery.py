@@ -5,9 +5,10 @@
 - Shared: a pass claims due events with FOR UPDATE SKIP LOCKED and pushes their `next_at` past the
   delivery's bound (a lease). Several daemons share one outbox; one killed mid-delivery leaves its
   events to be claimed again once the lease passes (the same `webhook-id`: receivers deduplicate on it).
-- Never in the way: a thread of its own with its own connections (a pool of 2 and one LISTEN), the
-  deliveries of a pass on a few worker threads, each bounded by IMAGEND_WEBHOOK_TIMEOUT per phase
-  (connect, send, first byte; the body is never read). The generator never waits for it.
+- Never in the way: a thread of its own with its own connections (a pool of 4 and one LISTEN); it
+  claims as many events as it has idle workers (WORKERS) and each worker delivers one and records its
+  outcome, bounded by IMAGEND_WEBHOOK_TIMEOUT per phase (connect, send, first byte; the body is never
+  read): a receiver that hangs holds one worker, never the others. The generator never waits for it.
 - Retried: a receiver that is down, answers anything but 2xx, redirects (never followed) or hangs is
   tried again after IMAGEND_WEBHOOK_BACKOFF x 2^(attempt-1) (at most an hour, ±20 %), until
   IMAGEND_WEBHOOK_EXPIRE after the event; then the event is abandoned (`gave_up_at`, `last_error`).
@@ -45,14 +46,15 @@ from imagend.webhooks import signing, targets
 log = get_logger()
 
 CHANNEL = "imagend_webhooks"
-BATCH = 32  # events claimed per pass
-WORKERS = 8  # deliveries at once per daemon
+BATCH = 32  # events claimed at most per claim
+WORKERS = 16  # deliveries at once per daemon (a receiver that hangs holds one of them)
 RECHECK_SECONDS = 5.0  # the longest sleep without a notification (a lost NOTIFY costs this much)
-WAIT_STEP_SECONDS = 0.25  # how often a sleep looks at the stop event
+WAIT_STEP_SECONDS = 0.1  # how often a sleep looks at the stop event and the workers
 BACKOFF_MAX_SECONDS = 3600.0
 JITTER = 0.2
 LEASE_MARGIN_SECONDS = 2.0  # beyond the three timed phases of a delivery
 FORGET_EVERY_SECONDS = 600.0
+POOL_MAX = 4  # the claim, and the workers' one-row records
 ERROR_CHARS = 300
 USER_AGENT = f"imagend/{__version__} (webhooks)"
 
@@ -148,7 +150,7 @@ class WebhookSender:
         self.links = links
         self.backoff_seconds = settings.webhook_backoff_seconds
         self.listen_url = listen_url
-        self.pool = ConnectionPool(database_url, min_size=0, max_size=2, timeout=5.0, open=False,
+        self.pool = ConnectionPool(database_url, min_size=0, max_size=POOL_MAX, timeout=5.0, open=False,
                                    kwargs={"autocommit": True, "prepare_threshold": None,
                                            "application_name": "imagend-webhooks"},
                                    check=ConnectionPool.check_connection, name="imagend-webhooks")
@@ -164,21 +166,46 @@ class WebhookSender:
         self.thread = threading.Thread(target=self._run, name="imagend-webhooks", daemon=True)
         self._forgot_at = 0.0
         self.resolver: targets.Resolver = targets.resolve
+        self.totals = PassCounts()  # outcomes since start (the workers add to it)
+        self._busy = 0  # events handed to workers and not yet recorded
+        self._slots_lock = threading.Lock()
+        self._slot_freed = threading.Event()
 
     # -- one pass ------------------------------------------------------------------------
 
     def run_once(self) -> PassCounts:
-        """Claim the due events (up to BATCH), deliver them, record each outcome."""
+        """Claim as many due events as there are idle workers and hand each to one; a worker records
+        its event's outcome itself, so a receiver that hangs holds one worker, never the others."""
         counts = PassCounts()
-        events = self.outbox.claim(BATCH, self.lease_seconds)
+        with self._slots_lock:
+            free = WORKERS - self._busy
+        if free <= 0:
+            return counts
+        events = self.outbox.claim(min(free, BATCH), self.lease_seconds)
         counts.claimed = len(events)
         if not events:
             return counts
         rows = self.outbox.images([event.image_id for event in events])
-        outcomes = list(self.workers.map(lambda event: self._deliver(event, rows.get(event.image_id)), events))
-        for event, (outcome, error) in zip(events, outcomes, strict=True):
-            self._record(event, outcome, error, counts)
+        with self._slots_lock:
+            self._busy += len(events)
+        for event in events:
+            self.workers.submit(self._work, event, rows.get(event.image_id))
         return counts
+
+    def _work(self, event: Event, row: dict[str, Any] | None) -> None:
+        try:
+            outcome, error = self._deliver(event, row)
+            counts = PassCounts()
+            self._record(event, outcome, error, counts)
+            with self._slots_lock:
+                for name, value in vars(counts).items():
+                    setattr(self.totals, name, getattr(self.totals, name) + value)
+        except Exception:  # the database went away mid-record: the lease brings the event back
+            log.exception("webhook_not_recorded", image_id=event.image_id, event_id=event.event_id)
+        finally:
+            with self._slots_lock:
+                self._busy -= 1
+            self._slot_freed.set()
 
     def _deliver(self, event: Event, row: dict[str, Any] | None) -> tuple[str, str | None]:
         """('delivered' | 'retry' | 'abandon', error)."""
@@ -246,10 +273,14 @@ class WebhookSender:
                 if conn is None or conn.closed:
                     conn = psycopg.connect(self.listen_url, autocommit=True, application_name="imagend-webhooks-listen")
                     conn.execute(f"LISTEN {CHANNEL}")
+                with self._slots_lock:
+                    free = WORKERS - self._busy
                 counts = self.run_once()
-                if counts.claimed:
-                    log.debug("webhooks_pass", **vars(counts))
-                if counts.claimed >= BATCH:
+                if free > 0 and counts.claimed >= min(free, BATCH):
+                    continue  # more may be due: claim again as soon as a worker is free
+                if free <= 0:
+                    self._slot_freed.wait(WAIT_STEP_SECONDS)  # every worker busy: wait for one
+                    self._slot_freed.clear()
                     continue
                 self._forget()
                 due = self.outbox.next_due()
@@ -267,10 +298,12 @@ class WebhookSender:
             conn.close()
 
     def _wait(self, conn: psycopg.Connection[Any], seconds: float) -> None:
+        """Until a NOTIFY, `seconds`, the stop, or a worker's end (its event may be due again soon)."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._slot_freed.is_set():
+                self._slot_freed.clear()
                 return
             for _ in conn.notifies(timeout=min(left, WAIT_STEP_SECONDS), stop_after=1):
                 return
