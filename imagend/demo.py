@@ -5,7 +5,8 @@
    checkpoints, a LoRA, an IP-Adapter and an x4 upscaler (`imagend -make-tiny-models`);
 3. inserts a handful of rows as a producer would (a prompt over 77 tokens, a negative
    prompt with compel weighting, a fixed seed, a style, the other checkpoint with a LoRA, an
-   image-to-image row chained on another row's result, an inpainting row, and one bad row);
+   image-to-image row chained on another row's result, an inpainting row, one bad row, and a short
+   video whose scenes are rows of their own: demo-output/<id>.mp4, narrated when espeak-ng is installed);
 4. runs the daemon (`python -m imagend -cron`, local backend) until every row is done,
    listening on `imagend_done`, with its dashboard on 127.0.0.1:9464 (another free port, named, when
    something else holds that one);
@@ -25,7 +26,9 @@ import base64
 import contextlib
 import errno
 import io
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -108,6 +111,17 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
         {"prompt": "a girl on a bicycle", "style": "ANIME", "scheduler": "dpmpp_2m_karras"},
     ),
     ("bad row: width not a multiple of 8", {"prompt": "this row must fail", "width": 100}),
+    (
+        "a 4.5 s video: three scenes made as rows, Ken Burns motion, crossfades, narration (docs/video.md)",
+        {"task": "video", "prompt": "a lighthouse story", "video_preset": "standard", "seed": 7,
+         "scenes": json.dumps([
+             {"prompt": "a lighthouse at dawn, mist", "seconds": 1.5, "motion": "zoom_in",
+              "narration": "Every morning the light goes out."},
+             {"prompt": "waves breaking on black rocks", "seconds": 1.5, "motion": "pan_left"},
+             {"prompt": "gulls over a calm sea", "seconds": 1.5, "motion": "zoom_out", "transition": "fade_black",
+              "narration": "And the gulls come home."},
+         ])},
+    ),
 ]
 
 
@@ -142,6 +156,10 @@ def insert_rows(conn: psycopg.Connection[dict[str, Any]]) -> list[int]:
     by_label: dict[str, int] = {}
     for label, columns in ROWS:
         values = {"width": SIDE_PX, "height": SIDE_PX, "steps": STEPS, **columns}
+        if "scenes" in values and shutil.which("espeak-ng") is None:  # narration needs it (docs/video.md)
+            values["scenes"] = json.dumps([{k: v for k, v in scene.items() if k != "narration"}
+                                           for scene in json.loads(values["scenes"])])
+            say("  (espeak-ng is not installed: the video goes without narration; make system-deps installs it)")
         values = {k: by_label[v.label] if isinstance(v, RowOf) else v for k, v in values.items()}
         query = sql.SQL("INSERT INTO images ({}) VALUES ({}) RETURNING id").format(
             sql.SQL(", ").join(map(sql.Identifier, values)), sql.SQL(", ").join(sql.Placeholder() * len(values))
@@ -208,6 +226,7 @@ def daemon_env(http: str) -> dict[str, str]:
         IMAGEND_OUTPUT_DIR=str(OUTPUT_DIR.resolve()),
         IMAGEND_DATA_DIR=str(DEMO_DIR.resolve()),
         IMAGEND_MAX_BATCH="4",
+        IMAGEND_VIDEO_X264_PRESET="veryfast",
         IMAGEND_HTTP=http,
         HF_HUB_OFFLINE="1",
         PYTHONWARNINGS="ignore",
@@ -365,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"5. done in {time.monotonic() - started:.1f} s; the daemon stopped on SIGTERM (exit code {code})\n")
         print_rows(conn, ids)
     say(f"\nPNGs (noise, with an A1111 `parameters` text chunk) are in {OUTPUT_DIR.resolve()}/")
+    say(f"The video is {OUTPUT_DIR}/{ids[-1]}.mp4 (its poster {ids[-1]}.poster.jpg); a dashboard plays it at "
+        f"/images/{ids[-1]} (docs/video.md)")
     say(f"The queue, any time later: IMAGEND_DATA_DIR={DEMO_DIR} .venv/bin/imagend -status")
     for line in closing_lines(http, dashboard_address()[0]):
         say(line)
