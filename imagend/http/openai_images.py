@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from imagend.db.columns import INT4_MAX, NAME_MAX_CHARS, SEED_MAX
+from imagend.db.owners import KEY_PREFIX, OwnersRepository
 from imagend.errors import BadInput, DatabaseUnavailable, clip
 from imagend.http import multipart
 from imagend.http.auth import Refused, check_read
@@ -116,21 +117,31 @@ def _bad(message: str, param: str | None = None, code: str | None = "invalid_val
 # -- auth --------------------------------------------------------------------------------------------
 
 
-def _credential(compat: Compat, request: Request) -> str:
-    """The request's key, checked: a digest of it for the retry key (never the key itself)."""
+async def _credential(compat: Compat, request: Request) -> tuple[str, str | None]:
+    """The request's key, checked: a digest of it for the retry key (never the key itself), and the owner
+    whose rows it queues (None: the operator's token). An owner's key (docs/owners.md) needs `submit`."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() == "bearer" and given.startswith(KEY_PREFIX):
+        key = await run_in_threadpool(OwnersRepository(compat.context.ops.pool).find_key, given)
+        if key is None:
+            raise OpenAIError(401, "Incorrect API key provided: this key is unknown or revoked",
+                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        if "submit" not in key.scopes:
+            raise OpenAIError(403, "this API key lacks the 'submit' scope", code="insufficient_scope")
+        return hashlib.sha256(given.encode()).hexdigest(), key.owner
     token = compat.context.http.token
     if token is None:
         raise OpenAIError(403, "the OpenAI API writes rows, and writes over HTTP are off here: the operator sets "
                                "IMAGEND_HTTP_TOKEN, the key clients send", code="writes_off")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
+    if scheme.lower() != "bearer" or not given:
         raise OpenAIError(401, "You didn't provide an API key: send 'Authorization: Bearer <IMAGEND_HTTP_TOKEN>' "
                                "(the openai SDK's api_key)", code="missing_api_key",
                           headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), token.reveal().encode()):
+    if not hmac.compare_digest(given.encode(), token.reveal().encode()):
         raise OpenAIError(401, "Incorrect API key provided: use the daemon's IMAGEND_HTTP_TOKEN",
                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    return hashlib.sha256(token.reveal().encode()).hexdigest()
+    return hashlib.sha256(token.reveal().encode()).hexdigest(), None
 
 
 # -- the request, checked -----------------------------------------------------------------------------
@@ -540,11 +551,14 @@ def _retry_count(request: Request) -> int | None:
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-async def _answer(compat: Compat, request: Request, plan: Plan, credential: str, canonical: bytes) -> Response:
-    """Queue the request's rows (or attach a retry to them) and answer once they end."""
-    columns = _checked(plan.columns)
+async def _answer(compat: Compat, request: Request, plan: Plan, credential: tuple[str, str | None],
+                  canonical: bytes) -> Response:
+    """Queue the request's rows (or attach a retry to them) and answer once they end. An owner's key's
+    rows carry its owner (its plan's cap, weight and limits apply)."""
+    credential_digest, owner = credential
+    columns = _checked({**plan.columns, "owner": owner} if owner is not None else plan.columns)
     retries = _retry_count(request)
-    key = request_key("openai", request.url.path, credential, canonical) if retries is not None else None
+    key = request_key("openai", request.url.path, credential_digest, canonical) if retries is not None else None
     attach = retries is not None and retries > 0
     try:
         if not attach:
@@ -599,7 +613,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
                                code="database_unavailable", retry=True, headers={"Retry-After": "1"}).response()
 
     async def generations(request: Request) -> Response:
-        credential = _credential(compat, request)
+        credential = await _credential(compat, request)
         try:
             body = parse_object(await read_body(request))
         except BadRequest as exc:
@@ -608,7 +622,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
         return await _answer(compat, request, plan, credential, json.dumps(body, sort_keys=True).encode())
 
     async def uploads(request: Request, endpoint: str) -> Response:
-        credential = _credential(compat, request)
+        credential = await _credential(compat, request)
         try:
             body = await read_body(request, UPLOAD_MAX_BYTES)
         except BadRequest as exc:

@@ -146,3 +146,13 @@ def test_the_dashboard_shows_owners_and_metrics_count_per_plan(daemon, keys):
     metrics = daemon.client.get("/metrics").text
     assert 'imagend_plan_waiting{plan="SMALL"}' in metrics
     assert "alice" not in metrics and "bob" not in metrics  # per plan, never per owner
+
+
+def test_the_openai_api_takes_an_owner_key_and_queues_for_that_owner(daemon, keys, db):
+    answer = daemon.client.post("/v1/images/generations", json={"prompt": "owned through openai", "n": 1},
+                                headers=bearer(keys["alice"]), timeout=30)
+    assert answer.status_code == 200, answer.text
+    row = db.execute("SELECT owner FROM images WHERE prompt = 'owned through openai'").fetchone()
+    assert row["owner"] == "alice"
+    refused = daemon.client.post("/v1/images/generations", json={"prompt": "x"}, headers=bearer(keys["reader"]))
+    assert refused.status_code == 403
