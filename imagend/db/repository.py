@@ -235,6 +235,10 @@ class Repository(Statements):
     def fold_queue_counts(self) -> None:
         self._rows("images_fold_queue_counts", {})
 
+    def fail_over_budget(self) -> int:
+        """Waiting rows of owners over their plan's budget end Failed (docs/owners.md); how many."""
+        return len(self._rows("images_fail_over_budget", {}))
+
     def rescue(self, crash_backoffs: Sequence[float], now: datetime | None = None) -> list[Rescued]:
         """Take back rows of dead daemons, and rows whose lease ran out (see images_rescue)."""
         return self._rows(

@@ -60,6 +60,7 @@ class Processor:
         counts.failed += rescued.failed
         counts.spooled_written += self.spool.run_once().written
         self.repo.fold_queue_counts()
+        counts.failed += self.repo.fail_over_budget()
         if self.retention.due():
             kept = self.retention.run_once()
             counts.expired += kept.rows

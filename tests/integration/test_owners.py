@@ -197,6 +197,9 @@ def test_cost_usage_and_budget(conn, make_settings, make_repo):
     usage = conn.execute("SELECT * FROM imagend_usage WHERE owner = 'm'").fetchone()
     assert (usage["done"], usage["gpu_seconds"], usage["cost"]) == (1, 2.0, 6.0)
     assert repo.claim_batch("placeholder", 1) == []  # over budget: not claimed (never half-charged)
+    assert repo.fail_over_budget() == 2  # the processor pass ends the waiting ones Failed, with the reason
+    errors = [r["error"] for r in conn.execute("SELECT error FROM images WHERE owner = 'm' AND status = 'Failed'")]
+    assert len(errors) == 2 and all("over its plan METERED's budget: 6.00 of 5" in e for e in errors), errors
     late = insert_image(conn, "after the budget", owner="m")
     row = conn.execute("SELECT status, error FROM images WHERE id = %s", [late]).fetchone()
     assert row["status"] == "Failed" and "over its plan METERED's budget" in row["error"]

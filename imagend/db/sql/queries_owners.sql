@@ -119,3 +119,30 @@ DELETE FROM images
 WHERE id = %(id)s AND status = 'Failed' AND owner IS NOT NULL
   AND error ~ '^owner .* (already has [0-9]+ rows waiting|is over its plan)'
 RETURNING error, error ~ '^owner .* already has [0-9]+ rows waiting' AS waiting_full;
+
+-- name: images_fail_over_budget
+-- Every processor pass: waiting rows of owners over their plan's budget (found so by a claim, which left
+-- them waiting) end Failed with the reason, up to 1,000 a pass. A running row is never touched: it is
+-- charged when it ends (never half-charged). No owner over budget: an empty index read.
+WITH over AS (
+    SELECT o.owner, p.name AS plan, p.budget, p.budget_period, o.spent
+    FROM imagend_owners AS o
+    JOIN imagend_plans AS p ON p.name = o.plan OR (o.plan IS NULL AND p.is_default)
+    WHERE (o.running > 0 OR o.blocked_until IS NOT NULL)
+      AND o.blocked_until > now() AND o.blocked_reason = 'budget'
+), picked AS (
+    SELECT w.id, over.owner, over.plan, over.budget, over.budget_period, over.spent
+    FROM over
+    JOIN images AS w ON w.owner = over.owner AND w.status = 'ReadyToGenerate'
+    LIMIT 1000
+    FOR UPDATE OF w SKIP LOCKED
+)
+UPDATE images AS i
+SET status      = 'Failed',
+    error       = format('owner %%s is over its plan %%s''s budget: %%s of %%s cost units spent this %%s',
+                         picked.owner, picked.plan, round(picked.spent::numeric, 2), picked.budget,
+                         picked.budget_period),
+    finished_at = now()
+FROM picked
+WHERE i.id = picked.id AND i.status = 'ReadyToGenerate'
+RETURNING i.id;

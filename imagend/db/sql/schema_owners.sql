@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS imagend_owners (
     blocked_until TIMESTAMPTZ,                          -- out of rate or over budget until then
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- Why blocked_until: 'rate' or 'budget' (whose waiting rows the processor pass ends Failed).
+ALTER TABLE imagend_owners ADD COLUMN IF NOT EXISTS blocked_reason TEXT;
 -- What left Generate since the owner's counters were last folded: appended by the trigger of every
 -- finishing write (a finish never waits on a claim, nor two finishes on each other), folded into
 -- imagend_owners by the next claim of that owner's rows, under its lock. Until folded, a release still
@@ -328,7 +330,8 @@ BEGIN
         RETURN NULL;
     END IF;
     IF plan.budget IS NOT NULL AND o.spent >= plan.budget THEN
-        UPDATE imagend_owners SET blocked_until = period + ('1 ' || plan.budget_period)::interval
+        UPDATE imagend_owners
+        SET blocked_until = period + ('1 ' || plan.budget_period)::interval, blocked_reason = 'budget'
         WHERE owner = NEW.owner;
         RETURN NULL;
     END IF;
@@ -339,16 +342,19 @@ BEGIN
                           * plan.rate_per_minute / 60);
         IF tokens < 1 THEN
             UPDATE imagend_owners
-            SET blocked_until = now() + make_interval(secs => (1 - tokens) * 60 / plan.rate_per_minute)
+            SET blocked_until = now() + make_interval(secs => (1 - tokens) * 60 / plan.rate_per_minute),
+                blocked_reason = 'rate'
             WHERE owner = NEW.owner;
             RETURN NULL;
         END IF;
         UPDATE imagend_owners
-        SET running = running + 1, rate_tokens = tokens - 1, rate_at = now(), blocked_until = NULL
+        SET running = running + 1, rate_tokens = tokens - 1, rate_at = now(), blocked_until = NULL,
+            blocked_reason = NULL
         WHERE owner = NEW.owner;
         RETURN NEW;
     END IF;
-    UPDATE imagend_owners SET running = running + 1, blocked_until = NULL WHERE owner = NEW.owner;
+    UPDATE imagend_owners SET running = running + 1, blocked_until = NULL, blocked_reason = NULL
+    WHERE owner = NEW.owner;
     RETURN NEW;
 END $$;
 
