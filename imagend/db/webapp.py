@@ -18,6 +18,7 @@ class KeyReused(Exception):
 
 class WebAppRepository(Statements):
     def upload(self, *, fmt: str, width: int, height: int, params: dict[str, Any], base64: str | None,
+               owner: str | None = None,
                key: str | None = None, body_hash: str | None = None, window_seconds: float = 0.0,
                store: Callable[[int], str] | None = None) -> tuple[int, bool]:
         """INSERT an upload (a finished row, task 'upload'); returns its id and whether it is a replay of
@@ -33,7 +34,8 @@ class WebAppRepository(Statements):
                         raise KeyReused(key)
                     return int(found[0][0]), True
             cur.execute(self._sql["uploads_insert"], {"format": fmt, "width": width, "height": height,
-                                                       "params": Jsonb(params), "base64": base64})
+                                                       "params": Jsonb(params), "base64": base64,
+                                                       "owner": owner})
             inserted = cur.fetchone()
             assert inserted is not None
             image_id = int(inserted[0])

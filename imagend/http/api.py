@@ -198,7 +198,7 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         try:
             # JSON, or multipart with the images inline; an Idempotency-Key makes a retry safe (webapp.py).
             body = await read_body(request, webapp.submit_limit(context, request))
-            key = webapp.idempotency_key(request, "v1/images", body)
+            key = webapp.idempotency_key(request, "v1/images", body, caller.owner)
             if key is not None and (replay := await run_in_threadpool(webapp.replayed, uploads.repo, context, key)):
                 return replay
             fields, images = await run_in_threadpool(webapp.submitted, request, body)

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Route
 from imagend.db.columns import COLUMNS, INT4_MAX, Kind
 from imagend.db.webapp import KeyReused, WebAppRepository
 from imagend.errors import BadInput, clip
-from imagend.http.auth import authorize, check_read, check_write, sees
+from imagend.http.auth import authorize, check_read, sees
 from imagend.http.checks import BODY_MAX_BYTES, BadRequest, parse_object, read_body
 from imagend.http.context import HttpContext
 from imagend.http.events import EventHub, TooMany
@@ -63,8 +63,9 @@ class IdempotencyKey:
     body_hash: str
 
 
-def idempotency_key(request: Request, endpoint: str, body: bytes) -> IdempotencyKey | None:
-    """The request's Idempotency-Key, hashed with its endpoint; BadRequest 400 when it is unusable."""
+def idempotency_key(request: Request, endpoint: str, body: bytes, owner: str | None = None) -> IdempotencyKey | None:
+    """The request's Idempotency-Key, hashed with its endpoint and its caller's owner (two owners' keys
+    never meet); BadRequest 400 when it is unusable."""
     value = request.headers.get("idempotency-key")
     if value is None:
         return None
@@ -74,7 +75,8 @@ def idempotency_key(request: Request, endpoint: str, body: bytes) -> Idempotency
     if len(raw) > IDEMPOTENCY_KEY_MAX_BYTES:
         raise BadRequest(400, f"Idempotency-Key is {len(raw)} bytes; at most {IDEMPOTENCY_KEY_MAX_BYTES} are taken "
                               "(a UUID is 36)")
-    stored = f"{endpoint}:" + hashlib.sha256(raw).hexdigest()
+    caller = (owner or "").encode() + b"\0"
+    stored = f"{endpoint}:" + hashlib.sha256(caller + raw).hexdigest()
     return IdempotencyKey(stored=stored, body_hash=hashlib.sha256(body).hexdigest())
 
 
@@ -93,7 +95,8 @@ class Uploads:
         self.context = context
         self.repo = repo
 
-    def save(self, data: bytes, filename: str | None, key: IdempotencyKey | None = None) -> tuple[dict[str, Any], bool]:
+    def save(self, data: bytes, filename: str | None, key: IdempotencyKey | None = None,
+             owner: str | None = None) -> tuple[dict[str, Any], bool]:
         """The upload's description and whether it is a replay; BadRequest 422 for what is not an image."""
         if not data:
             raise BadRequest(422, "the upload is empty: send a PNG, JPEG or WebP")
@@ -117,7 +120,7 @@ class Uploads:
 
         try:
             image_id, replay = self.repo.upload(
-                fmt=kind, width=width, height=height, params=params,
+                fmt=kind, width=width, height=height, params=params, owner=owner,
                 base64=None if store is not None else base64.b64encode(data).decode("ascii"),
                 key=key.stored if key else None, body_hash=key.body_hash if key else None,
                 window_seconds=retry_window_seconds(self.context), store=put if store is not None else None)
@@ -220,7 +223,7 @@ def store_inline(uploads: Uploads, columns: dict[str, Any], images: dict[str, Pa
                 raise BadRequest(422, str(exc)) from None
             columns["mask_image"] = base64.b64encode(part.data).decode("ascii")
         else:
-            columns[INLINE_IMAGES[name]] = uploads.save(part.data, part.filename)[0]["id"]
+            columns[INLINE_IMAGES[name]] = uploads.save(part.data, part.filename, owner=columns.get("owner"))[0]["id"]
     return columns
 
 
@@ -255,19 +258,19 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     example_js = static.joinpath("example.js").read_bytes()
 
     async def upload(request: Request) -> Response:
-        check_write(context, request)
+        caller = authorize(context, request, "submit")  # an owner's upload is its own row (404 to the others)
         content_type = request.headers.get("content-type", "")
         multipart = content_type.lower().startswith("multipart/form-data")
         limit = upload_limit(context) + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
         try:
             body = await read_body(request, limit)
-            key = idempotency_key(request, "v1/uploads", body)
+            key = idempotency_key(request, "v1/uploads", body, caller.owner)
             data, filename = await run_in_threadpool(first_file, body, content_type) if multipart else (body, None)
             del body
             if len(data) > upload_limit(context):
                 raise BadRequest(413, f"the image is {len(data)} bytes; at most {upload_limit(context)} are taken "
                                       "(IMAGEND_UPLOAD_MAX_BYTES)")
-            described, replay = await run_in_threadpool(uploads.save, data, filename, key)
+            described, replay = await run_in_threadpool(uploads.save, data, filename, key, caller.owner)
         except BadRequest as exc:
             return error(exc.status, exc.message)
         headers = {"Location": f"/v1/images/{described['id']}"}

@@ -248,3 +248,13 @@ def picking(plan: str) -> str:
 
 def shape(plan: str) -> list[str]:
     return [line.split("(cost")[0].rstrip() for line in plan.splitlines() if "->" in line]
+
+
+def test_a_finished_row_put_back_takes_a_new_place_in_the_fair_share(conn, make_settings, make_repo):
+    first = add_rows(conn, "A", 1)[0]
+    conn.execute("UPDATE images SET status = 'Failed', finished_at = now() WHERE id = %s", [first])
+    add_rows(conn, "B", 3)
+    conn.execute("UPDATE images SET status = 'ReadyToGenerate' WHERE id = %s", [first])  # after B's first, not first
+    repo = make_repo(make_settings())
+    order = owner_of(conn, [row.id for _ in range(4) for row in repo.claim_batch("placeholder", 1)])
+    assert order[0] == "B" and "A" in order, order

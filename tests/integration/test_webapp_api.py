@@ -219,6 +219,32 @@ def test_a_webhook_is_retried_after_the_receiver_was_down(daemon, receiver, db):
     assert len(ids) == 1  # every attempt carried the same id: the receiver deduplicates on it
 
 
+def test_a_redirect_is_not_followed_and_an_old_event_is_abandoned(daemon, receiver, db):
+    """A receiver that redirects is retried (the redirect never followed); an event past
+    IMAGEND_WEBHOOK_EXPIRE (24 h) is abandoned after its attempt, with the reason."""
+    receiver.status = 302
+    try:
+        seen = len(receiver.received)
+        image_id = daemon.post("/v1/images", json={"prompt": "redirected", "callback_url": receiver.url}).json()["id"]
+        receiver.wait_for(seen + 1)
+        row = wait_until(lambda: db.execute("SELECT * FROM imagend_webhooks WHERE image_id = %s AND last_error "
+                                            "IS NOT NULL", [image_id]).fetchone(), 10)
+        assert "redirect" in row["last_error"] and row["delivered_at"] is None
+        got = [r for r in receiver.received[seen:] if r.event["data"]["id"] == image_id]
+        assert all(r.headers.get("webhook-id") == got[0].event_id for r in got)  # retries, never the Location
+        receiver.status = 500
+        db.execute("INSERT INTO imagend_webhooks (image_id, url, status, created_at) "
+                   "VALUES (%s, %s, 'ReadyToPublish', now() - interval '25 hours')", [image_id, receiver.url])
+        old = wait_until(lambda: db.execute("SELECT * FROM imagend_webhooks WHERE image_id = %s AND gave_up_at "
+                                            "IS NOT NULL", [image_id]).fetchone(), 10)
+        assert old["attempts"] == 1 and "500" in old["last_error"]
+    finally:
+        receiver.status = 200
+    # The redirected event is delivered once the receiver answers 200 (and leaves the receiver to the next test).
+    wait_until(lambda: db.execute("SELECT 1 FROM imagend_webhooks WHERE image_id = %s AND delivered_at IS NOT NULL",
+                                  [image_id]).fetchone(), 15)
+
+
 def test_a_webhook_interrupted_by_sigkill_is_delivered_again_with_the_same_id(server_url, template_db, receiver):
     """A daemon killed mid-delivery: the event's lease passes and another daemon delivers it (at least
     once; the receiver sees the same webhook-id twice)."""

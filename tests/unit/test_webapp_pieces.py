@@ -1,10 +1,14 @@
 """Issue 23's pure pieces: Standard Webhooks signatures (the specification's own example), the SSRF
-guard's address rules, the signed links' expiry and tampering, the webhook backoff."""
+guard's address rules, the signed links' expiry and tampering, the webhook backoff, the live streams'
+bounds."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from imagend.http.events import EventHub, TooMany
 from imagend.storage.links import Links, derive_secret
 from imagend.webhooks import signing, targets
 from imagend.webhooks.delivery import BACKOFF_MAX_SECONDS, backoff
@@ -84,3 +88,26 @@ def test_backoff_doubles_with_jitter_up_to_an_hour():
     assert backoff(4, 2.0, rng=lambda: 0.5) == 16.0
     assert 0.8 * 2.0 <= backoff(1, 2.0, rng=lambda: 0.0) <= 1.2 * 2.0
     assert backoff(60, 2.0, rng=lambda: 0.5) == BACKOFF_MAX_SECONDS
+
+
+def test_live_streams_are_bounded_overall_and_per_client():
+    async def run() -> None:
+        hub = EventHub(lambda ids: [], max_streams=3, max_per_client=2, poll_seconds=60)
+        first = hub.subscribe(1, "10.0.0.1")
+        hub.subscribe(1, "10.0.0.1")
+        with pytest.raises(TooMany) as per_client:
+            hub.subscribe(2, "10.0.0.1")
+        assert per_client.value.status == 429
+        hub.subscribe(2, "10.0.0.2")
+        with pytest.raises(TooMany) as overall:
+            hub.subscribe(3, "10.0.0.3")
+        assert overall.value.status == 503 and "IMAGEND_SSE_MAX_STREAMS" in overall.value.message
+        hub.unsubscribe(first)
+        hub.unsubscribe(first)  # twice: counted once
+        assert hub.streams == 2 and hub.per_client == {"10.0.0.1": 1, "10.0.0.2": 1}
+        hub.subscribe(3, "10.0.0.3")
+        for sub in list(hub.subscriptions):
+            hub.unsubscribe(sub)
+        await asyncio.sleep(0)  # the reader sees no stream left and ends
+
+    asyncio.run(run())

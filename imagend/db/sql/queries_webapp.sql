@@ -6,10 +6,11 @@
 -- ReadyToPublish), so every place that takes a row id as an input (init_image_id, reference_image_id)
 -- takes an upload's id, GET /v1/images/{id}/image serves it, and retention removes it like any image.
 -- base64: the image when no store holds it (else NULL, and output_url is set by uploads_stored).
-INSERT INTO images (prompt, status, task, format, width, height, params, base64, started_at, finished_at,
+-- owner: the uploader's (an owner's key), so only it (and the operator) reads it.
+INSERT INTO images (prompt, status, task, format, width, height, params, base64, owner, started_at, finished_at,
                     generation_seconds, progress)
 VALUES ('(uploaded image)', 'ReadyToPublish', 'upload', %(format)s, %(width)s, %(height)s, %(params)s,
-        %(base64)s, now(), now(), 0, 1)
+        %(base64)s, %(owner)s, now(), now(), 0, 1)
 RETURNING id;
 
 -- name: uploads_stored

@@ -212,6 +212,9 @@ BEGIN
     IF NEW.status NOT IN ('ReadyToGenerate', 'Generate') THEN
         RETURN NEW;
     END IF;
+    IF TG_OP = 'UPDATE' THEN
+        NEW.vtime := NULL;  -- a finished row put back: a new place in the fair share, as a new row
+    END IF;
     SELECT * INTO o FROM imagend_owners WHERE owner = NEW.owner;
     IF NOT FOUND THEN
         INSERT INTO imagend_owners (owner) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
@@ -277,6 +280,15 @@ CREATE OR REPLACE TRIGGER images_owner_inserted
     BEFORE INSERT ON images
     FOR EACH ROW
     WHEN (NEW.owner IS NOT NULL)
+    EXECUTE FUNCTION imagend_owner_inserted();
+
+-- A finished owned row put back (docs/producers.md, "Trying again"; the API's retry) is admitted as a new
+-- row is: max_waiting and budget checked, a place in the fair share after its owner's waiting rows (its
+-- old vtime would put it before everyone's).
+CREATE OR REPLACE TRIGGER images_owner_requeued
+    BEFORE UPDATE OF status ON images
+    FOR EACH ROW
+    WHEN (NEW.owner IS NOT NULL AND OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate')
     EXECUTE FUNCTION imagend_owner_inserted();
 
 -- An owned row entering or leaving Generate (or changing owner while in it). Entering (a claim): the
