@@ -64,6 +64,11 @@ class VideoRepository(Statements):
         rows: list[VideoRow] = self._rows("videos_row", {"id": video_id}, by_name(VideoRow))
         return rows[0] if rows else None
 
+    def plan_limits(self, video_id: int) -> tuple[str, float | None, str | None] | None:
+        """(plan, max_video_seconds, max_video_preset) of the row's owner's plan; None: no plan."""
+        rows = self._rows("videos_plan_limits", {"id": video_id})
+        return (str(rows[0][0]), rows[0][1], rows[0][2]) if rows else None
+
     def background_audio(self, video_id: int) -> str | None:
         rows = self._rows("videos_background_audio", {"id": video_id})
         return str(rows[0][0]) if rows and rows[0][0] is not None else None

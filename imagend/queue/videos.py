@@ -50,7 +50,7 @@ from imagend.storage.files import FileStore
 from imagend.storage.target import StorageTarget
 from imagend.video.compose import Render, build_command, probe_audio, run_ffmpeg, write_srt
 from imagend.video.narration import require_espeak, synthesise
-from imagend.video.presets import STILL_SIZES, aspect_of, frame_size, preset_of, video_cost
+from imagend.video.presets import PRESETS, STILL_SIZES, aspect_of, frame_size, preset_of, video_cost
 from imagend.video.script import write_storyboard
 from imagend.video.settings import VideoSettings
 from imagend.video.storyboard import Scene, parse_storyboard, storyboard_json
@@ -190,9 +190,23 @@ class Videos:
             raise BadInput("a video's width and height (its scene stills' size) go together: set both or neither")
         size = (video.width, video.height) if video.width and video.height else STILL_SIZES[aspect]
         seconds = sum(scene.seconds for scene in scenes)
+        self._check_plan(row.id, preset.name, seconds)
         cost = video_cost(seconds, preset, self.video.cost_per_second, self.video.cost_multipliers)
         ids = self.videos.expand(row.claim, [scene.prompt for scene in scenes], size, seconds=seconds, cost=cost)
         log.info("video_scenes_queued", id=row.id, scenes=len(ids), seconds=seconds, preset=preset.name)
+
+    def _check_plan(self, video_id: int, preset: str, seconds: float) -> None:
+        """The owner's plan's video limits (max_video_seconds, max_video_preset), if it has any."""
+        limits = self.videos.plan_limits(video_id)
+        if limits is None:
+            return
+        plan, max_seconds, max_preset = limits
+        if max_seconds is not None and seconds > max_seconds + 1e-9:
+            raise BadInput(f"the scenes last {seconds:g} s; the owner's plan {plan} allows videos of at most "
+                           f"{max_seconds:g} s")
+        if max_preset is not None and max_preset in PRESETS and list(PRESETS).index(preset) > list(PRESETS).index(
+                max_preset):
+            raise BadInput(f"video_preset {preset} is above what the owner's plan {plan} allows: at most {max_preset}")
 
     # -- composing ---------------------------------------------------------------------------
 

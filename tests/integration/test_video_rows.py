@@ -291,3 +291,23 @@ def test_hd_and_ultra_give_their_sizes_rates_and_codecs(conn: Any, video_daemon:
     assert info.boxes.index("moov") < info.boxes.index("mdat")
     multiplier = {"hd": 2, "ultra": 5}[preset]
     assert (row["width"], row["height"]) == expected[2:4] and row["cost"] == pytest.approx(0.5 * 0.01 * multiplier)
+
+
+def test_an_owners_plan_limits_its_videos_length_and_preset(conn: Any, video_daemon: Any) -> None:
+    conn.execute("INSERT INTO imagend_plans (name, max_video_seconds, max_video_preset) VALUES ('FREE', 5, 'hd')")
+    conn.execute("INSERT INTO imagend_owners (owner, plan) VALUES ('alice', 'FREE')")
+    too_long = insert_video(conn, owner="alice")  # 6 s
+    too_fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", video_preset="ultra")
+    fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", video_preset="hd")
+    anonymous = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], video_preset="ultra", width=64, height=64)
+    daemon = video_daemon()
+    for _ in range(6):
+        daemon.generator.run_once()
+    rows = {r["id"]: r for r in conn.execute("SELECT id, status, error FROM images WHERE id = ANY(%s)",
+                                              [[too_long, too_fine, fine, anonymous]]).fetchall()}
+    assert rows[too_long]["status"] == "Failed"
+    assert rows[too_long]["error"] == "the scenes last 6 s; the owner's plan FREE allows videos of at most 5 s"
+    assert rows[too_fine]["status"] == "Failed"
+    assert rows[too_fine]["error"] == "video_preset ultra is above what the owner's plan FREE allows: at most hd"
+    assert rows[fine]["status"] == "ReadyToPublish" and rows[anonymous]["status"] == "ReadyToPublish"
+    assert scene_rows(conn, too_long) == [] and scene_rows(conn, too_fine) == []

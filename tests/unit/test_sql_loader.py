@@ -31,6 +31,7 @@ EXPECTED = {
     # queries_video.sql
     "videos_row", "videos_background_audio", "videos_set_scenes", "videos_expand", "videos_scenes", "videos_park",
     "videos_set_phase", "videos_mark_done", "videos_api_get", "videos_scene_list",
+    "videos_plan_limits",
 }
 
 

@@ -108,3 +108,10 @@ SELECT id, scene_index, status, error, progress
 FROM images
 WHERE parent_id = %(id)s
 ORDER BY scene_index, id;
+
+-- name: videos_plan_limits
+-- The video limits of the plan of a video row's owner (schema_owners.sql's imagend_plan_of); no row for an
+-- anonymous row or an owner with no plan.
+SELECT p.name AS plan, p.max_video_seconds, p.max_video_preset
+FROM images AS i, imagend_plan_of(i.owner) AS p
+WHERE i.id = %(id)s AND i.owner IS NOT NULL AND p.name IS NOT NULL;

@@ -22,6 +22,19 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS video_seconds    DOUBLE PRECISION;
 -- cost: shared with the owners' plans (schema_owners.sql), which may add it first.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS cost             DOUBLE PRECISION;
 
+-- Plan limits (docs/owners.md's plans, schema_owners.sql): the longest video and the highest preset an owner
+-- on the plan may ask for (NULL: no limit). A video row over them fails at its first claim, saying which.
+ALTER TABLE imagend_plans ADD COLUMN IF NOT EXISTS max_video_seconds DOUBLE PRECISION;
+ALTER TABLE imagend_plans ADD COLUMN IF NOT EXISTS max_video_preset  TEXT;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'imagend_plans_video_limits_ok') THEN
+        ALTER TABLE imagend_plans ADD CONSTRAINT imagend_plans_video_limits_ok
+            CHECK (max_video_seconds > 0 AND max_video_seconds < 1e9
+                   AND max_video_preset IN ('standard', 'hd', 'ultra'));
+    END IF;
+END $$;
+
 CREATE INDEX IF NOT EXISTS images_parent_idx ON images (parent_id, scene_index) WHERE parent_id IS NOT NULL;
 
 -- A scene that ends: its video's progress (the scenes are its first half), and, when it was the last
