@@ -311,3 +311,5 @@ def test_an_owners_plan_limits_its_videos_length_and_preset(conn: Any, video_dae
     assert rows[too_fine]["error"] == "video_preset ultra is above what the owner's plan FREE allows: at most hd"
     assert rows[fine]["status"] == "ReadyToPublish" and rows[anonymous]["status"] == "ReadyToPublish"
     assert scene_rows(conn, too_long) == [] and scene_rows(conn, too_fine) == []
+    owners = conn.execute("SELECT DISTINCT owner FROM images WHERE parent_id = %s", [fine]).fetchall()
+    assert owners == [{"owner": "alice"}]  # the scenes are the owner's rows too

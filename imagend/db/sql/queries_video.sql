@@ -34,13 +34,15 @@ WITH parked AS (
         lease_until = NULL
     WHERE id = %(id)s AND status = 'Generate' AND locked_by = %(owner)s AND attempts = %(attempt)s
     RETURNING id, backend, negative_prompt, style, model, loras, seed, steps, guidance, scheduler, priority,
-              max_attempts
+              max_attempts, owner
 )
+-- A scene is its video's owner's row too (docs/owners.md: its plan's cap, fair share, cost and usage apply).
 INSERT INTO images (prompt, parent_id, scene_index, negative_prompt, style, model, loras, seed, steps, guidance,
-                    scheduler, width, height, backend, priority, max_attempts, format)
+                    scheduler, width, height, backend, priority, max_attempts, format, owner)
 SELECT s.prompt, p.id, s.n::int, p.negative_prompt, p.style, p.model, p.loras,
        CASE WHEN p.seed IS NOT NULL THEN mod(p.seed + s.n - 1, 9223372036854775807) END,
-       p.steps, p.guidance, p.scheduler, %(width)s, %(height)s, p.backend, p.priority, p.max_attempts, 'png'
+       p.steps, p.guidance, p.scheduler, %(width)s, %(height)s, p.backend, p.priority, p.max_attempts, 'png',
+       p.owner
 FROM parked AS p, unnest(%(prompts)b::text[]) WITH ORDINALITY AS s(prompt, n)
 ORDER BY s.n
 RETURNING id;
