@@ -275,8 +275,11 @@ def document() -> dict[str, Any]:
                 "operationId": "streamImageEvents",
                 "parameters": [ID_PARAMETER],
                 "responses": {
-                    "200": {"description": "The stream", "content": {"text/event-stream": {"schema": {
-                        "type": "string"}}}},
+                    "200": {"description": "The stream: each event's `data` is a JSON object", "content": {
+                        "text/event-stream": {"schema": {
+                            "type": "object", "required": ["event", "data"], "properties": {
+                                "event": {"type": "string", "enum": ["status", "preview", "end", "gone"]},
+                                "data": {"type": "string", "contentMediaType": "application/json"}}}}}},
                     **READ_ERRORS,
                     "404": _error("No such row"),
                     "429": _error("This client has IMAGEND_SSE_MAX_PER_CLIENT streams open"),
