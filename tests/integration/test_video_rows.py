@@ -313,3 +313,27 @@ def test_an_owners_plan_limits_its_videos_length_and_preset(conn: Any, video_dae
     assert scene_rows(conn, too_long) == [] and scene_rows(conn, too_fine) == []
     owners = conn.execute("SELECT DISTINCT owner FROM images WHERE parent_id = %s", [fine]).fetchall()
     assert owners == [{"owner": "alice"}]  # the scenes are the owner's rows too
+
+
+def test_narration_on_a_host_without_espeak_fails_saying_what_to_install(conn: Any, video_daemon: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from imagend.video import narration
+
+    monkeypatch.setattr(narration, "espeak_path", lambda: None)
+    video_id = insert_video(conn)
+
+    row = run_until(video_daemon(), conn, video_id, passes=2)
+
+    assert row["status"] == "Failed" and "narration needs espeak-ng" in row["error"]
+    assert "apt-get install espeak-ng" in row["error"] and scene_rows(conn, video_id) == []
+
+
+def test_subtitles_burn_the_narration_in(conn: Any, video_daemon: Any) -> None:
+    video_id = insert_video(conn, [{"prompt": "a", "seconds": 1, "narration": "Hello there."},
+                                   {"prompt": "b", "seconds": 1}], width=64, height=64)
+
+    row = run_until(video_daemon(IMAGEND_VIDEO_SUBTITLES="true"), conn, video_id)
+
+    assert row["status"] == "ReadyToPublish", row["error"]
+    info = probe(Path(row["output_url"].removeprefix("file://")))
+    assert info.seconds == pytest.approx(2.0, abs=0.1) and info.audio == "aac"
