@@ -92,12 +92,6 @@ class Repository(Statements):
             "mark_idle": mark_idle,
         }
         rows: list[ClaimedRow] = self._rows("images_claim_batch", params, by_name(ClaimedRow))
-        if not rows and mark_idle:
-            # Found rows but was refused them all: their owners' cap was taken by another daemon between
-            # this claim's snapshot and its lock on their counters (schema_owners.sql). That claim left
-            # the daemon busy; this one, in a fresh snapshot, leaves those owners out and says idle if
-            # nothing else waits. An empty claim costs little, and an idle daemon makes few.
-            rows = self._rows("images_claim_batch", params, by_name(ClaimedRow))
         return sorted(rows, key=lambda r: r.id)
 
     def source_rows(self, ids: Sequence[int]) -> dict[int, SourceRow]:

@@ -56,19 +56,29 @@ WITH picked AS (
 ), counters AS (
     -- The picked rows' owners' counters, locked in one order (by owner) before any row is admitted
     -- (images_owner_moved): two daemons claiming rows of the same owners never wait on each other in a
-    -- cycle. Anonymous rows: nothing to lock.
-    SELECT o.owner FROM imagend_owners AS o
+    -- cycle. Anonymous rows: nothing to lock. has_room is read from the row as locked (the latest
+    -- committed), so a claim whose rows another daemon's claim just took the room for knows it.
+    SELECT o.owner,
+           p.max_running IS NULL
+           OR o.running - COALESCE((SELECT sum(r.running) FROM imagend_owner_releases AS r
+                                    WHERE r.owner = o.owner), 0) < p.max_running AS has_room
+    FROM imagend_owners AS o
+    LEFT JOIN imagend_plans AS p ON p.name = o.plan OR (o.plan IS NULL AND p.is_default)
     WHERE o.owner IN (SELECT picked.owner FROM picked)
     ORDER BY o.owner
-    FOR UPDATE
+    FOR UPDATE OF o
+), found AS (
+    -- Rows this claim takes: anonymous ones, or owned ones whose owner has room.
+    SELECT EXISTS (SELECT 1 FROM picked WHERE picked.owner IS NULL)
+           OR EXISTS (SELECT 1 FROM counters WHERE counters.has_room) AS rows
 ), idle AS (
     -- The daemon is idle (images_wake may wake it) from its first claim that finds nothing (when it
     -- holds nothing else: mark_idle), busy again from one that finds rows. Written on a change only.
     UPDATE imagend_daemons
-    SET idle_since = CASE WHEN EXISTS (SELECT 1 FROM picked) THEN NULL ELSE now() END
+    SET idle_since = CASE WHEN (SELECT rows FROM found) THEN NULL ELSE now() END
     WHERE owner = %(owner)s
-      AND (idle_since IS NULL) = NOT EXISTS (SELECT 1 FROM picked)
-      AND (%(mark_idle)s OR EXISTS (SELECT 1 FROM picked))
+      AND (idle_since IS NULL) = NOT (SELECT rows FROM found)
+      AND (%(mark_idle)s OR (SELECT rows FROM found))
 )
 UPDATE images AS i
 SET status       = 'Generate',
@@ -399,13 +409,21 @@ RETURNING id;
 -- (backoff, scheduled rows), and when the earliest lease runs out or remote poll falls due.
 -- 'infinity' and far-future times count as "nothing to wait for"; epochs, not intervals: a run_after of
 -- '-infinity' must not fail the statement (PostgreSQL 15), and reads as due (-Infinity seconds).
-SELECT (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
+SELECT least(
+       (SELECT extract(epoch FROM min(run_after)) - extract(epoch FROM now())
         FROM images
         WHERE status = 'ReadyToGenerate'
           AND run_after < now() + interval '1 day'
           AND (owner IS NULL OR owner <> ALL ((SELECT imagend_blocked_owners())::text[]))  -- they wait for a finish
           AND (COALESCE(backend, %(default_backend)s) = ANY (%(served)b::text[])
-               OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)b::text[])))::float8 AS generator,
+               OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)b::text[]))),
+       -- An owner out of rate with rows waiting: when its next row may start (docs/owners.md).
+       (SELECT extract(epoch FROM min(o.blocked_until)) - extract(epoch FROM now())
+        FROM imagend_owners AS o
+        WHERE (o.running > 0 OR o.blocked_until IS NOT NULL)
+          AND o.blocked_until > now() AND o.blocked_reason = 'rate'
+          AND EXISTS (SELECT 1 FROM images AS w WHERE w.status = 'ReadyToGenerate' AND w.owner = o.owner))
+       )::float8 AS generator,
        (SELECT extract(epoch FROM min(COALESCE(lease_until, updated_at + make_interval(secs => %(lease_seconds)s))))
                - extract(epoch FROM now())
         FROM images
