@@ -258,3 +258,10 @@ def test_a_finished_row_put_back_takes_a_new_place_in_the_fair_share(conn, make_
     repo = make_repo(make_settings())
     order = owner_of(conn, [row.id for _ in range(4) for row in repo.claim_batch("placeholder", 1)])
     assert order[0] == "B" and "A" in order, order
+
+
+def test_position_follows_the_fair_share(conn):
+    add_rows(conn, "A", 50)
+    late = add_rows(conn, "B", 1)[0]  # second in the fair share, not 51st
+    ahead = conn.execute("SELECT ahead FROM imagend_position(%s)", [late]).fetchone()["ahead"]
+    assert ahead <= 2, ahead

@@ -174,15 +174,16 @@ LEFT JOIN oldest AS o ON o.backend = COALESCE(c.backend, '') AND c.status = 'Rea
 LEFT JOIN pace AS p ON p.backend = COALESCE(c.backend, '') AND c.status = 'ReadyToPublish';
 
 -- Where a waiting row stands: how many rows a daemon will claim before it (same backend, higher
--- priority, or equal priority and older — the claim's order — and due by the time it is), and when it
--- should start: not before its run_after, and not before the rows ahead are done, from the generation
--- times of its backend's rows among the newest 1,000 finished and the daemons serving it.
+-- priority, or equal priority and first in the fair share or older — the claim's order — and due by the
+-- time it is), and when it should start: not before its run_after, and not before the rows ahead are
+-- done, from the generation times of its backend's rows among the newest 1,000 finished and the daemons
+-- serving it.
 -- NULL for a row that is not waiting. It runs as its owner: a producer's role reads imagend_daemons so.
 CREATE OR REPLACE FUNCTION imagend_position(image_id INTEGER)
 RETURNS TABLE (ahead BIGINT, estimated_start TIMESTAMPTZ)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
     WITH me AS (
-        SELECT id, priority, backend, greatest(run_after, now()) AS due
+        SELECT id, priority, COALESCE(vtime, '-infinity') AS vtime, backend, greatest(run_after, now()) AS due
         FROM images WHERE id = image_id AND status = 'ReadyToGenerate'
     ), ahead AS (
         -- Due before it (claimed first, whatever their priority), or due with it and first in the claim's order.
@@ -192,7 +193,11 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path FROM CURRENT AS $$
           AND i.backend IS NOT DISTINCT FROM me.backend
           AND (greatest(i.run_after, now()) < me.due
                OR greatest(i.run_after, now()) = me.due
-                  AND (i.priority > me.priority OR (i.priority = me.priority AND i.id < me.id)))
+                  AND (i.priority > me.priority
+                       -- Within a priority, the ready index's order: owners' fair share (vtime; anonymous
+                       -- rows first), then age.
+                       OR (i.priority = me.priority
+                           AND (COALESCE(i.vtime, '-infinity'), i.id) < (me.vtime, me.id))))
     ), pace AS (
         SELECT avg(r.generation_seconds) AS seconds
         FROM (SELECT i.backend, i.generation_seconds FROM images AS i
