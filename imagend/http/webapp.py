@@ -44,6 +44,9 @@ from imagend.webhooks import targets
 
 IDEMPOTENCY_KEY_MAX_BYTES = 255
 MULTIPART_OVERHEAD_BYTES = 64 * 1024  # the form's own fields and framing, beside the image
+# Uploads at once (past it 503, Retry-After): each holds up to IMAGEND_UPLOAD_MAX_BYTES and, while it is
+# checked, its decoded pixels (up to 48 MiB), so the listener's memory stays bounded under a flood.
+MAX_UPLOADS_AT_ONCE = 4
 FILENAME_MAX_CHARS = 200
 DEFAULT_RETRY_WINDOW_SECONDS = 3600.0  # IMAGEND_HTTP_RETRY_WINDOW's default (compat.py)
 EXAMPLE_HEADERS = {
@@ -256,12 +259,18 @@ def routes(context: HttpContext) -> list[BaseRoute]:
     static = files("imagend.http").joinpath("static")
     example_html = static.joinpath("example.html").read_bytes()
     example_js = static.joinpath("example.js").read_bytes()
+    busy = [0]  # uploads being read, decoded or stored now
 
     async def upload(request: Request) -> Response:
         caller = authorize(context, request, "submit")  # an owner's upload is its own row (404 to the others)
         content_type = request.headers.get("content-type", "")
         multipart = content_type.lower().startswith("multipart/form-data")
         limit = upload_limit(context) + (MULTIPART_OVERHEAD_BYTES if multipart else 0)
+        if busy[0] >= MAX_UPLOADS_AT_ONCE:  # each may hold its body and its decoded pixels: memory is bounded
+            answer = error(503, f"busy: {busy[0]} uploads are being read; try again in a second")
+            answer.headers["Retry-After"] = "1"
+            return answer
+        busy[0] += 1  # the event loop's thread only: no lock
         try:
             body = await read_body(request, limit)
             key = idempotency_key(request, "v1/uploads", body, caller.owner)
@@ -273,6 +282,8 @@ def routes(context: HttpContext) -> list[BaseRoute]:
             described, replay = await run_in_threadpool(uploads.save, data, filename, key, caller.owner)
         except BadRequest as exc:
             return error(exc.status, exc.message)
+        finally:
+            busy[0] -= 1
         headers = {"Location": f"/v1/images/{described['id']}"}
         if replay:
             headers["Idempotent-Replayed"] = "true"

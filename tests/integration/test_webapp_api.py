@@ -142,6 +142,27 @@ def test_bad_uploads_are_refused_and_store_nothing(daemon, db):
     assert rows(db) == before
 
 
+def test_uploads_at_once_are_bounded(daemon):
+    """Four uploads trickling in hold the listener's upload places; a fifth is told 'busy' (503,
+    Retry-After) at once, never queued in memory; places come back when those clients go."""
+    head = (f"POST /v1/uploads HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n").encode()
+    slow = [socket.create_connection(("127.0.0.1", daemon.port)) for _ in range(4)]
+    try:
+        for sock in slow:
+            sock.sendall(head + b"\x89PNG")
+        def refused() -> httpx.Response | None:
+            answer = httpx.post(f"{daemon.url}/v1/uploads", content=png(), headers=AUTH, timeout=5)
+            return answer if answer.status_code == 503 else None
+
+        busy = wait_until(refused, 5, what="a 503")
+        assert busy.headers["retry-after"] == "1" and "uploads" in busy.json()["error"]
+    finally:
+        for sock in slow:
+            sock.close()
+    wait_until(lambda: daemon.post("/v1/uploads", content=png()).status_code == 201, 5)
+
+
 # -- idempotency ------------------------------------------------------------------------------------
 
 
