@@ -57,7 +57,12 @@ def test_schema_is_idempotent(db_url, conn):
         "images_count_truncated", "images_cancel_waiting", "images_wake_requeued", "images_wake_dependents",
         "images_refuse_chain_cycle",
         # Owners (schema_owners.sql)
-        "images_owner_inserted", "images_owner_requeued", "images_owner_moved", "images_owner_deleted", "images_owners_truncated"}
+        "images_owner_inserted", "images_owner_requeued", "images_owner_moved", "images_owner_deleted",
+        "images_owners_truncated",
+        # Webhooks' outbox (schema.sql)
+        "images_webhook_enqueue",
+        # Video rows (schema_video.sql)
+        "images_video_scene_ended", "images_video_retried", "images_video_failed"}
 
 
 def test_the_ancestors_table_is_upgraded_in_place(bare_db_url, make_settings):
