@@ -22,8 +22,8 @@ BEGIN INSERT INTO video_claims VALUES (NEW.id, NEW.locked_by); RETURN NULL; END 
 CREATE TRIGGER video_note_claims AFTER UPDATE OF status ON images FOR EACH ROW
     WHEN (NEW.status = 'Generate') EXECUTE FUNCTION video_note_claim();
 """
-# Long enough to be caught rendering on a loaded 2-core machine: 4 scenes, 8 s at hd (60 fps), x264 medium.
-LONG = [{"prompt": f"scene {n}", "seconds": 2, "motion": motion}
+# Long enough to be caught rendering on a loaded 2-core machine: 4 scenes, 6 s at 30 fps, x264 medium.
+LONG = [{"prompt": f"scene {n}", "seconds": 1.5, "motion": motion}
         for n, motion in enumerate(("zoom_in", "pan_left", "zoom_out", "pan_right"))]
 
 
@@ -82,7 +82,7 @@ def test_sigkill_while_rendering_another_daemon_finishes_without_making_scenes_a
     victim = DaemonProcess(["-cron"], env, tmp_path)
     heir = None
     try:
-        video_id = insert_video(conn, LONG, video_preset="hd")
+        video_id = insert_video(conn, LONG)
         wait_until(lambda: rendering(conn, video_id), 60, 0.05, "the render")
         scenes_before = conn.execute("SELECT id, attempts, finished_at FROM images WHERE parent_id = %s ORDER BY id",
                                      [video_id]).fetchall()
@@ -102,8 +102,8 @@ def test_sigkill_while_rendering_another_daemon_finishes_without_making_scenes_a
                                 [[s["id"] for s in scenes_before]]).fetchone()["n"]
     assert scene_claims == len(LONG)
     info = probe(Path(row["output_url"].removeprefix("file://")))
-    assert (info.width, info.height, info.fps, info.audio) == (1920, 1080, 60.0, None)
-    assert info.seconds == pytest.approx(8.0, abs=0.1)
+    assert (info.width, info.height, info.fps, info.audio) == (1920, 1080, 30.0, None)
+    assert info.seconds == pytest.approx(6.0, abs=0.1)
 
 
 @pytest.mark.slow

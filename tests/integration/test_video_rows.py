@@ -294,12 +294,13 @@ def test_hd_and_ultra_give_their_sizes_rates_and_codecs(conn: Any, video_daemon:
 
 
 def test_an_owners_plan_limits_its_videos_length_and_preset(conn: Any, video_daemon: Any) -> None:
-    conn.execute("INSERT INTO imagend_plans (name, max_video_seconds, max_video_preset) VALUES ('FREE', 5, 'hd')")
+    conn.execute("INSERT INTO imagend_plans (name, max_video_seconds, max_video_preset) "
+                 "VALUES ('FREE', 5, 'standard')")
     conn.execute("INSERT INTO imagend_owners (owner, plan) VALUES ('alice', 'FREE')")
     too_long = insert_video(conn, owner="alice")  # 6 s
-    too_fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", video_preset="ultra")
-    fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", video_preset="hd")
-    anonymous = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], video_preset="ultra", width=64, height=64)
+    too_fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", video_preset="hd")
+    fine = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], owner="alice", width=64, height=64)
+    anonymous = insert_video(conn, [{"prompt": "a", "seconds": 0.5}], video_preset="hd", width=64, height=64)
     daemon = video_daemon()
     for _ in range(6):
         daemon.generator.run_once()
@@ -308,7 +309,7 @@ def test_an_owners_plan_limits_its_videos_length_and_preset(conn: Any, video_dae
     assert rows[too_long]["status"] == "Failed"
     assert rows[too_long]["error"] == "the scenes last 6 s; the owner's plan FREE allows videos of at most 5 s"
     assert rows[too_fine]["status"] == "Failed"
-    assert rows[too_fine]["error"] == "video_preset ultra is above what the owner's plan FREE allows: at most hd"
+    assert rows[too_fine]["error"] == "video_preset hd is above what the owner's plan FREE allows: at most standard"
     assert rows[fine]["status"] == "ReadyToPublish" and rows[anonymous]["status"] == "ReadyToPublish"
     assert scene_rows(conn, too_long) == [] and scene_rows(conn, too_fine) == []
     owners = conn.execute("SELECT DISTINCT owner FROM images WHERE parent_id = %s", [fine]).fetchall()

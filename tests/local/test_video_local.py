@@ -1,5 +1,5 @@
 """Issue 24 on the local backend: a 3-scene video whose stills the miniature SDXL model makes (noise), through
-`imagend -generator` as a user runs it: the scenes are ordinary local rows (model, steps, seed), the MP4 is
+an `imagend -cron` daemon as a user runs it: the scenes are ordinary local rows (model, steps, seed), the MP4 is
 checked as the placeholder's is (tests/integration/test_video_rows.py)."""
 
 from __future__ import annotations
@@ -11,12 +11,17 @@ from typing import Any
 import psycopg
 import pytest
 
-from support.daemons import run_imagend
-from support.db import base_env
+from support.daemons import DaemonProcess
+from support.db import base_env, wait_until
 from support.local import TORCH_NUMPY_COPY_WARNING
 from support.video import FAST, THREE_SCENES, insert_video, probe
 
 pytestmark = TORCH_NUMPY_COPY_WARNING
+
+
+def finished(conn: psycopg.Connection[Any], video_id: int) -> Any:
+    row = conn.execute("SELECT * FROM images WHERE id = %s", [video_id]).fetchone()
+    return row if row["status"] in ("ReadyToPublish", "Failed") else None
 
 
 def test_a_video_of_miniature_model_stills(conn: psycopg.Connection[Any], db_url: str,
@@ -24,14 +29,12 @@ def test_a_video_of_miniature_model_stills(conn: psycopg.Connection[Any], db_url
     video_id = insert_video(conn, THREE_SCENES, width=64, height=64, steps=2, seed=5)
     env = base_env(db_url, **local_env(IMAGEND_VIDEO_DIR=str(tmp_path / "videos"), **FAST))
 
-    # One pass queues the scenes and makes them; the video falls due as the last one is written, which a
-    # one-shot pass may have looked past: a second pass composes it.
-    for _ in range(2):
-        result = run_imagend(["-generator"], env, timeout=110)
-        assert result.returncode == 0, result.stderr[-3000:]
-        row = conn.execute("SELECT * FROM images WHERE id = %s", [video_id]).fetchone()
-        if row["status"] != "ReadyToGenerate":
-            break
+    daemon = DaemonProcess(["-cron"], env, tmp_path)  # the model is loaded once; the scenes' end wakes it
+    try:
+        row = wait_until(lambda: finished(conn, video_id), 100, 0.1, "the video")
+    finally:
+        code = daemon.stop()
+    assert code == 0, daemon.output()[-3000:]
     assert row["status"] == "ReadyToPublish", row["error"]
     scenes = conn.execute("SELECT backend, steps, seed, width, height, status FROM images WHERE parent_id = %s "
                           "ORDER BY scene_index", [video_id]).fetchall()
