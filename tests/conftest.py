@@ -149,7 +149,8 @@ def make_repo(db_url: str) -> Iterator[Any]:
 SECOND_SERVER = ("test_claims", "test_leases_and_retries", "test_fencing", "test_schema", "test_schema_restart",
                  "test_operations", "test_infinite_timestamps", "test_chain_cycles", "test_table_health",
                  "test_generator_flow", "test_status_enum", "test_fleet_default_backend", "test_bad_rows_batch",
-                 "test_backend_cardinality", "test_claim_image_sizes", "test_retention", "test_unserved")
+                 "test_backend_cardinality", "test_claim_image_sizes", "test_retention", "test_unserved",
+                 "test_owners")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
