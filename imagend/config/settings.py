@@ -113,6 +113,7 @@ WEBHOOK_EXPIRE_SECONDS = 24 * 3600.0  # an event not acknowledged by then is aba
 WEBHOOK_KEEP_SECONDS = 7 * 24 * 3600.0  # delivered or abandoned events are kept this long (to look at)
 SSE_MAX_STREAMS = 1000  # live streams open at once, per listener
 SSE_MAX_PER_CLIENT = 16  # per client address
+RETRY_WINDOW_SECONDS = 3600.0  # an Idempotency-Key (or an OpenAI SDK retry's) is recognised this long
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class WebAppSettings:
     webhook_keep_seconds: float = WEBHOOK_KEEP_SECONDS
     sse_max_streams: int = SSE_MAX_STREAMS
     sse_max_per_client: int = SSE_MAX_PER_CLIENT
+    # IMAGEND_HTTP_RETRY_WINDOW (the compatible APIs read it too): how long an Idempotency-Key is kept.
+    retry_window_seconds: float = RETRY_WINDOW_SECONDS
 
 
 def _webapp(env: Env) -> WebAppSettings:
@@ -155,6 +158,7 @@ def _webapp(env: Env) -> WebAppSettings:
         webhook_keep_seconds=env.seconds("IMAGEND_WEBHOOK_KEEP", WEBHOOK_KEEP_SECONDS, minimum=1.0),
         sse_max_streams=env.int("IMAGEND_SSE_MAX_STREAMS", SSE_MAX_STREAMS, minimum=1),
         sse_max_per_client=env.int("IMAGEND_SSE_MAX_PER_CLIENT", SSE_MAX_PER_CLIENT, minimum=1),
+        retry_window_seconds=env.seconds("IMAGEND_HTTP_RETRY_WINDOW", RETRY_WINDOW_SECONDS, minimum=1.0),
     )
 
 

@@ -48,7 +48,6 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024  # the form's own fields and framing, besid
 # checked, its decoded pixels (up to 48 MiB), so the listener's memory stays bounded under a flood.
 MAX_UPLOADS_AT_ONCE = 4
 FILENAME_MAX_CHARS = 200
-DEFAULT_RETRY_WINDOW_SECONDS = 3600.0  # IMAGEND_HTTP_RETRY_WINDOW's default (compat.py)
 EXAMPLE_HEADERS = {
     # The example page shows images from where the links point: a bucket or CDN as well as this listener.
     "Content-Security-Policy": ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -84,7 +83,7 @@ def idempotency_key(request: Request, endpoint: str, body: bytes, owner: str | N
 
 
 def retry_window_seconds(context: HttpContext) -> float:
-    return context.settings.env.seconds("IMAGEND_HTTP_RETRY_WINDOW", DEFAULT_RETRY_WINDOW_SECONDS, minimum=1.0)
+    return context.settings.webapp.retry_window_seconds
 
 
 def upload_limit(context: HttpContext) -> int:

@@ -14,7 +14,8 @@
   IMAGEND_WEBHOOK_EXPIRE after the event; then the event is abandoned (`gave_up_at`, `last_error`).
   A target the SSRF guard refuses (targets.py) is abandoned at once.
 - Woken by NOTIFY imagend_webhooks (the trigger's), else at the next event's due time (RECHECK_SECONDS
-  at most).
+  at most). Every FORGET_EVERY_SECONDS it drops delivered and abandoned events past IMAGEND_WEBHOOK_KEEP
+  and Idempotency-Keys past IMAGEND_HTTP_RETRY_WINDOW.
 """
 
 from __future__ import annotations
@@ -105,6 +106,13 @@ class Outbox(Statements):
     def forget(self, keep_seconds: float) -> int:
         with self._cursor() as cur:
             cur.execute(self._sql["webhooks_forget"], {"keep": keep_seconds})
+            return cur.rowcount
+
+    def expire_keys(self, window_seconds: float) -> int:
+        """Idempotency-Keys past their window (the compatible APIs expire theirs as they go; a daemon whose
+        clients only send Idempotency-Key would otherwise keep them all)."""
+        with self._cursor() as cur:
+            cur.execute(self._sql["images_api_requests_expire"], {"window": window_seconds})
             return cur.rowcount
 
 
@@ -313,5 +321,6 @@ class WebhookSender:
             return
         self._forgot_at = time.monotonic()
         gone = self.outbox.forget(self.settings.webhook_keep_seconds)
-        if gone:
-            log.info("webhooks_forgotten", events=gone)
+        keys = self.outbox.expire_keys(self.settings.retry_window_seconds)
+        if gone or keys:
+            log.info("webhooks_forgotten", events=gone, idempotency_keys=keys)

@@ -279,12 +279,17 @@ def test_a_webhook_interrupted_by_sigkill_is_delivered_again_with_the_same_id(se
             first = receiver.wait_for(seen + 1)[seen]
             doomed.process.kill()
         receiver.released.set()
-        with HttpDaemon(url, **WEBHOOK_ENV):
-            second = receiver.wait_for(seen + 2, timeout=20)[seen + 1]
-            with psycopg.connect(url, row_factory=dict_row) as conn:
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            # An Idempotency-Key past its window: the webhook thread's upkeep drops it.
+            conn.execute("INSERT INTO imagend_api_requests (key, image_ids, created_at) "
+                         "VALUES ('v1/images:old', '{1}', now() - interval '2 hours')")
+            with HttpDaemon(url, **WEBHOOK_ENV):
+                second = receiver.wait_for(seen + 2, timeout=20)[seen + 1]
                 outbox = wait_until(lambda: conn.execute(
                     "SELECT * FROM imagend_webhooks WHERE image_id = %s AND delivered_at IS NOT NULL",
                     [image_id]).fetchone(), 5)
+                wait_until(lambda: not conn.execute("SELECT 1 FROM imagend_api_requests WHERE key = 'v1/images:old'"
+                                                    ).fetchone(), 5)
     assert first.event_id == second.event_id and first.signed and second.signed
     assert second.event["data"]["id"] == image_id
     assert outbox["attempts"] == 2
