@@ -184,6 +184,12 @@ class Dashboard:
         self.env = environment()
         self.writes = context.http.token is not None
         self.static = {name: resources.files("imagend.http").joinpath("static", name).read_bytes() for name in STATIC}
+        # Thumbnails come from the links the API gives (storage/links.py): a bucket's presigned URL or a CDN
+        # may be another origin, allowed here for images only.
+        policy = SECURITY_HEADERS["Content-Security-Policy"]
+        others = "".join(f" {origin}" for origin in context.links.origins())
+        policy = policy.replace("img-src 'self' data:", f"img-src 'self' data:{others}")
+        self.headers = {**SECURITY_HEADERS, "Content-Security-Policy": policy}
 
     # -- what the sections show ---------------------------------------------------------
 
@@ -226,7 +232,11 @@ class Dashboard:
 
     def recent(self) -> dict[str, Any]:
         ops = self.context.ops
-        return {"done": ops.recent_done(DONE_SHOWN), "failed": ops.recent_failed(FAILED_SHOWN)}
+        done = ops.recent_done(DONE_SHOWN)
+        for row in done:  # the API's own links: opened without the token, or straight from the bucket
+            row["thumbnail_link"] = self.context.links.link(row["id"], "thumbnail", row["thumbnail_url"] or
+                                                            row["output_url"], bool(row["has_image"]))
+        return {"done": done, "failed": ops.recent_failed(FAILED_SHOWN)}
 
     # -- rendering ----------------------------------------------------------------------
 
@@ -235,7 +245,7 @@ class Dashboard:
             writes=self.writes, version=__version__, live_ms=LIVE_REFRESH_MS, recent_ms=RECENT_REFRESH_MS,
             detail_ms=DETAIL_REFRESH_MS, **values,
         )
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(html, status_code=status, headers=self.headers)
 
     def guarded(self, template: str, values: Callable[[], dict[str, Any]]) -> Response:
         """A fragment: read access checked, the database's absence said in the fragment itself."""

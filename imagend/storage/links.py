@@ -81,6 +81,21 @@ class Links:
             return f"{self.public_base_url}/{quote(PurePosixPath(parts.path).name)}"
         return None
 
+    def origins(self) -> list[str]:
+        """Where else than the listener a link may point (for a page's Content-Security-Policy img-src)."""
+        found = []
+        if self.public_base_url is not None:
+            parts = urlsplit(self.public_base_url)
+            found.append(f"{parts.scheme}://{parts.netloc}")
+        if self.store is not None and self.store.target.bucket is not None:
+            endpoint = self.store.target.endpoint_url
+            if endpoint:
+                parts = urlsplit(endpoint)
+                found.append(f"{parts.scheme}://{parts.netloc}")
+            else:  # AWS: the bucket's virtual host, in whatever region it is
+                found.append("https://*.amazonaws.com")
+        return found
+
     def link(self, image_id: int, kind: str, stored_url: str | None, available: bool) -> str | None:
         """The browser-ready link to `kind` of row `image_id` (None when it has none); `stored_url` is
         the store's location of it (output_url or thumbnail_url), `available` whether there is any."""

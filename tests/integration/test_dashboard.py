@@ -86,7 +86,9 @@ def test_the_page_shows_every_section(site):
     assert f'<a href="/images/{site.ids["waiting"]}">' in page[page.index('id="waiting"'):]
     # Thumbnails link to the row's page; the failure shows its error.
     assert f'<a href="/images/{site.ids["plain"]}">' in page
-    assert f'<img src="/images/{site.ids["plain"]}/thumbnail" alt="a lighthouse at dusk"' in page
+    # The thumbnail's link is the API's (issue 23): signed, so it opens without the token or the cookie.
+    assert re.search(rf'<img src="/v1/images/{site.ids["plain"]}/thumbnail\?expires=\d+&amp;signature=[0-9a-f]{{64}}" '
+                     'alt="a lighthouse at dusk"', page)
     assert "seed 42 · 64\u00d748" in page
     failed = page[page.index('id="failed"'):]
     assert "unknown style" in failed and str(escape(XSS[1])) in failed

@@ -360,6 +360,10 @@ def test_s3_links_are_presigned_and_open_without_credentials(server_url, templat
         fetched = httpx.get(link)  # no credentials, no token
         assert fetched.status_code == 200 and fetched.content[:4] == b"\x89PNG"
         assert httpx.get(body["thumbnail_url"]).status_code == 200
+        # The dashboard shows the same links, its Content-Security-Policy allowing the bucket's origin for images.
+        page = running.get("/")
+        assert f"img-src 'self' data: {s3_server.url}" in page.headers["content-security-policy"]
+        assert f'<img src="{s3_server.url}/{s3_bucket}/' in page.text
         # An upload goes to the bucket too, and its id opens the same way.
         upload = running.post("/v1/uploads", content=png()).json()
         with psycopg.connect(url, row_factory=dict_row) as conn:
