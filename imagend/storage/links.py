@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from urllib.parse import quote, urlsplit
 
@@ -25,6 +26,8 @@ from imagend.storage import Store
 
 KINDS = ("image", "thumbnail")
 SIGNATURE_HEX_CHARS = 64
+STEPS_PER_LINK = 4  # a link is reused for a quarter of its life
+PRESIGNED_KEPT = 4096  # presigned URLs kept for reuse, per listener (or webhook thread)
 _DERIVE_LABEL = b"imagend image links v1"
 
 
@@ -35,11 +38,20 @@ def derive_secret(token: str) -> bytes:
 
 @dataclass(frozen=True)
 class Links:
+    """A link stays the same for a quarter of IMAGEND_LINK_SECONDS (its expiry rounded up to that step;
+    a presigned URL kept that long), so a page refreshed every second keeps its images cached; each
+    link is valid for at least IMAGEND_LINK_SECONDS."""
+
     store: Store | None
     secret: bytes | None
     seconds: float
     public_base_url: str | None = None
     clock: Callable[[], float] = time.time
+    _presigned: dict[str, tuple[float, str]] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def step(self) -> float:
+        return max(1.0, self.seconds / STEPS_PER_LINK)
 
     # -- signing -------------------------------------------------------------------------
 
@@ -53,7 +65,7 @@ class Links:
         path = f"/v1/images/{image_id}/{kind}"
         if self.secret is None:
             return path
-        expires = int(self.clock() + self.seconds)
+        expires = int(math.ceil((self.clock() + self.seconds) / self.step) * self.step)
         return f"{path}?expires={expires}&signature={self._mac(image_id, kind, expires)}"
 
     def valid(self, image_id: int, kind: str, expires: str | None, signature: str | None) -> bool:
@@ -81,6 +93,20 @@ class Links:
             return f"{self.public_base_url}/{quote(PurePosixPath(parts.path).name)}"
         return None
 
+    def _presign(self, stored_url: str) -> str | None:
+        """The store's presigned URL, valid `seconds + step`, kept for `step` (a few thousand at most)."""
+        assert self.store is not None
+        now = self.clock()
+        kept = self._presigned.get(stored_url)
+        if kept is not None and now - kept[0] < self.step:
+            return kept[1]
+        presigned = self.store.presign(stored_url, self.seconds + self.step)
+        if presigned is not None:
+            if len(self._presigned) >= PRESIGNED_KEPT:
+                self._presigned.clear()
+            self._presigned[stored_url] = (now, presigned)
+        return presigned
+
     def origins(self) -> list[str]:
         """Where else than the listener a link may point (for a page's Content-Security-Policy img-src)."""
         found = []
@@ -106,7 +132,7 @@ class Links:
             if public is not None:
                 return public
             if self.store is not None and stored_url.startswith("s3://"):
-                presigned = self.store.presign(stored_url, self.seconds)
+                presigned = self._presign(stored_url)
                 if presigned is not None:
                     return presigned
         return self.signed_path(image_id, kind)

@@ -356,7 +356,8 @@ def test_s3_links_are_presigned_and_open_without_credentials(server_url, templat
         body = wait_ended(running, image_id)
         assert body["output_url"].startswith(f"s3://{s3_bucket}/")
         link = body["image_url"]
-        assert link.startswith(s3_server.url) and "X-Amz-Signature=" in link and "X-Amz-Expires=120" in link
+        assert link.startswith(s3_server.url) and "X-Amz-Signature=" in link
+        assert "X-Amz-Expires=150" in link  # 120 s and a step
         fetched = httpx.get(link)  # no credentials, no token
         assert fetched.status_code == 200 and fetched.content[:4] == b"\x89PNG"
         assert httpx.get(body["thumbnail_url"]).status_code == 200

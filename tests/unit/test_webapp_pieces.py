@@ -76,8 +76,10 @@ def test_signed_links_expire_and_refuse_tampering():
     assert not links.valid(42, "image", str(int(query["expires"]) + 1), query["signature"])
     assert not links.valid(42, "image", query["expires"], "0" * 64)
     assert not links.valid(42, "image", "x", query["signature"])
-    now[0] += 61
+    assert links.signed_path(42, "image") == path  # the same link for a while: a refreshed page keeps its cache
+    now[0] += 60 + links.step  # valid for at least its 60 s, at most one step (15 s) more
     assert not links.valid(42, "image", query["expires"], query["signature"])
+    assert links.signed_path(42, "image") != path
     unsigned = Links(store=None, secret=None, seconds=60)
     assert unsigned.signed_path(42, "image") == "/v1/images/42/image"
     assert not unsigned.valid(42, "image", query["expires"], query["signature"])
