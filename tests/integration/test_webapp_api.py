@@ -240,6 +240,24 @@ def test_a_webhook_is_retried_after_the_receiver_was_down(daemon, receiver, db):
     assert len(ids) == 1  # every attempt carried the same id: the receiver deduplicates on it
 
 
+def test_a_receiver_that_hangs_holds_up_no_other_delivery(daemon, receiver, db):
+    seen = len(receiver.received)
+    receiver.released.clear()
+    receiver.hang_seconds = 10.0  # the next request gets no answer (the daemon gives up after its 1 s timeout)
+    try:
+        hanging = daemon.post("/v1/images", json={"prompt": "hangs", "callback_url": receiver.url}).json()["id"]
+        receiver.wait_for(seen + 1)
+        started = time.monotonic()
+        other = daemon.post("/v1/images", json={"prompt": "meanwhile", "callback_url": receiver.url}).json()["id"]
+        got = receiver.wait_for(seen + 2, timeout=5)[seen + 1]
+        assert got.event["data"]["id"] == other and time.monotonic() - started < 2.0
+    finally:
+        receiver.released.set()
+    row = wait_until(lambda: db.execute("SELECT * FROM imagend_webhooks WHERE image_id = %s AND delivered_at "
+                                        "IS NOT NULL", [hanging]).fetchone(), 15)
+    assert row["last_error"] is None  # answered once released (or retried after its timeout)
+
+
 def test_a_redirect_is_not_followed_and_an_old_event_is_abandoned(daemon, receiver, db):
     """A receiver that redirects is retried (the redirect never followed); an event past
     IMAGEND_WEBHOOK_EXPIRE (24 h) is abandoned after its attempt, with the reason."""
