@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -169,7 +169,11 @@ class WebhookSender:
                                    headers={"User-Agent": USER_AGENT, "Content-Type": "application/json"},
                                    limits=httpx.Limits(max_connections=WORKERS, max_keepalive_connections=WORKERS))
         self.lease_seconds = 3 * timeout + LEASE_MARGIN_SECONDS  # connect, send, first byte, and the bookkeeping
-        self.workers = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="imagend-webhook")
+        # Daemon threads, not an executor: a delivery in flight at exit (its event is leased) never holds
+        # the process up, as an executor's threads, joined at exit, would for up to three timeouts.
+        self._jobs: queue.SimpleQueue[tuple[Event, dict[str, Any] | None] | None] = queue.SimpleQueue()
+        self.workers = [threading.Thread(target=self._worker, name=f"imagend-webhook-{n}", daemon=True)
+                        for n in range(WORKERS)]
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="imagend-webhooks", daemon=True)
         self._forgot_at = 0.0
@@ -197,8 +201,12 @@ class WebhookSender:
         with self._slots_lock:
             self._busy += len(events)
         for event in events:
-            self.workers.submit(self._work, event, rows.get(event.image_id))
+            self._jobs.put((event, rows.get(event.image_id)))
         return counts
+
+    def _worker(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._work(*job)
 
     def _work(self, event: Event, row: dict[str, Any] | None) -> None:
         try:
@@ -265,12 +273,15 @@ class WebhookSender:
 
     def start(self) -> None:
         self.pool.open(wait=False)
+        for worker in self.workers:
+            worker.start()
         self.thread.start()
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=5)
-        self.workers.shutdown(wait=False, cancel_futures=True)
+        for _ in self.workers:
+            self._jobs.put(None)  # each idle worker ends; a busy one ends with its delivery (or the process)
         self.client.close()
         self.pool.close()
 
