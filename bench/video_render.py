@@ -8,7 +8,8 @@
 2. End to end: a 60-second `standard` video (20 scenes of 3 s) INSERTed into a fresh database and made by
    one `imagend -cron` daemon with the placeholder backend: INSERT to ReadyToPublish, and its phases.
 
-    .venv/bin/python bench/video_render.py [--only render|e2e] [--cap 170] [--database-url URL]
+    .venv/bin/python bench/video_render.py [--only render|e2e] [--cap 170] [--speed medium]
+                                           [--presets standard,ultra] [--database-url URL]
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def storyboard(scenes: int, seconds: float) -> list[dict[str, object]]:
             for n in range(scenes)]
 
 
-def render_speed(preset_name: str, cap: float) -> None:
+def render_speed(preset_name: str, cap: float, speed: str) -> None:
     preset = PRESETS[preset_name]
     scenes = check_storyboard(storyboard(10, 3.0), max_seconds=600)
     with tempfile.TemporaryDirectory(prefix="imagend-bench-video-") as tmp:
@@ -64,7 +65,7 @@ def render_speed(preset_name: str, cap: float) -> None:
         narration = [synthesise(s.narration, folder / f"n{n}.wav") if s.narration and espeak_path() else None
                      for n, s in enumerate(scenes)]
         render = Render(stills, scenes, narration, preset, frame_size(preset, "16:9"), folder / "out.mp4",
-                        encoder=Encoder())
+                        encoder=Encoder(speed=speed))
         args, timeline = build_command(imageio_ffmpeg.get_ffmpeg_exe(), render)
         done = [0.0]
         started = time.monotonic()
@@ -79,7 +80,7 @@ def render_speed(preset_name: str, cap: float) -> None:
         size = (folder / "out.mp4").stat().st_size if not partial else 0
     note = (f"partial: {rendered:.1f} of {timeline.seconds:g} s rendered in the {cap:g} s cap" if partial
             else f"{size / 1e6:.1f} MB")
-    print(f"render  {preset_name:8s} {preset.width}x{preset.height}@{preset.fps} {preset.codec:7s} "
+    print(f"render  {preset_name:8s} {preset.width}x{preset.height}@{preset.fps} {preset.codec} {speed:9s} "
           f"{timeline.seconds:g} s of video in {wall:6.1f} s wall: {rendered / wall:.3f} s of video per s ({note})",
           flush=True)
 
@@ -123,12 +124,14 @@ def main() -> int:
     p = parser(__doc__ or "")
     p.add_argument("--only", choices=("render", "e2e"))
     p.add_argument("--cap", type=float, default=170.0, help="seconds a single render or the e2e run may take")
+    p.add_argument("--speed", default="medium", help="x264/x265 preset (IMAGEND_VIDEO_X264_PRESET; default medium)")
+    p.add_argument("--presets", default="standard,ultra", help="which presets to render (comma list)")
     args = p.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; ffmpeg {imageio_ffmpeg.get_ffmpeg_version()}; "
           f"espeak-ng {'yes' if shutil.which('espeak-ng') else 'no'}", flush=True)
     if args.only in (None, "render"):
-        render_speed("standard", args.cap)
-        render_speed("ultra", args.cap)
+        for name in args.presets.split(","):
+            render_speed(name.strip(), args.cap, args.speed)
     if args.only in (None, "e2e"):
         end_to_end(args.database_url, args.cap)
     return 0
