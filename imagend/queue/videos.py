@@ -285,9 +285,14 @@ class Videos:
                 with contextlib.suppress(Cancelled):
                     phase("render", PROGRESS_RENDER + PROGRESS_RENDER_SPAN * done)
 
-            run_ffmpeg(args, timeline.seconds, progress=render_progress,
-                       cancelled=lambda: cancelled[0] or self.aborting.is_set(),
-                       timeout_seconds=self.video.render_timeout_seconds)
+            try:
+                run_ffmpeg(args, timeline.seconds, progress=render_progress,
+                           cancelled=lambda: cancelled[0] or self.aborting.is_set(),
+                           timeout_seconds=self.video.render_timeout_seconds)
+            except Cancelled:
+                if not cancelled[0]:  # stopped for the daemon's stop, not by a producer: the row goes back
+                    raise Interrupted("daemon stopping") from None
+                raise
             if self.aborting.is_set():
                 raise Interrupted("daemon stopping")
             phase("upload", PROGRESS_UPLOAD, force=True)

@@ -338,3 +338,24 @@ def test_subtitles_burn_the_narration_in(conn: Any, video_daemon: Any) -> None:
     assert row["status"] == "ReadyToPublish", row["error"]
     info = probe(Path(row["output_url"].removeprefix("file://")))
     assert info.seconds == pytest.approx(2.0, abs=0.1) and info.audio == "aac"
+
+
+def test_a_daemon_stopping_mid_render_hands_the_video_back_uncharged(conn: Any, video_daemon: Any) -> None:
+    import threading
+
+    daemon = video_daemon(IMAGEND_VIDEO_X264_PRESET="medium")
+    video_id = insert_video(conn, [{"prompt": "a", "seconds": 3}, {"prompt": "b", "seconds": 3}])
+    passes = threading.Thread(target=lambda: [daemon.generator.run_once() for _ in range(3)])
+    passes.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT status, phase FROM images WHERE id = %s", [video_id]).fetchone()
+        if row["status"] == "Generate" and row["phase"] == "render":
+            break
+        time.sleep(0.05)
+    daemon.daemon.aborting.set()  # what the drain's end (or a second SIGTERM) does
+    daemon.daemon.stopping.set()
+    passes.join(10)
+    assert not passes.is_alive()
+    row = conn.execute("SELECT status, error, attempts, locked_by FROM images WHERE id = %s", [video_id]).fetchone()
+    assert (row["status"], row["attempts"], row["locked_by"]) == ("ReadyToGenerate", 0, None), row
