@@ -93,9 +93,15 @@ def _scene(index: int, item: Any) -> Scene:
         raise BadInput(f"{where}: prompt must be a non-empty string, got {_echo(prompt)}")
     if len(prompt) > PROMPT_MAX_CHARS:
         raise BadInput(f"{where}: prompt is {len(prompt):,} characters; at most {PROMPT_MAX_CHARS}")
-    seconds = item.get("seconds")
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
-        raise BadInput(f"{where}: seconds must be a number, got {_echo(seconds)}")
+    given = item.get("seconds")
+    if isinstance(given, bool) or not isinstance(given, int | float):
+        raise BadInput(f"{where}: seconds must be a number, got {_echo(given)}")
+    try:
+        seconds = float(given)
+    except OverflowError:  # an integer of hundreds of digits
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise BadInput(f"{where}: seconds must be a finite number, got {_echo(given)}")
     if not SCENE_MIN_SECONDS <= seconds <= SCENE_MAX_SECONDS:
         raise BadInput(f"{where}: seconds must be between {SCENE_MIN_SECONDS:g} and {SCENE_MAX_SECONDS:g}, "
                        f"got {seconds:g}")
@@ -116,7 +122,7 @@ def _scene(index: int, item: Any) -> Scene:
         transition = DEFAULT_TRANSITION
     if not isinstance(transition, str) or transition.strip().lower() not in TRANSITIONS:
         raise BadInput(f"{where}: unknown transition {_echo(transition)}; use one of: {', '.join(TRANSITIONS)}")
-    return Scene(prompt.strip(), float(seconds), narration, motion.strip().lower(), transition.strip().lower())
+    return Scene(prompt.strip(), seconds, narration, motion.strip().lower(), transition.strip().lower())
 
 
 def storyboard_json(scenes: list[Scene]) -> str:

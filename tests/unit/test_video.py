@@ -76,3 +76,12 @@ def test_video_settings_name_the_variable(tmp_path):
         load(IMAGEND_SCRIPT_URL="ollama", IMAGEND_SCRIPT_MODEL="m")
     with pytest.raises(ConfigError, match="IMAGEND_VIDEO_ENCODER"):
         load(IMAGEND_VIDEO_ENCODER="quicksync")
+
+
+@pytest.mark.parametrize(("seconds", "expected"), [
+    (10**400, "seconds must be a finite number"), (float("nan"), "seconds must be a finite number"),
+    (True, "seconds must be a number"), (0.25, "got 0.25"),
+])
+def test_seconds_that_are_no_usable_number(seconds, expected):
+    with pytest.raises(BadInput, match=expected):
+        check_storyboard([{"prompt": "a", "seconds": seconds}], max_seconds=600)
