@@ -317,8 +317,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         # Webhooks (the outbox's deliveries) on a thread of their own, beside the loops.
         webhooks = None
         if args.cron:
-            listen = settings.listen_url.reveal() if settings.listen_url else url
-            webhooks = WebhookSender(url, listen, settings.webapp, links)
+            webhooks = WebhookSender(url, settings.webapp, links)
+            repo.on_webhook_events = webhooks.poke
             webhooks.start()
         try:
             return _run_backends(args, settings, repo, url, metrics, health, http_server, store, store_health)

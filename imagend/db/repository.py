@@ -9,7 +9,7 @@ back bound by column name (statements.by_name) into the types of rows.py.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +61,9 @@ class Repository(Statements):
         self.default_max_attempts = default_max_attempts
         self.dead_after_seconds = dead_after_seconds
         self.max_crashes = max_crashes
+        # Rows with a callback_url ended here, or the heartbeat saw webhook events due: the daemon's
+        # webhook thread (webhooks/delivery.py) sets this to its poke.
+        self.on_webhook_events: Callable[[], None] = lambda: None
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -141,6 +144,8 @@ class Repository(Statements):
                 "owner": self.owner,
             },
         )
+        if any(row[2] for row in rows):
+            self.on_webhook_events()
         return {row[0]: row[1] for row in rows}
 
     def fail_attempt(self, claim: Claim, error: str, *, retryable: bool, backoff_seconds: float) -> str:
@@ -332,8 +337,9 @@ class Repository(Statements):
                 "skip_backends": [name for name in BACKEND_NAMES if name not in served],
             },
         )
-        rescue_in, _, work_waiting, fleet_default = rows[0]
-        return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting), fleet_default)
+        rescue_in, _, work_waiting, fleet_default, webhooks_due = rows[0]
+        return Beat(None if rescue_in is None else float(rescue_in), bool(work_waiting), fleet_default,
+                    bool(webhooks_due))
 
     def claimable(self, served: Sequence[str]) -> bool:
         """A row this daemon (serving `served`) could claim is waiting."""

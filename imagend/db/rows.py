@@ -171,6 +171,7 @@ class Beat:
     rescue_in: float | None  # seconds until a rescue is due (None: none in sight; <= 0: now)
     work_waiting: bool  # idle, and a row it could claim waits past a wake-up's time: claim now
     fleet_default: str | None = None  # the oldest live daemon's IMAGEND_BACKEND: what a NULL backend means
+    webhooks_due: bool = False  # webhook events wait in the outbox (the webhook thread is poked)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ class Liveness:
                             consequence="rows with no backend are the fleet's default's: this daemon claims none",
                             fix=f"start it with IMAGEND_BACKEND={beat.fleet_default}, or stop the daemons "
                             "whose default it should not be")
+        if beat.webhooks_due:
+            self.repo.on_webhook_events()
         if beat.work_waiting:
             log.debug("wake_up_made_up", reason="a row waited past a wake-up's time while this daemon was idle")
             self.on_work_waiting()

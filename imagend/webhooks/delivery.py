@@ -5,7 +5,7 @@
 - Shared: a pass claims due events with FOR UPDATE SKIP LOCKED and pushes their `next_at` past the
   delivery's bound (a lease). Several daemons share one outbox; one killed mid-delivery leaves its
   events to be claimed again once the lease passes (the same `webhook-id`: receivers deduplicate on it).
-- Never in the way: a thread of its own with its own connections (a pool of 4 and one LISTEN); it
+- Never in the way: a thread of its own with its own connections (a pool of 4, none kept at rest); it
   claims as many events as it has idle workers (WORKERS) and each worker delivers one and records its
   outcome, bounded by IMAGEND_WEBHOOK_TIMEOUT per phase (connect, send, first byte; the body is never
   read): a receiver that hangs holds one worker, never the others. The generator never waits for it.
@@ -13,8 +13,11 @@
   tried again after IMAGEND_WEBHOOK_BACKOFF x 2^(attempt-1) (at most an hour, ±20 %), until
   IMAGEND_WEBHOOK_EXPIRE after the event; then the event is abandoned (`gave_up_at`, `last_error`).
   A target the SSRF guard refuses (targets.py) is abandoned at once.
-- Woken by NOTIFY imagend_webhooks (the trigger's), else at the next event's due time (RECHECK_SECONDS
-  at most). Every FORGET_EVERY_SECONDS it drops delivered and abandoned events past IMAGEND_WEBHOOK_KEEP
+- Woken (poke) when this daemon ends a row with a callback_url, by the heartbeat when events are due
+  (rows another daemon or a producer ended: within a beat), and at the next retry's due time; idle, it
+  runs no statement and holds no connection, and it has no LISTEN of its own: every LISTEN in a
+  database is signalled by every NOTIFY's commit, and a fleet's producers pay for each (docs/fleet.md).
+- Every FORGET_EVERY_SECONDS it drops delivered and abandoned events past IMAGEND_WEBHOOK_KEEP
   and Idempotency-Keys past IMAGEND_HTTP_RETRY_WINDOW.
 """
 
@@ -32,7 +35,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
-import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -46,10 +48,10 @@ from imagend.webhooks import signing, targets
 
 log = get_logger()
 
-CHANNEL = "imagend_webhooks"
 BATCH = 32  # events claimed at most per claim
 WORKERS = 16  # deliveries at once per daemon (a receiver that hangs holds one of them)
-RECHECK_SECONDS = 5.0  # the longest sleep without a notification (a lost NOTIFY costs this much)
+RECHECK_SECONDS = 60.0  # the longest sleep without a poke (the heartbeat pokes within a beat anyway)
+POOL_IDLE_SECONDS = 2.0  # a connection unused this long is closed: an idle daemon holds none of these
 WAIT_STEP_SECONDS = 0.1  # how often a sleep looks at the stop event and the workers
 BACKOFF_MAX_SECONDS = 3600.0
 JITTER = 0.2
@@ -153,12 +155,12 @@ def backoff(attempt: int, base_seconds: float, rng: Callable[[], float] = random
 class WebhookSender:
     """The daemon's webhook thread (started in cli.py with `-cron`)."""
 
-    def __init__(self, database_url: str, listen_url: str, settings: WebAppSettings, links: Links) -> None:
+    def __init__(self, database_url: str, settings: WebAppSettings, links: Links) -> None:
         self.settings = settings
         self.links = links
         self.backoff_seconds = settings.webhook_backoff_seconds
-        self.listen_url = listen_url
         self.pool = ConnectionPool(database_url, min_size=0, max_size=POOL_MAX, timeout=5.0, open=False,
+                                   max_idle=POOL_IDLE_SECONDS,
                                    kwargs={"autocommit": True, "prepare_threshold": None,
                                            "application_name": "imagend-webhooks"},
                                    check=ConnectionPool.check_connection, name="imagend-webhooks")
@@ -182,6 +184,7 @@ class WebhookSender:
         self._busy = 0  # events handed to workers and not yet recorded
         self._slots_lock = threading.Lock()
         self._slot_freed = threading.Event()
+        self._poked = threading.Event()
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -285,13 +288,14 @@ class WebhookSender:
         self.client.close()
         self.pool.close()
 
+    def poke(self) -> None:
+        """Events may be due: look now (from the finishing write's thread, or the heartbeat's)."""
+        self._poked.set()
+
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
         while not self.stopping.is_set():
             try:
-                if conn is None or conn.closed:
-                    conn = psycopg.connect(self.listen_url, autocommit=True, application_name="imagend-webhooks-listen")
-                    conn.execute(f"LISTEN {CHANNEL}")
+                self._poked.clear()
                 with self._slots_lock:
                     free = WORKERS - self._busy
                 counts = self.run_once()
@@ -303,28 +307,23 @@ class WebhookSender:
                     continue
                 self._forget()
                 due = self.outbox.next_due()
-                self._wait(conn, RECHECK_SECONDS if due is None else min(max(due, 0.0), RECHECK_SECONDS))
-            except (DatabaseUnavailable, psycopg.Error) as exc:
+                self._wait(RECHECK_SECONDS if due is None else min(max(due, 0.0), RECHECK_SECONDS))
+            except DatabaseUnavailable as exc:
                 log.warning("webhooks_database_unavailable", error=clip(redact(str(exc)), ERROR_CHARS))
-                if conn is not None:
-                    conn.close()
-                conn = None
                 self.stopping.wait(1.0)
             except Exception:
                 log.exception("webhooks_pass_failed")
                 self.stopping.wait(1.0)
-        if conn is not None:
-            conn.close()
 
-    def _wait(self, conn: psycopg.Connection[Any], seconds: float) -> None:
-        """Until a NOTIFY, `seconds`, the stop, or a worker's end (its event may be due again soon)."""
+    def _wait(self, seconds: float) -> None:
+        """Until a poke, `seconds`, the stop, or a worker's end (its event may be due again soon)."""
         deadline = time.monotonic() + seconds
         while not self.stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0 or self._slot_freed.is_set():
                 self._slot_freed.clear()
                 return
-            for _ in conn.notifies(timeout=min(left, WAIT_STEP_SECONDS), stop_after=1):
+            if self._poked.wait(min(left, WAIT_STEP_SECONDS)):
                 return
 
     def _forget(self) -> None:

@@ -169,7 +169,7 @@ WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
   AND i.attempts = d.attempt
-RETURNING i.id, i.status;
+RETURNING i.id, i.status, i.callback_url IS NOT NULL AS callback;
 
 -- name: images_fail_attempt
 -- A failed attempt: back to the queue after a backoff while attempts are left
@@ -475,7 +475,11 @@ SELECT least(
        END AS work_waiting,
        (SELECT d.default_backend FROM imagend_daemons AS d
         WHERE d.heartbeat_at > now() - interval '10 seconds' AND d.default_backend IS NOT NULL
-        ORDER BY d.started_at, d.owner LIMIT 1) AS fleet_default;
+        ORDER BY d.started_at, d.owner LIMIT 1) AS fleet_default,
+       -- Webhook events due (the outbox's due index): the webhook thread is woken by this, not by a
+       -- LISTEN of its own (docs/fleet.md: every LISTEN taxes every NOTIFY's commit).
+       EXISTS (SELECT 1 FROM imagend_webhooks
+               WHERE delivered_at IS NULL AND gave_up_at IS NULL AND next_at <= now()) AS webhooks_due;
 
 -- name: daemons_remove
 -- A clean stop, after the daemon released its rows; and daemons long dead that hold nothing (and the

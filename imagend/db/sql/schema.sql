@@ -381,7 +381,6 @@ CREATE OR REPLACE FUNCTION imagend_webhook_enqueue() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO imagend_webhooks (image_id, url, status) VALUES (NEW.id, NEW.callback_url, NEW.status);
-    PERFORM pg_notify('imagend_webhooks', '');
     RETURN NULL;
 END $$;
 
