@@ -57,7 +57,7 @@ def test_schema_is_idempotent(db_url, conn):
         "images_count_truncated", "images_cancel_waiting", "images_wake_requeued", "images_wake_dependents",
         "images_refuse_chain_cycle",
         # Owners (schema_owners.sql)
-        "images_owner_inserted", "images_owner_requeued", "images_owner_moved", "images_owner_deleted",
+        "images_owner_inserted", "images_owner_moved", "images_owner_deleted",
         "images_owners_truncated",
         # Webhooks' outbox (schema.sql)
         "images_webhook_enqueue",

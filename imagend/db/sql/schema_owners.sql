@@ -80,10 +80,12 @@ CREATE INDEX IF NOT EXISTS imagend_owners_busy_idx
     ON imagend_owners (owner) WHERE running > 0 OR blocked_until IS NOT NULL;
 
 -- Owned waiting rows: an owner's last vtime and its waiting count (max_waiting); the queue's present.
+-- Each predicate starts with its NULL test: an anonymous row's insert or update, which every index
+-- checks, is refused by the first (cheapest) test.
 CREATE INDEX IF NOT EXISTS images_owner_ready_idx
-    ON images (owner, vtime) WHERE status = 'ReadyToGenerate' AND owner IS NOT NULL;
+    ON images (owner, vtime) WHERE owner IS NOT NULL AND status = 'ReadyToGenerate';
 CREATE INDEX IF NOT EXISTS images_vtime_ready_idx
-    ON images (vtime) WHERE status = 'ReadyToGenerate' AND vtime IS NOT NULL;
+    ON images (vtime) WHERE vtime IS NOT NULL AND status = 'ReadyToGenerate';
 -- An owner's rows, newest first (GET /v1/images with an owner's key), and its usage per day.
 CREATE INDEX IF NOT EXISTS images_owner_id_idx ON images (owner, id DESC) WHERE owner IS NOT NULL;
 
@@ -189,10 +191,10 @@ $$;
 -- max_waiting and budget are checked (an insert beyond either ends Failed at once, with the reason),
 -- and it gets its place in the fair share (vtime). SECURITY DEFINER: a producer's role needs no
 -- rights on the owners' tables.
-CREATE OR REPLACE FUNCTION imagend_owner_inserted() RETURNS trigger
+CREATE OR REPLACE FUNCTION imagend_owner_enqueue(r images, requeued BOOLEAN) RETURNS images
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET jit = off AS $$
 DECLARE
-    problem TEXT := imagend_owner_problem(NEW.owner);
+    problem TEXT := imagend_owner_problem(r.owner);
     plan imagend_plans;
     o imagend_owners;
     waiting BIGINT;
@@ -203,77 +205,83 @@ DECLARE
     key TEXT;
 BEGIN
     IF problem IS NOT NULL THEN
-        NEW.status := 'Failed';
-        NEW.error := problem;
-        NEW.finished_at := now();
-        NEW.vtime := NULL;
-        RETURN NEW;
+        r.status := 'Failed';
+        r.error := problem;
+        r.finished_at := now();
+        r.vtime := NULL;
+        RETURN r;
     END IF;
-    IF NEW.status NOT IN ('ReadyToGenerate', 'Generate') THEN
-        RETURN NEW;
+    IF r.status NOT IN ('ReadyToGenerate', 'Generate') THEN
+        RETURN r;
     END IF;
-    IF TG_OP = 'UPDATE' THEN
-        NEW.vtime := NULL;  -- a finished row put back: a new place in the fair share, as a new row
+    IF requeued THEN
+        r.vtime := NULL;  -- a finished row put back: a new place in the fair share, as a new row
     END IF;
-    SELECT * INTO o FROM imagend_owners WHERE owner = NEW.owner;
+    SELECT * INTO o FROM imagend_owners WHERE owner = r.owner;
     IF NOT FOUND THEN
-        INSERT INTO imagend_owners (owner) VALUES (NEW.owner) ON CONFLICT DO NOTHING;
-        SELECT * INTO o FROM imagend_owners WHERE owner = NEW.owner;
+        INSERT INTO imagend_owners (owner) VALUES (r.owner) ON CONFLICT DO NOTHING;
+        SELECT * INTO o FROM imagend_owners WHERE owner = r.owner;
     END IF;
-    plan := imagend_plan_of(NEW.owner);
+    plan := imagend_plan_of(r.owner);
     IF plan.budget IS NOT NULL THEN
         period := imagend_period_start(plan.budget_period, now());
-        SELECT COALESCE(sum(r.cost), 0) INTO spent FROM imagend_owner_releases AS r
-        WHERE r.owner = NEW.owner AND r.at >= period;
+        SELECT COALESCE(sum(released.cost), 0) INTO spent FROM imagend_owner_releases AS released
+        WHERE released.owner = r.owner AND released.at >= period;
         IF o.spent_since >= period THEN
             spent := spent + o.spent;
         END IF;
     END IF;
     IF spent >= plan.budget THEN
-        NEW.status := 'Failed';
-        NEW.error := format('owner %s is over its plan %s''s budget: %s of %s cost units spent this %s',
-                            NEW.owner, plan.name, round(spent::numeric, 2), plan.budget, plan.budget_period);
-        NEW.finished_at := now();
-        RETURN NEW;
+        r.status := 'Failed';
+        r.error := format('owner %s is over its plan %s''s budget: %s of %s cost units spent this %s',
+                            r.owner, plan.name, round(spent::numeric, 2), plan.budget, plan.budget_period);
+        r.finished_at := now();
+        RETURN r;
     END IF;
-    IF NEW.status = 'Generate' THEN  -- inserted running (by hand): counted, never refused
-        INSERT INTO imagend_owner_releases (owner, running) VALUES (NEW.owner, -1);
-        RETURN NEW;
+    IF r.status = 'Generate' THEN  -- inserted running (by hand): counted, never refused
+        INSERT INTO imagend_owner_releases (owner, running) VALUES (r.owner, -1);
+        RETURN r;
     END IF;
     IF plan.max_waiting IS NOT NULL THEN
         -- One insert of this owner at a time counts (the lock lasts until its commit): never over-admitted.
-        PERFORM pg_advisory_xact_lock(hashtext('imagend.owner_waiting'), hashtext(NEW.owner));
+        PERFORM pg_advisory_xact_lock(hashtext('imagend.owner_waiting'), hashtext(r.owner));
         SELECT count(*) INTO waiting
         FROM (SELECT 1 FROM images AS w
-              WHERE w.status = 'ReadyToGenerate' AND w.owner = NEW.owner
+              WHERE w.status = 'ReadyToGenerate' AND w.owner = r.owner
               LIMIT plan.max_waiting) AS counted;
         IF waiting >= plan.max_waiting THEN
-            NEW.status := 'Failed';
-            NEW.error := format('owner %s already has %s rows waiting, its plan %s''s max_waiting: '
-                                'try again when some have started', NEW.owner, waiting, plan.name);
-            NEW.finished_at := now();
-            RETURN NEW;
+            r.status := 'Failed';
+            r.error := format('owner %s already has %s rows waiting, its plan %s''s max_waiting: '
+                                'try again when some have started', r.owner, waiting, plan.name);
+            r.finished_at := now();
+            RETURN r;
         END IF;
     END IF;
-    IF NEW.vtime IS NULL THEN
+    IF r.vtime IS NULL THEN
         -- The owner's last vtime in this transaction is kept in a transaction-local setting: a bulk insert
         -- reads the indexes once per owner, not once per row (per row, rows of the same statement made
         -- each read slower than the last: quadratic).
-        key := 'imagend_vtime.o' || md5(NEW.owner);
+        key := 'imagend_vtime.o' || md5(r.owner);
         last := NULLIF(current_setting(key, true), '')::float8;
         IF last IS NULL THEN
             SELECT w.vtime INTO present FROM images AS w
             WHERE w.status = 'ReadyToGenerate' AND w.vtime IS NOT NULL ORDER BY w.vtime LIMIT 1;
             -- The owner index backwards (vtime DESC, NULLS FIRST as it holds them).
             SELECT w.vtime INTO last FROM images AS w
-            WHERE w.status = 'ReadyToGenerate' AND w.owner = NEW.owner
+            WHERE w.status = 'ReadyToGenerate' AND w.owner = r.owner
             ORDER BY w.vtime DESC LIMIT 1;
             last := greatest(COALESCE(present, 0), COALESCE(last, 0));
         END IF;
-        NEW.vtime := last + 1.0 / COALESCE(plan.weight, 1);
-        PERFORM set_config(key, NEW.vtime::text, true);
+        r.vtime := last + 1.0 / COALESCE(plan.weight, 1);
+        PERFORM set_config(key, r.vtime::text, true);
     END IF;
-    RETURN NEW;
+    RETURN r;
+END $$;
+
+CREATE OR REPLACE FUNCTION imagend_owner_inserted() RETURNS trigger
+LANGUAGE plpgsql SET jit = off AS $$
+BEGIN
+    RETURN imagend_owner_enqueue(NEW, false);
 END $$;
 
 CREATE OR REPLACE TRIGGER images_owner_inserted
@@ -282,14 +290,7 @@ CREATE OR REPLACE TRIGGER images_owner_inserted
     WHEN (NEW.owner IS NOT NULL)
     EXECUTE FUNCTION imagend_owner_inserted();
 
--- A finished owned row put back (docs/producers.md, "Trying again"; the API's retry) is admitted as a new
--- row is: max_waiting and budget checked, a place in the fair share after its owner's waiting rows (its
--- old vtime would put it before everyone's).
-CREATE OR REPLACE TRIGGER images_owner_requeued
-    BEFORE UPDATE OF status ON images
-    FOR EACH ROW
-    WHEN (NEW.owner IS NOT NULL AND OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate')
-    EXECUTE FUNCTION imagend_owner_inserted();
+DROP TRIGGER IF EXISTS images_owner_requeued ON images;
 
 -- An owned row entering or leaving Generate (or changing owner while in it). Entering (a claim): the
 -- owner's counter row is locked, and the row admitted only under the plan's cap, rate and budget;
@@ -308,6 +309,12 @@ BEGIN
     IF TG_OP = 'DELETE' THEN
         INSERT INTO imagend_owner_releases (owner, running) VALUES (OLD.owner, 1);
         RETURN OLD;
+    END IF;
+    IF OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate' THEN
+        -- A finished row put back (docs/producers.md, "Trying again"; the API's retry): admitted as a new
+        -- row is (max_waiting, budget), and a new place in the fair share after its owner's waiting rows
+        -- (its old vtime would put it before everyone's).
+        RETURN imagend_owner_enqueue(NEW, true);
     END IF;
     IF OLD.status = 'Generate' AND OLD.owner IS NOT NULL THEN
         -- Leaving Generate (or this owner): appended, no lock taken.
@@ -370,14 +377,15 @@ BEGIN
     RETURN NEW;
 END $$;
 
--- No column list: a status changed by another BEFORE trigger (a cancel's) counts too. The WHEN is all
--- that a lease renewal or an anonymous row's claim costs.
+-- One trigger for every way an owned row moves (the WHEN of one trigger is all that an anonymous row's
+-- update costs). No column list: a status changed by another BEFORE trigger (a cancel's) counts too.
 CREATE OR REPLACE TRIGGER images_owner_moved
     BEFORE UPDATE ON images
     FOR EACH ROW
     WHEN (COALESCE(NEW.owner, OLD.owner) IS NOT NULL
           AND ((OLD.status = 'Generate') <> (NEW.status = 'Generate')
-               OR (OLD.status = 'Generate' AND OLD.owner IS DISTINCT FROM NEW.owner)))
+               OR (OLD.status = 'Generate' AND OLD.owner IS DISTINCT FROM NEW.owner)
+               OR (OLD.status IN ('ReadyToPublish', 'Failed') AND NEW.status = 'ReadyToGenerate')))
     EXECUTE FUNCTION imagend_owner_moved();
 
 CREATE OR REPLACE TRIGGER images_owner_deleted
