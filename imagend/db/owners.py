@@ -33,7 +33,7 @@ PERIODS = ("day", "week", "month")
 PLAN_KEYS: dict[str, str] = {
     "max_running": "max_running", "weight": "weight", "max_waiting": "max_waiting",
     "rate": "rate_per_minute", "rate_per_minute": "rate_per_minute", "budget": "budget",
-    "period": "budget_period", "budget_period": "budget_period", "default": "is_default",
+    "period": "budget_period", "budget_period": "budget_period", "default": "is_default", "is_default": "is_default",
 }
 _INTEGER_KEYS = frozenset({"max_running", "max_waiting"})
 _NUMBER_KEYS = frozenset({"weight", "rate_per_minute", "budget"})
@@ -125,7 +125,10 @@ class OwnersRepository(Statements):
             params[column] = values.get(column)
             params[f"set_{column}"] = column in values
         try:
-            self._rows("plans_upsert", params)
+            with self._cursor() as cur, cur.connection.transaction():
+                if values.get("is_default"):  # one default plan: the flag leaves the others first
+                    cur.execute(self._sql["plans_clear_default"], {"name": name})
+                cur.execute(self._sql["plans_upsert"], params)
         except psycopg.errors.CheckViolation as exc:
             raise BadInput(f"plan {name}: a value is out of range ({exc.diag.constraint_name})") from None
 

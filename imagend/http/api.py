@@ -10,6 +10,7 @@ mobile app), and the operator's pause and resume.
     GET  /v1/images?status=&cursor=   an owner's rows, newest first (docs/owners.md)
     DELETE /v1/images/{id}            the row, its image and its thumbnail (file or S3)
     GET  /v1/usage                    an owner's usage per day: rows, GPU seconds, cost
+    GET  /v1/plans, PUT|DELETE /v1/plans/{name}, PUT /v1/owners/{owner}/plan   the operator's plans
     GET  /v1/backends                 every backend: served here, paused
     POST /v1/backends/{name}/pause    `imagend -pause NAME` ('*': all)
     POST /v1/backends/{name}/resume   `imagend -resume NAME` ('*': every pause)
@@ -26,7 +27,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import json
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 
@@ -38,13 +41,13 @@ from starlette.routing import BaseRoute, Route
 
 from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
 from imagend.db.operations import ALL_BACKENDS
-from imagend.db.owners import OwnersRepository, owner_problem
+from imagend.db.owners import OwnersRepository, owner_problem, parse_plan_values
 from imagend.db.rows import Pause, Status
 from imagend.db.webapp import KeyReused, WebAppRepository
 from imagend.errors import BadInput, clip
 from imagend.http import webapp
-from imagend.http.auth import Caller, authorize, check_read, check_write, sees
-from imagend.http.checks import BadRequest, check_columns, read_body
+from imagend.http.auth import Caller, Refused, authorize, check_read, check_write, sees
+from imagend.http.checks import BadRequest, check_columns, parse_object, read_body
 from imagend.http.context import HttpContext
 from imagend.http.images import image_kind, image_response
 from imagend.http.openapi import document
@@ -173,6 +176,20 @@ def _decode_preview(text: str | None) -> tuple[bytes, str] | None:
 
 def _not_found(image_id: int | str) -> JSONResponse:
     return error(404, f"no image with id {image_id}")
+
+
+def by_method(**handlers: Callable[[Request], Any]) -> Callable[[Request], Awaitable[Response]]:
+    """One endpoint for several methods of a path: async handlers awaited, sync ones run in the thread pool
+    (as Starlette runs a sync endpoint)."""
+    async def endpoint(request: Request) -> Response:
+        handler = handlers[request.method]
+        if inspect.iscoroutinefunction(handler):
+            answer: Response = await handler(request)
+            return answer
+        result: Response = await run_in_threadpool(handler, request)
+        return result
+
+    return endpoint
 
 
 def owned(caller: Caller, columns: dict[str, Any]) -> dict[str, Any]:
@@ -330,6 +347,49 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         days = [{k: _json_value(v) for k, v in row.items()} for row in owners.usage(owner)]
         return JSONResponse({"owner": owner, "days": days})
 
+    def operator(request: Request, scope: str) -> None:
+        """The plans are the operator's: an owner's key gets 403 here."""
+        if authorize(context, request, scope).owner is not None:
+            raise Refused(403, "plans are the operator's: use IMAGEND_HTTP_TOKEN, not an owner's key")
+
+    def plans(request: Request) -> Response:
+        operator(request, "read")
+        return JSONResponse({"plans": [{k: _json_value(v) for k, v in plan.items()} for plan in owners.plans()]})
+
+    async def plan_put(request: Request) -> Response:
+        """PUT /v1/plans/{name}: create or change (only the keys given; null clears a limit), as -plan."""
+        operator(request, "submit")
+        try:
+            body = parse_object(await read_body(request))
+            words = [f"{key}={'none' if value is None else str(value).lower()}" for key, value in body.items()]
+            await run_in_threadpool(owners.set_plan, request.path_params["name"], parse_plan_values(words))
+        except BadRequest as exc:
+            return error(exc.status, exc.message)
+        except BadInput as exc:
+            return error(422, str(exc))
+        return plans(request)
+
+    def plan_delete(request: Request) -> Response:
+        operator(request, "submit")
+        if not owners.delete_plan(request.path_params["name"]):
+            return error(404, f"no plan named {clip(request.path_params['name'], ECHO_MAX_CHARS)!r}")
+        return plans(request)
+
+    async def assign(request: Request) -> Response:
+        """PUT /v1/owners/{owner}/plan {"plan": NAME or null (the default plan)}, as -assign."""
+        operator(request, "submit")
+        try:
+            body = parse_object(await read_body(request))
+            plan = body.get("plan")
+            if plan is not None and not isinstance(plan, str):
+                raise BadRequest(422, "plan must be a plan's name, or null for the default plan")
+            await run_in_threadpool(owners.assign, request.path_params["owner"], plan)
+        except BadRequest as exc:
+            return error(exc.status, exc.message)
+        except BadInput as exc:
+            return error(422, str(exc))
+        return JSONResponse({"owner": request.path_params["owner"], "plan": plan})
+
     def backends(request: Request) -> Response:
         check_read(context, request)
         return JSONResponse(backends_state(context, ops.paused()))
@@ -355,11 +415,13 @@ def routes(context: HttpContext) -> list[BaseRoute]:
 
     # The database calls are blocking psycopg: sync endpoints run in Starlette's thread pool.
     return [
-        Route("/v1/images", create, methods=["POST"]),
-        Route("/v1/images", listing, methods=["GET"]),
-        Route("/v1/images/{id:int}", delete, methods=["DELETE"]),
+        # One Route per path (a 405 names every method of the path in Allow), dispatching by method.
+        Route("/v1/images", by_method(POST=create, GET=listing), methods=["POST", "GET"]),
+        Route("/v1/images/{id:int}", by_method(GET=show, DELETE=delete), methods=["GET", "DELETE"]),
         Route("/v1/usage", usage, methods=["GET"]),
-        Route("/v1/images/{id:int}", show, methods=["GET"]),
+        Route("/v1/plans", plans, methods=["GET"]),
+        Route("/v1/plans/{name}", by_method(PUT=plan_put, DELETE=plan_delete), methods=["PUT", "DELETE"]),
+        Route("/v1/owners/{owner}/plan", assign, methods=["PUT"]),
         Route("/v1/images/{id:int}/image", image, methods=["GET"]),
         Route("/v1/images/{id:int}/preview", preview, methods=["GET"]),
         Route("/v1/images/{id:int}/cancel", cancel, methods=["POST"]),

@@ -48,6 +48,8 @@ READ_ERRORS = {"401": _error("On a non-loopback address (or with IMAGEND_HTTP_RE
                              "the token too"), **HOST_ERROR, "503": _error(BUSY)}
 ID_PARAMETER = {"name": "id", "in": "path", "required": True, "description": "The row's id",
                 "schema": {"type": "integer", "minimum": 0}}
+PLAN_PARAMETER = {"name": "name", "in": "path", "required": True, "description": "A plan's name",
+                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"}}
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
                   "description": "A backend's name, or `*` for all of them",
                   "schema": {"type": "string", "enum": [*BACKEND_NAMES, "*"]}}
@@ -356,6 +358,47 @@ def document() -> dict[str, Any]:
                     "404": _error("No such row"),
                     "409": _error("The row is not Failed"),
                 },
+            }},
+            "/v1/plans": {"get": {
+                "summary": "The plans (docs/owners.md), each with its owners' rows running and waiting; the operator's",
+                "operationId": "listPlans",
+                "responses": {"200": _object("plans"), **READ_ERRORS,
+                              "403": _error("An owner's key: plans are the operator's")},
+            }},
+            "/v1/plans/{name}": {"put": {
+                "summary": "Create or change a plan (the keys given only; null clears a limit), as `imagend -plan`",
+                "operationId": "putPlan",
+                "security": WRITE,
+                "parameters": [PLAN_PARAMETER],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "max_running": {"type": ["integer", "null"], "minimum": 1},
+                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000000},
+                        "max_waiting": {"type": ["integer", "null"], "minimum": 1},
+                        "rate_per_minute": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "budget": {"type": ["number", "null"], "exclusiveMinimum": 0},
+                        "budget_period": {"type": "string", "enum": ["day", "week", "month"]},
+                        "is_default": {"type": "boolean"}}}}}},
+                "responses": {"200": _object("plans"), **AUTH_ERRORS,
+                              "400": _error("Not a JSON object"), "413": _error("The body is over 64 KiB"),
+                              "422": _error("A value out of range, an unknown key, a bad name")},
+            }, "delete": {
+                "summary": "Delete a plan: its owners fall back to the default plan",
+                "operationId": "deletePlan",
+                "security": WRITE,
+                "parameters": [PLAN_PARAMETER],
+                "responses": {"200": _object("plans"), **AUTH_ERRORS, "404": _error("No such plan")},
+            }},
+            "/v1/owners/{owner}/plan": {"put": {
+                "summary": "Put an owner on a plan (null: the default plan), as `imagend -assign`",
+                "operationId": "assignPlan",
+                "security": WRITE,
+                "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"plan": {"type": ["string", "null"]}}}}}},
+                "responses": {"200": _object("owner and plan"), **AUTH_ERRORS,
+                              "400": _error("Not a JSON object"), "413": _error("The body is over 64 KiB"),
+                              "422": _error("An unknown plan, or an owner imagend does not take")},
             }},
             "/v1/backends": {"get": {
                 "summary": "Every backend: served by this daemon, paused (on every daemon)",

@@ -156,3 +156,17 @@ def test_the_openai_api_takes_an_owner_key_and_queues_for_that_owner(daemon, key
     assert row["owner"] == "alice"
     refused = daemon.client.post("/v1/images/generations", json={"prompt": "x"}, headers=bearer(keys["reader"]))
     assert refused.status_code == 403
+
+
+def test_the_operator_manages_plans_over_http_and_owner_keys_cannot(daemon, keys, db):
+    answer = daemon.client.put("/v1/plans/HTTP_PLAN", json={"max_running": 2, "weight": 2, "is_default": False},
+                               headers=daemon.auth)
+    assert answer.status_code == 200 and any(p["name"] == "HTTP_PLAN" for p in answer.json()["plans"])
+    assert daemon.client.put("/v1/plans/HTTP_PLAN", json={"max_running": 0}, headers=daemon.auth).status_code == 422
+    assert daemon.client.put("/v1/owners/dave/plan", json={"plan": "HTTP_PLAN"}, headers=daemon.auth).status_code == 200
+    assert daemon.client.put("/v1/owners/dave/plan", json={"plan": "NOPE"}, headers=daemon.auth).status_code == 422
+    assert db.execute("SELECT plan FROM imagend_owners WHERE owner = 'dave'").fetchone()["plan"] == "HTTP_PLAN"
+    assert daemon.client.get("/v1/plans", headers=bearer(keys["alice"])).status_code == 403
+    assert daemon.client.delete("/v1/plans/HTTP_PLAN", headers=bearer(keys["alice"])).status_code == 403
+    assert daemon.client.delete("/v1/plans/HTTP_PLAN", headers=daemon.auth).status_code == 200
+    assert db.execute("SELECT plan FROM imagend_owners WHERE owner = 'dave'").fetchone()["plan"] is None

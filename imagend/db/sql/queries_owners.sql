@@ -2,13 +2,12 @@
 -- statements (`imagend -plan/-assign/-plans/-key-create/-key-revoke`) and the API's (an owner's key:
 -- its rows only). `owner` here is always the customer (images.owner), never a daemon.
 
+-- name: plans_clear_default
+-- Before a plan is made the default, in its transaction: the flag leaves any other plan (one default).
+UPDATE imagend_plans SET is_default = false, updated_at = now() WHERE is_default AND name <> %(name)s;
+
 -- name: plans_upsert
 -- `imagend -plan NAME k=v …`: creates the plan, or changes only the values given (set_<name> true).
--- Making one plan the default takes the flag from any other in the same statement.
-WITH undefault AS (
-    UPDATE imagend_plans SET is_default = false, updated_at = now()
-    WHERE %(set_is_default)s AND %(is_default)s AND is_default AND name <> %(name)s
-)
 INSERT INTO imagend_plans AS p (name, max_running, weight, max_waiting, rate_per_minute, budget, budget_period,
                                 is_default)
 VALUES (%(name)s, %(max_running)s, COALESCE(%(weight)s, 1), %(max_waiting)s, %(rate_per_minute)s, %(budget)s,
