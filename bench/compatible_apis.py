@@ -14,6 +14,8 @@
    and after a second.
 
     .venv/bin/python bench/compatible_apis.py [--requests 500] [--clients 200] [--burst-only] [--src DIR]
+    .venv/bin/python bench/compatible_apis.py --baseline DIR [--requests 500] [--gap-ms 20] [--sdk-headers]
+                                              (part 1 only: this checkout or --src against DIR, A/B)
 """
 
 from __future__ import annotations
@@ -105,6 +107,54 @@ def http_floor(port: int, headers: dict[str, str]) -> Callable[[int], float]:
         return (time.perf_counter() - started) * 1000
 
     return one
+
+
+def compare(server: str, requests: int, gap_ms: float, baseline: str, src: str | None = None,
+            sdk_headers: dict[str, str] | None = None) -> None:
+    """Part 1 for two builds at once: this checkout (or `src`) and `baseline` (an earlier commit's
+    package), each a daemon on a database of its own on the same server, every round one request of each
+    path of both, in a rotating order (the load's drift is shared); each build's routes against its own
+    direct path."""
+    builds = {"this": src, "baseline": baseline}
+    sdk_headers = sdk_headers or {}
+    with contextlib.ExitStack() as stack:
+        paths: dict[str, Callable[[int], float]] = {}
+        for number, (label, build_src) in enumerate(builds.items()):
+            db_url = fresh_database(server, f"imagend_bench_compat_{label}")
+            stack.enter_context(listening_daemon(db_url, PORTS[number], build_src))
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            basic = "Basic " + base64.b64encode(f"bench:{TOKEN}".encode()).decode()
+            paths[f"{label}: direct"] = direct(db_url)
+            paths[f"{label}: openai"] = route(
+                PORTS[number], "/v1/images/generations",
+                lambda i: {"prompt": f"openai {i}", "size": "64x64", "response_format": "b64_json"},
+                {**bearer, **sdk_headers})
+            paths[f"{label}: a1111"] = route(
+                PORTS[number], "/sdapi/v1/txt2img", lambda i: {"prompt": f"a1111 {i}", "width": 64, "height": 64},
+                {"Authorization": basic})
+        for one in paths.values():
+            for index in range(10):
+                one(-1 - index)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        order = list(paths)
+        for index in range(requests):
+            for name in order[index % len(order):] + order[: index % len(order)]:
+                times[name].append(paths[name](index))
+                time.sleep(gap_ms / 1000)
+    print(f"1. Added latency, this build against the baseline {baseline}, one request at a time ({gap_ms:g} ms "
+          f"apart), {requests} rounds (placeholder backend, no delay), OpenAI requests with {sdk_headers or 'no'} "
+          "headers of the SDK, ms:")
+    for label in builds:
+        base = times[f"{label}: direct"]
+        for kind in ("direct", "openai", "a1111"):
+            values = times[f"{label}: {kind}"]
+            paired = [value - direct_value for value, direct_value in zip(values, base, strict=True)]
+            added = "" if kind == "direct" else (
+                f"   added: p50 {percentile(values, 50) - percentile(base, 50):+.2f}, p95 "
+                f"{percentile(values, 95) - percentile(base, 95):+.2f}, median of the rounds' differences "
+                f"{statistics.median(paired):+.2f}")
+            print(f"   {label + ': ' + kind:<20} p50 {percentile(values, 50):6.2f}  p95 {percentile(values, 95):6.2f}  "
+                  f"mean {statistics.fmean(values):6.2f}{added}")
 
 
 def latency(server: str, requests: int, gap_ms: float, src: str | None = None) -> None:
@@ -211,8 +261,16 @@ def main() -> None:
     p.add_argument("--gap-ms", type=float, default=50.0, help="between two requests of part 1")
     p.add_argument("--src", help="run the imagend package in this folder (a patched copy, an earlier commit)")
     p.add_argument("--burst-only", action="store_true")
+    p.add_argument("--baseline", help="part 1 only, against the imagend package in this folder too (before/after)")
+    p.add_argument("--sdk-headers", action="store_true",
+                   help="with --baseline: the OpenAI requests carry the SDK's x-stainless-retry-count: 0 (a first "
+                        "try, noted under its key for the retries)")
     args = p.parse_args()
     with postgres(args.database_url) as server:
+        if args.baseline:
+            compare(server, args.requests, args.gap_ms, args.baseline, args.src,
+                    {"x-stainless-retry-count": "0"} if args.sdk_headers else None)
+            return
         if not args.burst_only:
             latency(server, args.requests, args.gap_ms, args.src)
         burst(server, args.clients, args.src)

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import psycopg
 from psycopg.rows import dict_row
 
-from imagend.db.columns import BACKEND_NAMES, INSERTABLE
+from imagend.db.columns import BACKEND_NAMES, INSERTABLE, insert_values
 from imagend.db.rows import FleetDaemon, Pause, QueueSnapshot
 from imagend.db.statements import Statements, by_name
 from imagend.db.webapp import KeyReused
@@ -19,6 +20,9 @@ ALL_BACKENDS = "*"
 # wherever they would become a label, a line or a row of a page (10,000 distinct names must not make
 # 10,000 series). Rows naming them are failed by the first daemon that claims them.
 UNKNOWN_BACKEND = "unknown"
+ROWS_MARKER = "/*rows*/"  # images_api_insert's place for its rows' VALUES lists
+ROW_VALUES = f"({insert_values()})"  # one row's, as images_insert's
+PLAIN_INSERT_SETTINGS = "SET LOCAL synchronous_commit = 'off'; "  # as insert_request's and begin_work's
 
 
 def known_or_unknown(backend: str | None) -> str | None:
@@ -175,11 +179,29 @@ class OperationsRepository(Statements):
                     return [int(image_id) for image_id in found[0]], True
             ids = self._insert_rows(cur, plain, [])
             ids += self._insert_rows(cur, chained, ids)
+            if any(row.get("owner") is not None for row in rows):
+                cur.execute(self._sql["images_api_refused"], {"ids": ids})
+                refused = cur.fetchone()
+                if refused is not None:  # raised inside the transaction: rolled back, nothing queued
+                    raise OwnerRefused(str(refused[0]), bool(refused[1]))
             if key is not None:
                 cur.execute(self._sql["images_api_request_record"], {"key": key, "ids": ids, "body_hash": body_hash})
             if before_commit is not None:
                 before_commit(ids)
         return ids, False
+
+    def insert_plain(self, rows: Sequence[dict[str, Any]], key: str | None = None) -> list[int]:
+        """INSERT a request's rows (no Earlier, no owner) and note them under `key` when given, in one
+        statement sent as one message (images_api_insert: one round trip, committed when it returns,
+        synchronous_commit off as insert_request). What a retry under `key` finds is insert_request's."""
+        with self._cursor() as cur, psycopg.ClientCursor(cur.connection) as bound:
+            values = ", ".join(bound.mogrify(ROW_VALUES, {**dict.fromkeys(INSERTABLE), **row}) for row in rows)
+            # The key bound first: the rows' text may hold a '%' that a second binding would misread.
+            text = bound.mogrify(self._sql["images_api_insert"], {"key": key}).replace(ROWS_MARKER, values, 1)
+            bound.execute(PLAIN_INSERT_SETTINGS + text)
+            while bound.nextset():  # past the SET's result: the statement's is the last
+                pass
+            return [int(row[0]) for row in bound.fetchall()]
 
     def _insert_rows(self, cur: Any, rows: Sequence[dict[str, Any]], earlier: list[int]) -> list[int]:
         """images_insert for each row (pipelined: one round trip), Earlier(i) as earlier[i]; their ids."""
@@ -219,6 +241,16 @@ class OperationsRepository(Statements):
         """Rows waiting (ReadyToGenerate), every backend: the exact counts, without counting the table."""
         return sum(int(rows) for status, _backend, rows in self._rows("images_queue_counts", {})
                    if status == "ReadyToGenerate")
+
+
+class OwnerRefused(Exception):
+    """An owner's plan refused a request's row at its insert (insert_request rolled the request back):
+    `waiting_full` for its max_waiting (try again later), else its budget."""
+
+    def __init__(self, reason: str, waiting_full: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.waiting_full = waiting_full
 
 
 class Earlier:

@@ -13,7 +13,9 @@ A caller is the Basic auth user name and the client's address: A1111 serves one 
 many, so a checkpoint chosen, a progress read or an interrupt concerns that caller's requests only.
 Auth (IMAGEND_A1111_AUTH): `token` (default), HTTP Basic with IMAGEND_HTTP_TOKEN as the password and
 any user name (A1111's `--api-auth user:pass`; a Bearer token works too); `off`, no credentials, on a
-loopback listener only. Errors take A1111's shape, `{"error", "detail", "body", "errors"}`.
+loopback listener only. An owner's key (docs/owners.md) as the password or a Bearer token, either way:
+its rows carry that owner, and its plan's refusal answers 429 (max_waiting) or 402 (budget). Errors
+take A1111's shape, `{"error", "detail", "body", "errors"}`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from starlette.routing import BaseRoute, Route
 from imagend import __version__
 from imagend.db.columns import NAME_MAX_CHARS, SEED_MAX, UPSCALE_FACTORS
 from imagend.db.operations import Earlier
+from imagend.db.owners import KEY_PREFIX, OwnersRepository
 from imagend.db.rows import Status
 from imagend.errors import BadInput, DatabaseUnavailable, clip
 from imagend.http.checks import BadRequest, parse_object, read_body
@@ -155,8 +158,13 @@ class Callers:
             return list(self._jobs.get(caller, ()))
 
 
-def _caller(compat: Compat, request: Request) -> str:
-    """Who asks (`user@address`), once its credentials are checked (A1111Error 401/403 otherwise)."""
+OWNER_SCOPE = "imagend.owner"  # the ASGI scope's entry naming the owner whose key the caller sent
+
+
+async def _caller(compat: Compat, request: Request) -> str:
+    """Who asks (`user@address`, `user@address owner` with an owner's key), once its credentials are
+    checked (A1111Error 401/403 otherwise). An owner's key (docs/owners.md), as the Basic password or a
+    Bearer token, needs its `submit` scope; its rows carry its owner (request.scope[OWNER_SCOPE])."""
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     user, presented = "", None
     if scheme.lower() == "basic" and value.strip():
@@ -167,6 +175,15 @@ def _caller(compat: Compat, request: Request) -> str:
         user, _, presented = decoded.partition(":")
     elif scheme.lower() == "bearer" and value.strip():
         presented = value.strip()
+    address = request.client.host if request.client else "?"
+    if presented is not None and presented.startswith(KEY_PREFIX):
+        key = await run_in_threadpool(OwnersRepository(compat.context.ops.pool).find_key, presented)
+        if key is None:
+            raise A1111Error(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
+        if "submit" not in key.scopes:
+            raise A1111Error(403, f"this API key lacks the 'submit' scope (it has: {', '.join(key.scopes)})")
+        request.scope[OWNER_SCOPE] = key.owner
+        return f"{clip(user, NAME_MAX_CHARS)}@{address} {key.owner}"
     if compat.settings.a1111_auth == "token":
         token = compat.context.http.token
         if token is None:
@@ -175,7 +192,6 @@ def _caller(compat: Compat, request: Request) -> str:
                                   "IMAGEND_A1111_AUTH=off on a loopback listener")
         if presented is None or not hmac.compare_digest(presented.encode(), token.reveal().encode()):
             raise A1111Error(401, "Incorrect username or password", headers={"WWW-Authenticate": "Basic"})
-    address = request.client.host if request.client else "?"
     return f"{clip(user, NAME_MAX_CHARS)}@{address}"
 
 
@@ -471,7 +487,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
     def guarded(call: Callable[[Request, str], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             try:
-                return await call(request, _caller(compat, request))
+                return await call(request, await _caller(compat, request))
             except A1111Error as exc:
                 return exc.response()
             except Full as exc:
@@ -488,22 +504,25 @@ def routes(compat: Compat) -> list[BaseRoute]:
         except BadRequest as exc:
             raise A1111Error(exc.status if exc.status == 413 else 422, exc.message) from None
 
-    def planned(raw: bytes, chosen: str | None, kind: str) -> tuple[dict[str, Any], Plan, list[dict[str, Any]]]:
+    def planned(raw: bytes, chosen: str | None, kind: str,
+                owner: str | None) -> tuple[dict[str, Any], Plan, list[dict[str, Any]]]:
         """The body parsed and checked, its images decoded as the daemon decodes them: CPU work for a
-        16 MiB body, run off the event loop."""
+        16 MiB body, run off the event loop. `owner`: the rows' (an owner's key), its plan applies."""
         try:
             body = parse_object(raw)
         except BadRequest as exc:
             raise A1111Error(422, exc.message) from None
         plan = _plan(compat, chosen, body, kind)
-        return body, plan, _checked(plan.columns)
+        owned = [{**row, "owner": owner} for row in plan.columns] if owner is not None else plan.columns
+        return body, plan, _checked(owned)
 
     async def generate(request: Request, caller: str, kind: str) -> Response:
         try:
             raw = await read_body(request, UPLOAD_MAX_BYTES)
         except BadRequest as exc:
             raise A1111Error(exc.status if exc.status == 413 else 422, exc.message) from None
-        body, plan, rows = await run_in_threadpool(planned, raw, callers.model(caller), kind)
+        body, plan, rows = await run_in_threadpool(planned, raw, callers.model(caller), kind,
+                                                   request.scope.get(OWNER_SCOPE))
         del raw
         if not body.get("include_init_images"):  # echoed without them, as A1111: a waiting request keeps none
             body = {name: value for name, value in body.items() if name not in ("init_images", "mask")}
@@ -514,6 +533,8 @@ def routes(compat: Compat) -> list[BaseRoute]:
             plan.columns = []
             release_admission(request)
         except QueueFull as exc:
+            if exc.over_budget:  # the owner's plan's budget: 402, as imagend's own API (no Retry-After)
+                raise A1111Error(402, exc.message) from None
             raise A1111Error(429, exc.message, headers={"Retry-After": str(exc.retry_after)}) from None
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise _unprocessable(f"the database refused the row: {clip(str(exc).splitlines()[0], 200)}") from None

@@ -39,6 +39,7 @@ from imagend.config.backends import BACKEND_NAMES
 from imagend.config.env import Env
 from imagend.config.settings import Settings
 from imagend.db.columns import NAME_MAX_CHARS
+from imagend.db.operations import Earlier, OwnerRefused
 from imagend.db.rows import Status
 from imagend.errors import ConfigError, DatabaseUnavailable
 from imagend.http.checks import check_columns
@@ -54,6 +55,7 @@ DEFAULT_RETRY_WINDOW_SECONDS = 3600.0
 EXPIRE_EVERY_SECONDS = 60.0
 WAITING_CACHE_SECONDS = 0.5
 FULL_RETRY_AFTER_SECONDS = 2  # what a 429 for a full queue says (the openai SDK honours up to 60 or 120 s)
+OWNER_RETRY_AFTER_SECONDS = 10  # an owner past its plan's max_waiting (as POST /v1/images: a row starts by then)
 UPLOAD_MAX_BYTES = 16 * 1024 * 1024  # a request carrying images (edits, variations, img2img)
 DEFAULT_STEPS = 30  # the local backend's IMAGEND_DEFAULT_STEPS default (docs/local.md)
 A1111_AUTH_CHOICES = ("token", "off")
@@ -213,10 +215,14 @@ class CompatSettings:
 
 
 class QueueFull(Exception):
-    def __init__(self, message: str, retry_after: int) -> None:
+    """429: the queue is full (IMAGEND_HTTP_MAX_WAITING), or an owner's plan refused the request: its
+    max_waiting (try again in `retry_after` s) or, `over_budget`, its budget (not before its next period)."""
+
+    def __init__(self, message: str, retry_after: int, over_budget: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.over_budget = over_budget
 
 
 @dataclass
@@ -287,6 +293,11 @@ class Compat:
         if key is not None:
             self._expire_keys()
         loop = asyncio.get_running_loop()
+        if not attach and all(_plain(row) for row in rows):
+            # One statement, one round trip, committed when it returns; the waiter registered after it
+            # takes the ends heard meanwhile (completions.py keeps the recent ones).
+            ids = await run_in_threadpool(self.context.ops.insert_plain, rows, key)
+            return ids, self.completions.register(ids, loop)
         registered: list[Waiter] = []
 
         def register(ids: list[int]) -> None:
@@ -296,6 +307,10 @@ class Compat:
             ids, _attached = await run_in_threadpool(
                 self.context.ops.insert_request, rows, key, attach=attach,
                 window_seconds=self.settings.retry_window_seconds, before_commit=register)
+        except OwnerRefused as exc:  # rolled back: nothing queued
+            for waiter in registered:
+                self.completions.release(waiter)
+            raise QueueFull(exc.reason, OWNER_RETRY_AFTER_SECONDS, over_budget=not exc.waiting_full) from None
         except BaseException:
             for waiter in registered:
                 self.completions.release(waiter)
@@ -353,6 +368,13 @@ class Compat:
                 _attach_image(self.context, result)
             found.append(result)
         return found
+
+
+def _plain(row: dict[str, Any]) -> bool:
+    """A row insert_plain takes: no owner (its plan may refuse it: insert_request checks that before the
+    commit), no chained row, no input image (megabytes: sent as parameters, not bound into the text)."""
+    return row.get("owner") is None and not any(isinstance(value, Earlier) for value in row.values()) and not any(
+        row.get(name) is not None for name in IMAGE_COLUMNS_CHECKED_HERE)
 
 
 def _attach_image(context: HttpContext, result: Result) -> None:
@@ -429,7 +451,7 @@ async def disconnect_watch(request: Request) -> AsyncIterator[Any]:
             await task
 
 
-IMAGE_COLUMNS_CHECKED_HERE = ("init_image", "mask_image")
+IMAGE_COLUMNS_CHECKED_HERE = ("init_image", "mask_image", "reference_image")
 
 
 def checked_columns(columns: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,11 @@ that id, on their event loop. A request registers its ids first, then reads thei
   read again, in one query: a notification missed then costs at most RECHECK_SECONDS.
 - The thread and its connection start with the first wait and go after IDLE_CLOSE_SECONDS without
   one: a daemon whose clients never use these APIs holds no connection for them.
+- A request whose rows went in as one statement (one round trip: compat.py) registers once they are
+  committed, so an end may be heard before anyone waits for it: the ends heard in the last
+  RECENT_SECONDS (RECENT_MAX of them) are kept, and a registration takes those of its rows. A row that
+  ended while no connection listened is read by the (re)connection's recheck, which a registration
+  starting the thread also gets.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
@@ -42,6 +48,8 @@ RECHECK_SECONDS = 30.0
 IDLE_CLOSE_SECONDS = 60.0
 NOTIFY_WAIT_SECONDS = 1.0  # how often the thread looks at its stop, idle and recheck clocks
 RECONNECT_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)
+RECENT_SECONDS = 30.0  # ends kept for a registration that comes after its rows' commit
+RECENT_MAX = 16384  # at most this many (the oldest forgotten first): ~2 MB
 ENDED = frozenset({Status.READY_TO_PUBLISH, Status.FAILED})
 # libpq's TCP keepalives (ignored on a Unix socket), as the daemon's own listener: a dead peer is
 # noticed within about a minute.
@@ -113,6 +121,7 @@ class Completions:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._idle_since = time.monotonic()
+        self._recent: OrderedDict[int, tuple[float, str]] = OrderedDict()  # id → (heard at, status)
         self.connections = 0  # LISTEN connections opened so far (for tests and the benchmark)
 
     # -- the requests' side ----------------------------------------------------------------
@@ -134,6 +143,8 @@ class Completions:
                 self._by_id.setdefault(image_id, []).append(waiter)
             self._waiting_rows += len(waiter.ids)
             waiter.registered = True
+            heard = [(image_id, self._recent[image_id][1]) for image_id in waiter.ids if image_id in self._recent]
+        self._deliver((waiter, image_id, status) for image_id, status in heard)  # ended before this registration
         self._ensure_thread()
         return waiter
 
@@ -246,8 +257,14 @@ class Completions:
             image_id, status = int(done["id"]), str(done["status"])
         except (ValueError, KeyError, TypeError):
             return
+        now = time.monotonic()
         with self._lock:
             waiters = list(self._by_id.get(image_id, ()))
+            recent = self._recent
+            recent[image_id] = (now, status)
+            recent.move_to_end(image_id)
+            while recent and (len(recent) > RECENT_MAX or next(iter(recent.values()))[0] < now - RECENT_SECONDS):
+                recent.popitem(last=False)
         self._deliver((waiter, image_id, status) for waiter in waiters)
 
     def _recheck(self) -> None:

@@ -59,6 +59,7 @@ from imagend.images.inputs import MAX_INPUT_BYTES, decode_image_bytes, decode_ma
 
 N_RANGE = (1, 10)
 PARTIAL_IMAGES_MAX = 3
+MAX_EDIT_IMAGES = 2  # an edit's image and one reference (the IP-Adapter takes one)
 URL_SECONDS = 3600  # a `url` answer is valid this long (OpenAI: 60 minutes), and while retention keeps the row
 ECHO_MAX_CHARS = 60
 USER_MAX_CHARS = 256
@@ -76,14 +77,15 @@ GENERATION_FIELDS = COMMON_FIELDS | {"quality", "output_format", "output_compres
                                      "partial_images", "moderation", "safety_identifier"}
 EDIT_FIELDS = COMMON_FIELDS | {"quality", "output_format", "output_compression", "background", "stream",
                                "partial_images", "input_fidelity", "safety_identifier", "strength", "mask",
-                               "image", "image[]"}
+                               "image", "image[]", "reference_scale"}
 VARIATION_FIELDS = COMMON_FIELDS | {"image", "strength"}
 # OpenAI fields for what imagend does not make (animations, SVG): refused when set.
 REFUSED_FIELDS = frozenset({"complexity", "frame_count", "frame_duration_ms", "svg", "markup"})
 VARIATION_PROMPT = "a variation of this picture, same subject, same style"
 # imagend's own column names for the OpenAI fields they come from, in the errors' `param`.
 PARAM_OF_COLUMN = {"width": "size", "height": "size", "steps": "quality", "format": "output_format",
-                   "quality": "output_compression", "init_image": "image", "mask_image": "mask"}
+                   "quality": "output_compression", "init_image": "image", "mask_image": "mask",
+                   "reference_image": "image"}
 TOKEN_PURPOSE = "imagend openai image url"
 
 
@@ -287,12 +289,13 @@ def _plan(compat: Compat, body: dict[str, Any], endpoint: str) -> Plan:
             raise _bad(f"model {model!r} makes images with the {backend} backend, which takes no input image: "
                        "edits and variations need a model of the local backend (IMAGEND_OPENAI_MODELS).", "model",
                        "unsupported_model")
-        strength = body.get("strength")
-        if strength is not None:
-            try:
-                plan.columns["strength"] = float(strength)
-            except (TypeError, ValueError):
-                raise _bad("Invalid 'strength': a number above 0 and at most 1.", "strength", "invalid_type") from None
+        for name in ("strength", "reference_scale"):
+            value = body.get(name)
+            if value is not None:
+                try:
+                    plan.columns[name] = float(value)
+                except (TypeError, ValueError):
+                    raise _bad(f"Invalid '{name}': a number.", name, "invalid_type") from None
     return plan
 
 
@@ -307,22 +310,29 @@ def _checked(columns: dict[str, Any]) -> dict[str, Any]:
 # -- uploads -------------------------------------------------------------------------------------------
 
 
-def _image_part(form: multipart.Form) -> bytes:
+def _image_parts(form: multipart.Form, endpoint: str) -> list[bytes]:
+    """The input images: one, or for an edit two (gpt-image-1 takes several as `image[]`): the first is
+    the picture edited (init image), the second a reference the local backend's IP-Adapter follows
+    (reference_image; a daemon without IMAGEND_IP_ADAPTER fails the row saying so). More: 400."""
     parts = form.all("image", "image[]")
     if not parts:
         raise _bad("'image' is required: the picture to start from (a PNG, JPEG or WebP file).", "image",
                    "missing_required_parameter")
-    if len(parts) > 1:
-        raise _bad(f"{len(parts)} images were sent: imagend starts from one image per request.", "image",
-                   "unsupported_value")
-    data = parts[0].data
-    if not parts[0].is_file:
-        try:  # a data URL or base64 text in a text field (some gateways send one)
-            text = parts[0].text().strip()
-            data = base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
-        except (ValueError, multipart.MultipartError):
-            raise _bad("'image' is neither a file nor base64 text.", "image") from None
-    return data
+    most = MAX_EDIT_IMAGES if endpoint == "edits" else 1
+    if len(parts) > most:
+        raise _bad(f"{len(parts)} images were sent: imagend takes at most {most} per {endpoint[:-1]} (an edit: the "
+                   "image edited, then one reference image for the IP-Adapter).", "image", "unsupported_value")
+    images = []
+    for part in parts:
+        data = part.data
+        if not part.is_file:
+            try:  # a data URL or base64 text in a text field (some gateways send one)
+                text = part.text().strip()
+                data = base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
+            except (ValueError, multipart.MultipartError):
+                raise _bad("'image' is neither a file nor base64 text.", "image") from None
+        images.append(data)
+    return images
 
 
 def _checked_image(data: bytes, param: str) -> Any:
@@ -382,9 +392,12 @@ def _upload_plan(compat: Compat, body: bytes, content_type: str, endpoint: str) 
                    code="invalid_body") from None
     files = [name for name in form.names() if name in ("image", "image[]", "mask")]
     plan = _plan(compat, {**fields, **dict.fromkeys(files, "")}, endpoint)
-    image_data = _image_part(form)
+    image_data, *references = _image_parts(form, endpoint)
     picture = _checked_image(image_data, "image")
     plan.columns["init_image"] = base64.b64encode(image_data).decode("ascii")
+    for reference in references:
+        _checked_image(reference, "image")
+        plan.columns["reference_image"] = base64.b64encode(reference).decode("ascii")
     masks = form.all("mask")
     if masks and endpoint == "edits":
         plan.columns["mask_image"] = _mask(masks[0].data, picture.size)
@@ -568,6 +581,9 @@ async def _answer(compat: Compat, request: Request, plan: Plan, credential: tupl
         plan.columns = {}  # the images it may hold are in the rows now: a waiting request keeps none
         release_admission(request)
     except QueueFull as exc:
+        if exc.over_budget:  # as OpenAI's quota: 429 insufficient_quota, final until the next period
+            raise OpenAIError(429, exc.message, kind="insufficient_quota", code="insufficient_quota",
+                              retry=False) from None
         raise OpenAIError(429, exc.message, kind="requests", code="rate_limit_exceeded", retry=True,
                           headers={"Retry-After": str(exc.retry_after)}) from None
     except (psycopg.DataError, psycopg.IntegrityError) as exc:

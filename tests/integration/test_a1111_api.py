@@ -337,3 +337,32 @@ def test_librechats_stable_diffusion_tool_request(module_db, db):
     assert info["infotexts"][0].split("\n").pop().startswith("Seed: ")
     (row,) = rows_with(db, "a fox, LibreChat")
     assert (row["scheduler"], row["guidance"], row["steps"]) == ("dpmpp_2m_karras", 4.5, 22)
+
+
+# -- owners' keys (issue 21: docs/owners.md) ---------------------------------------------------------------
+
+
+def test_an_owner_key_as_the_password_or_a_bearer_queues_for_its_owner(daemon, db, module_db):
+    from imagend.config.settings import load_settings
+    from imagend.db.connect import open_pool
+    from imagend.db.owners import OwnersRepository
+
+    from support.db import base_env
+
+    with open_pool(module_db, load_settings(environ=base_env(module_db), env_file=None)) as pool:
+        owners = OwnersRepository(pool)
+        owners.set_plan("ONE_WAITING", {"max_waiting": 1})
+        owners.assign("frank", "ONE_WAITING")
+        key = owners.create_key("frank")
+    result = client_for(daemon, user="frank", password=key).txt2img(prompt="frank's own", width=32, height=32)
+    assert len(result.images) == 1
+    assert [row["owner"] for row in rows_with(db, "frank's own")] == ["frank"]
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert daemon.client.get("/sdapi/v1/sd-models", headers=bearer).status_code == 200
+    # Two rows where frank's plan has room for one: 429 with Retry-After, nothing queued.
+    before = row_count(db)
+    refused = daemon.client.post("/sdapi/v1/txt2img", json={"prompt": "two for frank", "batch_size": 2},
+                                 headers=bearer)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 120
+    assert "max_waiting" in refused.json()["detail"] and row_count(db) == before
+    assert daemon.client.get("/sdapi/v1/options", headers=basic("frank", "imk_0_unknown")).status_code == 401

@@ -182,6 +182,45 @@ def test_a_full_queue_is_429_with_retry_after_and_the_sdks_retry_then_succeeds(d
                10, what="the blocking rows to finish")
 
 
+# -- owners' keys (issue 21: docs/owners.md) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dave_key(module_db: str, daemon: HttpDaemon) -> str:
+    """An owner's key; dave's plan lets one row of his wait."""
+    from imagend.config.settings import load_settings
+    from imagend.db.connect import open_pool
+    from imagend.db.owners import OwnersRepository
+
+    from support.db import base_env
+
+    with open_pool(module_db, load_settings(environ=base_env(module_db), env_file=None)) as pool:
+        owners = OwnersRepository(pool)
+        owners.set_plan("ONE_WAITING", {"max_waiting": 1})
+        owners.assign("dave", "ONE_WAITING")
+        return owners.create_key("dave")
+
+
+def test_an_owner_key_queues_for_its_owner_and_a_full_plan_is_a_rate_limit_error(daemon, db, dave_key):
+    with openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=dave_key, timeout=20.0, max_retries=0) as sdk:
+        answer = sdk.images.with_raw_response.generate(prompt="dave's own", model="gpt-image-1")
+        (image_id,) = answer.headers["x-imagend-ids"].split(",")
+        assert len(answer.parse().data or []) == 1
+        assert db.execute("SELECT owner FROM images WHERE id = %s", [int(image_id)]).fetchone()["owner"] == "dave"
+        # Two rows where the plan has room for one: the whole request is refused, nothing queued.
+        before = row_count(db)
+        with pytest.raises(openai.RateLimitError) as refused:
+            sdk.images.generate(prompt="two for dave", model="gpt-image-1", n=2)
+        headers = refused.value.response.headers
+        assert 1 <= int(headers["retry-after"]) <= 120 and headers["x-should-retry"] == "true"
+        assert refused.value.code == "rate_limit_exceeded" and "max_waiting" in refused.value.message
+        assert row_count(db) == before
+    with httpx.Client(base_url=f"{daemon.url}/v1", timeout=10) as web:
+        unknown = web.post("/images/generations", json={"prompt": "x"}, headers={"Authorization": "Bearer imk_0_x"})
+    assert unknown.status_code == 401 and unknown.json()["error"]["code"] == "invalid_api_key"
+
+
+
 # -- the SDK's retries ------------------------------------------------------------------------------
 
 
@@ -384,7 +423,8 @@ def test_open_webuis_openai_engine_requests(daemon, db):
 
 def test_completions_hear_an_end_and_a_recheck_skips_rows_not_committed_yet(module_db):
     """A request registers its rows before it commits them: the LISTEN thread's recheck (after it
-    connects) must not take an uncommitted row, which it cannot see, for a deleted one."""
+    connects) must not take an uncommitted row, which it cannot see, for a deleted one. One that registers
+    after its commit (one statement) gets an end heard before it registered."""
     import asyncio
 
     from imagend.http.completions import Completions
@@ -411,6 +451,17 @@ def test_completions_hear_an_end_and_a_recheck_skips_rows_not_committed_yet(modu
             assert await waiter.changed(5.0)
             assert hub.waiting_rows == 0  # a waiter whose rows all ended leaves by itself
             hub.release(waiter)  # and releasing it again is nothing
+            # A request whose rows went in as one statement registers after its commit: an end heard
+            # before that is kept for it (the thread kept connected meanwhile by another waiter).
+            keeper = hub.register([2**31 - 1], asyncio.get_running_loop())
+            with psycopg.connect(module_db, autocommit=True) as producer:
+                (late_id,) = producer.execute("INSERT INTO images (prompt, backend) VALUES ('hub late', "
+                                              "'fusionbrain') RETURNING id").fetchone()  # type: ignore[misc]
+                producer.execute("UPDATE images SET status = 'Failed', error = 'x' WHERE id = %s", [late_id])
+            await asyncio.sleep(0.3)  # heard, nobody waiting for it yet
+            late = hub.register([late_id], asyncio.get_running_loop())
+            assert await late.changed(2.0) and late.ended == {late_id: "Failed"}
+            hub.release(keeper)
             return waiter.ended
 
         ended = asyncio.run(scenario())

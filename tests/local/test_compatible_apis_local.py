@@ -49,6 +49,7 @@ def daemon(module_db: str, tiny_models: dict[str, Path],
         "DEFAULT_IMAGE_HEIGHT": str(SIDE),
         "HF_HUB_OFFLINE": "1",
         "IMAGEND_OPENAI_MODELS": "gpt-image-1=local:sdxl-b",
+        "IMAGEND_IP_ADAPTER": str(tiny_models["ip-adapter"]),  # an edit's second image (its reference)
     }
     with HttpDaemon(module_db, **env) as running:
         yield running
@@ -119,6 +120,24 @@ def test_open_webuis_edit_request_with_image_brackets(daemon, db):
     assert decoded(res.json()["data"][0]["b64_json"]).shape == (SIDE, SIDE, 3)
     row = db.execute("SELECT model, mask_image FROM images WHERE prompt = 'same scene, dusk'").fetchone()
     assert row == {"model": "sdxl-b", "mask_image": None}  # gpt-image-1=local:sdxl-b; image-to-image
+
+
+def test_an_edit_with_two_images_takes_the_second_as_the_ip_adapter_reference(client, db):
+    """gpt-image-1's several input images: the first is edited, the second steers it (IP-Adapter); a
+    third is refused in OpenAI's shape, nothing queued."""
+    reference = Image.new("RGB", (SIDE, SIDE), (20, 40, 200))
+    images = [("in.png", png_bytes(picture()), "image/png"), ("ref.png", png_bytes(reference), "image/png")]
+    answer = client.images.with_raw_response.edit(image=images, prompt="two images", model="dall-e-2",
+                                                  size=f"{SIDE}x{SIDE}", response_format="b64_json")
+    assert decoded(answer.parse().data[0].b64_json).shape == (SIDE, SIDE, 3)
+    row = db.execute("SELECT status, init_image, reference_image FROM images WHERE prompt = 'two images'").fetchone()
+    assert row["status"] == "ReadyToPublish"
+    assert base64.b64decode(row["init_image"]) == images[0][1]
+    assert base64.b64decode(row["reference_image"]) == images[1][1]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.edit(image=[*images, images[1]], prompt="three images", model="dall-e-2")
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "image"
+    assert db.execute("SELECT count(*) AS n FROM images WHERE prompt = 'three images'").fetchone()["n"] == 0
 
 
 def test_openai_variations_start_from_the_image_and_its_own_prompt(client, db):

@@ -17,8 +17,9 @@ EXPECTED = {
     "listen_probe", "images_unserved", "images_expire", "images_drop_inline", "images_retention_index_finished",
     "images_retention_index_inline", "images_invalid_indexes", "images_export_batch", "images_export_mark",
     "images_fold_queue_counts", "images_fail_batch", "images_input_image", "images_spooled_batch", "images_spool_mark",
-    "images_api_cancel", "images_api_progress", "images_api_request_find", "images_api_request_record",
-    "images_api_requests_expire", "images_api_results", "images_claimable",
+    "images_api_cancel", "images_api_insert", "images_api_progress", "images_api_refused",
+    "images_api_request_find", "images_api_request_record", "images_api_requests_expire", "images_api_results",
+    "images_claimable",
     # queries_operations.sql
     "paused_add", "paused_remove", "paused_list", "images_queue_counts", "images_oldest_waiting", "daemons_list",
     "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",

@@ -158,6 +158,36 @@ RETURNING r.image_ids, r.created_at > now() - make_interval(secs => %(window)s) 
 UPDATE imagend_api_requests SET image_ids = %(ids)s, body_hash = %(body_hash)s, created_at = now()
 WHERE key = %(key)s;
 
+-- name: images_api_insert
+-- A request's rows in one statement, with its retry key when it has one (the openai SDK's first try):
+-- sent as one simple query after a SET LOCAL synchronous_commit (operations.py, insert_plain), bound on
+-- the client, so the two share the implicit transaction of a multi-statement message (no BEGIN or
+-- COMMIT of our own) and the request costs one round trip. The comment after VALUES stands for the
+-- rows' VALUES lists, each as images_insert's (db/columns.py: insert_values); ids are given in the
+-- order of the list within one INSERT. The route registers its waiter after this commits:
+-- completions.py keeps the ends it heard lately for that.
+WITH inserted AS (
+    INSERT INTO images ({{insert_columns}})
+    VALUES /*rows*/
+    RETURNING id
+), noted AS (
+    INSERT INTO imagend_api_requests AS r (key, image_ids)
+    SELECT %(key)s, array_agg(id ORDER BY id) FROM inserted HAVING %(key)s::text IS NOT NULL
+    ON CONFLICT (key) DO UPDATE SET image_ids = excluded.image_ids, body_hash = NULL, created_at = now()
+)
+SELECT id FROM inserted ORDER BY id;
+
+-- name: images_api_refused
+-- An owner's request, before its commit: the first of its rows its plan refused at the insert
+-- (max_waiting, budget: the insert trigger ended it Failed with the reason, as images_refused_at_insert
+-- reads it); the request is then rolled back, nothing queued, and answered 429.
+SELECT error, error ~ '^owner .* already has [0-9]+ rows waiting' AS waiting_full
+FROM images
+WHERE id = ANY (%(ids)s) AND status = 'Failed' AND owner IS NOT NULL
+  AND error ~ '^owner .* (already has [0-9]+ rows waiting|is over its plan)'
+ORDER BY id
+LIMIT 1;
+
 -- name: images_api_requests_expire
 -- Keys past the retry window, on their index.
 DELETE FROM imagend_api_requests WHERE created_at < now() - make_interval(secs => %(window)s);
