@@ -49,8 +49,8 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 test: lint system-deps pg14
-	@echo "== tests against the embedded Postgres"
-	$(VENV)/bin/pytest -W error -q
+	@echo "== tests against the embedded Postgres (two workers, each with its own server; a file's tests stay on one)"
+	$(VENV)/bin/pytest -W error -q -n 2 --dist loadfile
 	@echo "== tests against $(TEST_SERVER_URL) (the statements that differ between versions: SECOND_SERVER in tests/conftest.py)"
 	IMAGEND_TEST_DATABASE_ONLY=1 IMAGEND_TEST_DATABASE_URL=$(TEST_SERVER_URL) $(VENV)/bin/pytest -W error -q
 

@@ -231,7 +231,9 @@ def burst(conn: psycopg.Connection[tuple[object, ...]], daemons: int, args: argp
     wait_until(lambda: scalar(conn, "SELECT count(*) FROM images WHERE status = 'ReadyToPublish'") >= args.burst,
                60 + args.burst * args.delay / max(1, daemons) * 3, interval=0.5)
     rate = args.burst / (time.monotonic() - started)
-    return {"burst_rows_per_s": rate, "burst_ideal_rows_per_s": daemons / args.delay}
+    time.sleep(10)  # what the fleet still holds 10 s after the drain (a burst opened up to DB_MAX_OPEN_CONNS each)
+    return {"burst_rows_per_s": rate, "burst_ideal_rows_per_s": daemons / args.delay,
+            "burst_connections_10s_after": sessions(conn)}
 
 
 def busy_insert_rate(db: str, daemons: int, hosts: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -274,7 +276,7 @@ def main() -> None:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         rows = []
-        for size in args.sizes.split(","):
+        for size in filter(None, args.sizes.split(",")):  # --sizes '': the busy fleet only
             daemons, hosts = (int(x) for x in size.split(":"))
             figures = measure(db, daemons, hosts, argparse.Namespace(**{**vars(args), "burst": 0}))
             if args.burst:
@@ -285,19 +287,22 @@ def main() -> None:
                   flush=True)
         print(f"\nfleet, a producer at {args.rate:g} rows/s for {args.seconds:g} s, {args.delay:g} s per image")
         head = ("daemons/hosts", "claims/row", "stmts/row", "db ms/row", "idle stmt/s/d", "pickup p50/p95 ms",
-                "LISTEN", "conns idle/peak/+10s", "burst rows/s (ideal)")
+                "LISTEN", "conns idle/peak/+10s", "burst rows/s (ideal; conns 10 s after)")
         print(" | ".join(head))
         for f in rows:
             nan = float("nan")
-            burst = f"{f.get('burst_rows_per_s', nan):.1f} ({f.get('burst_ideal_rows_per_s', nan):.0f})"
+            burst = (f"{f.get('burst_rows_per_s', nan):.1f} ({f.get('burst_ideal_rows_per_s', nan):.0f}; "
+                     f"{f.get('burst_connections_10s_after', nan):.0f} conns 10 s after)")
             print(" | ".join([
                 f"{f['daemons']:.0f}/{f['hosts']:.0f}", f"{f['claims_per_row']:.2f}", f"{f['statements_per_row']:.1f}",
                 f"{f['db_ms_per_row']:.2f}", f"{f['idle_statements_per_s_per_daemon']:.2f}",
                 f"{f['pickup_p50_ms']:.1f}/{f['pickup_p95_ms']:.1f}", f"{f['listen_connections']:.0f}",
                 f"{f['connections_idle']:.0f}/{f['connections_peak']:.0f}/{f['connections_10s_after']:.0f}", burst]))
-        small, large = rows[0], rows[-1]
-        print(f"statements per row, {large['daemons']:.0f} daemons / {small['daemons']:.0f}: "
-              f"{large['statements_per_row'] / max(small['statements_per_row'], 1e-9):.2f}x (target <= 1.5x, <= 30)")
+        if rows:
+            small, large = rows[0], rows[-1]
+            print(f"statements per row, {large['daemons']:.0f} daemons / {small['daemons']:.0f}: "
+                  f"{large['statements_per_row'] / max(small['statements_per_row'], 1e-9):.2f}x "
+                  "(target <= 1.5x, <= 30)")
         if args.busy:
             daemons, hosts = (int(x) for x in args.busy.split(":"))
             alone, busy = busy_insert_rate(db, daemons, hosts, args)

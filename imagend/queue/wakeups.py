@@ -7,7 +7,7 @@ and a broadcast woke every idle daemon to run a claim that, for all but one, fou
 - the database chooses whom to wake (imagend_wake in schema.sql): up to one idle daemon per row that
   became claimable, and NOTIFYs that daemon's *host* channel naming the daemons (owners) to wake;
 - on each host the daemons elect a relay by a lock file (the kernel frees it when its holder dies, and
-  the next daemon takes over within RELAY_ELECTION_SECONDS); the relay holds the host's one LISTEN
+  the next daemon, blocked on it, takes over at once); the relay holds the host's one LISTEN
   connection (listener.py: probes, reconnects, the pooler check) and passes each wake-up on to the
   daemons it names, over Unix datagram sockets in the runtime folder;
 - each daemon has a mailbox (a datagram socket) and tells the relay when it is idle or busy, again
@@ -38,7 +38,6 @@ from imagend.logs import get_logger
 
 log = get_logger()
 
-RELAY_ELECTION_SECONDS = 0.2  # how often a daemon that is not the relay tries the host's lock
 IDLE_REPEAT_SECONDS = 1.0  # an idle daemon says so again this often (a new relay learns it)
 MESSAGE_BYTES = 512
 WAKE, DEAF = b"wake", b"deaf"
@@ -256,16 +255,14 @@ class HostWakeups:
         self.on_wake()
 
     def _elect(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.stopping.wait(RELAY_ELECTION_SECONDS)
-                continue
-            except OSError:
-                return  # closed at stop
-            log.info("wake_relay_started", channel=self.channel, folder=str(self.folder))
-            self.relay = Relay(self.folder, self.key, self.listen)
-            self.relay.local[str(self.mailbox)] = self._woken
-            self.relay.start()
-            return
+        """Block on the host's lock (in the kernel: no polling) until the relay before dies or stops."""
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        except OSError:
+            return  # closed at stop
+        if self.stopping.is_set():
+            return  # the stop closes the file, which frees the lock
+        log.info("wake_relay_started", channel=self.channel, folder=str(self.folder))
+        self.relay = Relay(self.folder, self.key, self.listen)
+        self.relay.local[str(self.mailbox)] = self._woken
+        self.relay.start()

