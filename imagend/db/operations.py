@@ -154,14 +154,16 @@ class OperationsRepository(Statements):
     def insert_request(self, rows: Sequence[dict[str, Any]], key: str | None = None, *, attach: bool = False,
                        window_seconds: float = 0.0,
                        before_commit: Callable[[list[int]], None] | None = None,
-                       body_hash: str | None = None) -> tuple[list[int], bool]:
+                       body_hash: str | None = None, refuse_owned: bool = False) -> tuple[list[int], bool]:
         """INSERT a request's rows in one transaction; returns their ids and False. A value `Earlier(i)`
         is the id of the request's row i (a chained row, inserted after the others). With `key`, the
         request is noted under it; with `attach` too, a request noted under `key` within `window_seconds`
         is a retry: nothing is inserted and its ids come back with True. `before_commit(ids)` runs before
         the rows are committed (so that a waiter registered there cannot miss their end); what it raises
         rolls the request back. `body_hash`: the request body's, noted with the key; a retry under the key
-        with another body raises KeyReused."""
+        with another body raises KeyReused. `refuse_owned`: a row its owner's plan refused at the insert
+        raises OwnerRefused, the request rolled back (without it, the row is committed Failed with the
+        reason, as a producer's INSERT is)."""
         first_chained = next((index for index, row in enumerate(rows)
                               if any(isinstance(value, Earlier) for value in row.values())), len(rows))
         plain, chained = rows[:first_chained], rows[first_chained:]  # Earlier(i) names a plain row
@@ -179,7 +181,7 @@ class OperationsRepository(Statements):
                     return [int(image_id) for image_id in found[0]], True
             ids = self._insert_rows(cur, plain, [])
             ids += self._insert_rows(cur, chained, ids)
-            if any(row.get("owner") is not None for row in rows):
+            if refuse_owned and any(row.get("owner") is not None for row in rows):
                 cur.execute(self._sql["images_api_refused"], {"ids": ids})
                 refused = cur.fetchone()
                 if refused is not None:  # raised inside the transaction: rolled back, nothing queued

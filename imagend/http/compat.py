@@ -306,7 +306,7 @@ class Compat:
         try:
             ids, _attached = await run_in_threadpool(
                 self.context.ops.insert_request, rows, key, attach=attach,
-                window_seconds=self.settings.retry_window_seconds, before_commit=register)
+                window_seconds=self.settings.retry_window_seconds, before_commit=register, refuse_owned=True)
         except OwnerRefused as exc:  # rolled back: nothing queued
             for waiter in registered:
                 self.completions.release(waiter)
