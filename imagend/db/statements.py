@@ -40,6 +40,9 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
 #   way (it took the rows' side for one row), the planner looped over the arrays once per row:
 #   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
+# - the claim's lock_timeout: it waits on nothing but its rows' owners' counters (docs/owners.md), which
+#   other claims hold for milliseconds; an operator's transaction left open on imagend_owners fails the
+#   pass (retried later) instead of stalling the daemon.
 LOCK_TIMEOUT = "2s"
 LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
@@ -50,7 +53,7 @@ TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     ),
     "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
     "images_begin_work": {"synchronous_commit": "off"},
-    "images_claim_batch": {"enable_sort": "off"},
+    "images_claim_batch": {"enable_sort": "off", "lock_timeout": LOCK_TIMEOUT},
 }
 
 

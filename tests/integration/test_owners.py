@@ -265,3 +265,19 @@ def test_position_follows_the_fair_share(conn):
     late = add_rows(conn, "B", 1)[0]  # second in the fair share, not 51st
     ahead = conn.execute("SELECT ahead FROM imagend_position(%s)", [late]).fetchone()["ahead"]
     assert ahead <= 2, ahead
+
+
+def test_a_claim_does_not_wait_long_on_an_owner_row_held_open(conn, db_url, make_settings, make_repo):
+    import time
+
+    from imagend.errors import RowLocked
+
+    add_rows(conn, "held", 1)
+    with psycopg.connect(db_url) as holder:  # an operator's transaction left open on the owner's row
+        holder.execute("SELECT 1 FROM imagend_owners WHERE owner = 'held' FOR UPDATE")
+        repo = make_repo(make_settings())
+        started = time.monotonic()
+        with pytest.raises(RowLocked):
+            repo.claim_batch("placeholder", 1)
+        assert time.monotonic() - started < 5  # the claim's lock_timeout (2 s): the pass fails and is retried
+    assert len(repo.claim_batch("placeholder", 1)) == 1

@@ -33,6 +33,10 @@ EXPECTED = {
     "videos_row", "videos_background_audio", "videos_set_scenes", "videos_expand", "videos_scenes", "videos_park",
     "videos_set_phase", "videos_mark_done", "videos_api_get", "videos_scene_list",
     "videos_plan_limits",
+    # queries_owners.sql
+    "plans_clear_default", "plans_upsert", "plans_delete", "plans_list", "owners_assign", "owners_top", "owners_usage",
+    "keys_create", "keys_revoke", "keys_lookup", "images_owner_of", "images_list_owned", "images_delete",
+    "images_refused_at_insert", "images_fail_over_budget",
 }
 
 
@@ -51,7 +55,7 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    nouns = "images|daemons|listen|paused|database|videos|uploads|webhooks"
+    nouns = "images|daemons|listen|paused|database|videos|uploads|webhooks|plans|owners|keys"
     assert all(re.fullmatch(rf"({nouns})_[a-z_]+", name) for name in queries())
 
 
