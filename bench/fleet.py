@@ -81,7 +81,7 @@ def own_postgres() -> Iterator[str]:
 
 
 class Fleet:
-    def __init__(self, db: str, daemons: int, hosts: int, delay: float, folder: Path) -> None:
+    def __init__(self, db: str, daemons: int, hosts: int, delay: float, folder: Path, nice: int = 0) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "DATABASE_URL": db,
                "IMAGEND_BACKEND": "placeholder", "IMAGEND_PLACEHOLDER_DELAY": str(delay), "IMAGEND_MAX_BATCH": "1",
@@ -92,7 +92,7 @@ class Fleet:
             host = f"fleet-host-{n % hosts}"
             self.procs.append(subprocess.Popen(
                 ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', host,
-                 sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
+                 "nice", "-n", str(nice), sys.executable, "-m", "imagend", "-cron", "-env-file", os.devnull],
                 env=env, cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
@@ -242,7 +242,7 @@ def busy_insert_rate(db: str, daemons: int, hosts: int, args: argparse.Namespace
         conn.execute("TRUNCATE images")
     alone = statistics.median(insert_rate(db, 5) for _ in range(3))
     folder = Path(tempfile.mkdtemp(prefix="imagend-fleet-"))
-    fleet = Fleet(db, daemons, hosts, 600.0, folder)
+    fleet = Fleet(db, daemons, hosts, 600.0, folder, nice=args.busy_nice)
     try:
         with psycopg.connect(db, autocommit=True) as conn:
             wait_until(lambda: scalar(conn, "SELECT count(*) FROM imagend_daemons WHERE idle_since IS NOT NULL "
@@ -266,6 +266,9 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=0, help="rows of the burst (0: none)")
     p.add_argument("--burst-delay", type=float, default=0.5)
     p.add_argument("--top", type=int, default=0, help="print the N statements that took longest")
+    p.add_argument("--busy-nice", type=int, default=0,
+                   help="the busy fleet's niceness (19: its daemons' own CPU does not compete with the producer, "
+                        "as on a real fleet, whose daemons run on other machines; the database's cost remains)")
     p.add_argument("--busy", default="", help="daemons:hosts for the busy-fleet insert rate (e.g. 100:25)")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -307,7 +310,7 @@ def main() -> None:
             daemons, hosts = (int(x) for x in args.busy.split(":"))
             alone, busy = busy_insert_rate(db, daemons, hosts, args)
             print(f"producer single-row inserts: {alone:,.0f}/s alone, {busy:,.0f}/s with {daemons} daemons on "
-                  f"{hosts} hosts busy: {busy / alone:.2f}x (target >= 0.7x)")
+                  f"{hosts} hosts busy (nice {args.busy_nice}): {busy / alone:.2f}x (target >= 0.7x)")
 
 
 if __name__ == "__main__":

@@ -65,9 +65,7 @@ def by_name(cls: type[T]) -> RowFactory[T]:
     make: Callable[..., T] = cls
 
     def factory(cursor: psycopg.Cursor[Any]) -> RowMaker[T]:
-        if cursor.description is None:  # a command's result (a SET before the statement): no rows
-            return lambda values: make(*values)
-        names = [column.name for column in cursor.description]
+        names = [column.name for column in cursor.description or ()]
         if sorted(names) != sorted(fields):
             raise TypeError(f"{cls.__name__} expects columns {fields}, the query returns {names}")
         order = [names.index(name) for name in fields]
@@ -89,8 +87,8 @@ class Statements:
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
         self._sql = queries()
-        self._with_settings = {
-            name: "".join(f"SET LOCAL {k} = '{v}'; " for k, v in settings.items()) + self._sql[name]
+        self._settings_sql = {
+            name: "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in settings.items())
             for name, settings in TRANSACTION_SETTINGS.items()
         }
 
@@ -119,12 +117,11 @@ class Statements:
             if settings is None:
                 cur.execute(self._sql[name], params)
                 return cur.fetchall() if cur.description else []
-            # One message, two statements: the SETs and the statement share the implicit transaction
-            # of a multi-statement query (the settings end with it, error or not), so no BEGIN and
-            # COMMIT of our own (a fleet counts its statements per row: docs/fleet.md). A simple query
-            # takes no parameters: they are bound on the client.
-            with psycopg.ClientCursor(cur.connection, row_factory=cur.row_factory) as bound:
-                bound.execute(self._with_settings[name], params)
-                while bound.nextset():  # past the SETs' results: the statement's is the last
-                    pass
-                return bound.fetchall() if bound.description else []
+            # Pipelined without a transaction of our own: the SETs and the statement travel before one
+            # Sync, so they share its implicit transaction (the settings end with it, error or not) and
+            # cost one round trip and two statements, no BEGIN or COMMIT (a fleet counts its statements
+            # per row: docs/fleet.md). Parameters stay bound on the server, arrays in binary.
+            with cur.connection.pipeline():
+                cur.connection.execute(self._settings_sql[name])  # a cursor of its own, not the row factory's
+                cur.execute(self._sql[name], params)
+            return cur.fetchall() if cur.description else []

@@ -40,7 +40,7 @@ WITH picked AS (
       -- Owners (schema_owners.sql): an owner at its plan's cap, out of rate or over budget is left out
       -- before the batch is chosen, so its backlog never blocks anyone. Read once per claim (the owners
       -- running something: a few per daemon); the row trigger images_owner_moved has the last word.
-      AND (w.owner IS NULL OR w.owner <> ALL ((SELECT imagend_blocked_owners())::text[]))
+      AND (w.owner IS NULL OR w.owner <> ALL (ARRAY(SELECT blocked FROM imagend_owners_blocked() AS blocked)))
     -- Within a priority, owned rows in their fair-share order (vtime; anonymous rows first), as the
     -- ready index holds them.
     ORDER BY w.priority DESC,
@@ -414,7 +414,7 @@ SELECT least(
         FROM images
         WHERE status = 'ReadyToGenerate'
           AND run_after < now() + interval '1 day'
-          AND (owner IS NULL OR owner <> ALL ((SELECT imagend_blocked_owners())::text[]))  -- they wait for a finish
+          AND (owner IS NULL OR owner <> ALL (ARRAY(SELECT blocked FROM imagend_owners_blocked() AS blocked)))  -- they wait for a finish
           AND (COALESCE(backend, %(default_backend)s) = ANY (%(served)b::text[])
                OR COALESCE(backend, %(default_backend)s) <> ALL (%(known)b::text[]))),
        -- An owner out of rate with rows waiting: when its next row may start (docs/owners.md).

@@ -290,7 +290,7 @@ LANGUAGE sql STABLE AS $$
       AND NOT EXISTS (SELECT 1 FROM imagend_paused AS p
                       WHERE p.backend IN (COALESCE(w.backend, fallback_backend), '*'))
       -- An owner at its cap, out of rate or over budget (schema_owners.sql): not claimable.
-      AND (w.owner IS NULL OR w.owner <> ALL ((SELECT imagend_blocked_owners())::text[]))
+      AND (w.owner IS NULL OR w.owner <> ALL (ARRAY(SELECT blocked FROM imagend_owners_blocked() AS blocked)))
       AND (w.init_image_id IS NULL AND w.reference_image_id IS NULL
            OR NOT EXISTS (SELECT 1 FROM images AS source
                           WHERE source.id IN (w.init_image_id, w.reference_image_id) AND source.id <> w.id

@@ -13,7 +13,7 @@
 --   backlog. The claim itself stays one index scan: no per-owner work at claim time.
 -- - Caps, rates, budgets: imagend_owners.running counts an owner's rows in Generate, kept by triggers
 --   on every status change (claims, finishes, releases, rescues, retries, cancels, deletes). The claim
---   leaves out owners that are blocked (at their cap, out of rate, over budget: imagend_blocked_owners,
+--   leaves out owners that are blocked (at their cap, out of rate, over budget: imagend_owners_blocked,
 --   read once per claim) before it chooses its batch, and a row trigger admits each claimed row under
 --   the owner's counter row lock (imagend_owner_moved): a row over the cap is not claimed (it stays
 --   waiting), whatever two daemons saw at the same moment. Never enforced by counting.
@@ -143,10 +143,13 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The owners whose rows a claim leaves waiting now: at their plan's cap, out of rate, over budget.
--- Read once per claim (and by imagend_claimable, images_next_wakeups): only owners in the busy index.
-CREATE OR REPLACE FUNCTION imagend_blocked_owners() RETURNS TEXT[]
+-- Read once per claim (and by imagend_claimable_rows, images_next_wakeups): only owners in the busy
+-- index. A set-returning SQL function, which the planner inlines (ARRAY(SELECT ... FROM it)): as a
+-- function of its own it was one more statement per claim, two per row (docs/fleet.md counts them).
+DROP FUNCTION IF EXISTS imagend_blocked_owners();
+CREATE OR REPLACE FUNCTION imagend_owners_blocked() RETURNS SETOF TEXT
 LANGUAGE sql STABLE AS $$
-    SELECT COALESCE(array_agg(o.owner), '{}')
+    SELECT o.owner
     FROM imagend_owners AS o
     LEFT JOIN imagend_plans AS p ON p.name = o.plan OR (o.plan IS NULL AND p.is_default)
     WHERE (o.running > 0 OR o.blocked_until IS NOT NULL)
