@@ -40,6 +40,8 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
 #   way (it took the rows' side for one row), the planner looped over the arrays once per row:
 #   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
+# - imagend.wake_dependents off: the finishing write wakes its rows' chained rows itself, once per batch;
+#   the row trigger images_wake_dependents (schema.sql) stands aside for it.
 # - the claim's lock_timeout: it waits on nothing but its rows' owners' counters (docs/owners.md), which
 #   other claims hold for milliseconds; an operator's transaction left open on imagend_owners fails the
 #   pass (retried later) instead of stalling the daemon.
@@ -51,7 +53,7 @@ TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
          "images_poll_later", "images_set_previews"),
         LOCK_BOUNDED,
     ),
-    "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off"},
+    "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off", "imagend.wake_dependents": "off"},
     "images_begin_work": {"synchronous_commit": "off"},
     "images_claim_batch": {"enable_sort": "off", "lock_timeout": LOCK_TIMEOUT},
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import psycopg
 
 from imagend.db.operations import OperationsRepository
+from imagend.db.rows import Claim, Finished
 
 from support.daemons import InProcess
 from support.db import fetch_image, idle_daemon, insert_image
@@ -65,3 +66,22 @@ def test_finishing_an_unrelated_row_wakes_nobody(conn, db_url):
         assert list(listener.notifies(timeout=0.3, stop_after=1)) == []
         conn.execute("UPDATE images SET status = 'Failed' WHERE id = %s", [source])
         assert len(list(listener.notifies(timeout=2, stop_after=1))) == 1
+
+
+def test_the_finishing_write_wakes_a_daemon_for_each_chained_row_once(conn, db_url, make_settings, make_repo):
+    """images_mark_done wakes its rows' chained rows in one probe per batch (the row trigger stands aside
+    for it): one NOTIFY naming one idle daemon for the one waiting row, none for the unrelated row."""
+    repo = make_repo(make_settings())
+    source = insert_image(conn, "the source")
+    unrelated = insert_image(conn, "unrelated")
+    claimed = {row.id: row for row in repo.claim_batch("placeholder", 10)}
+    assert set(claimed) == {source, unrelated}
+    insert_image(conn, "waits for it", init_image_id=source)
+    idle_daemon(conn, "imagend_wake_finish")
+    with psycopg.connect(db_url, autocommit=True) as listener:
+        listener.execute("LISTEN imagend_wake_finish")
+        done = repo.mark_done([Finished(Claim(i, claimed[i].attempt), base64="iVBORw0KGgo=", seed=1, output_path=None,
+                                        generation_seconds=0.1) for i in (source, unrelated)])
+        assert done == {source, unrelated}
+        notes = list(listener.notifies(timeout=1, stop_after=2))
+    assert len(notes) == 1 and len(notes[0].payload.split()) == 1, [n.payload for n in notes]

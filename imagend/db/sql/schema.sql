@@ -263,7 +263,9 @@ END $$;
 CREATE OR REPLACE TRIGGER images_wake_dependents
     AFTER UPDATE OF status ON images
     FOR EACH ROW
-    WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status)
+    WHEN (NEW.status IN ('ReadyToPublish', 'Failed') AND OLD.status IS DISTINCT FROM NEW.status
+          -- images_mark_done wakes them itself, once per batch (queries.sql says why)
+          AND current_setting('imagend.wake_dependents', true) IS DISTINCT FROM 'off')
     EXECUTE FUNCTION imagend_wake_dependents();
 
 -- A pause lifted (imagend -resume): every idle daemon looks again.
