@@ -8,12 +8,14 @@ Terminal rows only, oldest first, BATCH_ROWS per statement (a short lock, a smal
 producer holds skipped), at most MAX_BATCHES_PER_PASS per pass: a pass with more left sets `more` so the
 pacer runs the processor again soon, between generator passes, instead of one long pass. The objects of
 deleted rows go too with IMAGEND_RETENTION_DELETE_OBJECTS=true (rows first: a row never points at a
-deleted object; a store that is down then leaves objects behind, logged).
+deleted object; a store that is down then leaves objects behind, logged). With no storage target,
+the videos' folder (IMAGEND_VIDEO_DIR: a video never stays in its row) is that store.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from imagend.config.settings import RetentionSettings
@@ -57,10 +59,14 @@ def prepare(repo: Repository, policy: RetentionSettings) -> None:
 
 
 class Retention:
-    def __init__(self, repo: Repository, policy: RetentionSettings, store: Store | None) -> None:
+    def __init__(self, repo: Repository, policy: RetentionSettings, store: Store | None,
+                 videos: Callable[[], Store] | None = None) -> None:
+        """`videos`: the videos' own folder, asked for when there is no `store` and a row expires with an
+        object (only a video, or its poster, has one then)."""
         self.repo = repo
         self.policy = policy
         self.store = store if policy.delete_objects else None
+        self.videos = videos if policy.delete_objects and store is None else None
         self._next_at = 0.0
 
     @property
@@ -109,14 +115,17 @@ class Retention:
         return counts
 
     def _delete_objects(self, expired: list[Expired], counts: RetentionCounts) -> None:
-        if self.store is None:
+        if self.store is None and self.videos is None:
             return
         urls = [url for row in expired for url in (row.output_url, row.thumbnail_url) if url]
-        urls += [row.output_path for row in expired if row.output_path and not row.output_url]
+        if self.store is not None:
+            urls += [row.output_path for row in expired if row.output_path and not row.output_url]
         if not urls:
             return
+        store = self.store if self.store is not None else self.videos() if self.videos is not None else None
+        assert store is not None
         try:
-            counts.objects_deleted += self.store.delete_urls(urls)
+            counts.objects_deleted += store.delete_urls(urls)
         except StoreUnavailable as exc:
             counts.objects_left += len(urls)
             log.warning("retention_objects_left", objects=len(urls), error=str(exc),

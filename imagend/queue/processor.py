@@ -22,8 +22,10 @@ from imagend.maintenance.spool import Spool
 from imagend.operations.metrics import Metrics
 from imagend.queue.finishing import Outcomes
 from imagend.queue.pass_counts import PassCounts
+from imagend.queue.videos import default_video_store
 from imagend.storage import Store
 from imagend.storage.health import StoreHealth
+from imagend.video.settings import load_video_settings
 
 log = get_logger()
 
@@ -50,7 +52,10 @@ class Processor:
         self.outcomes = Outcomes(repo, settings, metrics, store, self.store_health)
         self.rescue = Rescue(repo, max_crashes=settings.max_crashes, default_backend=settings.default_backend,
                              metrics=self.outcomes.metrics)
-        self.retention = Retention(repo, settings.retention, store)
+        # With no storage target, videos live in their folder (queue/videos.py), which retention clears too.
+        video_folder = load_video_settings(settings.env, settings.data_dir).folder
+        self.retention = Retention(repo, settings.retention, store,
+                                   videos=(lambda: default_video_store(video_folder)) if video_folder else None)
         self.spool = Spool(repo, store, self.store_health, keep_base64=settings.store_base64, stopping=stopping)
 
     def run_once(self) -> PassCounts:

@@ -148,3 +148,30 @@ def test_retention_is_counted_in_the_metrics(conn, make_settings, make_repo):
     for what in ("failed_deleted", "done_deleted"):
         assert registry.get_sample_value("imagend_retention_total", {"what": what}) == 1
     assert remaining(conn) == set()
+
+
+def test_with_no_storage_target_a_videos_folder_is_cleared_with_its_rows(conn, make_settings, make_repo, tmp_path):
+    """No IMAGEND_STORAGE_URL: videos live in IMAGEND_VIDEO_DIR; the processor's retention deletes an expired
+    video's MP4 and poster there, and only with IMAGEND_RETENTION_DELETE_OBJECTS=true."""
+    from imagend.queue.videos import default_video_store
+
+    folder = tmp_path / "videos"
+    default_video_store(folder)  # makes the folder, as the first video does
+    urls = {}
+    for name in ("old", "young"):
+        (folder / f"{name}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+        (folder / f"{name}.poster.jpg").write_bytes(b"\xff\xd8\xff")
+        urls[name] = ((folder / f"{name}.mp4").resolve().as_uri(), (folder / f"{name}.poster.jpg").resolve().as_uri())
+    old = finished(conn, "ReadyToPublish", OLD, task="video", output_url=urls["old"][0], thumbnail_url=urls["old"][1])
+    young = finished(conn, "ReadyToPublish", YOUNG, task="video", output_url=urls["young"][0],
+                     thumbnail_url=urls["young"][1])
+    settings = make_settings(IMAGEND_RETENTION_DONE="1h", IMAGEND_RETENTION_DELETE_OBJECTS="true",
+                             IMAGEND_VIDEO_DIR=str(folder))
+    run = InProcess(make_repo(settings), settings)
+    try:
+        counts = run.processor.retention.run_once()
+    finally:
+        run.close()
+    assert (counts.done_deleted, counts.objects_deleted) == (1, 2)
+    assert remaining(conn) >= {young} and old not in remaining(conn)
+    assert sorted(p.name for p in folder.iterdir()) == ["young.mp4", "young.poster.jpg"]
