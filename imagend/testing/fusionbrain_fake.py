@@ -132,6 +132,9 @@ class _Reply:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a batch of concurrent submits on a loaded machine overflowed
+    # it, and each refused SYN came back a second later, past the 1 s timeout the tests give the client.
+    request_queue_size = 128
     fake: FusionBrainFake
 
     def handle_error(self, request: Any, client_address: Any) -> None:

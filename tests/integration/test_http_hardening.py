@@ -220,7 +220,7 @@ def test_a_producers_http_url_is_neither_redirected_to_nor_an_image_the_page_loa
 
 @pytest.mark.parametrize(("method", "path", "status"), [
     ("GET", "/v1/images/-1", 404), ("GET", "/v1/nothing", 404), ("GET", "/nothing/at/all", 404),
-    ("GET", "/static/nope.js", 404), ("DELETE", "/v1/images/1", 405), ("GET", "/v1/images/1/cancel", 405),
+    ("GET", "/static/nope.js", 404), ("PATCH", "/v1/images/1", 405), ("GET", "/v1/images/1/cancel", 405),
     ("PUT", "/v1/images", 405),
 ])
 def test_every_error_is_the_apis_json(daemon, method, path, status):

@@ -160,15 +160,17 @@ def test_openai_variations_start_from_the_image_and_its_own_prompt(client, db):
 
 
 def test_stream_with_partial_images_yields_previews_then_the_image(client):
-    """Previews are written every 2 s or so: a generation of 5 s or more (256 px, 200 steps) gives two."""
+    """Previews are written every 2 s or so: a generation of 256 px at 200 steps gives one or two."""
     events = list(client.images.generate(prompt="a slow fox", model="dall-e-3", size="256x256", quality="max",
                                          stream=True, partial_images=2, extra_body={"seed": 3},
                                          timeout=120))
     kinds = [event.type for event in events]
-    assert kinds == ["image_generation.partial_image", "image_generation.partial_image",
-                     "image_generation.completed"], kinds
-    assert [event.partial_image_index for event in events[:2]] == [0, 1]
-    for event in events[:2]:
+    # One or two previews (as many as were written while it ran, at most partial_images), then the image.
+    partials = len(kinds) - 1
+    assert 1 <= partials <= 2 and kinds == ["image_generation.partial_image"] * partials + [
+        "image_generation.completed"], kinds
+    assert [event.partial_image_index for event in events[:partials]] == list(range(partials))
+    for event in events[:partials]:
         assert Image.open(io.BytesIO(base64.b64decode(event.b64_json))).format == "PNG"
     assert decoded(events[-1].b64_json).shape == (256, 256, 3)
 

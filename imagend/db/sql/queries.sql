@@ -183,8 +183,9 @@ RETURNING i.id, i.status, i.callback_url IS NOT NULL AS callback
       AND EXISTS (SELECT 1 FROM done WHERE done.id IN (w.init_image_id, w.reference_image_id))
     GROUP BY w.backend
 )
+-- dependents is read, so that it runs (once, after done)
 SELECT done.id, done.status, done.callback FROM done
-WHERE (SELECT count(*) FROM dependents) >= 0;  -- read, so that it runs (once, after done)
+WHERE (SELECT count(*) FROM dependents) >= 0;
 
 -- name: images_fail_attempt
 -- A failed attempt: back to the queue after a backoff while attempts are left
