@@ -144,6 +144,8 @@ class Repository(Statements):
                 "owner": self.owner,
             },
         )
+        if rows:
+            self._rows("images_wake_chained", {"ids": [row[0] for row in rows]})
         if any(row[2] for row in rows):
             self.on_webhook_events()
         return {row[0]: row[1] for row in rows}

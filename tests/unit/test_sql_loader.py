@@ -12,7 +12,7 @@ from imagend.db.sql import queries, schema
 EXPECTED = {
     "images_claim_batch", "images_mark_done", "images_fail_attempt", "images_release", "images_extend_lease",
     "images_begin_work", "images_set_warning", "images_source_images", "images_set_previews", "images_rescue",
-    "images_claim_polls", "images_mark_submitted",
+    "images_claim_polls", "images_mark_submitted", "images_wake_chained",
     "images_poll_later", "images_next_wakeups", "images_queue_status", "daemons_heartbeat", "daemons_remove",
     "listen_probe", "images_unserved", "images_expire", "images_drop_inline", "images_retention_index_finished",
     "images_retention_index_inline", "images_invalid_indexes", "images_export_batch", "images_export_mark",

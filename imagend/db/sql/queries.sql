@@ -129,11 +129,10 @@ WHERE id = ANY (%(ids)b::int[]);
 -- always has its image. A row a producer cancelled meanwhile (a remote task runs to its end on the
 -- service's side; a local one may finish between two steps) ends Failed 'cancelled' instead, without
 -- its image: the cancel wins, and the caller deletes what it stored for it.
--- Waiting rows chained on the rows it ended wake one idle daemon each here, in one probe for the batch
--- (dependents), as the row trigger images_wake_dependents does for every other end: that trigger stands
--- aside for this statement (imagend.wake_dependents = off, statements.py), its plpgsql call and probe per
--- row having cost a 1,000-row finish 8 ms (0.82x the drain).
-WITH done AS (
+-- Waiting rows chained on the rows it ended are woken by images_wake_chained, next, in one probe for the
+-- batch: the row trigger images_wake_dependents, which does it for every other end, stands aside for
+-- this statement (imagend.wake_dependents = off, statements.py): its plpgsql call and probe per row
+-- cost a 1,000-row finish 8 of its 18 ms.
 UPDATE images AS i
 SET status             = CASE WHEN i.cancel_requested THEN 'Failed' ELSE 'ReadyToPublish' END,
     base64             = CASE WHEN i.cancel_requested THEN NULL ELSE d.base64 END,
@@ -174,18 +173,17 @@ WHERE i.id = d.id
   AND i.status = 'Generate'
   AND i.locked_by = %(owner)s
   AND i.attempts = d.attempt
-RETURNING i.id, i.status, i.callback_url IS NOT NULL AS callback
-), dependents AS (
-    SELECT imagend_wake(w.backend, count(*))
-    FROM images AS w
-    WHERE w.status = 'ReadyToGenerate'
-      AND (w.init_image_id IS NOT NULL OR w.reference_image_id IS NOT NULL)
-      AND EXISTS (SELECT 1 FROM done WHERE done.id IN (w.init_image_id, w.reference_image_id))
-    GROUP BY w.backend
-)
--- dependents is read, so that it runs (once, after done)
-SELECT done.id, done.status, done.callback FROM done
-WHERE (SELECT count(*) FROM dependents) >= 0;
+RETURNING i.id, i.status, i.callback_url IS NOT NULL AS callback;
+
+-- name: images_wake_chained
+-- After images_mark_done: one idle daemon for each waiting row chained on a row it ended (the chained
+-- index is almost always empty: one probe per batch).
+SELECT imagend_wake(w.backend, count(*))
+FROM images AS w
+WHERE w.status = 'ReadyToGenerate'
+  AND (w.init_image_id IS NOT NULL OR w.reference_image_id IS NOT NULL)
+  AND (w.init_image_id = ANY (%(ids)b::int[]) OR w.reference_image_id = ANY (%(ids)b::int[]))
+GROUP BY w.backend;
 
 -- name: images_fail_attempt
 -- A failed attempt: back to the queue after a backoff while attempts are left
