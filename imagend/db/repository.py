@@ -82,19 +82,22 @@ class Repository(Statements):
         `mark_idle`: finding nothing makes this daemon idle (one to wake); false for a claim made
         ahead while it generates."""
         skip = [name for name in BACKEND_NAMES if name != backend]
-        params: dict[str, Any] = {
-            "now": now,
-            "backend": backend,
-            "default_backend": self.default_backend,
-            "skip_backends": skip,
-            "limit": limit,
-            "owner": self.owner,
-            "lease_seconds": self.lease_seconds,
-            "loaded_models": list(prefer.loaded) if prefer else None,
-            "switch_seconds": prefer.switch_seconds if prefer else 0.0,
-            "mark_idle": mark_idle,
-        }
-        rows: list[ClaimedRow] = self._rows("images_claim_batch", params, by_name(ClaimedRow))
+        rows: list[ClaimedRow] = self._rows(
+            "images_claim_batch",
+            {
+                "now": now,
+                "backend": backend,
+                "default_backend": self.default_backend,
+                "skip_backends": skip,
+                "limit": limit,
+                "owner": self.owner,
+                "lease_seconds": self.lease_seconds,
+                "loaded_models": list(prefer.loaded) if prefer else None,
+                "switch_seconds": prefer.switch_seconds if prefer else 0.0,
+                "mark_idle": mark_idle,
+            },
+            by_name(ClaimedRow),
+        )
         return sorted(rows, key=lambda r: r.id)
 
     def source_rows(self, ids: Sequence[int]) -> dict[int, SourceRow]:
@@ -336,7 +339,7 @@ class Repository(Statements):
                 "idle": idle,
                 "wake_grace": WAKE_GRACE_SECONDS,
                 "default_backend": self.default_backend,
-                "skip_backends": [name for name in BACKEND_NAMES if name not in served],
+                "skip_backends": _not_served(served),
             },
         )
         rescue_in, _, work_waiting, fleet_default, webhooks_due = rows[0]
@@ -348,7 +351,7 @@ class Repository(Statements):
         rows = self._rows("images_claimable", {
             "owner": self.owner,
             "default_backend": self.default_backend,
-            "skip_backends": [name for name in BACKEND_NAMES if name not in served],
+            "skip_backends": _not_served(served),
         })
         return bool(rows[0][0])
 
@@ -416,3 +419,8 @@ class Repository(Statements):
             {"ids": list(ids), "output_urls": list(output_urls), "formats": list(formats), "keep_base64": keep_base64},
         )
         return {row[0] for row in rows}
+
+
+def _not_served(served: Sequence[str]) -> list[str]:
+    """The backend names a daemon serving `served` leaves to others (its idle checks skip their rows)."""
+    return [name for name in BACKEND_NAMES if name not in served]

@@ -26,7 +26,7 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 
 
 # Settings some statements run under, each in a transaction of its own (SET LOCAL: pooler-safe, no
-# session state outlives it). Constants: they are written into the statement's text.
+# session state outlives it). Constants, written into the text of the set_config statement that precedes it.
 # - lock_timeout: statements that change a row a producer may hold locked (SELECT … FOR UPDATE from
 #   an admin tool or an ORM) wait at most this long, then raise RowLocked: one locked row must delay
 #   only itself. The others never wait: the claim, the rescue and lease renewals skip locked rows.

@@ -52,7 +52,6 @@ BATCH = 32  # events claimed at most per claim
 WORKERS = 16  # deliveries at once per daemon (a receiver that hangs holds one of them)
 RECHECK_SECONDS = 60.0  # the longest sleep without a poke (the heartbeat pokes within a beat anyway)
 POOL_IDLE_SECONDS = 2.0  # a connection unused this long is closed: an idle daemon holds none of these
-WAIT_STEP_SECONDS = 0.1  # how often a sleep looks at the stop event and the workers
 BACKOFF_MAX_SECONDS = 3600.0
 JITTER = 0.2
 LEASE_MARGIN_SECONDS = 2.0  # beyond the three timed phases of a delivery
@@ -75,7 +74,7 @@ class Event:
 
 
 @dataclass
-class PassCounts:
+class DeliveryCounts:
     claimed: int = 0
     delivered: int = 0
     retried: int = 0
@@ -180,18 +179,17 @@ class WebhookSender:
         self.thread = threading.Thread(target=self._run, name="imagend-webhooks", daemon=True)
         self._forgot_at = 0.0
         self.resolver: targets.Resolver = targets.resolve
-        self.totals = PassCounts()  # outcomes since start (the workers add to it)
+        self.totals = DeliveryCounts()  # outcomes since start (the workers add to it)
         self._busy = 0  # events handed to workers and not yet recorded
         self._slots_lock = threading.Lock()
-        self._slot_freed = threading.Event()
-        self._poked = threading.Event()
+        self._poked = threading.Event()  # a poke, a worker's end, the stop: the loop looks again
 
     # -- one pass ------------------------------------------------------------------------
 
-    def run_once(self) -> PassCounts:
+    def run_once(self) -> DeliveryCounts:
         """Claim as many due events as there are idle workers and hand each to one; a worker records
         its event's outcome itself, so a receiver that hangs holds one worker, never the others."""
-        counts = PassCounts()
+        counts = DeliveryCounts()
         with self._slots_lock:
             free = WORKERS - self._busy
         if free <= 0:
@@ -214,7 +212,7 @@ class WebhookSender:
     def _work(self, event: Event, row: dict[str, Any] | None) -> None:
         try:
             outcome, error = self._deliver(event, row)
-            counts = PassCounts()
+            counts = DeliveryCounts()
             self._record(event, outcome, error, counts)
             with self._slots_lock:
                 for name, value in vars(counts).items():
@@ -224,8 +222,7 @@ class WebhookSender:
         finally:
             with self._slots_lock:
                 self._busy -= 1
-            self._slot_freed.set()
-            self._poked.set()  # the loop may claim again
+            self._poked.set()  # a worker is free: the loop may claim again
 
     def _deliver(self, event: Event, row: dict[str, Any] | None) -> tuple[str, str | None]:
         """('delivered' | 'retry' | 'abandon', error)."""
@@ -254,7 +251,7 @@ class WebhookSender:
             return "retry", f"answered {response.status_code} (a redirect, not followed: name the final URL)"
         return "retry", f"answered {response.status_code}"
 
-    def _record(self, event: Event, outcome: str, error: str | None, counts: PassCounts) -> None:
+    def _record(self, event: Event, outcome: str, error: str | None, counts: DeliveryCounts) -> None:
         text = clip(redact(error or ""), ERROR_CHARS)
         if outcome == "delivered":
             self.outbox.delivered(event)
@@ -304,24 +301,18 @@ class WebhookSender:
                 if free > 0 and counts.claimed >= min(free, BATCH):
                     continue  # more may be due: claim again as soon as a worker is free
                 if free <= 0:
-                    self._slot_freed.wait(WAIT_STEP_SECONDS)  # every worker busy: wait for one
-                    self._slot_freed.clear()
+                    self._poked.wait(RECHECK_SECONDS)  # every worker busy: until one ends
                     continue
                 self._forget()
                 due = self.outbox.next_due()
-                self._wait(RECHECK_SECONDS if due is None else min(max(due, 0.0), RECHECK_SECONDS))
+                # One wait, no ticking: a fleet of idle daemons wakes nobody's CPU.
+                self._poked.wait(RECHECK_SECONDS if due is None else min(max(due, 0.0), RECHECK_SECONDS))
             except DatabaseUnavailable as exc:
                 log.warning("webhooks_database_unavailable", error=clip(redact(str(exc)), ERROR_CHARS))
                 self.stopping.wait(1.0)
             except Exception:
                 log.exception("webhooks_pass_failed")
                 self.stopping.wait(1.0)
-
-    def _wait(self, seconds: float) -> None:
-        """Until a poke (which a worker's end and the stop also give), or `seconds`: one wait, no
-        ticking (a fleet of idle daemons wakes nobody's CPU)."""
-        self._poked.wait(seconds)
-        self._slot_freed.clear()
 
     def _forget(self) -> None:
         if time.monotonic() - self._forgot_at < FORGET_EVERY_SECONDS:
