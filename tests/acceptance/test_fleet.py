@@ -96,8 +96,10 @@ def test_a_fleet_wakes_one_daemon_per_row_and_one_listener_per_host(db_url, conn
         empty = conn.execute("SELECT n FROM fleet_empty_updates").fetchone()["n"]
         # Per row: its claim, begin_work, lease renewals (two a second), the finishing write, the woken
         # daemon's last claim, which finds nothing. A broadcast made every idle daemon claim: 12 claims
-        # a row, 11 of them empty.
-        assert empty / len(rows) <= 1.5, empty / len(rows)
+        # a row, 11 of them empty. About 1 empty claim a row on a quiet machine (bench/fleet.py); on a
+        # loaded one a daemon finishing its row sometimes takes the new row before the daemon woken for
+        # it, whose claim then finds nothing too (CI measured 1.6): the bound tells one from the fleet.
+        assert empty / len(rows) <= 3, empty / len(rows)
         assert updates / len(rows) <= 8, updates / len(rows)
 
         # The relay of a host dies: another daemon of the host takes over; no wake-up is lost for long.
