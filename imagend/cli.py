@@ -22,6 +22,7 @@ from imagend.db.columns import BACKEND_NAMES
 from imagend.db.connect import apply_schema, database_setting, database_url, describe_target, open_pool
 from imagend.db.operations import ALL_BACKENDS, OperationsRepository
 from imagend.db.owners import SCOPES, OwnersRepository, parse_plan_values
+from imagend.db.presets import PresetRepository
 from imagend.db.repository import Repository
 from imagend.errors import BadInput, ConfigError, DatabaseUnavailable
 from imagend.http.server import HttpServer
@@ -31,6 +32,7 @@ from imagend.maintenance.export import export_images
 from imagend.operations.health import LoopHealth, stuck_after
 from imagend.operations.metrics import Metrics
 from imagend.operations.status import status_report
+from imagend.presets.recipes import parse_preset_values
 from imagend.queue.daemon import Daemon, daemon_identity
 from imagend.storage import Store, StoreUnavailable, open_store
 from imagend.storage.health import StoreHealth
@@ -78,6 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-assign", "--assign", nargs=2, metavar=("OWNER", "PLAN"),
                         help="put an owner on a plan ('-': the default plan); then exit")
     parser.add_argument("-plans", "--plans", action="store_true", help="print the plans as JSON and exit")
+    # Presets (docs/presets.md): each changes or prints, then exits.
+    parser.add_argument(
+        "-preset", "--preset", nargs="+", metavar=("NAME", "KEY=VALUE"),
+        help="create or change a preset: prompt='… {prompt} …' negative_prompt=… style=… width=W height=H model=M "
+        "loras=JSON steps=S guidance=G scheduler=… n=N post=token ('none': unset); then exit",
+    )
+    parser.add_argument("-preset-delete", "--preset-delete", metavar="NAME", help="delete a preset; then exit")
+    parser.add_argument("-presets", "--presets", action="store_true", help="print the presets as JSON and exit")
     parser.add_argument(
         "-key-create", "--key-create", nargs="+", metavar=("OWNER", "SCOPE"),
         help="create an API key for OWNER (scopes: submit read cancel delete, default all) and print it once, "
@@ -112,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         " they make noise) under DIR, print the IMAGEND_* lines that use them, and exit",
     )
     parser.add_argument(
+        "-import-model",
+        "--import-model",
+        nargs=2,
+        metavar=("FILE", "NAME"),
+        help="convert a single-file checkpoint (.safetensors or .ckpt, A1111 layout) once to a diffusers folder, "
+        "IMAGEND_DATA_DIR/models/NAME, which later starts load instead of the file while it is unchanged; then exit",
+    )
+    parser.add_argument(
         "-env-file",
         "--env-file",
         metavar="PATH",
@@ -124,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 # Go's flag package: a boolean flag also takes `-flag=VALUE` with strconv.ParseBool's spellings.
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
-BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images", "plans"})
-VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file", "family", "plan-delete", "key-revoke"})
+BOOL_FLAGS = frozenset({"generator", "processor", "cron", "verbose", "status", "export-images", "plans", "presets"})
+VALUE_FLAGS = frozenset({"make-tiny-model", "make-tiny-models", "env-file", "family", "plan-delete", "key-revoke",
+                         "preset-delete"})
 _GO_FLAG = re.compile(r"--?([a-z][a-z-]*)=(.*)", re.DOTALL)
 
 
@@ -180,6 +199,7 @@ def make_tiny_models(directory: str) -> int:
         f"IMAGEND_LORA_DIR={paths['loras']}",
         f"IMAGEND_IP_ADAPTER={paths['ip-adapter']}",
         f"IMAGEND_UPSCALER={paths['upscaler']}",
+        f"IMAGEND_CONTROLNETS=canny={paths['controlnet']}",
     ], "them")
     return 0
 
@@ -202,9 +222,41 @@ def make_tiny_model(directory: str, family: str) -> int:
     return 0
 
 
+def import_model(args: argparse.Namespace) -> int:
+    """-import-model FILE NAME (docs/local.md, Single-file checkpoints): no database, exit 2 naming what is wrong."""
+    missing = missing_libraries("local")
+    if missing is not None:
+        print(f"imagend: -import-model loads a diffusers pipeline, but {missing}: install imagend[local]",
+              file=sys.stderr)
+        return 2
+    file, name = args.import_model
+    try:
+        if args.env_file is None:
+            settings = load_settings(env_file=".env")
+        else:
+            settings = load_settings(env_file=args.env_file, env_file_required=True)
+        configure(verbose=args.verbose, secrets=settings.secrets())
+        import torch
+
+        from imagend.backends.local.options import LocalSettings
+        from imagend.backends.local.single_file import import_model as convert
+
+        options = LocalSettings.from_settings(settings, cuda_available=torch.cuda.is_available())
+        folder, seconds = convert(file, name, options)
+    except ConfigError as exc:
+        print(f"imagend: configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(f"imagend: imported {file} as a diffusers folder in {seconds:.1f} s: {folder}")
+    print(f"imagend: an IMAGEND_MODEL or IMAGEND_MODELS entry naming {file} now loads that folder while the file is "
+          f"unchanged; or name the folder itself: IMAGEND_MODELS={name}={folder}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(go_flags(parser, sys.argv[1:] if argv is None else argv))
+    if args.import_model:
+        return import_model(args)
     if args.make_tiny_model or args.make_tiny_models:
         flag = "-make-tiny-model" if args.make_tiny_model else "-make-tiny-models"
         missing = missing_libraries("local")
@@ -217,10 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return make_tiny_model(args.make_tiny_model, args.family)
     pausing = args.pause is not None or args.resume is not None
     if not (args.generator or args.processor or args.cron or args.status or args.export_images or pausing
-            or _owners_command(args)):
+            or _owners_command(args) or _presets_command(args)):
         parser.print_usage(sys.stderr)
         print("imagend: say what to run: -cron, -generator, -processor, -status, -pause, -resume, -export-images, "
-              "-plan, -plans, -assign, -key-create or -key-revoke", file=sys.stderr)
+              "-plan, -plans, -assign, -key-create, -key-revoke, -preset or -presets", file=sys.stderr)
         return 2
     for name in [*(args.pause or []), *(args.resume or [])]:
         if name not in (*BACKEND_NAMES, ALL_BACKENDS):
@@ -262,7 +314,8 @@ def _no_database(settings: Settings) -> str | None:
 def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.generator or args.processor or args.cron:
         check_backends(settings)  # a start that cannot succeed stops here, before the table is upgraded
-    elif args.status or args.pause is not None or args.resume is not None or _owners_command(args):
+    elif (args.status or args.pause is not None or args.resume is not None or _owners_command(args)
+          or _presets_command(args)):
         missing = _no_database(settings)
         if missing is not None:
             raise ConfigError(missing)
@@ -288,6 +341,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if _owners_command(args):
             return _owners(args, OwnersRepository(pool))
+        if _presets_command(args):
+            return _presets(args, PresetRepository(pool))
         if args.status:
             serving = {entry.backend: entry.daemons_serving for entry in repo.unserved(served=())}
             where = database_setting(settings)
@@ -363,6 +418,25 @@ def _owners(args: argparse.Namespace, owners: OwnersRepository) -> int:
     except BadInput as exc:
         print(f"imagend: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _presets_command(args: argparse.Namespace) -> bool:
+    return bool(args.preset or args.preset_delete or args.presets)
+
+
+def _presets(args: argparse.Namespace, presets: PresetRepository) -> int:
+    """-preset, -preset-delete, -presets (docs/presets.md): exit 2 with the reason for a bad value or an
+    unknown preset; otherwise print every preset as JSON."""
+    try:
+        if args.preset:
+            presets.set_preset(args.preset[0], parse_preset_values(args.preset[1:]))
+        if args.preset_delete and not presets.delete_preset(args.preset_delete):
+            raise BadInput(f"no preset named {args.preset_delete!r}")
+    except BadInput as exc:
+        print(f"imagend: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"presets": presets.presets()}, default=str, indent=2))
     return 0
 
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from imagend.db.rows import Claim, ModelPreference
 from imagend.errors import BadInput
 from imagend.images.formats import OutputFormat
+from imagend.images.post import PostStep
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,30 @@ class Lora:
 
     name: str
     weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """One entry of a row's `controls` (ControlNet): the control image, decoded and preprocessed (a canny
+    row's edges already drawn), the IMAGEND_CONTROLNETS name that reads it, its conditioning scale and
+    the fraction of the steps it acts over."""
+
+    image: Any
+    type: str
+    model: str | None  # None: the one ControlNet of IMAGEND_CONTROLNETS (the backend checks there is one)
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Hires:
+    """A row's hires fix (A1111's two passes): generate, upscale by `scale`, image-to-image at `strength`."""
+
+    scale: float
+    steps: int | None  # None: the row's steps
+    strength: float
+    upscaler: str  # db/columns.py's HR_UPSCALERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +68,22 @@ class ImageInputs:
     reference_scale: float | None = None
     upscale: float | None = None
     size_from_init: bool = False  # width and height were NULL: the init image's size decides
+    controls: tuple[Control, ...] = ()  # ControlNet (addons/controlnet.py)
+    hires: Hires | None = None  # the hires fix's second pass (addons/hires.py)
 
     @property
     def used(self) -> list[str]:
         """The columns set beyond text-to-image, for a backend that takes none of them."""
         names = ["model", "loras", "task", "init_image", "strength", "mask_image", "reference_image",
-                 "reference_scale", "upscale"]
+                 "reference_scale", "upscale", "controls", "hires"]
         return [name for name in names if getattr(self, name) not in (None, ())]
 
     def batch_key(self, image_id: int) -> Hashable:
         """Rows share a pipeline call only with the same model, LoRAs and settings; a row with an
         image input is a call of its own."""
-        own = image_id if self.init_image is not None or self.reference_image is not None else None
-        return (self.model, self.loras, self.task, self.strength, self.reference_scale, self.upscale, own)
+        alone = self.init_image is not None or self.reference_image is not None or self.controls
+        own = image_id if alone else None
+        return (self.model, self.loras, self.task, self.strength, self.reference_scale, self.upscale, self.hires, own)
 
 
 NO_INPUTS = ImageInputs()
@@ -87,11 +115,17 @@ class Request:
     output: OutputFormat | None = None  # the row's format and quality (None: PNG, or as the backend made it)
     inputs: ImageInputs = NO_INPUTS
     notes: tuple[str, ...] = ()  # the backend's warnings for the row (what it ignored or used as written)
+    n: int = 1  # images to make for the row: seeds seed, seed + 1, … (A1111's all_seeds), one batch
+    post: tuple[PostStep, ...] = ()  # a preset's post-processing steps, applied to each image when it is finished
 
     @property
     def claim(self) -> Claim:
         """The token the write that ends this request's claim is fenced by (with what the finish needs)."""
-        return Claim(self.id, self.attempt, self.output)
+        return Claim(self.id, self.attempt, self.output, self.post)
+
+    def seeds(self, first: int) -> list[int]:
+        """The seeds of the row's n images: `first`, `first` + 1, … (each image is that seed's image alone)."""
+        return [first + k for k in range(self.n)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +142,8 @@ class Image:
     steps: int | None = None
     guidance: float | None = None
     scheduler: str | None = None
+    # A row of n > 1 images: images 2..n (this is image 1), each with its own seed, in seed order.
+    others: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,16 @@ LORAS_MAX = 8
 ECHO_MAX_CHARS = 80  # what an error quotes of a producer's value
 OWNER_MAX_CHARS = 200  # schema_owners.sql's imagend_owner_problem says the same
 CALLBACK_URL_MAX_CHARS = 2048
+# ControlNet and the hires fix (docs/local.md).
+CONTROLS_MAX = 8
+CONTROL_STRENGTH_RANGE = (0.0, 2.0)  # controlnet_conditioning_scale, as A1111's "Control Weight" slider
+CONTROL_TYPES: tuple[str, ...] = ("canny", "depth", "pose", "lineart", "softedge", "scribble", "normal", "seg",
+                                  "mlsd", "tile", "none")  # canny is drawn here; the others come drawn
+HR_SCALE_RANGE = (1.0, 4.0)  # above 1: A1111's slider goes to 4
+HR_UPSCALERS: tuple[str, ...] = ("latent", "lanczos", "nearest", "upscaler")  # upscaler: IMAGEND_UPSCALER
+HR_DEFAULT_STRENGTH = 0.7  # A1111's denoising strength for the hires pass
+HR_DEFAULT_UPSCALER = "latent"  # A1111's default hr_upscaler ("Latent")
+IMAGES_PER_ROW_MAX = 8  # a row's `n`: as A1111's batch_size in its UI
 
 
 def shown(number: float | None) -> str:
@@ -175,6 +185,11 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
     Column("format", "TEXT", Kind.TEXT, "png, webp or jpeg; null: as the backend made it",
            choices=(*FORMATS, *FORMAT_ALIASES), max_chars=NAME_MAX_CHARS),
     Column("quality", "INTEGER", Kind.INTEGER, "1-100 for webp and jpeg", **_int(*QUALITY_RANGE)),
+    # Several images per row and presets (docs/local.md, docs/presets.md): every backend reads them.
+    Column("n", "INTEGER", Kind.INTEGER, f"How many images (1-{IMAGES_PER_ROW_MAX}; default 1): one batch with "
+           "consecutive seeds, listed in `images`", **_int(1, IMAGES_PER_ROW_MAX)),
+    Column("preset", "TEXT", Kind.TEXT, "A preset's name (imagend -presets): its recipe fills what the row "
+           "leaves NULL", max_chars=NAME_MAX_CHARS, openapi={"minLength": 1}),
     # The local backend's inputs (docs/local.md); the other backends fail a row that sets them.
     Column("model", "TEXT", Kind.TEXT, "A checkpoint named in IMAGEND_MODELS; null: IMAGEND_MODEL",
            max_chars=NAME_MAX_CHARS, local=True, openapi={"minLength": 1}),
@@ -202,6 +217,31 @@ PRODUCER_COLUMNS: tuple[Column, ...] = (
            low=REFERENCE_SCALE_RANGE[0], high=REFERENCE_SCALE_RANGE[1], local=True),
     Column("upscale", "REAL", Kind.NUMBER, "The factor, with task 'upscale' only", choices=UPSCALE_FACTORS,
            local=True),
+    Column("controls", "JSONB", Kind.ARRAY, "ControlNet: the control images, each with its type, ControlNet "
+           "(IMAGEND_CONTROLNETS), strength and start/end", local=True,
+           openapi={"maxItems": CONTROLS_MAX, "items": {
+               "type": "object", "required": ["type"], "additionalProperties": False, "properties": {
+                   "image": {"type": "string", "description": "A base64 PNG, JPEG or WebP"},
+                   "image_id": {"type": "integer", "minimum": 1, "description": "A finished row's (an upload's) "
+                                "image instead"},
+                   "type": {"type": "string", "enum": list(CONTROL_TYPES), "description": "canny: edges drawn "
+                            "from the image here; the others: the image is already the map"},
+                   "model": {"type": "string", "maxLength": NAME_MAX_CHARS, "description": "A name of "
+                             "IMAGEND_CONTROLNETS; default: the only one"},
+                   "strength": {"type": "number", "minimum": CONTROL_STRENGTH_RANGE[0],
+                                "maximum": CONTROL_STRENGTH_RANGE[1], "description": "Default 1"},
+                   "start": {"type": "number", "minimum": 0, "maximum": 1, "description": "Default 0"},
+                   "end": {"type": "number", "minimum": 0, "maximum": 1, "description": "Default 1"},
+                   "low": {"type": "number", "description": "canny's low threshold (default 100)"},
+                   "high": {"type": "number", "description": "canny's high threshold (default 200)"}}}}),
+    Column("hr_scale", "REAL", Kind.NUMBER, "Hires fix: generate at width x height, upscale by this, then "
+           "image-to-image", low=HR_SCALE_RANGE[0], high=HR_SCALE_RANGE[1], low_exclusive=True, local=True),
+    Column("hr_steps", "INTEGER", Kind.INTEGER, "Hires fix's second pass steps (default: steps; needs hr_scale)",
+           local=True, **_int(*STEPS_RANGE)),
+    Column("hr_strength", "REAL", Kind.NUMBER, "Hires fix's denoising strength (default 0.7; needs hr_scale)",
+           low=0.0, high=1.0, low_exclusive=True, local=True),
+    Column("hr_upscaler", "TEXT", Kind.TEXT, "Hires fix's upscaler (default latent; needs hr_scale)",
+           choices=HR_UPSCALERS, max_chars=NAME_MAX_CHARS, local=True),
     # A video row's (task 'video', docs/video.md): read by queue/videos.py, never by the claim.
     Column("scenes", "JSONB", Kind.ARRAY, "A video's storyboard: [{prompt, seconds, narration?, motion?, "
            "transition?}]; null with task 'video': written from the prompt by IMAGEND_SCRIPT_URL", claimed=False,
@@ -231,6 +271,7 @@ DAEMON_COLUMNS = frozenset({
     "lease_until", "uuid", "submitted_at", "started_at", "finished_at", "generation_seconds",
     "output_path", "output_url", "thumbnail_url", "thumbnail", "created_at", "updated_at", "preview",
     "parent_id", "scene_index", "phase", "video_seconds", "cost",  # video rows and their scenes (docs/video.md)
+    "images", "effective_prompt",  # several images per row, presets
 })
 
 

@@ -3,12 +3,14 @@ claim token that travels with a row from its claim to the write that ends it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
 from imagend.errors import BadInput
 from imagend.images.formats import OutputFormat, parse_output_format
+from imagend.images.post import PostStep
 
 
 class Status(StrEnum):
@@ -42,6 +44,8 @@ class Claim:
     # What the finishing write needs of the row (its `format` and `quality`), carried from the claim
     # so that finishing costs no read; not part of the fence.
     output: OutputFormat | None = field(default=None, compare=False)
+    # A preset's post-processing steps (presets/), applied to each image before it is stored; not part of the fence.
+    post: tuple[PostStep, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,8 @@ class ClaimedRow:
     max_attempts: int | None
     format: str | None = None  # checked in validation.py (images.formats.parse_output_format)
     quality: int | None = None
+    n: int | None = None  # images in the row (NULL: 1), checked in validation.py
+    preset: str | None = None  # a name of imagend_presets, applied before validation (presets/)
     # The local backend's inputs (docs/local.md), checked in validation.py and image_inputs.py.
     model: str | None = None
     loras: str | None = None  # JSON text, as params
@@ -83,6 +89,11 @@ class ClaimedRow:
     reference_image_id: int | None = None
     reference_scale: float | None = None
     upscale: float | None = None
+    controls: str | None = None  # JSON text, as loras (ControlNet)
+    hr_scale: float | None = None  # the hires fix
+    hr_steps: int | None = None
+    hr_strength: float | None = None
+    hr_upscaler: str | None = None
     # Not producer columns: the claim's own.
     cancel_requested: bool = False
     waited_seconds: float | None = None  # from INSERT to this claim (the queue-wait metric)
@@ -94,7 +105,26 @@ class ClaimedRow:
     @property
     def source_ids(self) -> list[int]:
         """The rows whose finished image this row takes as an input."""
-        return [i for i in (self.init_image_id, self.reference_image_id) if i is not None]
+        ids = [i for i in (self.init_image_id, self.reference_image_id) if i is not None]
+        return ids + [i for i in control_image_ids(self.controls) if i not in ids]
+
+
+def control_image_ids(controls: str | None) -> list[int]:
+    """The row ids a row's `controls` names (`image_id`), read leniently: what is malformed here is left
+    to validation's sentence (queue/validation.py)."""
+    if not controls:
+        return []
+    try:
+        entries = json.loads(controls)
+    except (RecursionError, ValueError):
+        return []
+    if not isinstance(entries, list):
+        return []
+    ids = [entry.get("image_id") for entry in entries[:CONTROLS_READ_MAX] if isinstance(entry, dict)]
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**31))
+
+
+CONTROLS_READ_MAX = 8  # db/columns.py's CONTROLS_MAX; more is refused by validation
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +192,10 @@ class Finished:
     guidance: float | None = None
     scheduler: str | None = None
     spooled: bool = False  # the store refused it: kept in the row until the spool writes it there
+    # A row of n > 1 images: each one's index, seed and where it is (JSON text for the `images` column), and
+    # the URLs stored for images 2..n (deleted with the rest when the row was cancelled meanwhile).
+    images: str | None = None
+    other_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +226,26 @@ class Expired:
     output_url: str | None
     thumbnail_url: str | None
     output_path: str | None
+    image_urls: list[str] | None = None  # a row of n > 1 images: every image's and thumbnail's URL
+
+
+@dataclass(frozen=True, slots=True)
+class PresetRow:
+    """A named recipe of imagend_presets (docs/presets.md), as stored: loras and post as JSON text."""
+
+    name: str
+    prompt: str | None = None  # a template with {prompt}
+    negative_prompt: str | None = None
+    style: str | None = None
+    width: int | None = None
+    height: int | None = None
+    model: str | None = None
+    loras: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    n: int | None = None
+    post: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from imagend import __version__
-from imagend.db.columns import NAME_MAX_CHARS, SEED_MAX, UPSCALE_FACTORS
+from imagend.db.columns import NAME_MAX_CHARS, SEED_MAX
 from imagend.db.operations import Earlier
 from imagend.db.owners import KEY_PREFIX, OwnersRepository
 from imagend.db.rows import Status
@@ -65,7 +65,7 @@ from imagend.http.completions import Full, Waiter
 from imagend.images.formats import read_parameters
 from imagend.images.inputs import decode_base64_image, decode_base64_mask
 
-MAX_ROWS = 16  # batch_size x n_iter of one request (twice that with enable_hr's upscaled rows)
+MAX_ROWS = 16  # batch_size x n_iter of one request
 MAX_CALLERS = 4096  # callers whose checkpoint choice is remembered (the least recent forgotten first)
 ECHO_MAX_CHARS = 60
 SEED_RANDOM_BELOW = 2**32 - 1  # A1111 draws a random seed below this for seed -1
@@ -287,7 +287,7 @@ class Plan:
     kind: str
     checkpoint: str
     columns: list[dict[str, Any]]  # every row, in order
-    answer: slice  # the rows whose images are the answer (the upscaled ones with enable_hr)
+    answer: slice  # the rows whose images are the answer (all of them: enable_hr is each row's hires fix)
     seeds: list[int]
     steps: int
     sampler: str | None
@@ -363,18 +363,28 @@ def _plan(compat: Compat, caller_model: str | None, body: dict[str, Any], kind: 
             row.update(init_image=texts[index % len(texts)], strength=strength, mask_image=mask)
     answer = slice(0, len(rows))
     if kind == "txt2img" and body.get("enable_hr") is True:
-        scale = _float(body, "hr_scale") or 2.0
-        if scale not in UPSCALE_FACTORS or backend != "local":
-            raise _unprocessable("enable_hr runs imagend's upscaler (IMAGEND_UPSCALER, local backend): hr_scale 2 or "
-                                 f"4, got {scale:g} on the {backend} backend")
-        notes.append(f"enable_hr: IMAGEND_UPSCALER x{scale:g} (hr_upscaler, hr_second_pass_steps ignored)")
-        upscaled = [{**target.columns(), "prompt": prompt, "negative_prompt": common["negative_prompt"],
-                     "seed": row["seed"], "task": "upscale", "upscale": scale, "init_image_id": Earlier(index),
-                     "format": "png", "params": common["params"]} for index, row in enumerate(rows)]
-        answer = slice(len(rows), 2 * len(rows))
-        rows = [*rows, *upscaled]
+        for row in rows:
+            row.update(_hires_columns(body, backend, notes))
     return Plan(kind=kind, checkpoint=title, columns=rows, answer=answer, seeds=seeds,
                 steps=steps or compat.settings.default_steps, sampler=sampler, notes=notes)
+
+
+def _hires_columns(body: dict[str, Any], backend: str, notes: list[str]) -> dict[str, Any]:
+    """enable_hr as imagend's hires fix (hr_scale, hr_steps, hr_strength, hr_upscaler; docs/local.md): the same
+    two passes in the same row, A1111's defaults (x2, denoising 0.7, Latent)."""
+    if backend != "local":
+        raise _unprocessable(f"enable_hr (the hires fix) runs on the local backend, not the {backend} backend")
+    if _int(body, "hr_resize_x", 0, 8192) or _int(body, "hr_resize_y", 0, 8192):
+        notes.append("hr_resize_x/hr_resize_y ignored: the hires fix scales by hr_scale")
+    strength = _float(body, "denoising_strength")
+    wanted = _text(body, "hr_upscaler") or "Latent"
+    name = wanted.strip().lower()
+    upscaler = "latent" if name.startswith("latent") else name if name in ("lanczos", "nearest") else "lanczos"
+    if name != upscaler:  # "Latent (nearest)", an ESRGAN model's name, "None"
+        notes.append(f"hr_upscaler {clip(wanted, ECHO_MAX_CHARS)!r}: imagend's {upscaler} used")
+    steps = _int(body, "hr_second_pass_steps", 0, 200) or None  # 0: A1111's "the same as steps"
+    return {"hr_scale": _float(body, "hr_scale") or 2.0, "hr_steps": steps,
+            "hr_strength": 0.7 if strength is None else strength, "hr_upscaler": upscaler}
 
 
 def _checked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -434,7 +444,8 @@ def _info(plan: Plan, job: Job, results: list[Result], body: dict[str, Any]) -> 
         "restore_faces": False, "face_restoration_model": None, "sd_model_name": plan.checkpoint,
         "sd_model_hash": None, "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1,
         "seed_resize_from_h": -1,
-        "denoising_strength": body.get("denoising_strength") if plan.kind == "img2img" else None,
+        "denoising_strength": body.get("denoising_strength") if plan.kind == "img2img" or body.get("enable_hr") is True
+        else None,
         "extra_generation_params": extra, "index_of_first_image": 0,
         "infotexts": [_infotext(plan, result) for result in finished], "styles": body.get("styles") or [],
         "job_timestamp": job.timestamp, "clip_skip": 1, "is_using_inpainting_conditioning": False,

@@ -25,7 +25,7 @@ from imagend.db.columns import (
 )
 from imagend.errors import BadInput, clip
 from imagend.images.formats import FORMAT_ALIASES, FORMATS
-from imagend.queue.validation import parse_loras
+from imagend.queue.validation import parse_controls, parse_loras
 from imagend.video.settings import VIDEO_MAX_SECONDS
 from imagend.video.storyboard import check_storyboard
 
@@ -151,6 +151,8 @@ def _check_column(column: Column, value: Any) -> Any:
             raise BadRequest(422, f"{name} contains a NUL character, which Postgres jsonb cannot hold")
         return Jsonb(value)
     if column.kind is Kind.ARRAY:  # loras, a video's scenes
+        if name == "controls":
+            return _controls(value)
         return _loras(value) if name == "loras" else _scenes(value)
     if column.kind is Kind.IMAGE:
         # Here they only have to fit the body, so big ones are INSERTed in SQL or chained with *_image_id.
@@ -220,6 +222,22 @@ def _loras(value: Any) -> Jsonb:
     return Jsonb(value)
 
 
+def _controls(value: Any) -> Jsonb:
+    """ControlNet's controls, their shape checked as the daemon checks it (the images are decoded there)."""
+    if not isinstance(value, list):
+        raise BadRequest(422, f'controls must be a JSON array like [{{"image": "<base64>", "type": "canny"}}], '
+                              f"got a JSON {json_type(value)}")
+    try:
+        parse_controls(json.dumps(value))
+    except RecursionError:
+        raise BadRequest(422, "controls is nested too deeply") from None
+    except BadInput as exc:
+        raise BadRequest(422, str(exc)) from None
+    if "\\u0000" in json.dumps(value):
+        raise BadRequest(422, "controls contains a NUL character, which Postgres jsonb cannot hold")
+    return Jsonb(value)
+
+
 def _check_inputs_together(columns: dict[str, Any]) -> None:
     """What the local columns need of each other (validation.image_inputs_of says the same at the claim)."""
     def given(name: str) -> bool:
@@ -242,6 +260,10 @@ def _check_inputs_together(columns: dict[str, Any]) -> None:
         raise BadRequest(422, f"task 'upscale' needs upscale: {' or '.join(f'{f:g}' for f in UPSCALE_FACTORS)}")
     if given("upscale") and not upscaling:
         raise BadRequest(422, "upscale is only read with task 'upscale'")
+    hires_given = [name for name in ("hr_steps", "hr_strength", "hr_upscaler") if given(name)]
+    if hires_given and not given("hr_scale"):
+        raise BadRequest(422, f"{', '.join(hires_given)} {'needs' if len(hires_given) == 1 else 'need'} hr_scale "
+                              "(the hires fix)")
 
 
 def check_columns(body: dict[str, Any]) -> dict[str, Any]:

@@ -13,12 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imagend.backends.base import ImageInputs, Lora, Request
+from imagend.backends.base import Control, Hires, ImageInputs, Lora, Request
 from imagend.config.settings import Settings
 from imagend.db.columns import (
     BACKEND_NAMES,
     COLUMNS,
+    CONTROL_STRENGTH_RANGE,
+    CONTROL_TYPES,
+    CONTROLS_MAX,
     ECHO_MAX_CHARS,
+    HR_DEFAULT_STRENGTH,
+    HR_DEFAULT_UPSCALER,
+    HR_UPSCALERS,
     LORA_WEIGHT_RANGE,
     LORAS_MAX,
     NAME_MAX_CHARS,
@@ -29,6 +35,7 @@ from imagend.db.columns import (
 )
 from imagend.db.rows import ClaimedRow, SourceRow
 from imagend.errors import BadInput, clip
+from imagend.images.canny import CANNY_HIGH, CANNY_LOW, THRESHOLD_RANGE, canny
 from imagend.images.formats import parse_output_format
 from imagend.images.inputs import check_base64_length, decode_base64_image, decode_base64_mask, decode_image_bytes
 from imagend.queue.source_images import source_image_bytes
@@ -98,6 +105,7 @@ def validate_row(
     _check_range("steps", row.steps)
     _check_range("guidance", row.guidance)
     _check_range("seed", row.seed)
+    _check_range("n", row.n)  # several images per row: 1-8
     negative = row.negative_prompt if row.negative_prompt is not None else settings.default_negative_prompt
     if negative is not None and len(negative) > NEGATIVE_PROMPT_MAX_CHARS:
         # Unbounded, it held a GPU for minutes of prompt parsing and encoding.
@@ -126,6 +134,7 @@ def validate_row(
         attempt=row.attempt,
         output=output,
         inputs=inputs,
+        n=row.n or 1,
     )
     return Validated(request, "; ".join(warnings) or None)
 
@@ -190,6 +199,18 @@ def image_inputs_of(
             )
     elif row.upscale is not None:
         raise BadInput("upscale is only read with task 'upscale'")
+
+    def control_image(index: int, text: str | None, source_id: int | None) -> Any:
+        column = f"controls[{index}].image"
+        return _image(text, source_id, column, row.id, sources, read_stored)
+
+    controls = parse_controls(row.controls, control_image)
+    if controls and (init is not None or reference is not None or task is not None):
+        raise BadInput("controls take text-to-image rows only here (no init_image, mask_image, reference_image or "
+                       "task)")
+    hires = _hires(row)
+    if hires is not None and (init is not None or reference is not None or task is not None):
+        raise BadInput("hr_scale (the hires fix) is for text-to-image rows (no init_image, reference_image or task)")
     return ImageInputs(
         model=row.model,
         loras=parse_loras(row.loras),
@@ -201,7 +222,104 @@ def image_inputs_of(
         reference_scale=row.reference_scale,
         upscale=row.upscale,
         size_from_init=init is not None and row.width is None and row.height is None,
+        controls=controls,
+        hires=hires,
     )
+
+
+def _hires(row: ClaimedRow) -> Hires | None:
+    """The hires fix's columns, checked (the final size against IMAGEND_MAX_SIDE: the backend's)."""
+    _check_range("hr_scale", row.hr_scale)
+    _check_range("hr_steps", row.hr_steps)
+    _check_range("hr_strength", row.hr_strength)
+    if row.hr_scale is None:
+        given = [name for name in ("hr_steps", "hr_strength", "hr_upscaler") if getattr(row, name) is not None]
+        if given:
+            raise BadInput(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} hr_scale (the hires fix)")
+        return None
+    upscaler = (row.hr_upscaler or HR_DEFAULT_UPSCALER).strip().lower()
+    if upscaler not in HR_UPSCALERS:
+        raise BadInput(f"unknown hr_upscaler {clip(row.hr_upscaler or '', ECHO_MAX_CHARS)!r}; "
+                       f"use NULL ({HR_DEFAULT_UPSCALER}) or one of: {', '.join(HR_UPSCALERS)}")
+    strength = HR_DEFAULT_STRENGTH if row.hr_strength is None else row.hr_strength
+    return Hires(scale=row.hr_scale, steps=row.hr_steps, strength=strength, upscaler=upscaler)
+
+
+CONTROL_KEYS = frozenset({"image", "image_id", "type", "model", "strength", "start", "end", "low", "high"})
+CONTROL_EXAMPLE = '[{"image": "<base64>", "type": "canny", "model": "canny-xl", "strength": 0.8}]'
+
+
+def parse_controls(
+    text: str | None, image: Callable[[int, str | None, int | None], Any] | None = None
+) -> tuple[Control, ...]:
+    """The row's `controls` (JSON text) as Control values. `image(index, base64, row_id)` decodes an
+    entry's image (None: only the shape is checked, as the HTTP API does); a canny entry's edges are drawn
+    here (images/canny.py), off the device."""
+    if text is None:
+        return ()
+    try:
+        value = json.loads(text)
+    except (RecursionError, ValueError) as exc:
+        raise BadInput(f"controls cannot be read: {type(exc).__name__}") from None
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise BadInput(f"controls must be a JSON array like {CONTROL_EXAMPLE}, got {clip(text, ECHO_MAX_CHARS)}")
+    if len(value) > CONTROLS_MAX:
+        raise BadInput(f"controls lists {len(value)} control images; at most {CONTROLS_MAX}")
+    controls = []
+    for index, entry in enumerate(value):
+        where = f"controls[{index}]"
+        if not isinstance(entry, dict):
+            raise BadInput(f"{where} must be an object like {CONTROL_EXAMPLE[1:-1]}, "
+                           f"got {clip(json.dumps(entry), ECHO_MAX_CHARS)}")
+        unknown = sorted(set(entry) - CONTROL_KEYS)
+        if unknown:
+            raise BadInput(f"{where}: unknown key {clip(unknown[0], ECHO_MAX_CHARS)!r}; "
+                           f"a control takes: {', '.join(sorted(CONTROL_KEYS))}")
+        kind = entry.get("type")
+        if not isinstance(kind, str) or kind.strip().lower() not in CONTROL_TYPES:
+            raise BadInput(f"{where}: unknown type {clip(json.dumps(kind), ECHO_MAX_CHARS)}; use one of: "
+                           f"{', '.join(CONTROL_TYPES)} (canny is drawn from the image; bring the others drawn)")
+        kind = kind.strip().lower()
+        text_image, image_id = entry.get("image"), entry.get("image_id")
+        if (text_image is None) == (image_id is None):
+            raise BadInput(f"{where}: set one of image (base64) and image_id (a finished row or an upload)")
+        if text_image is not None and not isinstance(text_image, str):
+            raise BadInput(f"{where}.image must be base64 text, got a JSON {type(text_image).__name__}")
+        if image_id is not None and (isinstance(image_id, bool) or not isinstance(image_id, int)
+                                     or not 0 < image_id < 2**31):
+            raise BadInput(f"{where}.image_id must be a row id, got {clip(json.dumps(image_id), ECHO_MAX_CHARS)}")
+        model = entry.get("model")
+        if model is not None and (not isinstance(model, str) or not LORA_NAME.fullmatch(model.strip())):
+            raise BadInput(f"{where}.model must be a name of IMAGEND_CONTROLNETS, got "
+                           f"{clip(json.dumps(model), ECHO_MAX_CHARS)}")
+        strength = _control_number(entry, "strength", 1.0, where)
+        start, end = _control_number(entry, "start", 0.0, where), _control_number(entry, "end", 1.0, where)
+        if not CONTROL_STRENGTH_RANGE[0] <= strength <= CONTROL_STRENGTH_RANGE[1]:
+            raise BadInput(f"{where}.strength must be between {CONTROL_STRENGTH_RANGE[0]:g} and "
+                           f"{CONTROL_STRENGTH_RANGE[1]:g}, got {strength:g}")
+        if not 0 <= start < end <= 1:
+            raise BadInput(f"{where}: start and end are fractions of the steps, 0 <= start < end <= 1; "
+                           f"got start {start:g}, end {end:g}")
+        low, high = _control_number(entry, "low", CANNY_LOW, where), _control_number(entry, "high", CANNY_HIGH, where)
+        if kind != "canny" and ("low" in entry or "high" in entry):
+            raise BadInput(f"{where}: low and high are canny's thresholds; type {kind} takes its image as drawn")
+        if not THRESHOLD_RANGE[0] <= low <= high <= THRESHOLD_RANGE[1]:
+            raise BadInput(f"{where}: canny's thresholds must be {THRESHOLD_RANGE[0]} <= low <= high <= "
+                           f"{THRESHOLD_RANGE[1]}, got low {low:g}, high {high:g}")
+        picture = image(index, text_image, image_id) if image is not None else None
+        if picture is not None and kind == "canny":
+            picture = canny(picture, low, high)
+        controls.append(Control(picture, kind, model.strip() if model else None, strength, start, end))
+    return tuple(controls)
+
+
+def _control_number(entry: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadInput(f"{where}.{key} must be a number, got {clip(json.dumps(value), ECHO_MAX_CHARS)}")
+    return float(value)
 
 
 def parse_loras(text: str | None) -> tuple[Lora, ...]:

@@ -33,9 +33,12 @@ from PIL import Image as PILImage
 
 from imagend.backends import a1111_prompt
 from imagend.backends.base import Heartbeat, Image, Request
+from imagend.backends.local.addons import hires as hires_fix
+from imagend.backends.local.addons.controlnet import ControlNets
 from imagend.backends.local.addons.ip_adapter import IpAdapter
 from imagend.backends.local.addons.loras import LoraLibrary
 from imagend.backends.local.addons.upscaler import Upscaler
+from imagend.backends.local.batching import first_of_each_row, gather, job_key, row_seeds
 from imagend.backends.local.families import FAMILIES, SDXL, Family
 from imagend.backends.local.families.sdxl import Conditioning, is_weighted, syntax_error
 from imagend.backends.local.gpu_lock import DeviceLock
@@ -94,6 +97,7 @@ class _Job:
     conditioning: Conditioning | None = None
     model_label: str = ""
     tiny: bool = False
+    index: int = 0  # the image's place in its row (a row of n images is n jobs: batching.py)
 
 
 def default_strength(task: str) -> float:
@@ -151,6 +155,7 @@ class LocalBackend:
         self.loras = LoraLibrary(options.lora_dir, options.lora_cache)
         self.ip_adapter = IpAdapter(options.ip_adapter, options.device, getattr(torch, options.dtype))
         self.upscaler = Upscaler(options)
+        self.controlnets = ControlNets(options)
 
     # For tests and tools: IMAGEND_MODEL's pipeline while loaded, else the one in use. Never a load
     # (a load outside the device lock, and one more each time the cache had dropped it).
@@ -264,6 +269,9 @@ class LocalBackend:
                     f"strength {strength:g} of {steps} steps runs no step (it runs strength x steps); "
                     f"raise steps or strength"
                 )
+        if request.inputs.hires is not None:  # the hires fix (addons/hires.py): its size and passes
+            hires_fix.check(request.inputs.hires, request.width, request.height, steps, opts.max_side,
+                            opts.upscaler is not None)
         guidance = opts.default_guidance if family is SDXL else family.default_guidance
         guidance = preset.guidance if preset else guidance
         return dataclasses.replace(
@@ -298,13 +306,16 @@ class LocalBackend:
         if inputs.size_from_init:
             width, height = fit_size(request.width, request.height, SIDE_MULTIPLE_PX, self.options.max_side)
             return dataclasses.replace(request, width=width, height=height)
+        if inputs.controls:  # ControlNet (addons/controlnet.py): each control's ControlNet named
+            request = dataclasses.replace(request, inputs=dataclasses.replace(
+                inputs, controls=self.controlnets.resolve(inputs.controls)))
         return request
 
     def generate(self, batch: Sequence[Request], heartbeat: Heartbeat) -> list[Image]:
-        jobs = [self._job(request) for request in batch]
+        jobs = [job for request in batch for job in self._jobs(request)]
         remaining = list(jobs)
-        seconds: dict[int, float] = {}
-        images: dict[int, Any] = {}
+        seconds: dict[tuple[int, int], float] = {}
+        images: dict[tuple[int, int], Any] = {}
         retries = 0
         while remaining:
             try:
@@ -312,7 +323,7 @@ class LocalBackend:
                     self._run(remaining, len(jobs), heartbeat, images, seconds)
                 remaining = []
             except torch.OutOfMemoryError as exc:
-                remaining = [job for job in remaining if job.request.id not in images]
+                remaining = [job for job in remaining if job_key(job) not in images]
                 exc_text = str(exc).splitlines()[0][:200] if str(exc) else "CUDA out of memory"
                 exc.__traceback__ = None  # it holds the failed call's frames, and so its tensors
                 pipe = self.current.pipe
@@ -333,11 +344,12 @@ class LocalBackend:
                     wait_seconds=self.options.oom_retry_seconds,
                 )
                 self._wait(self.options.oom_retry_seconds, heartbeat)
-        return [self._png(job, images[job.request.id], seconds[job.request.id]) for job in jobs]
+        return gather(batch, jobs, lambda job: self._png(job, images[job_key(job)], seconds[job_key(job)]))
 
     def close(self) -> None:
         self.models.close()
         self.upscaler.close()
+        self.controlnets.close()
         free_memory(self.options.device)
 
     # -- one pass over the batch, device held -------------------------------------------------
@@ -347,8 +359,8 @@ class LocalBackend:
         jobs: list[_Job],
         total: int,
         heartbeat: Heartbeat,
-        images: dict[int, Any],
-        seconds: dict[int, float],
+        images: dict[tuple[int, int], Any],
+        seconds: dict[tuple[int, int], float],
     ) -> None:
         wall_started = time.time()
         first = jobs[0].request
@@ -367,6 +379,8 @@ class LocalBackend:
                 scale = first.inputs.reference_scale
                 scale = (DEFAULT_REFERENCE_SCALE if scale is None else scale) if reference else None
                 self.ip_adapter.prepare(model, pipe, scale)
+                if first.inputs.controls:  # this batch's pipeline with its ControlNets (from_pipe, dropped after)
+                    pipe = self.controlnets.pipeline(model, first.inputs.controls)
             for job in jobs:
                 if job.conditioning is None:
                     # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
@@ -382,11 +396,12 @@ class LocalBackend:
         for group in calls:
             done_before = len(images)
             started = self.clock()
-            pictures = self._call(model, pipe, task, group, heartbeat, _progress_scale(done_before, len(group), total))
+            call = self._hires_call if first.inputs.hires is not None else self._call
+            pictures = call(model, pipe, task, group, heartbeat, _progress_scale(done_before, len(group), total))
             per_image = (self.clock() - started) / len(group)
             for job, picture in zip(group, pictures, strict=True):
-                images[job.request.id] = picture
-                seconds[job.request.id] = per_image
+                images[job_key(job)] = picture
+                seconds[job_key(job)] = per_image
         log.info(
             "batch_generated",
             ids=[j.request.id for j in jobs],
@@ -426,6 +441,8 @@ class LocalBackend:
             arguments.update(width=first.width, height=first.height)
         if inputs.reference_image is not None:
             arguments["ip_adapter_image"] = inputs.reference_image
+        if inputs.controls:
+            arguments.update(ControlNets.call_arguments(inputs.controls, size))
         return arguments
 
     def _call(
@@ -436,19 +453,23 @@ class LocalBackend:
         group: list[_Job],
         heartbeat: Heartbeat,
         progress_of: Callable[[float], float],
+        arguments: dict[str, Any] | None = None,
+        steps: int | None = None,
     ) -> list[Any]:
-        """One pipeline call for rows with equal conditioning length; aborts from the step callback."""
+        """One pipeline call for rows with equal conditioning length; aborts from the step callback.
+        `arguments` and `steps`: a hires pass's own (else the task's and the row's)."""
         first = group[0].request
-        steps = int(first.steps or self.options.default_steps)
-        arguments = self._arguments(task, group)
+        steps = steps or int(first.steps or self.options.default_steps)
+        arguments = self._arguments(task, group) if arguments is None else arguments
         runs = effective_steps(steps, arguments.get("strength"))
         deadline = self.clock() + self.options.image_timeout_seconds * len(group)
-        ids = [job.request.id for job in group]
+        ids = first_of_each_row(group)  # a row of n images previews its first
 
         def step_done(step: int, latents: Any) -> None:
             preview = None
             if self.options.previews and latents is not None and model.family is SDXL:
-                preview = lambda: dict(zip(ids, latent_previews(latents) or [], strict=False))  # noqa: E731
+                preview = lambda: {i: p for i, p in zip(ids, latent_previews(latents) or [], strict=False)  # noqa: E731
+                                   if i is not None}
             heartbeat(min(progress_of((step + 1) / runs), PROGRESS_BEFORE_WRITE), preview)
             if self.clock() > deadline:
                 raise ImageTimeout()
@@ -494,10 +515,46 @@ class LocalBackend:
         if task == "inpaint":
             # As A1111 does: the unmasked pixels are the input's own, not their trip through the VAE.
             pictures = [PILImage.composite(p, arguments["image"], arguments["mask_image"]) for p in pictures]
-        if task == "upscale":
+        if task == "upscale" and first.inputs.task == "upscale":
             inputs = first.inputs
             pictures = [Upscaler.finish(p, inputs.init_image.size, inputs.upscale or 4.0) for p in pictures]
         return pictures
+
+    def _hires_call(
+        self,
+        model: LoadedModel,
+        pipe: Any,
+        task: str,
+        group: list[_Job],
+        heartbeat: Heartbeat,
+        progress_of: Callable[[float], float],
+    ) -> list[Any]:
+        """The hires fix (addons/hires.py): the row's pass, the upscale, image-to-image at hr_strength."""
+        first = group[0].request
+        hires = first.inputs.hires
+        assert hires is not None and task == "txt2img"
+        passes = hires_fix.Passes(hires, int(first.steps or self.options.default_steps), first.width, first.height)
+        arguments = self._arguments(task, group)
+        if hires.upscaler == "latent":
+            arguments["output_type"] = "latent"
+        small = self._call(model, pipe, task, group, heartbeat, passes.progress(0, progress_of), arguments)
+        if hires.upscaler == "latent":
+            big: Any = passes.upscale_latents(small)
+        elif hires.upscaler == "upscaler":
+            four_x = self._call(model, self.upscaler.pipeline(), "upscale", group, heartbeat,
+                                passes.progress(1, progress_of), steps=passes.second_steps, arguments={
+                                    "prompt": [job.prompt for job in group],
+                                    "negative_prompt": [job.negative or "" for job in group],
+                                    **self.upscaler.call_arguments(small)})
+            big = passes.resize(four_x)
+        else:
+            big = passes.resize(small, hires.upscaler)
+        second = {name: value for name, value in self._arguments(task, group).items()
+                  if name not in ("width", "height", "image", "controlnet_conditioning_scale",
+                                  "control_guidance_start", "control_guidance_end")}
+        second.update(image=big, strength=hires.strength)
+        return self._call(model, model.pipeline("img2img"), "img2img", group, heartbeat,
+                          passes.progress(len(passes.shares()) - 1, progress_of), second, passes.second_steps)
 
     def _after_abort(self, pipe: Any) -> None:
         if pipe is not None and hasattr(pipe, "maybe_free_model_hooks"):
@@ -505,6 +562,12 @@ class LocalBackend:
         free_memory(self.options.device)
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _jobs(self, request: Request) -> list[_Job]:
+        """The row's images as jobs: n of them, seeds seed, seed + 1, … (batching.py)."""
+        first = self._job(request)
+        seeds = row_seeds(dataclasses.replace(request, seed=first.seed), lambda: first.seed)
+        return [dataclasses.replace(first, seed=seed, index=k) for k, seed in enumerate(seeds)]
 
     def _job(self, request: Request) -> _Job:
         seed = request.seed if request.seed is not None else secrets.randbits(RANDOM_SEED_BITS)
@@ -532,6 +595,10 @@ class LocalBackend:
             extra.append(("IP-Adapter scale", f"{scale:g}"))
         if inputs.loras:
             extra.append(("Lora hashes", f'"{self.loras.hashes(inputs.loras)}"'))
+        if inputs.controls:
+            extra += ControlNets.png_fields(inputs.controls)
+        if inputs.hires is not None:  # A1111's Size is the first pass's
+            extra += hires_fix.png_fields(inputs.hires, inputs.hires.steps or request.steps, self.upscaler.label)
         if task == "upscale":
             extra += [("Postprocess upscale by", f"{inputs.upscale or 4:g}"), ("Postprocess upscaler", label)]
         width, height = picture.size
@@ -543,8 +610,8 @@ class LocalBackend:
             else SCHEDULERS[request.scheduler][2],
             guidance=request.guidance,
             seed=job.seed,
-            width=width,
-            height=height,
+            width=request.width if inputs.hires is not None else width,
+            height=request.height if inputs.hires is not None else height,
             model=label + (" (miniature random weights: noise)" if tiny else ""),
             style=request.style,
             extra=tuple(extra),

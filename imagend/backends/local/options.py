@@ -108,9 +108,13 @@ class LocalSettings:
     lora_cache: int = DEFAULT_LORA_CACHE
     ip_adapter: str | None = None  # folder or hub id [":" subfolder/weight file]
     upscaler: str | None = None  # a diffusers upscaler pipeline (folder or hub id)
+    controlnets: dict[str, str] = field(default_factory=dict)  # IMAGEND_CONTROLNETS: name -> hub id or folder
     previews: bool = True
     sd3_t5: bool = True  # SD3's T5 text encoder (about 9 GB in fp16); without it, T5's part of the prompt is zeros
     model_set: bool = True  # IMAGEND_MODEL was set; False: DEFAULT_MODEL, never downloaded unasked (hub.py)
+    # Single-file checkpoints (single_file.py): what completes them, and where -import-model writes folders.
+    single_file_config: str = DEFAULT_MODEL  # a folder or hub id: SDXL base's configs and tokenizers
+    models_dir: Path | None = None  # $IMAGEND_DATA_DIR/models
 
     @classmethod
     def from_settings(cls, settings: Settings, cuda_available: bool) -> LocalSettings:
@@ -161,8 +165,11 @@ class LocalSettings:
             lora_cache=env.int("IMAGEND_LORA_CACHE", DEFAULT_LORA_CACHE, minimum=1, maximum=64),
             ip_adapter=env.str("IMAGEND_IP_ADAPTER"),
             upscaler=env.str("IMAGEND_UPSCALER"),
+            controlnets=parse_models(env.str("IMAGEND_CONTROLNETS"), "IMAGEND_CONTROLNETS"),
             previews=env.bool("IMAGEND_PREVIEWS", True),
             sd3_t5=env.bool("IMAGEND_SD3_T5", True),
+            single_file_config=env.str("IMAGEND_SINGLE_FILE_CONFIG") or DEFAULT_MODEL,
+            models_dir=settings.data_dir / "models",
         )
 
     def source_of(self, name: str | None) -> str:
@@ -170,22 +177,27 @@ class LocalSettings:
         return self.models[name] if name else self.model
 
 
-def parse_models(text: str | None) -> dict[str, str]:
-    """IMAGEND_MODELS: `name=hub-id-or-folder,name2=…`."""
+def parse_models(text: str | None, setting: str = "IMAGEND_MODELS") -> dict[str, str]:
+    """IMAGEND_MODELS (or IMAGEND_CONTROLNETS): `name=hub-id-or-folder,name2=…`."""
     models: dict[str, str] = {}
     for item in (text or "").split(","):
         if not item.strip():
             continue
         name, sep, source = (part.strip() for part in item.partition("="))
         if not sep or not source or not MODEL_NAME.fullmatch(name):
+            example = (CONTROLNETS_EXAMPLE if setting == "IMAGEND_CONTROLNETS" else
+                       "IMAGEND_MODELS=sdxl=stabilityai/stable-diffusion-xl-base-1.0,juggernaut=/srv/models/juggernaut-xl")
             raise ConfigError(
-                f"IMAGEND_MODELS: {item.strip()!r} is not name=hub-id-or-folder (names: letters, digits, . _ -), "
-                "e.g. IMAGEND_MODELS=sdxl=stabilityai/stable-diffusion-xl-base-1.0,juggernaut=/srv/models/juggernaut-xl"
+                f"{setting}: {item.strip()!r} is not name=hub-id-or-folder (names: letters, digits, . _ -), "
+                f"e.g. {example}"
             )
         if name in models:
-            raise ConfigError(f"IMAGEND_MODELS names {name!r} twice")
+            raise ConfigError(f"{setting} names {name!r} twice")
         models[name] = source
     return models
+
+
+CONTROLNETS_EXAMPLE = "IMAGEND_CONTROLNETS=canny-xl=diffusers/controlnet-canny-sdxl-1.0,depth-xl=/srv/controlnets/depth"
 
 
 def _folder(text: str | None, setting: str) -> Path | None:
@@ -211,7 +223,12 @@ def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple
 
 
 def is_tiny_model(model: str) -> bool:
-    """True when IMAGEND_MODEL points at a folder written by imagend.backends.local.miniature.sdxl (it makes noise)."""
+    """True when IMAGEND_MODEL points at a folder written by imagend.backends.local.miniature.sdxl (it makes noise),
+    or a single file written from one (miniature/single_file.py)."""
+    from imagend.backends.local import single_file
+
+    if single_file.parse(model) is not None:
+        return single_file.is_miniature(model)
     marker = Path(model).expanduser() / TINY_MODEL_MARKER_FILE
     try:
         return marker.is_file() and TINY_MODEL_MARKER_TEXT in marker.read_text(encoding="utf-8")

@@ -45,11 +45,24 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image    TEXT;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_image_id INTEGER;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS reference_scale    REAL;
 ALTER TABLE images ADD COLUMN IF NOT EXISTS upscale            REAL;
+-- ControlNet (docs/local.md, "ControlNet"): [{"image" | "image_id", "type", "model", "strength", "start",
+-- "end"}, …], each control image base64 or a finished row's (an upload's) id. Hires fix ("Hires fix"):
+-- generate at the row's size, upscale by hr_scale (hr_upscaler), image-to-image at hr_strength for hr_steps.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS controls           JSONB;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS hr_scale           REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS hr_steps           INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS hr_strength        REAL;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS hr_upscaler        TEXT;
 -- A web app's: where the daemon POSTs the row's end (a webhook; imagend_webhooks below).
 ALTER TABLE images ADD COLUMN IF NOT EXISTS callback_url       TEXT;
 -- The customer a row is for (docs/owners.md): NULL is the shared anonymous owner. Not a daemon: a
 -- daemon's identity is locked_by / imagend_daemons.owner.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS owner             TEXT;
+-- Several images per row (docs/local.md, "Several images per row"): n images (1-8, NULL 1) made as one
+-- batch with consecutive seeds; preset: a name of imagend_presets (below) whose recipe fills what the row
+-- left NULL (docs/presets.md).
+ALTER TABLE images ADD COLUMN IF NOT EXISTS n                 INTEGER;
+ALTER TABLE images ADD COLUMN IF NOT EXISTS preset            TEXT;
 -- What the daemon writes.
 -- vtime: an owned row's place in its owner's fair share (schema_owners.sql sets it at insert; NULL for
 -- anonymous rows). cost: what a finished owned row cost, in the operator's units (imagend_costs).
@@ -83,6 +96,12 @@ ALTER TABLE images ADD COLUMN IF NOT EXISTS quality           INTEGER;
 -- A finished image the store could not take (down, full): kept in the row's base64 until the spool
 -- (maintenance/spool.py) has written it to the store. NULL otherwise.
 ALTER TABLE images ADD COLUMN IF NOT EXISTS spooled_at        TIMESTAMPTZ;
+-- A row of n > 1 images: each one's {index, seed, url, path, thumbnail_url, thumbnail, base64} (base64 only
+-- where no store holds it); image 1 is also the row's base64 / output_url. NULL for one image.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS images            JSONB;
+-- A preset's template applied to the producer's prompt (the prompt itself stays the producer's words, so a
+-- retry applies the template once).
+ALTER TABLE images ADD COLUMN IF NOT EXISTS effective_prompt  TEXT;
 
 -- Ancestor rows caught mid-flight by the upgrade: only Fusion Brain rows ever had a
 -- task uuid, so they are resumed by polling instead of being lost.
@@ -417,6 +436,27 @@ ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS idle_since   TIMESTAMPTZ;
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS wake_channel TEXT;
 -- Its IMAGEND_BACKEND: a row with no backend is the oldest live daemon's default's (images_claim_batch).
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS default_backend TEXT;
+
+-- Presets (docs/presets.md): named recipes an operator defines (`imagend -preset NAME key=value …`, or SQL).
+-- A row naming one gets, for each column it left NULL, the preset's value; the prompt template's {prompt}
+-- takes the row's prompt. post: post-processing steps applied to each finished image (e.g. ["token"]).
+CREATE TABLE IF NOT EXISTS imagend_presets (
+    name            TEXT PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$'),
+    prompt          TEXT CHECK (prompt IS NULL OR position('{prompt}' IN prompt) > 0),
+    negative_prompt TEXT,
+    style           TEXT,
+    width           INTEGER,
+    height          INTEGER,
+    model           TEXT,
+    loras           JSONB,
+    steps           INTEGER,
+    guidance        DOUBLE PRECISION,
+    scheduler       TEXT,
+    n               INTEGER,
+    post            JSONB NOT NULL DEFAULT '[]',
+    created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 
 -- Which daemon is working on which row right now (not rows it merely holds, claimed ahead).
 CREATE OR REPLACE VIEW imagend_working AS

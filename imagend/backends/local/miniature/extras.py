@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from imagend.backends.local.miniature.controlnet import write_tiny_controlnet
 from imagend.backends.local.miniature.parts import (
     TEXT_WIDTH,
     TINY_MODEL_SEED,
@@ -332,8 +333,9 @@ def write_tiny_upscaler(directory: Path, seed: int) -> Path:
 def write_tiny_models(directory: str | Path) -> dict[str, Path]:
     """Every miniature model a demo or a test of the local backend's extras needs, under `directory`:
     sdxl/ (the default seed), sdxl-b/ (another checkpoint), loras/pixel-kohya.safetensors,
-    loras/pixel-diffusers.safetensors, ip-adapter/ and upscaler/. Returns the paths by name
-    ("sdxl", "sdxl-b", "loras", "lora-kohya", "lora-diffusers", "ip-adapter", "upscaler")."""
+    loras/pixel-diffusers.safetensors, ip-adapter/, upscaler/ and controlnet/ (miniature/controlnet.py). Returns
+    the paths by name ("sdxl", "sdxl-b", "loras", "lora-kohya", "lora-diffusers", "ip-adapter", "upscaler",
+    "controlnet")."""
     root = Path(directory).expanduser().resolve()
     sdxl = write_tiny_model(root / "sdxl")
     loras = root / "loras"
@@ -345,4 +347,5 @@ def write_tiny_models(directory: str | Path) -> dict[str, Path]:
         "lora-diffusers": write_tiny_lora(loras / "pixel-diffusers.safetensors", sdxl, format="diffusers", seed=2),
         "ip-adapter": write_tiny_ip_adapter(root / "ip-adapter", sdxl, seed=3),
         "upscaler": write_tiny_upscaler(root / "upscaler", seed=4),
+        "controlnet": write_tiny_controlnet(root / "controlnet", sdxl, seed=5),
     }
