@@ -184,6 +184,12 @@ class FusionBrainBackend:
         # A1111's `(red:1.5)`, `<lora:…>`: Fusion Brain reads plain text (weights dropped, tags removed, noted).
         request = a1111_prompt.apply(request, weighting=False, takes_loras=False)
         refuse_image_inputs(request, self.name)
+        if request.n > 1:  # its API takes numImages = 1 only (fusionbrain-api.md)
+            raise BadInput(f"Fusion Brain makes one image per task (its numImages is 1 only), got n = {request.n}; "
+                           "insert n rows, or use the local or placeholder backend")
+        if request.post:  # a remote image comes back in the processor, which knows no preset
+            raise BadInput("the fusionbrain backend does not post-process images (the row's preset names "
+                           f"{', '.join(step.name for step in request.post)}); use the local or placeholder backend")
         for side_name, side in (("width", request.width), ("height", request.height)):
             if not MIN_SIDE_PX <= side <= MAX_SIDE_PX:
                 raise BadInput(

@@ -6,8 +6,10 @@ costs next to nothing, so the claim size is large and the database is the only c
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+import secrets
 import signal
 import struct
 import time
@@ -101,16 +103,22 @@ class PlaceholderBackend:
             started = time.monotonic()
             if self.delay_seconds:
                 time.sleep(self.delay_seconds)
-            images.append(
+            # n > 1: seeds seed, seed + 1, … (a random first one when the row has none), so each image differs
+            # and is the one a row of n = 1 with its seed makes.
+            first = request.seed if request.seed is not None or request.n == 1 else secrets.randbits(32)
+            seeds = [request.seed] if request.n == 1 else request.seeds(first or 0)
+            made = [
                 Image(
-                    placeholder_png(request.prompt, request.seed, request.negative_prompt,
-                                    parameters=request.output is not None),
-                    request.seed,
+                    placeholder_png(request.prompt, seed, request.negative_prompt,
+                                    parameters=request.output is not None or bool(request.post)),
+                    seed,
                     time.monotonic() - started,
                     width=PLACEHOLDER_SIDE_PX,
                     height=PLACEHOLDER_SIDE_PX,
                 )
-            )
+                for seed in seeds
+            ]
+            images.append(dataclasses.replace(made[0], others=tuple(made[1:])) if len(made) > 1 else made[0])
             if self.delay_seconds:
                 heartbeat(done / len(batch))
         return images

@@ -27,6 +27,7 @@ from imagend.db.rows import (
     Exportable,
     Finished,
     ModelPreference,
+    PresetRow,
     RemoteTask,
     Rescued,
     SourceRow,
@@ -144,6 +145,7 @@ class Repository(Statements):
                 "steps": [r.steps for r in results],
                 "guidances": [r.guidance for r in results],
                 "schedulers": [r.scheduler for r in results],
+                "images": [r.images for r in results],
                 "owner": self.owner,
             },
         )
@@ -233,6 +235,17 @@ class Repository(Statements):
 
     def set_warning(self, image_id: int, warning: str) -> None:
         self._rows("images_set_warning", {"id": image_id, "warning": warning, "owner": self.owner})
+
+    def presets(self, names: Sequence[str]) -> dict[str, PresetRow]:
+        """The presets a claimed batch's rows name (presets/recipes.py applies them)."""
+        rows: list[PresetRow] = self._rows("presets_get", {"names": list(names)}, by_name(PresetRow))
+        return {row.name: row for row in rows}
+
+    def apply_preset(self, claim: Claim, written: Mapping[str, Any]) -> bool:
+        """Write back what a row's preset filled (where the row left NULL) and its expanded prompt; False when
+        the row is no longer this claim's."""
+        return bool(self._rows("images_apply_preset",
+                               {**written, "id": claim.id, "attempt": claim.attempt, "owner": self.owner}))
 
     # -- the processor's side ---------------------------------------------------------
 

@@ -118,6 +118,7 @@ class Retention:
         if self.store is None and self.videos is None:
             return
         urls = [url for row in expired for url in (row.output_url, row.thumbnail_url) if url]
+        urls += [url for row in expired for url in row.image_urls or () if url not in urls]  # rows of n images
         if self.store is not None:
             urls += [row.output_path for row in expired if row.output_path and not row.output_url]
         if not urls:

@@ -94,7 +94,7 @@ class Outcomes:
             self.metrics.failed(backend, Cancelled(), final=True)
             log.info("image_failed", id=row.claim.id, status=Status.FAILED, attempt=row.claim.attempt,
                      error="cancelled", result="dropped: the cancel came while it was made")
-        urls = [url for row in rows for url in (row.output_url, row.thumbnail_url) if url]
+        urls = [url for row in rows for url in (row.output_url, row.thumbnail_url, *row.other_urls) if url]
         store = self.results.store
         if urls and store is not None:
             try:

@@ -8,6 +8,7 @@ row claimed ahead or waiting its turn in a batch goes back uncharged if this dae
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -33,6 +34,8 @@ from imagend.errors import (
 )
 from imagend.logs import get_logger
 from imagend.operations.metrics import Metrics
+from imagend.presets.recipes import preset_names
+from imagend.presets.recipes import resolve as resolve_preset
 from imagend.queue.finishing import Outcomes
 from imagend.queue.leases import LeaseKeeper
 from imagend.queue.pass_counts import PassCounts
@@ -169,17 +172,23 @@ class Generator:
         source_ids = {source for row in rows for source in row.source_ids}
         sources = self.repo.source_rows(sorted(source_ids)) if source_ids else {}
         store = self.store
+        names = preset_names(rows)  # presets (presets/recipes.py): one read for the batch, when a row names one
+        presets = self.repo.presets(names) if names else {}
         for row in rows:
             if row.cancel_requested:  # cancelled while it waited: nothing to start
                 failures.append((row.claim, Cancelled()))
                 continue
             try:
-                validated = validate_row(row, self.settings, sources, store.read_url if store else None,
+                resolved = resolve_preset(row, presets)
+                validated = validate_row(resolved.row, self.settings, sources, store.read_url if store else None,
                                          self.repo.input_image)
-                request = backend.validate(validated.request)
+                request = backend.validate(dataclasses.replace(validated.request, post=resolved.post))
             except BadInput as exc:
                 failures.append((row.claim, exc))
                 continue
+            if resolved.written is not None:  # what the preset filled, written back to the row
+                with contextlib.suppress(RowLocked):
+                    self.repo.apply_preset(row.claim, resolved.written)
             warning = "; ".join(filter(None, (validated.warning, *request.notes)))
             if warning:
                 with contextlib.suppress(RowLocked):  # a producer holds the row: the warning waits for no one
@@ -223,7 +232,7 @@ class Generator:
         in_flight = self.metrics.in_flight.labels(backend.name)
         in_flight.set(len(batch))
         try:
-            with keeper.watching(self.settings.generation_timeout_seconds * len(batch)):
+            with keeper.watching(self.settings.generation_timeout_seconds * sum(r.n for r in batch)):
                 images = backend.generate(batch, keeper)
             if keeper.ended_early:  # cancelled during a long step: already Failed, by the watch
                 keeper.cancelled = set(keeper.ended_early)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -23,6 +24,7 @@ from imagend.config.settings import Settings
 from imagend.db.rows import Claim, Finished
 from imagend.errors import RowError
 from imagend.images.formats import Encoded, encode, sniff, thumbnail
+from imagend.images.post import apply_post
 from imagend.storage import Store, StoredObject, StoreUnavailable, object_names
 from imagend.storage.health import StoreHealth
 
@@ -32,11 +34,22 @@ def b64(data: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Picture:
+    """One image of a row, encoded in the row's format (after its preset's post-processing), and its thumbnail."""
+
+    image: Image
+    encoded: Encoded
+    thumbnail: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Prepared:
     claim: Claim
     image: Image
     encoded: Encoded
     thumbnail: bytes | None
+    # A row of n > 1 images: every image, the first included (stored as `<id>-<k>.<ext>`); () for one image.
+    pictures: tuple[_Picture, ...] = ()
 
 
 class Results:
@@ -54,19 +67,21 @@ class Results:
         """What to write for each result, and the results whose attempt fails instead (an image that
         does not decode or encode). A store that refuses an image spools it (see above)."""
         if self.store is None and not self.thumbnail_px:
-            plain = [(claim, image) for claim, image in results if claim.output is None]
+            plain = [(claim, image) for claim, image in results
+                     if claim.output is None and not claim.post and not image.others]
             if len(plain) == len(results):  # the common case: nothing but base64
                 return [_plain(claim, image) for claim, image in plain], []
         failed: list[tuple[Claim, RowError]] = []
         prepared: list[_Prepared] = []
         for claim, image in results:
             try:
-                encoded = encode(image.png, claim.output)
-                thumb = thumbnail(encoded.data, self.thumbnail_px) if self.thumbnail_px else None
+                pictures = tuple(self._picture(claim, picture) for picture in (image, *image.others))
             except RowError as exc:
                 failed.append((claim, exc))
                 continue
-            prepared.append(_Prepared(claim, image, encoded, thumb))
+            first = pictures[0]
+            prepared.append(_Prepared(claim, image, first.encoded, first.thumbnail,
+                                      pictures if image.others else ()))
         if self.store is None:
             return [self._in_row(p) for p in prepared], failed
         stored = self._store(self.store, prepared)
@@ -82,43 +97,72 @@ class Results:
             self.health.succeeded()
         return rows, failed
 
+    def _picture(self, claim: Claim, image: Image) -> _Picture:
+        encoded = encode(apply_post(image.png, claim.post), claim.output)
+        return _Picture(image, encoded, thumbnail(encoded.data, self.thumbnail_px) if self.thumbnail_px else None)
+
     def _store(
         self, store: Store, prepared: Sequence[_Prepared]
-    ) -> list[tuple[list[str], StoreUnavailable | None]]:
-        """Every object of the batch in one concurrent round; per row, its URLs or the first error."""
+    ) -> list[tuple[list[tuple[str, str | None]], StoreUnavailable | None]]:
+        """Every object of the batch in one concurrent round; per row, each image's URL and its thumbnail's
+        (None: none), or the first error."""
         objects: list[StoredObject] = []
-        owners: list[int] = []
+        owners: list[tuple[int, int, bool]] = []  # (row, image of the row, is its thumbnail)
         for index, item in enumerate(prepared):
-            image_name, thumb_name = object_names(item.claim.id, item.encoded.extension)
-            objects.append(StoredObject(image_name, item.encoded.data, item.encoded.content_type))
-            owners.append(index)
-            if item.thumbnail is not None:
-                objects.append(StoredObject(thumb_name, item.thumbnail, "image/webp"))
-                owners.append(index)
-        outcome: list[tuple[list[str], StoreUnavailable | None]] = [([], None) for _ in prepared]
-        for index, result in zip(owners, store.put_all(objects), strict=True):
-            urls, error = outcome[index]
+            pictures = item.pictures or (_Picture(item.image, item.encoded, item.thumbnail),)
+            for k, picture in enumerate(pictures):
+                image_name, thumb_name = object_names(item.claim.id, picture.encoded.extension,
+                                                      k + 1 if item.pictures else None)
+                objects.append(StoredObject(image_name, picture.encoded.data, picture.encoded.content_type))
+                owners.append((index, k, False))
+                if picture.thumbnail is not None:
+                    objects.append(StoredObject(thumb_name, picture.thumbnail, "image/webp"))
+                    owners.append((index, k, True))
+        found: list[dict[int, list[str | None]]] = [{} for _ in prepared]
+        errors: list[StoreUnavailable | None] = [None for _ in prepared]
+        for (index, k, is_thumbnail), result in zip(owners, store.put_all(objects), strict=True):
             if isinstance(result, StoreUnavailable):
-                outcome[index] = (urls, error or result)
+                errors[index] = errors[index] or result
             else:
-                urls.append(result)
+                found[index].setdefault(k, [None, None])[int(is_thumbnail)] = result
+        outcome: list[tuple[list[tuple[str, str | None]], StoreUnavailable | None]] = []
+        for urls, error in zip(found, errors, strict=True):
+            pairs = [(str(urls[k][0]), urls[k][1]) for k in sorted(urls)] if error is None else []
+            outcome.append((pairs, error))
         return outcome
 
-    def _in_store(self, item: _Prepared, urls: list[str]) -> Finished:
-        output_url = urls[0]
+    def _in_store(self, item: _Prepared, urls: list[tuple[str, str | None]]) -> Finished:
+        output_url, thumbnail_url = urls[0]
+        listed = None
+        if item.pictures:
+            listed = json.dumps([
+                {"index": k, "seed": picture.image.seed, "format": picture.encoded.format, "url": url,
+                 "path": _path_of(url), "thumbnail_url": thumb}
+                for k, (picture, (url, thumb)) in enumerate(zip(item.pictures, urls, strict=True), start=1)
+            ])
         return _made_with(item.image, Finished(
             claim=item.claim,
             base64=b64(item.encoded.data) if self.store_base64 else None,
             seed=item.image.seed,
             # The column the older IMAGEND_OUTPUT_DIR filled: the path, for a folder target.
-            output_path=unquote(urlsplit(output_url).path) if output_url.startswith("file:") else None,
+            output_path=_path_of(output_url),
             generation_seconds=item.image.generation_seconds,
             output_url=output_url,
-            thumbnail_url=urls[1] if len(urls) > 1 else None,
+            thumbnail_url=thumbnail_url,
             format=item.encoded.format,
+            images=listed,
+            other_urls=tuple(url for pair in urls[1:] for url in pair if url),
         ))
 
     def _in_row(self, item: _Prepared, warning: str | None = None, spooled: bool = False) -> Finished:
+        listed = None
+        if item.pictures:
+            listed = json.dumps([
+                {"index": k, "seed": picture.image.seed, "format": picture.encoded.format,
+                 "base64": b64(picture.encoded.data),
+                 "thumbnail": b64(picture.thumbnail) if picture.thumbnail is not None else None}
+                for k, picture in enumerate(item.pictures, start=1)
+            ])
         return _made_with(item.image, Finished(
             claim=item.claim,
             base64=b64(item.encoded.data),
@@ -129,7 +173,13 @@ class Results:
             thumbnail=b64(item.thumbnail) if item.thumbnail is not None else None,
             format=item.encoded.format,
             spooled=spooled,
+            images=listed,
         ))
+
+
+def _path_of(url: str) -> str | None:
+    """The file's path of a folder target's URL (None for a bucket's)."""
+    return unquote(urlsplit(url).path) if url.startswith("file:") else None
 
 
 def _plain(claim: Claim, image: Image) -> Finished:

@@ -23,9 +23,11 @@ class StoreUnavailable(RetryableError):
 THUMBNAIL_SUFFIX = ".thumb.webp"
 
 
-def object_names(image_id: int, extension: str) -> tuple[str, str]:
-    """The image's and its thumbnail's names (`<id>.<ext>`, `<id>.thumb.webp`)."""
-    return f"{image_id}.{extension}", f"{image_id}{THUMBNAIL_SUFFIX}"
+def object_names(image_id: int, extension: str, index: int | None = None) -> tuple[str, str]:
+    """The image's and its thumbnail's names (`<id>.<ext>`, `<id>.thumb.webp`); image `index` (1..n) of a
+    row of n > 1 images: `<id>-<index>.<ext>`, `<id>-<index>.thumb.webp`."""
+    stem = f"{image_id}" if index is None else f"{image_id}-{index}"
+    return f"{stem}.{extension}", f"{stem}{THUMBNAIL_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)

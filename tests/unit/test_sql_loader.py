@@ -37,6 +37,8 @@ EXPECTED = {
     "plans_clear_default", "plans_upsert", "plans_delete", "plans_list", "owners_assign", "owners_top", "owners_usage",
     "keys_create", "keys_revoke", "keys_lookup", "images_owner_of", "images_list_owned", "images_delete",
     "images_refused_at_insert", "images_fail_over_budget",
+    # queries_presets.sql
+    "presets_upsert", "presets_delete", "presets_list", "presets_get", "images_apply_preset",
 }
 
 
@@ -55,7 +57,7 @@ def test_statements_are_whole_and_clean():
 
 
 def test_names_start_with_the_noun():
-    nouns = "images|daemons|listen|paused|database|videos|uploads|webhooks|plans|owners|keys"
+    nouns = "images|daemons|listen|paused|database|videos|uploads|webhooks|plans|owners|keys|presets"
     assert all(re.fullmatch(rf"({nouns})_[a-z_]+", name) for name in queries())
 
 

@@ -12,7 +12,8 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 # The tables and triggers of the queue, then those of operations (pause, counts, position), then video rows'.
 SCHEMA_FILES = ("schema.sql", "schema_owners.sql", "schema_operations.sql", "schema_video.sql")
 VIDEO_QUERY_FILES = ("queries_video.sql",)
-QUERY_FILES = ("queries.sql", "queries_operations.sql", "queries_webapp.sql", "queries_owners.sql")
+QUERY_FILES = ("queries.sql", "queries_operations.sql", "queries_webapp.sql", "queries_owners.sql",
+               "queries_presets.sql")
 
 
 def _templates() -> dict[str, str]:

@@ -157,14 +157,15 @@ SET status             = CASE WHEN i.cancel_requested THEN 'Failed' ELSE 'ReadyT
     height             = COALESCE(i.height, d.height),
     steps              = COALESCE(i.steps, d.steps),
     guidance           = COALESCE(i.guidance, d.guidance),
-    scheduler          = COALESCE(i.scheduler, d.scheduler)
+    scheduler          = COALESCE(i.scheduler, d.scheduler),
+    images             = CASE WHEN i.cancel_requested THEN i.images ELSE d.images::jsonb END
 FROM unnest(%(ids)b::int[], %(attempts)b::int[], %(base64s)b::text[], %(seeds)b::bigint[],
             %(output_paths)b::text[], %(output_urls)b::text[], %(thumbnail_urls)b::text[],
             %(thumbnails)b::text[], %(formats)b::text[], %(generation_seconds)b::float8[], %(warnings)b::text[],
             %(spooled)b::bool[], %(widths)b::int[], %(heights)b::int[], %(steps)b::int[],
-            %(guidances)b::float8[], %(schedulers)b::text[])
+            %(guidances)b::float8[], %(schedulers)b::text[], %(images)b::text[])
      AS d(id, attempt, base64, seed, output_path, output_url, thumbnail_url, thumbnail, format,
-          generation_seconds, warning, spooled, width, height, steps, guidance, scheduler)
+          generation_seconds, warning, spooled, width, height, steps, guidance, scheduler, images)
 WHERE i.id = d.id
   -- Said again as an index condition: with statistics stale after a burst of inserts, the planner
   -- otherwise drove the join from every Generate row (a bitmap over the lease index, dead entries
@@ -559,7 +560,12 @@ WITH picked AS (
 DELETE FROM images AS i
 USING picked
 WHERE i.id = picked.id
-RETURNING i.id, i.output_url, i.thumbnail_url, i.output_path;
+RETURNING i.id, i.output_url, i.thumbnail_url, i.output_path,
+          -- A row of n images (images_mark_done): images 2..n and their thumbnails are objects too.
+          ARRAY(SELECT u FROM jsonb_array_elements(CASE WHEN jsonb_typeof(i.images) = 'array' THEN i.images
+                                                        ELSE '[]' END) AS e,
+                       unnest(ARRAY[e ->> 'url', e ->> 'thumbnail_url']) AS u
+                WHERE u IS NOT NULL) AS image_urls;
 
 -- name: images_drop_inline
 -- Retention: keep the row, drop its base64 once it is older than %(age_seconds)s and a stored copy
