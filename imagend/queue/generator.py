@@ -205,8 +205,7 @@ class Generator:
     def _generate_all(self, backend: GeneratingBackend, requests: list[Request], counts: PassCounts) -> None:
         requests.sort(key=lambda r: (repr(batch_key(r)), r.id))
         groups = [list(group) for _, group in groupby(requests, key=batch_key)]
-        size = backend.max_batch
-        chunks = [group[start : start + size] for group in groups for start in range(0, len(group), size)]
+        chunks = [chunk for group in groups for chunk in image_chunks(group, backend.max_batch)]
         for index, chunk in enumerate(chunks):
             if self.stopping.is_set():
                 self.outcomes.release(backend.name, [r.id for r in requests_of(chunks[index:])], counts)
@@ -337,6 +336,21 @@ class Generator:
             return
         counts.submitted += 1
         log.debug("image_submitted", id=request.id, status=Status.GENERATE, attempt=request.attempt)
+
+
+def image_chunks(group: Sequence[Request], size: int) -> list[list[Request]]:
+    """A group's rows in pipeline calls of at most `size` images (IMAGEND_MAX_BATCH): a row's n counts, and a
+    row of more than `size` images is a call of its own."""
+    chunks: list[list[Request]] = []
+    images = 0
+    for request in group:
+        if chunks and images + request.n <= size:
+            chunks[-1].append(request)
+            images += request.n
+        else:
+            chunks.append([request])
+            images = request.n
+    return chunks
 
 
 def requests_of(groups: Sequence[Sequence[Request]]) -> list[Request]:
