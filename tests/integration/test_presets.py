@@ -105,7 +105,8 @@ def test_a_preset_made_with_sql_and_a_larger_token(
     conn: psycopg.Connection[Any], make_settings: Any, make_repo: Any, tmp_path: Any
 ) -> None:
     conn.execute("""INSERT INTO imagend_presets (name, prompt, post)
-                    VALUES ('coin', 'a coin showing {prompt}', '[{"step": "token", "border": 3, "color": "#c9a227"}]')""")
+                    VALUES ('coin', 'a coin showing {prompt}',
+                            '[{"step": "token", "border": 3, "color": "#c9a227"}]')""")
     image_id = insert_image(conn, "a dragon", preset="coin", format="webp")
     run_generator(make_settings, make_repo, IMAGEND_OUTPUT_DIR=str(tmp_path / "out"))
     row = fetch_image(conn, image_id)
