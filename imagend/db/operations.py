@@ -110,6 +110,11 @@ class OperationsRepository(Statements):
         rows = self._rows("images_image", {"id": image_id}, dict_row)
         return rows[0] if rows else None
 
+    def listed_image(self, image_id: int, index: int) -> dict[str, Any] | None:
+        """Image `index` (1..n) of a row of n > 1 images: {status, format, entry} (entry None: no such image)."""
+        rows = self._rows("images_listed", {"id": image_id, "index": index}, dict_row)
+        return rows[0] if rows else None
+
     def thumbnail(self, image_id: int) -> dict[str, Any] | None:
         rows = self._rows("images_thumbnail", {"id": image_id}, dict_row)
         return rows[0] if rows else None

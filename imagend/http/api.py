@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, INT4_MAX
+from imagend.db.columns import BACKEND_NAMES, IMAGE_COLUMNS, IMAGES_PER_ROW_MAX, INT4_MAX
 from imagend.db.operations import ALL_BACKENDS
 from imagend.db.owners import OwnersRepository, owner_problem, parse_plan_values
 from imagend.db.rows import Pause, Status
@@ -49,7 +49,7 @@ from imagend.http import webapp
 from imagend.http.auth import Caller, Refused, authorize, check_read, check_write, sees
 from imagend.http.checks import BadRequest, check_columns, parse_object, read_body
 from imagend.http.context import HttpContext
-from imagend.http.images import image_kind, image_response
+from imagend.http.images import image_kind, image_response, listed_image_response
 from imagend.http.openapi import document
 from imagend.http.responses import error
 from imagend.images.formats import FORMATS
@@ -71,6 +71,7 @@ LIST_DEFAULT, LIST_MAX = 50, 500  # GET /v1/images: rows per page
 PARAMETERS = ("prompt", "negative_prompt", "style", "width", "height", "seed", "steps", "guidance",
               "scheduler", "backend", "priority", "model", "format", "quality", "max_attempts",
               "task", "init_image_id", "strength", "reference_image_id", "reference_scale", "upscale",
+              "n", "preset", "effective_prompt",
               *IMAGE_COLUMNS)  # the images as whether they are set (images_get), never their bytes
 TIMINGS = ("created_at", "run_after", "started_at", "finished_at", "generation_seconds")
 
@@ -132,7 +133,30 @@ def describe(row: dict[str, Any], params: str | None, links: Links | None = None
         "thumbnail_url": (links.link(image_id, "thumbnail", row["thumbnail_url"] or row["output_url"], finished)
                           if links is not None else row["thumbnail_url"]),
         "events_url": f"/v1/images/{image_id}/events",
+        "images": listed_images(row, links) if finished else None,
     }
+
+
+def listed_images(row: dict[str, Any], links: Links | None) -> list[dict[str, Any]] | None:
+    """A finished row of n > 1 images: each one's index, seed, format and links (`images/{k}`, its thumbnail);
+    None for a row of one image (its image_url is all)."""
+    entries = row.get("images")
+    if not isinstance(entries, list):
+        return None
+    image_id = row["id"]
+    listed = []
+    for k, entry in enumerate(entries, start=1):
+        entry = entry if isinstance(entry, dict) else {}
+        image, thumb = f"images/{k}", f"images/{k}/thumbnail"
+        url, thumb_url = entry.get("url"), entry.get("thumbnail_url") or entry.get("url")
+        listed.append({
+            "index": k, "seed": entry.get("seed"), "format": entry.get("format"), "output_url": url,
+            "image_url": (links.link(image_id, image, url, True) if links is not None
+                          else f"/v1/images/{image_id}/{image}"),
+            "thumbnail_url": (links.link(image_id, thumb, thumb_url, True) if links is not None
+                              else f"/v1/images/{image_id}/{thumb}"),
+        })
+    return listed
 
 
 def backends_state(context: HttpContext, pauses: list[Pause]) -> dict[str, Any]:
@@ -262,6 +286,21 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         if image_id is None:
             return _not_found(request.path_params["id"])
         return image_response(context, image_id)
+
+    def listed(request: Request) -> Response:
+        """Image k of a row of n > 1 images (or its thumbnail): as `image`, a signed link needs no token."""
+        image_id = _id_or_none(request)
+        index = request.path_params["index"]
+        thumbnail = request.url.path.endswith("/thumbnail")
+        kind = f"images/{index}/thumbnail" if thumbnail else f"images/{index}"
+        query = request.query_params
+        signed = image_id is not None and context.links.valid(image_id, kind, query.get("expires"),
+                                                             query.get("signature"))
+        if not signed and not sees(context, authorize(context, request, "read"), image_id):
+            return _not_found(request.path_params["id"])
+        if image_id is None or not 1 <= index <= IMAGES_PER_ROW_MAX:
+            return _not_found(request.path_params["id"])
+        return listed_image_response(context, image_id, index, thumbnail)
 
     def preview(request: Request) -> Response:
         caller = authorize(context, request, "read")
@@ -423,6 +462,8 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         Route("/v1/plans/{name}", by_method(PUT=plan_put, DELETE=plan_delete), methods=["PUT", "DELETE"]),
         Route("/v1/owners/{owner}/plan", assign, methods=["PUT"]),
         Route("/v1/images/{id:int}/image", image, methods=["GET"]),
+        Route("/v1/images/{id:int}/images/{index:int}", listed, methods=["GET"]),
+        Route("/v1/images/{id:int}/images/{index:int}/thumbnail", listed, methods=["GET"]),
         Route("/v1/images/{id:int}/preview", preview, methods=["GET"]),
         Route("/v1/images/{id:int}/cancel", cancel, methods=["POST"]),
         Route("/v1/images/{id:int}/retry", retry, methods=["POST"]),

@@ -41,7 +41,7 @@ from imagend.db.videos import VideoReads
 from imagend.errors import DatabaseUnavailable
 from imagend.http.auth import READ_COOKIE, READ_COOKIE_SECONDS, Refused, check_read, check_token, read_cookie_value
 from imagend.http.context import HttpContext
-from imagend.http.images import image_response, thumbnail_response
+from imagend.http.images import image_response, listed_image_response, thumbnail_response
 from imagend.http.responses import error
 
 LIVE_REFRESH_MS = 1000  # the progress bars move once a second (progress is written twice a second)
@@ -323,6 +323,12 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         check_read(context, request)
         return thumbnail_response(context, request.path_params["id"])
 
+    def listed(request: Request) -> Response:
+        """Image k of a row of n > 1 images, or its thumbnail (the detail page's gallery)."""
+        check_read(context, request)
+        return listed_image_response(context, request.path_params["id"], request.path_params["index"],
+                                     thumbnail=request.url.path.endswith("/thumbnail"))
+
     def static(request: Request) -> Response:
         check_read(context, request)
         name = request.path_params["name"]
@@ -340,6 +346,8 @@ def routes(context: HttpContext) -> list[BaseRoute]:
         Route("/images/{id:int}", image_page, methods=["GET"]),
         Route("/images/{id:int}/full", full, methods=["GET"]),
         Route("/images/{id:int}/thumbnail", thumbnail, methods=["GET"]),
+        Route("/images/{id:int}/images/{index:int}", listed, methods=["GET"]),
+        Route("/images/{id:int}/images/{index:int}/thumbnail", listed, methods=["GET"]),
         Route("/static/{name:str}", static, methods=["GET"]),
         Route("/session", session, methods=["POST", "DELETE"]),
     ]

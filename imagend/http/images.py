@@ -181,6 +181,53 @@ def image_response(context: HttpContext, image_id: int) -> Response:
         return _unreachable(image_id, exc)
 
 
+def listed_names(image_id: int, index: int, thumbnail: bool) -> frozenset[str]:
+    """The names the daemon gives image `index` of a row of n > 1 images (`<id>-<k>.<ext>`) or its thumbnail."""
+    if thumbnail:
+        return frozenset({f"{image_id}-{index}{THUMBNAIL_SUFFIX}"})
+    return frozenset(f"{image_id}-{index}.{extension}" for extension, _ in FORMATS.values())
+
+
+def listed_image_response(context: HttpContext, image_id: int, index: int, thumbnail: bool = False) -> Response:
+    """Image `index` (1..n) of finished row `image_id` of n > 1 images (its `images` entry: the base64 kept in
+    the row, else the object the daemon stored under `<id>-<k>.<ext>`), or its thumbnail (else the image).
+    Image 1 of a row of one image is the row's image. 404 JSON for what is not there; 503 while the store
+    does not answer."""
+    found = context.ops.listed_image(image_id, index)
+    if found is None:
+        return error(404, f"no image with id {image_id}")
+    if found["status"] != FINISHED:
+        return error(404, f"image {image_id} has no image: its status is {found['status']}")
+    entry = found["entry"]
+    if not isinstance(entry, dict):
+        if index == 1:  # a row of one image: its own
+            return thumbnail_response(context, image_id) if thumbnail else image_response(context, image_id)
+        return error(404, f"image {image_id} has no image {index}")
+    fmt = entry.get("format") if isinstance(entry.get("format"), str) else found["format"]
+    try:
+        if thumbnail:
+            data = _decode(entry.get("thumbnail"))
+            if data is not None:
+                return _bytes_response(data, "webp")
+            location = entry.get("thumbnail_url")
+            if isinstance(location, str):
+                response = _stored(context, location, listed_names(image_id, index, True), None)
+                if response is not None:
+                    return response
+        data = _decode(entry.get("base64"))
+        if data is not None:
+            return _bytes_response(data, fmt)
+        for key in ("path", "url"):
+            location = entry.get(key)
+            if isinstance(location, str):
+                response = _stored(context, location, listed_names(image_id, index, False), fmt)
+                if response is not None:
+                    return response
+    except StoreUnreachable as exc:
+        return _unreachable(image_id, exc)
+    return error(404, f"image {image_id} has no image {index} this daemon stored that can be read")
+
+
 def thumbnail_response(context: HttpContext, image_id: int) -> Response:
     """The row's thumbnail (its `thumbnail` column, else the stored thumbnail), else the full image."""
     row = context.ops.thumbnail(image_id)

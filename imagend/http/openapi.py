@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from imagend import __version__
-from imagend.db.columns import BACKEND_NAMES, PRODUCER_COLUMNS
+from imagend.db.columns import BACKEND_NAMES, IMAGES_PER_ROW_MAX, PRODUCER_COLUMNS
 from imagend.db.rows import Status
 from imagend.images.formats import FORMATS
 
@@ -48,6 +48,9 @@ READ_ERRORS = {"401": _error("On a non-loopback address (or with IMAGEND_HTTP_RE
                              "the token too"), **HOST_ERROR, "503": _error(BUSY)}
 ID_PARAMETER = {"name": "id", "in": "path", "required": True, "description": "The row's id",
                 "schema": {"type": "integer", "minimum": 0}}
+INDEX_PARAMETER = {"name": "index", "in": "path", "required": True,
+                   "description": "Which of the row's n images (1 is the first, the row's image_url)",
+                   "schema": {"type": "integer", "minimum": 1, "maximum": IMAGES_PER_ROW_MAX}}
 PLAN_PARAMETER = {"name": "name", "in": "path", "required": True, "description": "A plan's name",
                   "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"}}
 NAME_PARAMETER = {"name": "name", "in": "path", "required": True,
@@ -147,6 +150,13 @@ def _image() -> dict[str, Any]:
                            "written in the row; only what the daemon stored is served, at image_url)"},
             "thumbnail_url": {"type": ["string", "null"], "description": "The thumbnail's link, as image_url"},
             "events_url": {"type": "string", "description": "The row's live stream (Server-Sent Events)"},
+            "images": {"type": ["array", "null"], "description": "A finished row of n > 1 images: each one, in seed "
+                       "order (image 1 is image_url); null for one image", "items": {"type": "object", "properties": {
+                           "index": {"type": "integer", "minimum": 1}, "seed": {"type": ["integer", "null"]},
+                           "format": {"type": ["string", "null"]},
+                           "output_url": {"type": ["string", "null"], "description": "Where the daemon stored it"},
+                           "image_url": {"type": "string", "description": "A link a browser opens, as image_url"},
+                           "thumbnail_url": {"type": "string", "description": "Its thumbnail's link"}}}},
         },
     }
 
@@ -321,6 +331,29 @@ def document() -> dict[str, Any]:
                                   "have dropped it; a location written by a producer is never served)"),
                     "503": _error("The store (IMAGEND_STORAGE_URL) does not answer: the image is kept there; or "
                                   "too many requests in flight"),
+                },
+            }},
+            "/v1/images/{id}/images/{index}": {"get": {
+                "summary": "Image k of a finished row of n > 1 images (images[k-1].image_url); a signed link needs "
+                           "no token",
+                "operationId": "getListedImageBytes",
+                "parameters": [ID_PARAMETER, INDEX_PARAMETER, *SIGNED_LINK],
+                "responses": {
+                    "200": {"description": "The image, its Content-Type from its bytes", "content": image_types},
+                    **READ_ERRORS,
+                    "404": _error("No such row or image, not finished, or no image this daemon stored"),
+                    "503": _error("The store (IMAGEND_STORAGE_URL) does not answer; or too many requests in flight"),
+                },
+            }},
+            "/v1/images/{id}/images/{index}/thumbnail": {"get": {
+                "summary": "Image k's thumbnail (IMAGEND_THUMBNAIL; else the image itself)",
+                "operationId": "getListedImageThumbnail",
+                "parameters": [ID_PARAMETER, INDEX_PARAMETER, *SIGNED_LINK],
+                "responses": {
+                    "200": {"description": "The thumbnail (WebP) or the image", "content": image_types},
+                    **READ_ERRORS,
+                    "404": _error("No such row or image, not finished, or no image this daemon stored"),
+                    "503": _error("The store (IMAGEND_STORAGE_URL) does not answer; or too many requests in flight"),
                 },
             }},
             "/v1/images/{id}/preview": {"get": {

@@ -83,6 +83,11 @@ SELECT i.id, i.status, i.progress, i.error, i.warning, i.prompt, i.negative_prom
        i.cancel_requested, i.created_at, i.run_after, i.started_at, i.finished_at,
        i.generation_seconds, i.output_url, i.thumbnail_url,
        i.base64 IS NOT NULL OR i.output_url IS NOT NULL OR i.output_path IS NOT NULL AS has_image,
+       -- Several images per row, presets: each image's index, seed, format and locations (never its bytes).
+       i.n, i.preset, i.effective_prompt,
+       CASE WHEN jsonb_typeof(i.images) = 'array'
+            THEN (SELECT jsonb_agg(e - 'base64' - 'thumbnail' - 'path') FROM jsonb_array_elements(i.images) AS e)
+       END AS images,
        p.ahead AS position, CASE WHEN w.source IS NULL THEN p.estimated_start END AS estimated_start,
        w.source AS waiting_for
 FROM images AS i
@@ -97,6 +102,12 @@ WHERE i.id = %(id)s;
 -- name: images_image
 -- Where a finished row's image is: inline, in a file, or in the storage target.
 SELECT status, format, base64, output_path, output_url FROM images WHERE id = %(id)s;
+
+-- name: images_listed
+-- Image %(index)s (1..n) of a finished row of n > 1 images: its entry of `images` (base64 only where no
+-- store holds it), and the row's status.
+SELECT status, format, CASE WHEN jsonb_typeof(images) = 'array' THEN images -> (%(index)s - 1) END AS entry
+FROM images WHERE id = %(id)s;
 
 -- name: images_thumbnail
 SELECT thumbnail, thumbnail_url FROM images WHERE id = %(id)s;
