@@ -124,3 +124,19 @@ def test_refuses_a_size_it_cannot_make_and_says_which(backend: Backend) -> None:
 def test_refuses_an_unknown_style(backend: Backend) -> None:
     with pytest.raises(BadInput, match="style"):
         backend.validate(_request(style="NO_SUCH_STYLE"))
+
+
+def test_makes_n_images_with_consecutive_seeds_or_refuses_n_readably(backend: Backend, fake: Any) -> None:
+    """A row's n (issue 26): n different images, seeds seed, seed + 1, … (image 1 the request's Image, the
+    others in `others`), or BadInput at validation naming n."""
+    try:
+        request = backend.validate(_request(n=3))
+    except BadInput as exc:
+        assert "n = 3" in str(exc)
+        return
+    image = _one_image(backend, request, fake)
+    pictures = [image, *image.others]
+    assert [picture.seed for picture in pictures] == [7, 8, 9]
+    assert len({picture.png for picture in pictures}) == 3
+    alone = _one_image(backend, backend.validate(_request(seed=8)), fake)
+    assert PILImage.open(io.BytesIO(alone.png)).size == PILImage.open(io.BytesIO(pictures[1].png)).size
