@@ -238,11 +238,12 @@ def import_model(args: argparse.Namespace) -> int:
         configure(verbose=args.verbose, secrets=settings.secrets())
         import torch
 
+        from imagend.backends.local.families import family_of
         from imagend.backends.local.options import LocalSettings
         from imagend.backends.local.single_file import import_model as convert
 
         options = LocalSettings.from_settings(settings, cuda_available=torch.cuda.is_available())
-        folder, seconds = convert(file, name, options)
+        folder, seconds = convert(file, name, family_of(file, "-import-model"), options)
     except ConfigError as exc:
         print(f"imagend: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -33,6 +33,25 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def single_file_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A miniature SDXL folder whose second text encoder is wider than the first (as SDXL's: diffusers'
+    single-file loader tells them apart by width), written back as one A1111-layout file (.safetensors and
+    .ckpt), and the config folder (its .json and .txt files) that completes the file
+    (imagend.backends.local.miniature.single_file)."""
+    from imagend.backends.local.miniature.sdxl import write_tiny_model
+    from imagend.backends.local.miniature.single_file import write_config_folder, write_single_file
+
+    root = tmp_path_factory.mktemp("single-file")
+    folder = write_tiny_model(root / "sdxl", clip_g_width=48)
+    return {
+        "folder": folder,
+        "safetensors": write_single_file(folder, root / "files" / "tiny-sdxl.safetensors"),
+        "ckpt": write_single_file(folder, root / "files" / "tiny-sdxl.ckpt"),
+        "config": write_config_folder(folder, root / "sdxl-config"),
+    }
+
+
+@pytest.fixture(scope="session")
 def tiny_families(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Miniature FLUX.1, SD3 and Kandinsky 3 pipelines (imagend.backends.local.miniature.families), by family key."""
     from imagend.backends.local.miniature.families import FAMILIES, write_tiny_pipeline

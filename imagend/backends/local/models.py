@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from imagend.backends.local import single_file
 from imagend.backends.local.families import SDXL, Family, encoder_for, family_of
 from imagend.backends.local.options import LocalSettings, is_tiny_model
 from imagend.backends.local.pipelines import Schedulers, free_memory, load_pipeline, place
@@ -42,8 +43,9 @@ class LoadedModel:
         self.pipe = pipe  # text-to-image
         self.encoder = encoder_for(family, pipe)
         self.schedulers = Schedulers(pipe.scheduler.config)  # the checkpoint's, before any job replaced it
-        self.label = Path(source).name if Path(source).expanduser().exists() else source
-        self.tiny = is_tiny_model(source)
+        single = single_file.parse(source)  # a .safetensors/.ckpt file, perhaps with :family: its file name
+        self.label = single.path.name if single else Path(source).name if Path(source).expanduser().exists() else source
+        self.tiny = single_file.is_miniature(source) if single else is_tiny_model(source)
         self.on_device = True
         self._task_pipes: dict[str, Any] = {}
         self.extras: dict[str, Any] = {}  # per-model state of loras.py and ip_adapter.py

@@ -223,12 +223,8 @@ def style_prompts(style: str | None, prompt: str, negative: str | None) -> tuple
 
 
 def is_tiny_model(model: str) -> bool:
-    """True when IMAGEND_MODEL points at a folder written by imagend.backends.local.miniature.sdxl (it makes noise),
-    or a single file written from one (miniature/single_file.py)."""
-    from imagend.backends.local import single_file
-
-    if single_file.parse(model) is not None:
-        return single_file.is_miniature(model)
+    """True when IMAGEND_MODEL points at a folder written by imagend.backends.local.miniature.sdxl (it makes noise);
+    a single file written from one: single_file.is_miniature."""
     marker = Path(model).expanduser() / TINY_MODEL_MARKER_FILE
     try:
         return marker.is_file() and TINY_MODEL_MARKER_TEXT in marker.read_text(encoding="utf-8")

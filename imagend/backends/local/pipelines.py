@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from imagend.backends.local import single_file
 from imagend.backends.local.families import SD3, SDXL, Family, family_of
 from imagend.backends.local.hub import cached_file, hub_unreachable, load_offline
 from imagend.backends.local.options import SCHEDULERS, LocalSettings
@@ -76,7 +77,11 @@ def load_vae(options: LocalSettings) -> Any:
 
 
 def check_model_source(source: str, setting: str) -> None:
-    """At start, before any load: a folder named as a model must hold a pipeline."""
+    """At start, before any load: a folder named as a model must hold a pipeline; a single file must be a
+    checkpoint of a family loaded from files (single_file.py)."""
+    if single_file.parse(source) is not None:
+        single_file.check_file(source, setting)
+        return
     if _looks_like_folder(source) and not (Path(source).expanduser() / "model_index.json").is_file():
         raise ConfigError(
             f"{setting}={source}: no diffusers pipeline there (no model_index.json). Set {setting} to a folder "
@@ -103,12 +108,18 @@ def load_pipeline(options: LocalSettings, source: str | None = None, setting: st
             kwargs["vae"] = vae  # the fp16-fix VAE is SDXL's
     if family is SD3 and not options.sd3_t5:
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
-    if load_offline(model):  # cached, and the hub does not answer: no retries asking it for updates
+    single = single_file.parse(model) is not None  # one .safetensors/.ckpt file: from_single_file
+    if not single and load_offline(model):  # cached, and the hub does not answer: no retries asking it for updates
         kwargs["local_files_only"] = True
     try:
-        pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
-            str(Path(model).expanduser()) if _looks_like_folder(model) else model, **kwargs
-        )
+        if single:
+            pipe = single_file.load(getattr(diffusers, family.pipeline_class), model, family, options, setting, kwargs)
+        else:
+            pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
+                str(Path(model).expanduser()) if _looks_like_folder(model) else model, **kwargs
+            )
+    except ConfigError:
+        raise
     except Exception as exc:
         raise ConfigError(
             f"{setting}={model}: cannot load a {family.name} pipeline "

@@ -6,6 +6,7 @@ real checkpoint on the CPU (`cpu_warning`), minutes per image where a GPU takes 
 
 from __future__ import annotations
 
+from imagend.backends.local import single_file
 from imagend.backends.local.families import family_of
 from imagend.backends.local.options import LocalSettings
 from imagend.config.settings import Settings
@@ -22,6 +23,16 @@ def check(settings: Settings) -> None:
     for name, source in options.models.items():
         check_model_source(source, f"IMAGEND_MODELS ({name})")
     family_of(options.model, "IMAGEND_MODEL", asked=options.model_set)
+    check_single_files(options)
+
+
+def check_single_files(options: LocalSettings) -> None:
+    """Every single-file entry (single_file.py) is a checkpoint we load, and what completes it is there:
+    IMAGEND_SINGLE_FILE_CONFIG, unless -import-model's folder stands in for the file."""
+    entries = [("IMAGEND_MODEL", options.model), *((f"IMAGEND_MODELS ({n})", s) for n, s in options.models.items())]
+    for setting, source in entries:
+        if single_file.parse(source) is not None and single_file.imported_folder(source, options) is None:
+            single_file.config_folder(options, family_of(source, setting), source, setting)
 
 
 def cpu_warning(options: LocalSettings, tiny: bool) -> str | None:

@@ -36,7 +36,13 @@ def supported() -> str:
 def family_of(source: str, setting: str, *, asked: bool = True) -> Family:
     """The family of the checkpoint at `source` (a folder, or a hub id: from the Hugging Face cache, or
     downloaded where `asked` and the hub answers; hub.py), from its model_index.json; ConfigError naming
-    `setting` when it is none we drive, or cannot be read."""
+    `setting` when it is none we drive, or cannot be read. A single .safetensors/.ckpt file: from its keys
+    (single_file.py)."""
+    from imagend.backends.local import single_file
+
+    if single_file.parse(source) is not None:
+        key = single_file.family_key(source, setting)
+        return next(family for family in FAMILIES.values() if family.key == key)
     try:
         text = model_index_text(source, setting, asked=asked)
         class_name = json.loads(text).get("_class_name")

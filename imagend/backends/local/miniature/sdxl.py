@@ -48,8 +48,12 @@ stabilityai/stable-diffusion-xl-base-1.0 (or another SDXL checkpoint).
 assert TINY_MODEL_MARKER_TEXT in README_TEXT  # what is_tiny_model looks for
 
 
-def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[str, Any]:
-    """The miniature modules (random weights drawn from torch's generator seeded with `seed`)."""
+def build_tiny_components(
+    vocab_size: int, seed: int = TINY_MODEL_SEED, clip_g_width: int | None = None
+) -> dict[str, Any]:
+    """The miniature modules (random weights drawn from torch's generator seeded with `seed`). `clip_g_width`:
+    the second text encoder as wide as that (None: as the first), as SDXL's are (768 and 1280); diffusers'
+    single-file loader tells the two apart by their width (miniature/single_file.py)."""
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -58,6 +62,8 @@ def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[
     torch.manual_seed(seed)
     text_hidden = TEXT_WIDTH
     text_config = clip_text_config(vocab_size)
+    text_g_config = text_config if clip_g_width is None else clip_text_config(vocab_size, hidden=clip_g_width)
+    g_width = text_g_config.hidden_size
     time_embed_dim = 8
     unet = diffusers.UNet2DConditionModel(
         sample_size=128,  # 1024 px / 8, as SDXL
@@ -70,10 +76,10 @@ def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 1),
-        cross_attention_dim=2 * text_hidden,  # both encoders' hidden states side by side
+        cross_attention_dim=text_hidden + g_width,  # both encoders' hidden states side by side
         addition_embed_type="text_time",
         addition_time_embed_dim=time_embed_dim,
-        projection_class_embeddings_input_dim=6 * time_embed_dim + text_hidden,  # 6 time ids + pooled text
+        projection_class_embeddings_input_dim=6 * time_embed_dim + g_width,  # 6 time ids + pooled text
         norm_num_groups=8,
     )
     vae = autoencoder_kl(latent_channels=4, scaling_factor=0.13025)  # SDXL's: 8x downscale, its scaling
@@ -90,15 +96,16 @@ def build_tiny_components(vocab_size: int, seed: int = TINY_MODEL_SEED) -> dict[
         "unet": unet,
         "vae": vae,
         "text_encoder": CLIPTextModel(text_config),
-        "text_encoder_2": CLIPTextModelWithProjection(text_config),
+        "text_encoder_2": CLIPTextModelWithProjection(text_g_config),
         "scheduler": scheduler,
     }
 
 
-def write_tiny_model(directory: str | Path, seed: int = TINY_MODEL_SEED) -> Path:
+def write_tiny_model(directory: str | Path, seed: int = TINY_MODEL_SEED, clip_g_width: int | None = None) -> Path:
     """Write the miniature pipeline to `directory` (created); returns its path. No network.
 
-    Another `seed` gives another checkpoint of the same architecture (other weights, other pixels)."""
+    Another `seed` gives another checkpoint of the same architecture (other weights, other pixels);
+    `clip_g_width` another width of the second text encoder (build_tiny_components)."""
     from transformers import CLIPTokenizer
 
     from imagend.backends.local.pipelines import quiet_libraries
@@ -112,7 +119,7 @@ def write_tiny_model(directory: str | Path, seed: int = TINY_MODEL_SEED) -> Path
     write_tokenizer(folder / "tokenizer_2")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
     tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2")
-    components = build_tiny_components(vocab_size=len(tokenizer), seed=seed)
+    components = build_tiny_components(vocab_size=len(tokenizer), seed=seed, clip_g_width=clip_g_width)
     pipe = diffusers.StableDiffusionXLPipeline(
         tokenizer=tokenizer, tokenizer_2=tokenizer_2, force_zeros_for_empty_prompt=True, **components
     )
