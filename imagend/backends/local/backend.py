@@ -381,12 +381,15 @@ class LocalBackend:
                 self.ip_adapter.prepare(model, pipe, scale)
                 if first.inputs.controls:  # this batch's pipeline with its ControlNets (from_pipe, dropped after)
                     pipe = self.controlnets.pipeline(model, first.inputs.controls)
+            encoded: dict[int, Conditioning] = {}  # a row of n images is encoded once (batching.py)
             for job in jobs:
-                if job.conditioning is None:
+                if job.conditioning is None and job.request.id in encoded:
+                    job.conditioning = encoded[job.request.id]
+                elif job.conditioning is None:
                     # Encoding long prompts takes a while: the lease (and cancel, and a stop) must not wait
                     # for the whole batch's encoding. Parsing already happened at validation, off the device.
                     heartbeat(None)
-                    job.conditioning = model.encoder.encode(job.prompt, job.negative)
+                    job.conditioning = encoded[job.request.id] = model.encoder.encode(job.prompt, job.negative)
         # Rows are grouped by token length so each row's conditioning is what it would be alone;
         # after an OOM, one image per call.
         groups: dict[int, list[_Job]] = {}
