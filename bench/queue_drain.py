@@ -11,8 +11,10 @@ batch size 10 (`--pgq-workers`, `--pgq-batch` to change).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
+import psutil
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
@@ -21,13 +23,22 @@ from imagend.db.connect import apply_schema
 from _common import daemon, fresh_database, parser, postgres, wait_until
 
 
-def drain_imagend(server_url: str, rows: int, src: str | None = None, **env: str) -> float:
-    """Rows/s of one `imagend -cron`; `src`: an earlier checkout's imagend (it applies its own schema)."""
+def drain_imagend(server_url: str, rows: int, src: str | None = None, cpu: dict[str, float] | None = None,
+                  **env: str) -> float:
+    """Rows/s of one `imagend -cron`; `src`: an earlier checkout's imagend (it applies its own schema).
+    `cpu`: filled with the CPU milliseconds per 1,000 rows the drain took in the daemon (`daemon`) and in
+    every process of the Postgres server (`postgres`): unlike rows/s, a figure that other work on the
+    machine barely moves."""
     db = fresh_database(server_url, "bench_drain_imagend")
     if src is None:
         apply_schema(db)
-    with daemon(db, src=src, **env), psycopg.connect(db, autocommit=True) as conn:
+    with daemon(db, src=src, **env) as proc, psycopg.connect(db, autocommit=True) as conn:
         time.sleep(2.0)  # the daemon is up, listening, idle
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None
+        server_root = psutil.Process(int(backend[0])).parent()
+        daemon_process = psutil.Process(proc.pid)
+        cpu_before = (_cpu_seconds([daemon_process]), _cpu_seconds([server_root, *server_root.children()]))
         conn.execute("INSERT INTO images (prompt) SELECT 'bench prompt ' || g FROM generate_series(1, %s) g", [rows])
 
         # Asked on the partial indexes of waiting and generating rows: a count(*) of the whole table
@@ -40,9 +51,22 @@ def drain_imagend(server_url: str, rows: int, src: str | None = None, **env: str
         wait_until(drained, timeout=600, interval=0.1)
         done = conn.execute("SELECT count(*) FROM images WHERE status = 'ReadyToPublish'").fetchone()
         assert done is not None and done[0] == rows, f"{done} of {rows} rows done"
+        if cpu is not None:
+            cpu["daemon"] = (_cpu_seconds([daemon_process]) - cpu_before[0]) * 1e6 / rows
+            cpu["postgres"] = (_cpu_seconds([server_root, *server_root.children()]) - cpu_before[1]) * 1e6 / rows
         row = conn.execute("SELECT extract(epoch FROM max(finished_at) - min(created_at)) FROM images").fetchone()
         assert row is not None
         return rows / float(row[0])
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User and system CPU time of these processes (a process gone meanwhile counts nothing)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 async def _drain_pgqueuer(db: str, driver: str, rows: int, workers: int, batch: int) -> float:
