@@ -23,8 +23,8 @@ EXPECTED = {
     # queries_operations.sql
     "paused_add", "paused_remove", "paused_list", "images_queue_counts", "images_oldest_waiting", "daemons_list",
     "images_in_flight", "images_recent_done", "images_recent_failed", "images_get", "images_image",
-    "images_thumbnail", "images_listed", "images_preview", "images_insert", "images_cancel", "images_retry", "images_status_of",
-    "database_ping", "images_waiting", "images_params",
+    "images_thumbnail", "images_listed", "images_preview", "images_insert", "images_cancel", "images_retry",
+    "images_status_of", "database_ping", "images_waiting", "images_params",
     # queries_webapp.sql
     "uploads_insert", "uploads_stored", "images_events_state", "images_api_request_peek",
     "webhooks_claim", "webhooks_images", "webhooks_delivered", "webhooks_retry_later", "webhooks_give_up",
