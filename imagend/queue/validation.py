@@ -197,6 +197,8 @@ def image_inputs_of(
                 f"upscale must be {' or '.join(f'{f:g}' for f in UPSCALE_FACTORS)} for task 'upscale', "
                 f"got {row.upscale}"
             )
+        if (row.n or 1) > 1:  # the x4 model has nothing to vary but its noise: one image, as A1111's extras tab
+            raise BadInput(f"task 'upscale' makes one image per row (n = 1), got n = {row.n}")
     elif row.upscale is not None:
         raise BadInput("upscale is only read with task 'upscale'")
 

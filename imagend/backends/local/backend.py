@@ -440,6 +440,11 @@ class LocalBackend:
         if task == "inpaint":
             mask = inputs.mask_image
             arguments["mask_image"] = mask.resize(size, PILImage.Resampling.LANCZOS) if mask.size != size else mask
+            # One copy per image: diffusers' inpainting encodes the image with generator[i] for each image it is
+            # given, so one image for n generators would draw on the first alone and move image k's noise off
+            # the noise a row of seed + k - 1 makes (image-to-image repeats the image itself).
+            arguments["image"] = [arguments["image"]] * len(group)
+            arguments["mask_image"] = [arguments["mask_image"]] * len(group)
         if task != "img2img":  # the image-to-image pipeline takes its size from the image
             arguments.update(width=first.width, height=first.height)
         if inputs.reference_image is not None:
@@ -517,7 +522,8 @@ class LocalBackend:
         pictures = list(output.images)
         if task == "inpaint":
             # As A1111 does: the unmasked pixels are the input's own, not their trip through the VAE.
-            pictures = [PILImage.composite(p, arguments["image"], arguments["mask_image"]) for p in pictures]
+            pictures = [PILImage.composite(p, image, mask)
+                        for p, image, mask in zip(pictures, arguments["image"], arguments["mask_image"], strict=True)]
         if task == "upscale" and first.inputs.task == "upscale":
             inputs = first.inputs
             pictures = [Upscaler.finish(p, inputs.init_image.size, inputs.upscale or 4.0) for p in pictures]
