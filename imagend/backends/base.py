@@ -169,7 +169,7 @@ class Heartbeat(Protocol):
     """Called by a generating backend whenever work really advances (each diffusion step).
 
     It extends the batch's leases and writes progress (throttled), and the previews when given
-    (at most every PREVIEW_WRITE_SECONDS: `preview` is only called then), and raises
+    (at most every IMAGEND_PREVIEW_SECONDS: `preview` is only called then), and raises
     `Cancelled` when a producer asked to cancel, or `Interrupted` when the daemon is
     stopping or the rows are no longer ours. Backends let both propagate.
     """

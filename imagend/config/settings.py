@@ -35,6 +35,7 @@ DEFAULT_CHECK_INTERVAL_SECONDS = 2.0
 GENERATOR_INTERVAL_SECONDS = 300.0
 PROCESSOR_INTERVAL_SECONDS = 600.0
 LEASE_SECONDS = 60.0
+PREVIEW_SECONDS = 2.0  # step previews (local backend) written at most this often per batch: each is a row write
 DEAD_AFTER_SECONDS = 10.0
 MAX_CRASHES = 3
 POLL_SECONDS = 2.0
@@ -184,6 +185,7 @@ class Settings:
     default_backend: str
     served_backends: tuple[str, ...]
     lease_seconds: float
+    preview_seconds: float
     dead_after_seconds: float
     max_crashes: int
     poll_seconds: float
@@ -388,6 +390,7 @@ def load_settings(
         default_backend=default_backend,
         served_backends=served,
         lease_seconds=env.seconds("IMAGEND_LEASE_SECONDS", LEASE_SECONDS, minimum=1.0),
+        preview_seconds=env.seconds("IMAGEND_PREVIEW_SECONDS", PREVIEW_SECONDS, minimum=0.1),
         # The liveness thread beats every dead_after/10 s and a peer is "alive" within 3 beats:
         # below 1 s that is too tight for a busy 2-core host.
         dead_after_seconds=env.seconds("IMAGEND_DEAD_AFTER", DEAD_AFTER_SECONDS, minimum=1.0),

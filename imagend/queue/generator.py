@@ -226,7 +226,8 @@ class Generator:
             self.outcomes.fail_all(backend.name, [(claims[image_id], Cancelled())], counts)
 
         keeper = LeaseKeeper(self.repo, ids, self.aborting, held=lambda: [*waiting, *self._held_ahead()],
-                             progressed=self.progressed, end_cancelled=end_cancelled)
+                             progressed=self.progressed, end_cancelled=end_cancelled,
+                             preview_seconds=self.settings.preview_seconds)
         log.debug("batch_started", ids=ids, status=Status.GENERATE, backend=backend.name)
         in_flight = self.metrics.in_flight.labels(backend.name)
         in_flight.set(len(batch))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from imagend.backends.base import PreviewSource
+from imagend.config.settings import PREVIEW_SECONDS
 from imagend.db.repository import Repository
 from imagend.errors import Cancelled, DatabaseUnavailable, Interrupted, LostOwnership, RowLocked
 from imagend.logs import get_logger
@@ -19,7 +20,6 @@ from imagend.logs import get_logger
 log = get_logger()
 
 PROGRESS_WRITE_SECONDS = 1.0  # at most one progress/lease write a second per batch (each costs the fleet's database)
-PREVIEW_WRITE_SECONDS = 2.0  # step previews (local backend) are written at most this often per batch
 
 
 class LeaseKeeper:
@@ -36,6 +36,7 @@ class LeaseKeeper:
         held: Callable[[], list[int]] = list,
         progressed: Callable[[], None] = lambda: None,
         end_cancelled: Callable[[int], None] | None = None,
+        preview_seconds: float = PREVIEW_SECONDS,
     ) -> None:
         self.repo = repo
         self.ids = list(ids)
@@ -45,6 +46,7 @@ class LeaseKeeper:
         self.interval = min(PROGRESS_WRITE_SECONDS, repo.lease_seconds / 4)
         self.last_write = time.monotonic()
         self.last_preview = self.last_write
+        self.preview_seconds = preview_seconds
         self.cancelled: set[int] = set()
         # Rows the watch ended Failed 'cancelled' while a step ran (end_cancelled): done with.
         self.end_cancelled = end_cancelled
@@ -60,7 +62,7 @@ class LeaseKeeper:
         if self.ended_early:
             self.cancelled = set(self.ended_early)
             raise Cancelled()
-        if preview is not None and now - self.last_preview >= PREVIEW_WRITE_SECONDS:
+        if preview is not None and now - self.last_preview >= self.preview_seconds:
             self.last_preview = now
             self._write_previews(preview)
         if now - self.last_write < self.interval:

@@ -2,7 +2,8 @@
 `imagend -cron` daemon for the module, driven by the real clients: the `openai` SDK's images.edit with an
 image and a mask (inpainting: the mask's transparent part is repainted, the rest stays the input's own
 pixels), Open WebUI's edit request, a stream with partial images built from the step previews; webuiapi's
-img2img with a mask, and a checkpoint chosen with util_set_model for that caller only."""
+img2img with a mask, its txt2img with enable_hr (the row's hires fix), and a checkpoint chosen with
+util_set_model for that caller only."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def daemon(module_db: str, tiny_models: dict[str, Path],
         "IMAGEND_MODELS": f"sdxl={tiny_models['sdxl']},sdxl-b={tiny_models['sdxl-b']}",
         "IMAGEND_LOCK_DIR": str(tmp_path_factory.mktemp("locks")),
         "IMAGEND_DEFAULT_STEPS": "100",  # the OpenAI API has no steps: quality "max" is 200 (the stream's)
+        # The stream's 200 steps take 1-3 s on a CPU; previews written every 2 s (the default) could all fall
+        # after the last step on a fast machine, so none would be streamed.
+        "IMAGEND_PREVIEW_SECONDS": "0.2",
         "DEFAULT_IMAGE_WIDTH": str(SIDE),
         "DEFAULT_IMAGE_HEIGHT": str(SIDE),
         "HF_HUB_OFFLINE": "1",
@@ -160,7 +164,8 @@ def test_openai_variations_start_from_the_image_and_its_own_prompt(client, db):
 
 
 def test_stream_with_partial_images_yields_previews_then_the_image(client):
-    """Previews are written every 2 s or so: a generation of 256 px at 200 steps gives one or two."""
+    """Previews are written every 0.2 s here: a generation of 256 px at 200 steps gives at least one, and the
+    stream carries at most partial_images of them."""
     events = list(client.images.generate(prompt="a slow fox", model="dall-e-3", size="256x256", quality="max",
                                          stream=True, partial_images=2, extra_body={"seed": 3},
                                          timeout=120))
@@ -184,6 +189,22 @@ def test_webuiapi_img2img_with_a_mask(daemon, db):
     assert result.info["seed"] == 11 and "Denoising strength: 0.8" in result.info["infotexts"][0]
     row = db.execute("SELECT strength, seed, scheduler FROM images WHERE prompt = 'a painted door'").fetchone()
     assert (round(row["strength"], 3), row["seed"], row["scheduler"]) == (0.8, 11, "euler_a")
+
+
+def test_webuiapi_enable_hr_is_the_rows_own_hires_fix(daemon, db):
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=daemon.port, username="alice", password=TOKEN)
+    result = api.txt2img(prompt="a hires lighthouse", width=SIDE, height=SIDE, seed=12, steps=3, enable_hr=True,
+                         hr_scale=2, hr_upscaler=webuiapi.HiResUpscaler.Lanczos, hr_second_pass_steps=4,
+                         denoising_strength=0.5)
+    assert len(result.images) == 1 and result.images[0].size == (2 * SIDE, 2 * SIDE)
+    infotext = result.info["infotexts"][0]
+    for field in (f"Size: {SIDE}x{SIDE}", "Denoising strength: 0.5", "Hires upscale: 2", "Hires steps: 4",
+                  "Hires upscaler: Lanczos"):
+        assert field in infotext, infotext
+    assert result.info["denoising_strength"] == 0.5
+    rows = db.execute("SELECT hr_scale, hr_steps, hr_strength, hr_upscaler FROM images "
+                      "WHERE prompt = 'a hires lighthouse'").fetchall()
+    assert [tuple(row.values()) for row in rows] == [(2.0, 4, 0.5, "lanczos")]  # one row, no upscale rows
 
 
 def test_util_set_model_switches_the_checkpoint_for_that_caller_only(daemon, db):
