@@ -77,8 +77,15 @@ def test_a_single_file_makes_the_pixels_of_its_folder_through_imagend_cron(
         assert (row["status"], row["error"]) == ("ReadyToPublish", None), (model, row["error"])
     folder = pixels(rows["folder"])
     assert folder.shape == (64, 64, 3) and folder.std() > 0
-    for model in ("file", "ckpt", None):
-        assert np.array_equal(pixels(rows[model]), folder), f"{model} differs from its diffusers folder"
+    file = pixels(rows["file"])
+    for model in ("ckpt", None):
+        assert np.array_equal(pixels(rows[model]), file), f"{model} differs from the .safetensors file"
+    # The same weights bit for bit (test_single_file.py), but on the CPU not always the same last bit: the folder's
+    # tensors are memory-mapped at save_pretrained's 8-byte offsets, and the CPU's matrix products round
+    # differently for a weight that is not 16-byte aligned (measured: 2.4e-7 out of SDXL's pooled projection).
+    # On a GPU the weights are copied into aligned device memory. At most one level in a few pixels here.
+    difference = np.abs(file.astype(int) - folder.astype(int))
+    assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (difference.max(), (difference > 0).mean())
     assert not np.array_equal(pixels(fetch_image(conn, other_seed)), folder)  # the comparison can fail
     # The PNG names the checkpoint as A1111 does, by its file (without the :family said after it).
     for model, name in (("file", "tiny-sdxl.safetensors"), ("ckpt", "tiny-sdxl.ckpt")):

@@ -205,17 +205,40 @@ def write_single_file(folder: str | Path, path: str | Path, dtype: Any = None) -
     `{"state_dict": ...}`, as the original checkpoints); a miniature's says so (the safetensors metadata's, or the
     checkpoint's, `imagend` entry). Returns the path."""
     import torch
-    from safetensors.torch import save_file
 
     target = Path(path).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.contiguous() for key, value in original_state_dict(Path(folder), dtype).items()}
     marker = {"imagend": MINIATURE_METADATA} if is_tiny_model(str(folder)) else {}
     if target.suffix == ".safetensors":
-        save_file(tensors, str(target), metadata={"format": "pt", **marker})
+        save_safetensors(tensors, target, metadata={"format": "pt", **marker})
     else:
         torch.save({"state_dict": tensors, **marker}, target)
     return target
+
+
+SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+
+
+def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
+    """The safetensors format written tensor by tensor (header, then each tensor's bytes), so a full-size
+    checkpoint (7 GB in fp16) is never held twice in memory, as safetensors.torch.save_file's byte copies do."""
+    import torch
+
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for key in sorted(tensors):
+        size = tensors[key].numel() * tensors[key].element_size()
+        dtype = SAFETENSORS_DTYPES[str(tensors[key].dtype).removeprefix("torch.")]
+        header[key] = {"dtype": dtype, "shape": list(tensors[key].shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+    with path.open("wb") as file:
+        file.write(len(text).to_bytes(8, "little"))
+        file.write(text)
+        for key in sorted(tensors):
+            file.write(tensors[key].contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
 
 def write_config_folder(folder: str | Path, target: str | Path) -> Path:
