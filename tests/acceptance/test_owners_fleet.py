@@ -4,6 +4,7 @@ trigger), a lone owner gets the whole fleet up to its cap. bench/owners.py print
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -164,3 +165,16 @@ def test_bad_plans_owners_and_keys_at_the_cli(db_url, conn):
     stored = conn.execute("SELECT prefix, hash, owner, scopes FROM imagend_api_keys").fetchone()
     assert key not in str(stored) and stored["owner"] == "alice" and stored["scopes"] == ["read"]
     assert run_imagend(["-key-revoke", key[:12]], env).returncode == 0
+
+
+def test_plans_lists_each_plan_with_its_owners_as_json(db_url, conn):
+    env = base_env(db_url)
+    assert run_imagend(["-plan", "PRO", "max_running=2", "weight=3", "max_waiting=50"], env).returncode == 0
+    assert run_imagend(["-assign", "carol", "PRO"], env).returncode == 0
+    insert(conn, "carol", 3)
+    listed = run_imagend(["-plans"], env)
+    assert listed.returncode == 0, listed.stderr
+    plans = {plan["name"]: plan for plan in json.loads(listed.stdout)["plans"]}
+    pro = plans["PRO"]
+    assert (pro["max_running"], pro["weight"], pro["max_waiting"], pro["owners"], pro["waiting"], pro["running"]) == (
+        2, 3, 50, 1, 3, 0), pro
