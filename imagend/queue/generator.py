@@ -182,7 +182,10 @@ class Generator:
                 resolved = resolve_preset(row, presets)
                 validated = validate_row(resolved.row, self.settings, sources, store.read_url if store else None,
                                          self.repo.input_image)
-                request = backend.validate(dataclasses.replace(validated.request, post=resolved.post))
+                request = validated.request
+                if resolved.post:
+                    request = dataclasses.replace(request, post=resolved.post)
+                request = backend.validate(request)
             except BadInput as exc:
                 failures.append((row.claim, exc))
                 continue

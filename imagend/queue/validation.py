@@ -206,7 +206,7 @@ def image_inputs_of(
         column = f"controls[{index}].image"
         return _image(text, source_id, column, row.id, sources, read_stored)
 
-    controls = parse_controls(row.controls, control_image)
+    controls = parse_controls(row.controls, control_image) if row.controls is not None else ()
     if controls and (init is not None or reference is not None or task is not None):
         raise BadInput("controls take text-to-image rows only here (no init_image, mask_image, reference_image or "
                        "task)")
@@ -231,6 +231,8 @@ def image_inputs_of(
 
 def _hires(row: ClaimedRow) -> Hires | None:
     """The hires fix's columns, checked (the final size against IMAGEND_MAX_SIDE: the backend's)."""
+    if row.hr_scale is None and row.hr_steps is None and row.hr_strength is None and row.hr_upscaler is None:
+        return None  # most rows: nothing to check
     _check_range("hr_scale", row.hr_scale)
     _check_range("hr_steps", row.hr_steps)
     _check_range("hr_strength", row.hr_strength)
