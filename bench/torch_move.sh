@@ -3,7 +3,7 @@
 #   bash bench/torch_move.sh   (about 6 minutes; writes /tmp/v213 and /tmp/v214)
 # Fresh venvs: torch 2.13.0 (CPU wheel) vs torch 2.14.1 + torchvision 0.29.1 (CUDA build), imagend[local,dev] on each.
 set -u
-cd /work/main
+cd "$(dirname "$0")/.."
 for spec in "213|torch==2.13.0" "214|torch==2.14.1 torchvision==0.29.1"; do
   v=${spec%%|*}; t=${spec#*|}; V=/tmp/v$v
   rm -rf $V; python3 -m venv $V

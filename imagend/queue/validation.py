@@ -206,7 +206,7 @@ def image_inputs_of(
         column = f"controls[{index}].image"
         return _image(text, source_id, column, row.id, sources, read_stored)
 
-    controls = parse_controls(row.controls, control_image) if row.controls is not None else ()
+    controls = parse_controls(row.controls, control_image)
     if controls and (init is not None or reference is not None or task is not None):
         raise BadInput("controls take text-to-image rows only here (no init_image, mask_image, reference_image or "
                        "task)")

@@ -99,10 +99,12 @@ class ControlNets:
         checkpoint and set of ControlNets: from_pipe moves every module again (10-20 ms on the miniature)."""
         names = tuple(control.model or "" for control in controls)
         made: OrderedDict[tuple[str, ...], Any] = model.extras.setdefault(EXTRAS_KEY, OrderedDict())
-        if names in made and all(name in self.loaded for name in names):
+        # A pipeline holding a ControlNet the cache dropped would keep it on the device: made again instead.
+        for stale in [key for key in made if not all(name in self.loaded for name in key)]:
+            del made[stale]
+        if names in made:
             made.move_to_end(names)
             return made[names]
-        made.pop(names, None)
         made[names] = pipe = self._wrap(model, names)
         while len(made) > CONTROLNET_CACHE:
             made.popitem(last=False)

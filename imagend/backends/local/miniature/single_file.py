@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from imagend.backends.local.options import TINY_MODEL_MARKER_TEXT, is_tiny_model
+from imagend.backends.local.single_file import SAFETENSORS_DTYPES
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -217,7 +218,7 @@ def write_single_file(folder: str | Path, path: str | Path, dtype: Any = None) -
     return target
 
 
-SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
+DTYPE_NAMES = {torch_name: name for name, torch_name in SAFETENSORS_DTYPES.items()}  # torch's name -> the file's
 
 
 def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, str]) -> None:
@@ -229,7 +230,7 @@ def save_safetensors(tensors: dict[str, Any], path: Path, metadata: dict[str, st
     offset = 0
     for key in sorted(tensors):
         size = tensors[key].numel() * tensors[key].element_size()
-        dtype = SAFETENSORS_DTYPES[str(tensors[key].dtype).removeprefix("torch.")]
+        dtype = DTYPE_NAMES[str(tensors[key].dtype).removeprefix("torch.")]
         header[key] = {"dtype": dtype, "shape": list(tensors[key].shape), "data_offsets": [offset, offset + size]}
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
