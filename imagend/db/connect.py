@@ -8,9 +8,12 @@ on a Unix socket only, and stops when the last imagend process using it exits.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
+import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import pq, sql
@@ -29,6 +32,13 @@ POOL_WAIT_SECONDS = 5.0
 MIN_SERVER_VERSION_NUM = 140000
 POOL_MAX_IDLE_SECONDS = 30.0
 POOL_SHRINK_SECONDS = 2.0  # a connection above DB_MAX_IDLE_CONNS unused this long is closed (one per period)
+# A connection lent less than this long ago is lent again unchecked, by the daemon's pool and the
+# listener's: the pool's check is a round trip, which cost every claim one (an idle daemon's heartbeat
+# borrows its connection every second, so a woken daemon claims at once) and every request of the
+# OpenAI and A1111 routes two. A connection just used is alive but for a server restart in that second;
+# its statement then fails instead of the check (the loops retry on a fresh connection, a request answers
+# 503), and the connection is replaced. Idle longer, it is checked.
+POOL_FRESH_SECONDS = 1.0
 APPLICATION_NAME = "imagend"  # what pg_stat_activity shows for the daemon's connections
 # psycopg's text when libpq refused a connection option before connecting (a bad sslmode, port, ...).
 # Every connection made after this reads 'infinity' and years Python cannot hold (timestamps.py).
@@ -144,6 +154,19 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
         raise ConfigError(f"cannot apply the schema ({describe_target(url)}; from {setting}): {reason}") from None
 
 
+_LENT_AT = "_imagend_lent_at"
+
+
+def check_unless_fresh(conn: psycopg.Connection[Any]) -> None:
+    """The pool's `check`: ConnectionPool.check_connection, unless `conn` was lent within POOL_FRESH_SECONDS.
+    Timed from its lending, not its return: a pool with a `reset` callback hands every connection back
+    through its worker thread, which cost each statement a thread hop (and the next one a wait)."""
+    now = time.monotonic()
+    if now - getattr(conn, _LENT_AT, -math.inf) >= POOL_FRESH_SECONDS:
+        ConnectionPool.check_connection(conn)
+    setattr(conn, _LENT_AT, now)
+
+
 def open_pool(url: str, settings: Settings) -> ConnectionPool:
     """The daemon's pool: at most DB_MAX_OPEN_CONNS connections, DB_MAX_IDLE_CONNS (1) kept open at
     rest; those a burst opened above it go back within seconds of being unused (psycopg_pool closes
@@ -161,7 +184,7 @@ def open_pool(url: str, settings: Settings) -> ConnectionPool:
         # transaction pooler (PgBouncer): the next transaction may run on another server connection.
         kwargs={"autocommit": True, "prepare_threshold": None, "application_name": APPLICATION_NAME},
         # A connection broken by a Postgres restart is replaced instead of failing a query.
-        check=ConnectionPool.check_connection,
+        check=check_unless_fresh,
         # Fail a query fast while Postgres is down; the daemon backs off and retries.
         timeout=POOL_WAIT_SECONDS,
         open=False,

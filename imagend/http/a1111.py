@@ -52,6 +52,7 @@ from imagend.errors import BadInput, DatabaseUnavailable, clip
 from imagend.http.checks import BadRequest, parse_object, read_body
 from imagend.http.compat import (
     DEFAULT_TARGET,
+    INLINE_BODY_BYTES,
     UPLOAD_MAX_BYTES,
     Compat,
     QueueFull,
@@ -518,7 +519,8 @@ def routes(compat: Compat) -> list[BaseRoute]:
     def planned(raw: bytes, chosen: str | None, kind: str,
                 owner: str | None) -> tuple[dict[str, Any], Plan, list[dict[str, Any]]]:
         """The body parsed and checked, its images decoded as the daemon decodes them: CPU work for a
-        16 MiB body, run off the event loop. `owner`: the rows' (an owner's key), its plan applies."""
+        16 MiB body, run off the event loop (past INLINE_BODY_BYTES). `owner`: the rows' (an owner's key),
+        its plan applies."""
         try:
             body = parse_object(raw)
         except BadRequest as exc:
@@ -532,8 +534,11 @@ def routes(compat: Compat) -> list[BaseRoute]:
             raw = await read_body(request, UPLOAD_MAX_BYTES)
         except BadRequest as exc:
             raise A1111Error(exc.status if exc.status == 413 else 422, exc.message) from None
-        body, plan, rows = await run_in_threadpool(planned, raw, callers.model(caller), kind,
-                                                   request.scope.get(OWNER_SCOPE))
+        chosen, owner = callers.model(caller), request.scope.get(OWNER_SCOPE)
+        if len(raw) <= INLINE_BODY_BYTES:
+            body, plan, rows = planned(raw, chosen, kind, owner)
+        else:
+            body, plan, rows = await run_in_threadpool(planned, raw, chosen, kind, owner)
         del raw
         if not body.get("include_init_images"):  # echoed without them, as A1111: a waiting request keeps none
             body = {name: value for name, value in body.items() if name not in ("init_images", "mask")}

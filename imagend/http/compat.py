@@ -57,6 +57,10 @@ WAITING_CACHE_SECONDS = 0.5
 FULL_RETRY_AFTER_SECONDS = 2  # what a 429 for a full queue says (the openai SDK honours up to 60 or 120 s)
 OWNER_RETRY_AFTER_SECONDS = 10  # an owner past its plan's max_waiting (as POST /v1/images: a row starts by then)
 UPLOAD_MAX_BYTES = 16 * 1024 * 1024  # a request carrying images (edits, variations, img2img)
+# A body this small is parsed and checked on the event loop: a trip to the thread pool and back costs
+# more than it (a prompt and its settings take a few hundred bytes). A bigger one carries an image,
+# decoded as the daemon decodes it: CPU work kept off the loop.
+INLINE_BODY_BYTES = 64 * 1024
 DEFAULT_STEPS = 30  # the local backend's IMAGEND_DEFAULT_STEPS default (docs/local.md)
 A1111_AUTH_CHOICES = ("token", "off")
 # OpenAI's model names, as Open WebUI lists them (routers/images.py) and the SDK types them: each takes

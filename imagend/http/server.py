@@ -4,18 +4,15 @@ connection guards of connections.py, stopped with the daemon."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import uvicorn
-from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from imagend.config.settings import HttpSettings, Settings
-from imagend.db.connect import APPLICATION_NAME
+from imagend.db.connect import APPLICATION_NAME, check_unless_fresh
 from imagend.db.operations import OperationsRepository
 from imagend.errors import ConfigError
 from imagend.http.app import create_app
@@ -35,11 +32,6 @@ HTTP_POOL_MAX = 3  # requests never take (or wait for) the loops' connections
 # A probe or a scrape while Postgres is down answers (503, or stale gauges) within about a second,
 # well inside a load balancer's health-check timeout; the loops' pool waits longer (db.py).
 HTTP_POOL_WAIT_SECONDS = 1.0
-# A connection handed back less than this long ago is lent again unchecked: the pool's check (a round
-# trip) cost every request of the OpenAI and A1111 routes two, and a connection just used is alive but
-# for a server restart in that second. Its statement then fails instead of the check: that one request
-# answers 503 (the openai SDK retries it) and the connection is replaced. Idle longer, it is checked.
-HTTP_POOL_FRESH_SECONDS = 1.0
 STARTUP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 3.0  # requests still answering at stop; the thread is joined within 5 s
 
@@ -56,7 +48,7 @@ class HttpServer:
         self.pool = ConnectionPool(
             database_url, min_size=0, max_size=HTTP_POOL_MAX, timeout=HTTP_POOL_WAIT_SECONDS, open=False,
             kwargs={"autocommit": True, "prepare_threshold": None, "application_name": f"{APPLICATION_NAME}-http"},
-            check=_check_unless_fresh, reset=_note_returned, name="imagend-http",
+            check=check_unless_fresh, name="imagend-http",
         )
         ops = OperationsRepository(self.pool, dead_after_seconds=settings.dead_after_seconds)
         queue = QueueCollector(ops, settings.default_backend)
@@ -103,19 +95,6 @@ class HttpServer:
         self.thread.join(timeout=5)
         self.app.state.compat.completions.close()  # the compatible APIs' LISTEN connection
         self.pool.close()
-
-
-_RETURNED_AT = "_imagend_returned_at"
-
-
-def _note_returned(conn: Connection[Any]) -> None:
-    setattr(conn, _RETURNED_AT, time.monotonic())
-
-
-def _check_unless_fresh(conn: Connection[Any]) -> None:
-    """ConnectionPool.check_connection, unless `conn` came back within HTTP_POOL_FRESH_SECONDS."""
-    if time.monotonic() - getattr(conn, _RETURNED_AT, -math.inf) >= HTTP_POOL_FRESH_SECONDS:
-        ConnectionPool.check_connection(conn)
 
 
 def _either(*sources: Callable[[], str | None] | None) -> Callable[[], str | None]:
