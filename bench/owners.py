@@ -26,9 +26,9 @@ from psycopg.rows import dict_row
 from imagend.config.settings import load_settings
 from imagend.db.connect import apply_schema, open_pool
 from imagend.db.repository import Repository
-from imagend.db.sql import queries
 
 from _common import fresh_database, parser, percentile, postgres
+from support.claim_plan import claim_plan
 
 CLAIM_PARAMS = {"now": None, "backend": "placeholder", "default_backend": "placeholder",
                 "skip_backends": ["local", "fusionbrain"], "limit": 1, "owner": "explainer", "lease_seconds": 30.0,
@@ -71,8 +71,7 @@ def claim_ms(db: str, claims: int) -> list[float]:
 
 def picking_plan(db: str) -> list[str]:
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute("SET enable_sort = off")  # as the claim runs (db/statements.py)
-        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + queries()["images_claim_batch"], CLAIM_PARAMS))
+        plan = claim_plan(conn, CLAIM_PARAMS)  # the plan imagend_claim_batch caches
     picking = plan[plan.index("CTE picked"):plan.index("CTE counters")]
     assert "images_ready_idx" in picking and "Sort" not in picking and "Seq Scan on images" not in picking, plan
     return [line.split("(cost")[0].rstrip() for line in picking.splitlines() if "->" in line]

@@ -30,7 +30,8 @@ def claim_latency_ms(conn: psycopg.Connection[Any]) -> float:
     statement = queries()["images_claim_batch"]
     params = {"now": None, "backend": "placeholder", "default_backend": "placeholder",
               "skip_backends": ["local", "fusionbrain"],
-              "limit": 1, "owner": "soak-probe", "lease_seconds": 60, "loaded_models": None, "switch_seconds": 0}
+              "limit": 1, "owner": "soak-probe", "lease_seconds": 60, "loaded_models": None, "switch_seconds": 0,
+              "mark_idle": False}
     samples = []
     for _ in range(CLAIM_PROBES):
         with conn.transaction(force_rollback=True):

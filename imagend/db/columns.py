@@ -280,6 +280,16 @@ def claimed_columns() -> str:
     return ", ".join(column.select for column in PRODUCER_COLUMNS if column.claimed)
 
 
+def claimed_types() -> str:
+    """claimed_columns with their SQL types: imagend_claim_batch's result (schema_claim.sql)."""
+    def typed(column: Column) -> str:
+        if column.kind is Kind.IMAGE:
+            return f"{column.name} TEXT, {column.name}_chars INTEGER"
+        return f"{column.name} {'TEXT' if column.sql_type == 'JSONB' else column.sql_type}"
+
+    return ", ".join(typed(column) for column in PRODUCER_COLUMNS if column.claimed)
+
+
 def insert_columns() -> str:
     return ", ".join(COLUMNS)
 

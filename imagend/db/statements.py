@@ -33,19 +33,12 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 # - synchronous_commit off: begin_work is on the path of every batch, and its WAL flush cost a drain
 #   ~10 %. Only a crash of the Postgres server can lose it, and then the batch counts as not begun
 #   (handed back uncharged): a daemon's death, the case it is written for, cannot.
-# - enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch
-#   (images_ready_idx). Without server-side prepared statements (PgBouncer) each claim is planned
-#   with its values, and on statistics stale after a burst of inserts the planner took a bitmap of
-#   every waiting row and sorted them all (on disk): a claim cost grew with the backlog.
-# - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled the same
-#   way (it took the rows' side for one row), the planner looped over the arrays once per row:
-#   1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
+# - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled by statistics
+#   stale after a burst of inserts (it took the rows' side for one row), the planner looped over the
+#   arrays once per row: 1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
 # - imagend.wake_dependents off: the finishing write wakes its rows' chained rows itself, once per batch;
 #   the row trigger images_wake_dependents (schema.sql) stands aside for it.
-# - the claim's lock_timeout: it waits on nothing but its rows' owners' counters (docs/owners.md), which
-#   other claims hold for milliseconds; an operator's transaction left open on imagend_owners fails the
-#   pass (retried later) instead of stalling the daemon.
-LOCK_TIMEOUT = "2s"
+LOCK_TIMEOUT = "2s"  # schema_claim.sql's imagend_claim_batch says the same
 LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     **dict.fromkeys(
@@ -55,7 +48,6 @@ TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     ),
     "images_mark_done": {**LOCK_BOUNDED, "enable_nestloop": "off", "imagend.wake_dependents": "off"},
     "images_begin_work": {"synchronous_commit": "off"},
-    "images_claim_batch": {"enable_sort": "off", "lock_timeout": LOCK_TIMEOUT},
 }
 
 

@@ -6,8 +6,7 @@ import threading
 from collections import Counter
 from datetime import UTC
 
-from imagend.db.sql import queries
-
+from support.claim_plan import claim_plan
 from support.db import insert_image
 
 ROWS = 2000
@@ -90,12 +89,11 @@ def test_claim_uses_the_partial_index_on_a_table_of_finished_rows(conn):
               "skip_backends": ["local", "fusionbrain"],
               "limit": 10, "owner": "explainer", "lease_seconds": 30.0, "loaded_models": None, "switch_seconds": 0,
               "mark_idle": True}
-    plan = "\n".join(row["QUERY PLAN"] for row in conn.execute(
-        "EXPLAIN " + queries()["images_claim_batch"], params).fetchall())
+    plan = claim_plan(conn, params)
     assert "images_ready_idx" in plan, plan
     assert "Seq Scan on images" not in plan, plan  # imagend_daemons (a row per daemon) may be read whole
-    # Without model affinity the ORDER BY's CASE folds to a constant: the index's order, no sort of images
-    # (the picked rows' owners are locked in order after it: a sort of at most a batch, where any).
+    # Without model affinity the claim's plan, cached for every call, reads the index in its order: no sort
+    # of images (the picked rows' owners are locked in order after it: a sort of at most a batch, where any).
     assert "Sort" not in picking(plan), plan
     # And it is a plan, not a dry claim: nothing changed.
     assert conn.execute("SELECT count(*) AS n FROM images WHERE status = 'Generate'").fetchone()["n"] == 0

@@ -11,8 +11,7 @@ from collections import Counter
 import psycopg
 import pytest
 
-from imagend.db.sql import queries
-
+from support.claim_plan import claim_plan
 from support.db import insert_image
 
 
@@ -226,7 +225,7 @@ def test_the_claim_plan_is_unchanged_without_owners_and_stays_on_the_index_with_
               "loaded_models": None, "switch_seconds": 0, "mark_idle": True}
 
     def plan_text() -> str:
-        return "\n".join(r["QUERY PLAN"] for r in conn.execute("EXPLAIN " + queries()["images_claim_batch"], params))
+        return claim_plan(conn, params)
 
     without = plan_text()
     for n in range(300):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imagend.db.columns import BACKEND_NAMES, COLUMNS, INSERTABLE, PRODUCER_COLUMNS, check_style
 from imagend.db.rows import ClaimedRow
-from imagend.db.sql import SCHEMA_FILES, queries
+from imagend.db.sql import CLAIM_ORDERS, SCHEMA_FILES, claim_statement, queries, schema
 
 SCHEMA = "\n".join((Path(__file__).resolve().parents[2] / "imagend/db/sql" / name).read_text() for name in SCHEMA_FILES)
 
@@ -29,9 +29,15 @@ def test_claimed_row_fields_are_the_claims_columns_in_order():
     claimed = [name for c in PRODUCER_COLUMNS if c.claimed for name in c.claimed_fields]
     assert [f.name for f in dataclasses.fields(ClaimedRow)] == ["id", "attempt", *claimed, "cancel_requested",
                                                                "waited_seconds"]
-    claim = queries()["images_claim_batch"]
-    assert "{{" not in claim and all(re.search(rf"\b{name}\b", claim) for name in claimed)
-    assert "i.init_image," not in claim  # image texts are never read by the claim, only their length
+    for order in CLAIM_ORDERS:
+        claim = claim_statement(order)
+        assert "{{" not in claim and all(re.search(rf"\b{name}\b", claim) for name in claimed)
+        assert "i.init_image," not in claim  # image texts are never read by the claim, only their length
+    # The function's result declares them in the same order (schema_claim.sql's RETURNS TABLE).
+    declared = re.search(r"imagend_claim_batch\(.*?RETURNS TABLE \((.*?)\)\s*LANGUAGE", schema(), re.S)
+    assert declared is not None and "{{" not in schema()
+    assert [part.split()[0] for part in declared.group(1).split(",")] == ["id", "attempt", *claimed,
+                                                                          "cancel_requested", "waited_seconds"]
 
 
 def test_the_apis_insert_writes_every_insertable_column():

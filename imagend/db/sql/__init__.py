@@ -9,11 +9,14 @@ from importlib.resources import files
 _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
-# The tables and triggers of the queue, then those of operations (pause, counts, position), then video rows'.
-SCHEMA_FILES = ("schema.sql", "schema_owners.sql", "schema_operations.sql", "schema_video.sql")
+# The tables and triggers of the queue, then those of operations (pause, counts, position), then video rows',
+# then the claim (a function of all of them).
+SCHEMA_FILES = ("schema.sql", "schema_owners.sql", "schema_operations.sql", "schema_video.sql", "schema_claim.sql")
+CLAIM_FILE = "claim.sql"  # the claim's statement and its two orders, which schema_claim.sql wraps
 VIDEO_QUERY_FILES = ("queries_video.sql",)
 QUERY_FILES = ("queries.sql", "queries_operations.sql", "queries_webapp.sql", "queries_owners.sql",
                "queries_presets.sql")
+CLAIM_ORDERS = ("by_index", "by_affinity")
 
 
 def _templates() -> dict[str, str]:
@@ -27,8 +30,31 @@ def _read(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+def _named(text: str) -> dict[str, str]:
+    """A file's `-- name:` blocks as {name: text}; text before its first name is a preamble."""
+    parts = _NAME.split(text)
+    return {name: body.strip().rstrip(";") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def _fill(text: str, templates: dict[str, str]) -> str:
+    for key, value in templates.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+@cache
+def claim_statement(order: str) -> str:
+    """The claim (claim.sql) in one of CLAIM_ORDERS, its arguments named p_* as imagend_claim_batch's."""
+    blocks = _named(_read(CLAIM_FILE))
+    return _fill(blocks["claim_statement"], {**_templates(), "claim_order": blocks[f"claim_order_{order}"]})
+
+
 def schema() -> str:
-    return "\n".join(_read(name) for name in SCHEMA_FILES)
+    from imagend.db.columns import claimed_types
+
+    templates = {"claimed_types": claimed_types(),
+                 **{f"claim_{order}": claim_statement(order) for order in CLAIM_ORDERS}}
+    return "\n".join(_fill(_read(name), templates) for name in SCHEMA_FILES)
 
 
 @cache
@@ -37,11 +63,8 @@ def queries() -> dict[str, str]:
     named: dict[str, str] = {}
     templates = _templates()
     for file in (*QUERY_FILES, *VIDEO_QUERY_FILES):
-        parts = _NAME.split(_read(file))
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        for name, body in _named(_read(file)).items():
             if name in named:
                 raise ValueError(f"query {name} is named twice")
-            for key, text in templates.items():
-                body = body.replace("{{" + key + "}}", text)
-            named[name] = body.strip().rstrip(";")
+            named[name] = _fill(body, templates)
     return named
