@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from imagend.config.database_url import hide_password
 from imagend.config.settings import Settings
@@ -157,14 +157,26 @@ def apply_schema(url: str, setting: str = "DATABASE_URL") -> None:
 _LENT_AT = "_imagend_lent_at"
 
 
-def check_unless_fresh(conn: psycopg.Connection[Any]) -> None:
-    """The pool's `check`: ConnectionPool.check_connection, unless `conn` was lent within POOL_FRESH_SECONDS.
+def _lend(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Whether `conn`, about to be lent, must be checked first (not lent within POOL_FRESH_SECONDS).
     Timed from its lending, not its return: a pool with a `reset` callback hands every connection back
     through its worker thread, which cost each statement a thread hop (and the next one a wait)."""
     now = time.monotonic()
-    if now - getattr(conn, _LENT_AT, -math.inf) >= POOL_FRESH_SECONDS:
-        ConnectionPool.check_connection(conn)
+    stale = now - getattr(conn, _LENT_AT, -math.inf) >= POOL_FRESH_SECONDS
     setattr(conn, _LENT_AT, now)
+    return stale
+
+
+def check_unless_fresh(conn: psycopg.Connection[Any]) -> None:
+    """The pool's `check`: ConnectionPool.check_connection, unless `conn` was lent within POOL_FRESH_SECONDS."""
+    if _lend(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def check_unless_fresh_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    """check_unless_fresh for an AsyncConnectionPool (the listener's event loop: db/operations_async.py)."""
+    if _lend(conn):
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def open_pool(url: str, settings: Settings) -> ConnectionPool:

@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 
-from imagend.db.columns import BACKEND_NAMES, INSERTABLE, insert_values
+from imagend.db.columns import BACKEND_NAMES, INSERTABLE
 from imagend.db.rows import FleetDaemon, Pause, QueueSnapshot
 from imagend.db.statements import Statements, by_name
 from imagend.db.webapp import KeyReused
@@ -20,9 +19,6 @@ ALL_BACKENDS = "*"
 # wherever they would become a label, a line or a row of a page (10,000 distinct names must not make
 # 10,000 series). Rows naming them are failed by the first daemon that claims them.
 UNKNOWN_BACKEND = "unknown"
-ROWS_MARKER = "/*rows*/"  # images_api_insert's place for its rows' VALUES lists
-ROW_VALUES = f"({insert_values()})"  # one row's, as images_insert's
-PLAIN_INSERT_SETTINGS = "SET LOCAL synchronous_commit = 'off'; "  # as insert_request's and begin_work's
 
 
 def known_or_unknown(backend: str | None) -> str | None:
@@ -197,19 +193,6 @@ class OperationsRepository(Statements):
                 before_commit(ids)
         return ids, False
 
-    def insert_plain(self, rows: Sequence[dict[str, Any]], key: str | None = None) -> list[int]:
-        """INSERT a request's rows (no Earlier, no owner) and note them under `key` when given, in one
-        statement sent as one message (images_api_insert: one round trip, committed when it returns,
-        synchronous_commit off as insert_request). What a retry under `key` finds is insert_request's."""
-        with self._cursor() as cur, psycopg.ClientCursor(cur.connection) as bound:
-            values = ", ".join(bound.mogrify(ROW_VALUES, {**dict.fromkeys(INSERTABLE), **row}) for row in rows)
-            # The key bound first: the rows' text may hold a '%' that a second binding would misread.
-            text = bound.mogrify(self._sql["images_api_insert"], {"key": key}).replace(ROWS_MARKER, values, 1)
-            bound.execute(PLAIN_INSERT_SETTINGS + text)
-            while bound.nextset():  # past the SET's result: the statement's is the last
-                pass
-            return [int(row[0]) for row in bound.fetchall()]
-
     def _insert_rows(self, cur: Any, rows: Sequence[dict[str, Any]], earlier: list[int]) -> list[int]:
         """images_insert for each row (pipelined: one round trip), Earlier(i) as earlier[i]; their ids."""
         if not rows:
@@ -232,9 +215,6 @@ class OperationsRepository(Statements):
         with self._cursor() as cur:
             cur.execute(self._sql["images_api_requests_expire"], {"window": window_seconds})
             return cur.rowcount
-
-    def results(self, ids: Sequence[int]) -> list[dict[str, Any]]:
-        return self._rows("images_api_results", {"ids": list(ids)}, dict_row)
 
     def progress_of(self, ids: Sequence[int]) -> list[dict[str, Any]]:
         """Each row's status, progress and preview tag (id order); rows that are gone are missing."""

@@ -569,7 +569,7 @@ def routes(compat: Compat) -> list[BaseRoute]:
                     await waiter.changed(min(left, 1.0))
                 if gone.is_set():
                     return Response(status_code=499)  # nobody reads it; the rows finish (interrupt cancels)
-        results = await run_in_threadpool(compat.results, ids[plan.answer])
+        results = await compat.results(ids[plan.answer])
         finished = [result for result in results if result.finished]
         if not finished and not job.interrupted:
             first = results[0]

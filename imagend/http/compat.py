@@ -57,9 +57,10 @@ WAITING_CACHE_SECONDS = 0.5
 FULL_RETRY_AFTER_SECONDS = 2  # what a 429 for a full queue says (the openai SDK honours up to 60 or 120 s)
 OWNER_RETRY_AFTER_SECONDS = 10  # an owner past its plan's max_waiting (as POST /v1/images: a row starts by then)
 UPLOAD_MAX_BYTES = 16 * 1024 * 1024  # a request carrying images (edits, variations, img2img)
-# A body this small is parsed and checked on the event loop: a trip to the thread pool and back costs
-# more than it (a prompt and its settings take a few hundred bytes). A bigger one carries an image,
-# decoded as the daemon decodes it: CPU work kept off the loop.
+# A body this small is parsed and checked on the event loop, and answers' images this small decoded there:
+# a trip to the thread pool and back costs more than it (a prompt and its settings take a few hundred
+# bytes). A bigger body carries an image, decoded as the daemon decodes it, and bigger images (or stored
+# ones, read from the store): CPU work and I/O kept off the loop.
 INLINE_BODY_BYTES = 64 * 1024
 DEFAULT_STEPS = 30  # the local backend's IMAGEND_DEFAULT_STEPS default (docs/local.md)
 A1111_AUTH_CHOICES = ("token", "off")
@@ -300,7 +301,7 @@ class Compat:
         if not attach and all(_plain(row) for row in rows):
             # One statement, one round trip, committed when it returns; the waiter registered after it
             # takes the ends heard meanwhile (completions.py keeps the recent ones).
-            ids = await run_in_threadpool(self.context.ops.insert_plain, rows, key)
+            ids = await self.context.requests.insert_plain(rows, key)
             return ids, self.completions.register(ids, loop)
         registered: list[Waiter] = []
 
@@ -358,20 +359,29 @@ class Compat:
 
     # -- after the rows ended ---------------------------------------------------------------------
 
-    def results(self, ids: Sequence[int]) -> list[Result]:
-        """The rows as they are now, in the order of `ids` (blocking: call it in the thread pool)."""
-        by_id = {int(row["id"]): row for row in self.context.ops.results(ids)}
+    async def results(self, ids: Sequence[int]) -> list[Result]:
+        """The rows as they are now, in the order of `ids`. Their images are decoded (and a stored one
+        read) on the event loop while they are small, else in the thread pool."""
+        by_id = {int(row["id"]): row for row in await self.context.requests.results(ids)}
         found = []
         for image_id in ids:
             row = by_id.get(image_id)
             if row is None:
                 found.append(Result(image_id, Status.FAILED, "the row is gone (deleted before it was answered)", {}))
                 continue
-            result = Result(image_id, str(row["status"]), row["error"], row)
-            if result.status == Status.READY_TO_PUBLISH:
-                _attach_image(self.context, result)
-            found.append(result)
+            found.append(Result(image_id, str(row["status"]), row["error"], row))
+        finished = [result for result in found if result.status == Status.READY_TO_PUBLISH]
+        inline = all(result.row.get("base64") for result in finished) and sum(
+            len(result.row["base64"]) for result in finished) <= INLINE_BODY_BYTES
+        if inline:
+            self._attach_images(finished)
+        elif finished:
+            await run_in_threadpool(self._attach_images, finished)
         return found
+
+    def _attach_images(self, results: Sequence[Result]) -> None:
+        for result in results:
+            _attach_image(self.context, result)
 
 
 def _plain(row: dict[str, Any]) -> bool:

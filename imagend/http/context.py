@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from imagend.config.settings import HttpSettings, Settings
 from imagend.db.operations import OperationsRepository
+from imagend.db.operations_async import AsyncOperations
 from imagend.http.guards import ListenerPolicy
 from imagend.operations.health import LoopHealth, ReadyCheck
 from imagend.operations.metrics import QueueCollector
@@ -21,6 +22,7 @@ class HttpContext:
     settings: Settings
     http: HttpSettings
     ops: OperationsRepository
+    requests: AsyncOperations  # a request's rows in and out, on the event loop (the OpenAI and A1111 routes)
     registry: CollectorRegistry
     queue: QueueCollector
     health: LoopHealth

@@ -495,8 +495,8 @@ def _stream(compat: Compat, plan: Plan, ids: list[int], waiter: Waiter) -> Strea
                                                 "b64_json": base64.b64encode(data).decode("ascii"),
                                                 "partial_image_index": index})
 
-    def completed(image_id: int) -> bytes:
-        result = compat.results([image_id])[0]
+    async def completed(image_id: int) -> bytes:
+        result = (await compat.results([image_id]))[0]
         if not result.finished:
             error = {"message": f"image {image_id} failed: {clip(result.error or result.status, 500)}",
                      "type": "server_error", "param": None, "code": "image_generation_failed"}
@@ -526,7 +526,7 @@ def _stream(compat: Compat, plan: Plan, ids: list[int], waiter: Waiter) -> Strea
             for image_id in [i for i in ids if i in waiter.ended and i not in answered]:
                 answered.add(image_id)
                 quiet_since = loop.time()
-                yield await run_in_threadpool(completed, image_id)
+                yield await completed(image_id)
             if waiter.done:
                 return
             if plan.partial_images:
@@ -608,7 +608,7 @@ async def _answer(compat: Compat, request: Request, plan: Plan, credential: tupl
                 return Response(status_code=499)  # nobody reads it; the rows finish anyway
     finally:
         compat.completions.release(waiter)
-    results = await run_in_threadpool(compat.results, ids)
+    results = await compat.results(ids)
     return _images_response(compat, request, plan, results)
 
 

@@ -4,6 +4,7 @@ connection guards of connections.py, stopped with the daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from psycopg_pool import ConnectionPool
 from imagend.config.settings import HttpSettings, Settings
 from imagend.db.connect import APPLICATION_NAME, check_unless_fresh
 from imagend.db.operations import OperationsRepository
+from imagend.db.operations_async import AsyncOperations
 from imagend.errors import ConfigError
 from imagend.http.app import create_app
 from imagend.http.connections import KEEP_ALIVE_SECONDS, GuardedH11Protocol
@@ -51,13 +53,15 @@ class HttpServer:
             check=check_unless_fresh, name="imagend-http",
         )
         ops = OperationsRepository(self.pool, dead_after_seconds=settings.dead_after_seconds)
+        self.requests = AsyncOperations(database_url, max_size=HTTP_POOL_MAX, wait_seconds=HTTP_POOL_WAIT_SECONDS,
+                                        application_name=f"{APPLICATION_NAME}-http")
         queue = QueueCollector(ops, settings.default_backend)
         metrics.registry.register(queue)
         metrics.registry.register(GpuCollector())
         self.ready = ReadyCheck(ops.ping)
         self.context = HttpContext(
-            settings=settings, http=http, ops=ops, registry=metrics.registry, queue=queue, health=health,
-            ready=self.ready, served_backends=served_backends, store=store,
+            settings=settings, http=http, ops=ops, requests=self.requests, registry=metrics.registry, queue=queue,
+            health=health, ready=self.ready, served_backends=served_backends, store=store,
             policy=policy,
             store_problem=_either(store_problem, StoreWatch(store).problem if store is not None else None),
             links=links if links is not None else Links(store=store, secret=None, seconds=settings.webapp.link_seconds),
@@ -72,7 +76,18 @@ class HttpServer:
             timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS),
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="imagend-http", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name="imagend-http", daemon=True)
+
+    def _serve(self) -> None:
+        """uvicorn's Server.run, with the async pool closed in the same event loop once it has stopped."""
+        async def serve() -> None:
+            try:
+                await self.server.serve()
+            finally:
+                await self.requests.close()
+
+        with asyncio.Runner(loop_factory=self.server.config.get_loop_factory()) as runner:
+            runner.run(serve())
 
     @property
     def url(self) -> str:
