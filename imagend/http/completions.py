@@ -90,13 +90,12 @@ class Waiter:
 
     async def changed(self, timeout: float) -> bool:
         """Until a row ends (True) or `timeout` seconds pass (False)."""
-        if self.event.is_set():
-            self.event.clear()
-            return True
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
-            return False
+        if not self.event.is_set():
+            try:
+                async with asyncio.timeout(timeout):  # not wait_for: no task of its own per wait
+                    await self.event.wait()
+            except TimeoutError:
+                return False
         self.event.clear()
         return True
 
