@@ -68,7 +68,8 @@ def test_a_json_body_with_scenes_and_bad_bodies(daemon: HttpDaemon, conn: Any) -
     made = daemon.post("/v1/videos", json={"scenes": scenes, "video_preset": "standard", "aspect": "1:1"})
     assert made.status_code == 200, made.text
     video = made.json()
-    assert video["status"] == "queued" and video["size"] == "1080x1080"
+    # A daemon may claim it before the answer is written (a pickup takes a few milliseconds).
+    assert video["status"] in ("queued", "in_progress") and video["size"] == "1080x1080"
     for body, status, expected in [
         ({"prompt": "x", "size": "640x480"}, 422, "size '640x480' is not one of"),
         ({"prompt": "x", "colour": "red"}, 400, "unknown field 'colour'"),
