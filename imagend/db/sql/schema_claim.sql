@@ -5,6 +5,10 @@
 -- server connection. Two statements, one per order (claim.sql): the cached plan of the ready index's order
 -- reads images_ready_idx and stops at the batch whatever the values; model affinity's order has no index
 -- and is sorted per call, as before.
+-- force_generic_plan: the plan made once, at the first call, not after five planned ones and then only if the
+-- planner rates it no dearer than those (they know the values, so it may not: then every call is planned, and
+-- a mostly idle daemon's connection never gets past its first five). tests/support/claim_plan.py reads
+-- this very plan: the ready index's order, no sort.
 -- enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch. Planned
 -- on statistics stale after a burst of inserts, it took a bitmap of every waiting row and sorted them all
 -- (on disk): a claim's cost grew with the backlog.
@@ -31,7 +35,7 @@ CREATE FUNCTION imagend_claim_batch(
     p_mark_idle BOOLEAN              -- finding nothing makes this daemon idle (one to wake)
 ) RETURNS TABLE (id INTEGER, attempt INTEGER, {{claimed_types}}, cancel_requested BOOLEAN,
                  waited_seconds DOUBLE PRECISION)
-LANGUAGE plpgsql SET enable_sort = off SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql SET enable_sort = off SET lock_timeout = '2s' SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
     IF p_loaded_models IS NULL THEN
