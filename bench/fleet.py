@@ -125,7 +125,7 @@ FLEET_STATEMENTS = ("dbid = (SELECT oid FROM pg_database WHERE datname = 'fleet'
 
 # A daemon's claim as it is sent: the call of imagend_claim_batch, or (a checkout from before it) the statement
 # itself. Not 'WITH picked AS%': imagend_wake's statement starts so too, and the claim's text starts with its
-# comment (this benchmark counted the wake-ups as claims until d37508c).
+# comment (this benchmark counted the wake-ups as claims until 1dada5f).
 CLAIMS = ("toplevel AND (query LIKE '%%imagend_claim_batch(%%' OR (query LIKE '%%FOR UPDATE SKIP LOCKED%%' "
           r"AND query ~ 'attempts\s+=\s+i\.attempts \+'))")  # (+ 1: a constant, shown as $n)
 

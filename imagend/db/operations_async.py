@@ -7,7 +7,6 @@ OperationsRepository."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -37,23 +36,18 @@ class AsyncOperations:
             kwargs={"autocommit": True, "prepare_threshold": None, "application_name": application_name},
             name="imagend-http-async",
         )
-        self._opened: asyncio.Lock | None = None
         self._open = False
         self._sql = queries()
 
     async def close(self) -> None:
-        if self._open:
-            await self._pool.close()
+        await self._pool.close()  # nothing to do for a pool never opened
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A connection of the pool; database faults become DatabaseUnavailable (as Statements._cursor)."""
         if not self._open:
-            self._opened = self._opened or asyncio.Lock()
-            async with self._opened:
-                if not self._open:
-                    await self._pool.open()
-                    self._open = True
+            await self._pool.open()  # psycopg_pool opens once under its own lock: two first requests may both ask
+            self._open = True
         try:
             async with self._pool.connection() as conn:
                 try:

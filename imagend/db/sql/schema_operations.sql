@@ -279,7 +279,7 @@ LANGUAGE sql STABLE AS $$
     WHERE w.status = 'ReadyToGenerate'
       AND w.run_after <= due_before
       AND COALESCE(w.backend, fallback_backend) <> ALL (skipped)
-      -- A row with no backend is the fleet's default's (images_claim_batch says why).
+      -- A row with no backend is the fleet's default's (claim.sql says why).
       AND (w.backend IS NOT NULL OR NOT EXISTS (
                SELECT 1 FROM imagend_daemons AS elder
                WHERE elder.owner <> claimant
