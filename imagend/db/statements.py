@@ -38,7 +38,7 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 #   arrays once per row: 1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.
 # - imagend.wake_dependents off: the finishing write wakes its rows' chained rows itself, once per batch;
 #   the row trigger images_wake_dependents (schema.sql) stands aside for it.
-LOCK_TIMEOUT = "2s"  # imagend_claim_batch's too (schema_claim.sql)
+LOCK_TIMEOUT = "2s"  # schema_claim.sql's imagend_claim_batch says the same
 LOCK_BOUNDED = {"lock_timeout": LOCK_TIMEOUT}
 TRANSACTION_SETTINGS: dict[str, dict[str, str]] = {
     **dict.fromkeys(

@@ -78,3 +78,10 @@ def test_schema_is_one_transaction_under_an_advisory_lock():
     assert "BEGIN;" in text and text.rstrip().endswith("COMMIT;")
     assert "pg_advisory_xact_lock" in text
     assert "CREATE TABLE IF NOT EXISTS images" in text
+
+
+def test_the_claim_functions_lock_timeout_is_the_statements_one():
+    from imagend.db.statements import LOCK_TIMEOUT
+
+    # schema_claim.sql writes it out (db/sql may not import db/statements): the two say the same.
+    assert f"SET lock_timeout = '{LOCK_TIMEOUT}'" in schema()

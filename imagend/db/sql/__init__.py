@@ -51,9 +51,8 @@ def claim_statement(order: str) -> str:
 
 def schema() -> str:
     from imagend.db.columns import claimed_types
-    from imagend.db.statements import LOCK_TIMEOUT
 
-    templates = {"claimed_types": claimed_types(), "lock_timeout": LOCK_TIMEOUT,
+    templates = {"claimed_types": claimed_types(),
                  **{f"claim_{order}": claim_statement(order) for order in CLAIM_ORDERS}}
     return "\n".join(_fill(_read(name), templates) for name in SCHEMA_FILES)
 

@@ -12,7 +12,7 @@
 -- enable_sort off: the claim must read the waiting rows' index in its order and stop at the batch. Planned
 -- on statistics stale after a burst of inserts, it took a bitmap of every waiting row and sorted them all
 -- (on disk): a claim's cost grew with the backlog.
--- lock_timeout (statements.py's LOCK_TIMEOUT, filled in by db/sql/__init__.py): the claim waits on nothing
+-- lock_timeout (statements.py's LOCK_TIMEOUT: db/sql may not import it, a cycle): the claim waits on nothing
 -- but its rows' owners' counters (docs/owners.md), which other claims hold for milliseconds; an operator's
 -- transaction left open on imagend_owners fails the pass (retried later) instead of stalling the daemon.
 -- Its result is ClaimedRow (db/columns.py: claimed_types): a new producer column changes it, which CREATE OR
@@ -35,7 +35,7 @@ CREATE FUNCTION imagend_claim_batch(
     p_mark_idle BOOLEAN              -- finding nothing makes this daemon idle (one to wake)
 ) RETURNS TABLE (id INTEGER, attempt INTEGER, {{claimed_types}}, cancel_requested BOOLEAN,
                  waited_seconds DOUBLE PRECISION)
-LANGUAGE plpgsql SET enable_sort = off SET lock_timeout = '{{lock_timeout}}' SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET enable_sort = off SET lock_timeout = '2s' SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
     IF p_loaded_models IS NULL THEN
