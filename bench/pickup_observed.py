@@ -28,8 +28,9 @@ CREATE OR REPLACE TRIGGER bench_observed_pickup AFTER UPDATE OF status ON images
 """
 
 
-def one_round(server: str, src: str | None, inserts: int, gap_ms: float) -> list[float]:
-    """Pickup latencies in ms of one idle daemon of `src` (None: this checkout)."""
+def one_round(server: str, src: str | None, inserts: int, gap_ms: float) -> tuple[list[float], list[float]]:
+    """Pickup latencies in ms of one idle daemon of `src` (None: this checkout), and the producer's INSERT
+    round trips (the part of each pickup spent before the INSERT returned)."""
     db = fresh_database(server, "bench_pickup_observed")
     if src is None:
         apply_schema(db)
@@ -52,16 +53,18 @@ def one_round(server: str, src: str | None, inserts: int, gap_ms: float) -> list
         ready.wait(10)
         time.sleep(1.0)  # the daemon idle again after its start
         started: dict[int, float] = {}
+        insert_ms: list[float] = []
         for _ in range(inserts):
             before = time.perf_counter()
             row = conn.execute("INSERT INTO images (prompt) VALUES ('observed pickup') RETURNING id").fetchone()
+            insert_ms.append((time.perf_counter() - before) * 1000)
             assert row is not None
             started[int(row[0])] = before
             time.sleep(gap_ms / 1000)
         thread.join(30)
     missing = [image_id for image_id in started if image_id not in seen]
     assert not missing, f"{len(missing)} pickups never seen"
-    return [(seen[i] - started[i]) * 1000 for i in started]
+    return [(seen[i] - started[i]) * 1000 for i in started], insert_ms
 
 
 def main() -> None:
@@ -74,12 +77,14 @@ def main() -> None:
     args = p.parse_args()
     latencies: dict[str, list[float]] = {"before": [], "after": []}
     medians: dict[str, list[float]] = {"before": [], "after": []}
+    inserts_ms: dict[str, list[float]] = {"before": [], "after": []}
     with postgres(args.database_url) as server:
         for n in range(args.rounds):
             order = [("before", args.baseline_src), ("after", args.after_src)]
             for name, src in order if n % 2 == 0 else order[::-1]:
-                values = one_round(server, src, args.inserts, args.gap_ms)
+                values, insert_ms = one_round(server, src, args.inserts, args.gap_ms)
                 latencies[name] += values
+                inserts_ms[name] += insert_ms
                 medians[name].append(statistics.median(values))
     print(f"pickup as a producer sees it ({args.baseline_src} vs {args.after_src or 'this checkout'}), "
           f"{args.rounds} ABBA rounds of {args.inserts} inserts {args.gap_ms:g} ms apart, ms:")
@@ -87,7 +92,8 @@ def main() -> None:
         values = sorted(latencies[name])
         rounds = ", ".join(f"{m:.2f}" for m in medians[name])
         print(f"  {name:6} p50 {statistics.median(values):5.2f}  p95 {percentile(values, 95):6.2f}  "
-              f"p99 {percentile(values, 99):6.2f}   round medians {rounds}")
+              f"p99 {percentile(values, 99):6.2f}   round medians {rounds}   "
+              f"of which the INSERT's round trip p50 {statistics.median(inserts_ms[name]):.2f}")
     ratio = statistics.median(latencies["after"]) / statistics.median(latencies["before"])
     print(f"  after / before p50: {ratio:.3f}x (issue 20: after <= before)")
 

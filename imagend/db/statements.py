@@ -32,7 +32,8 @@ UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction)
 #   only itself. The others never wait: the claim, the rescue and lease renewals skip locked rows.
 # - synchronous_commit off: begin_work is on the path of every batch, and its WAL flush cost a drain
 #   ~10 %. Only a crash of the Postgres server can lose it, and then the batch counts as not begun
-#   (handed back uncharged): a daemon's death, the case it is written for, cannot.
+#   (handed back uncharged): a daemon's death, the case it is written for, cannot. (The claim is not
+#   durable either, for the same reason: schema_claim.sql.)
 # - enable_nestloop off: the finishing write joins the batch's arrays to its rows. Misled by statistics
 #   stale after a burst of inserts (it took the rows' side for one row), the planner looped over the
 #   arrays once per row: 1,000 x 1,000 comparisons, 0.3 s a batch. A hash join costs the same whatever the statistics.

@@ -15,6 +15,11 @@
 -- lock_timeout (statements.py's LOCK_TIMEOUT: db/sql may not import it, a cycle): the claim waits on nothing
 -- but its rows' owners' counters (docs/owners.md), which other claims hold for milliseconds; an operator's
 -- transaction left open on imagend_owners fails the pass (retried later) instead of stalling the daemon.
+-- synchronous_commit off, for the rest of the caller's transaction (set_config(…, true) in the body: a SET
+-- clause would end with the function): a claim's WAL flush was a third of a row's pickup. Only a crash of
+-- the Postgres server can lose a claim, and it loses nothing with it: its rows wait again and are claimed
+-- again, and the daemon that began them finds them no longer its own at its next (guarded) write. The same
+-- reasoning makes begin_work non-durable (statements.py).
 -- Its result is ClaimedRow (db/columns.py: claimed_types): a new producer column changes it, which CREATE OR
 -- REPLACE cannot do, so the function is made again whenever the schema changes.
 BEGIN;
@@ -38,6 +43,7 @@ CREATE FUNCTION imagend_claim_batch(
 LANGUAGE plpgsql SET enable_sort = off SET lock_timeout = '2s' SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     IF p_loaded_models IS NULL THEN
         RETURN QUERY {{claim_by_index}};
     ELSE
