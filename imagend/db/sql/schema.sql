@@ -200,27 +200,33 @@ CREATE TABLE IF NOT EXISTS imagend_wakes (
 CREATE INDEX IF NOT EXISTS imagend_wakes_owner_idx ON imagend_wakes (owner, woken_at);
 
 -- SECURITY DEFINER: a producer's role needs no privilege on imagend_daemons or imagend_wakes to insert.
+-- It runs in every producer's INSERT, whose time it adds to (a row's pickup starts there): its cost is the
+-- executor's start of each statement's plan, so the usual case (one row, or nobody idle) runs one small
+-- SELECT, and the write and the NOTIFY only for a daemon found; a burst's rows group their NOTIFYs by host.
 CREATE OR REPLACE FUNCTION imagend_wake(backend_name TEXT, rows BIGINT) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET jit = off AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
+    one_owner TEXT;
+    one_channel TEXT;
+    owners TEXT[];
     channels TEXT[];
 BEGIN
-    WITH picked AS (
-        SELECT d.owner, d.wake_channel
-        FROM imagend_daemons AS d
-        WHERE d.idle_since IS NOT NULL
-          AND d.wake_channel IS NOT NULL
-          AND d.heartbeat_at > now() - interval '10 seconds'  -- it beats every second: past 10 s it is gone or stuck
-          AND NOT EXISTS (SELECT 1 FROM imagend_wakes AS w WHERE w.owner = d.owner AND w.woken_at >= d.idle_since)
-        ORDER BY (backend_name IS NULL OR backend_name = ANY (d.backends)) DESC, d.idle_since
-        LIMIT rows
-    ), noted AS (
-        INSERT INTO imagend_wakes (owner) SELECT owner FROM picked
-    )
-    SELECT array_agg(wake_channel || ' ' || owner) INTO channels FROM picked;
-    PERFORM pg_notify(c.channel, c.owners)
-    FROM (SELECT split_part(pair, ' ', 1) AS channel, string_agg(split_part(pair, ' ', 2), ' ') AS owners
-          FROM unnest(channels) AS pair GROUP BY 1) AS c;
+    IF rows = 1 THEN
+        SELECT i.owner, i.wake_channel INTO one_owner, one_channel FROM imagend_idle_daemons(backend_name, 1) AS i;
+        IF one_owner IS NOT NULL THEN
+            INSERT INTO imagend_wakes (owner) VALUES (one_owner);
+            PERFORM pg_notify(one_channel, one_owner);
+        END IF;
+        RETURN;
+    END IF;
+    SELECT array_agg(i.owner), array_agg(i.wake_channel) INTO owners, channels
+    FROM imagend_idle_daemons(backend_name, rows) AS i;
+    IF owners IS NOT NULL THEN
+        INSERT INTO imagend_wakes (owner) SELECT unnest(owners);
+        PERFORM pg_notify(c.channel, string_agg(c.owner, ' '))
+        FROM unnest(channels, owners) AS c(channel, owner)
+        GROUP BY c.channel;
+    END IF;
 END $$;
 
 -- Inserted rows due now: one idle daemon each, per backend. Rows scheduled for later: one idle daemon,
@@ -436,6 +442,20 @@ ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS idle_since   TIMESTAMPTZ;
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS wake_channel TEXT;
 -- Its IMAGEND_BACKEND: a row with no backend is the oldest live daemon's default's (images_claim_batch).
 ALTER TABLE imagend_daemons ADD COLUMN IF NOT EXISTS default_backend TEXT;
+
+-- Whom imagend_wake (above) wakes: up to `rows` idle daemons, those serving `backend_name` first, then the longest
+-- idle; never one woken since it went idle. A SQL function of one SELECT: inlined into its callers' plans.
+CREATE OR REPLACE FUNCTION imagend_idle_daemons(backend_name TEXT, rows BIGINT)
+RETURNS TABLE (owner TEXT, wake_channel TEXT) LANGUAGE sql STABLE AS $$
+    SELECT d.owner, d.wake_channel
+    FROM imagend_daemons AS d
+    WHERE d.idle_since IS NOT NULL
+      AND d.wake_channel IS NOT NULL
+      AND d.heartbeat_at > now() - interval '10 seconds'  -- it beats every second: past 10 s it is gone or stuck
+      AND NOT EXISTS (SELECT 1 FROM imagend_wakes AS w WHERE w.owner = d.owner AND w.woken_at >= d.idle_since)
+    ORDER BY (backend_name IS NULL OR backend_name = ANY (d.backends)) DESC, d.idle_since
+    LIMIT rows
+$$;
 
 -- Presets (docs/presets.md): named recipes an operator defines (`imagend -preset NAME key=value …`, or SQL).
 -- A row naming one gets, for each column it left NULL, the preset's value; the prompt template's {prompt}
