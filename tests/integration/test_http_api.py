@@ -142,11 +142,13 @@ def test_xss_prompts_round_trip_as_data(daemon, db):
         assert shown.json()["parameters"]["negative_prompt"] == prompt
 
 
-def test_null_columns_take_the_daemons_defaults(daemon, db):
+def test_null_columns_take_the_daemons_defaults(daemon, db, paused):
     answer = daemon.post("/v1/images", json={"prompt": "defaults", "width": None, "backend": None, "priority": None})
     assert answer.status_code == 201, answer.text
     row = fetch_image(db, answer.json()["id"])
+    # Read while the backend is paused: generating the row records the width it used.
     assert (row["width"], row["priority"]) == (None, 0)
+    assert daemon.post("/v1/backends/*/resume").status_code == 200
     assert wait_status(daemon, row["id"], ("ReadyToPublish",))["parameters"]["backend"] == "placeholder"
 
 
