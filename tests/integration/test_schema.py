@@ -52,8 +52,8 @@ def test_schema_is_idempotent(db_url, conn):
     names = {row["indexname"] for row in before["indexes"]}
     assert {"images_pkey", "images_ready_idx", "images_lease_idx"} <= names
     assert {row["tgname"] for row in before["triggers"]} == {
-        "images_touch_updated_at", "images_wake_inserted", "images_notify_done",
-        "images_requeue_finished", "images_count_inserted", "images_count_updated", "images_count_deleted",
+        "images_touch_updated_at", "images_inserted", "images_notify_done",
+        "images_requeue_finished", "images_count_updated", "images_count_deleted",
         "images_count_truncated", "images_cancel_waiting", "images_wake_requeued", "images_wake_dependents",
         "images_refuse_chain_cycle",
         # Owners (schema_owners.sql)

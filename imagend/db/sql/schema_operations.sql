@@ -25,6 +25,8 @@ DROP FUNCTION IF EXISTS imagend_notify_sources_done();
 -- Rows per (status, backend), exact, without counting `images` on every scrape: each statement
 -- that changes `images` appends its net change here (statement triggers over transition tables:
 -- one insert per statement, not per row, and no counter row that two daemons would queue on).
+-- An INSERT's is appended by images_inserted (schema.sql), the trigger that also wakes daemons for
+-- its rows: one trigger in every producer's INSERT, not two.
 -- imagend_queue_counts folds the changes into imagend_queue_totals now and then (a scrape does).
 -- backend '' stands for NULL (the daemon's default backend, filled in at the claim).
 -- The trigger functions run as their owner (SECURITY DEFINER, with the owner's search_path), so that a
@@ -41,13 +43,8 @@ CREATE TABLE IF NOT EXISTS imagend_queue_changes (
     rows    BIGINT NOT NULL
 );
 
-CREATE OR REPLACE FUNCTION imagend_count_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
-BEGIN
-    INSERT INTO imagend_queue_changes
-    SELECT status, COALESCE(backend, ''), count(*) FROM new_rows GROUP BY 1, 2;
-    RETURN NULL;
-END $$;
+DROP TRIGGER IF EXISTS images_count_inserted ON images;  -- an earlier version's (images_inserted counts now)
+DROP FUNCTION IF EXISTS imagend_count_inserted();
 
 CREATE OR REPLACE FUNCTION imagend_count_deleted() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
@@ -86,15 +83,12 @@ END $$;
 -- with writers held off for that moment so that no row is counted twice or missed.
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'images_count_inserted') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'images_count_updated') THEN
         LOCK TABLE images IN SHARE ROW EXCLUSIVE MODE;
         DELETE FROM imagend_queue_changes;
         DELETE FROM imagend_queue_totals;
         INSERT INTO imagend_queue_totals
         SELECT status, COALESCE(backend, ''), count(*) FROM images GROUP BY 1, 2;
-        CREATE TRIGGER images_count_inserted AFTER INSERT ON images
-            REFERENCING NEW TABLE AS new_rows
-            FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_inserted();
         CREATE TRIGGER images_count_updated AFTER UPDATE ON images
             REFERENCING NEW TABLE AS new_rows OLD TABLE AS old_rows
             FOR EACH STATEMENT EXECUTE FUNCTION imagend_count_updated();
