@@ -327,7 +327,7 @@ def main() -> None:
                 f"{f['db_ms_per_row']:.2f}", f"{f['idle_statements_per_s_per_daemon']:.2f}",
                 f"{f['pickup_p50_ms']:.1f}/{f['pickup_p95_ms']:.1f}", f"{f['listen_connections']:.0f}",
                 f"{f['connections_idle']:.0f}/{f['connections_peak']:.0f}/{f['connections_10s_after']:.0f}", burst]))
-        if rows and args.seconds:
+        if len(rows) > 1 and args.seconds:
             # Against the 3-daemon fleet (issue 20's reference; the first size without one): one daemon cannot
             # keep up with a row a second at 2 s a row, so its line measures a queue, not an idle fleet.
             small = next((f for f in rows if f["daemons"] == 3), rows[0])
