@@ -15,6 +15,12 @@ def test_infinite_run_after_does_not_break_the_next_wakeup(db_url, conn, tmp_pat
     daemon = DaemonProcess(["-cron"], env, tmp_path)
     try:
         wait_until(lambda: "daemon_started" in daemon.output(), 30, what="the daemon to start")
+        # Idle, with the two far rows read, and hearing wake-ups: the row below then wakes it. (A row inserted
+        # while its first claim marks it idle may miss its wake-up; the heartbeat makes that up, but later
+        # than this test allows: a start-up race, not what it is about.)
+        wait_until(lambda: conn.execute("SELECT count(*) AS n FROM imagend_daemons WHERE idle_since IS NOT NULL "
+                                        "AND wake_channel IS NOT NULL").fetchone()["n"] == 1,
+                   30, what="the daemon to be idle")
         soon = conn.execute("INSERT INTO images (prompt, run_after) VALUES ('soon', now() + interval '1.5 s') "
                             "RETURNING id").fetchone()["id"]
         wait_until(lambda: conn.execute("SELECT status FROM images WHERE id = %s", [soon]).fetchone()["status"]

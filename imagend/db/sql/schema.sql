@@ -229,35 +229,10 @@ BEGIN
     END IF;
 END $$;
 
--- Every INSERT into images runs this one statement trigger: it appends the statement's queue-count change
--- (imagend_queue_changes, schema_operations.sql) and wakes daemons for its rows. One trigger, not one per
--- concern: each trigger's call, its settings and its own pass over the transition table cost a producer's
--- single-row INSERT ~60 us of the database's time (pg_stat_statements, PostgreSQL 15).
--- Rows due now: one idle daemon each, per backend. Rows scheduled for later: one idle daemon, which reads
--- when they fall due after its (empty) claim and sets its timer (images_next_wakeups).
--- SECURITY DEFINER: a producer's role needs no privilege on imagend_queue_changes.
-CREATE OR REPLACE FUNCTION imagend_rows_inserted() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT SET jit = off AS $$
-BEGIN
-    INSERT INTO imagend_queue_changes
-    SELECT status, COALESCE(backend, ''), count(*) FROM inserted GROUP BY 1, 2;
-    PERFORM imagend_wake(w.backend, greatest(w.due, least(w.later, 1)))
-    FROM (SELECT backend, count(*) FILTER (WHERE run_after <= now()) AS due,
-                 count(*) FILTER (WHERE run_after > now()) AS later
-          FROM inserted
-          WHERE status = 'ReadyToGenerate'
-          GROUP BY backend) AS w;
-    RETURN NULL;
-END $$;
-
 DROP TRIGGER IF EXISTS images_notify_new ON images;
 DROP TRIGGER IF EXISTS images_notify_requeued ON images;
-DROP TRIGGER IF EXISTS images_wake_inserted ON images;
-DROP FUNCTION IF EXISTS imagend_wake_inserted();
-CREATE OR REPLACE TRIGGER images_inserted
-    AFTER INSERT ON images
-    REFERENCING NEW TABLE AS inserted
-    FOR EACH STATEMENT EXECUTE FUNCTION imagend_rows_inserted();
+-- New rows wake daemons through images_inserted, in schema_operations.sql: that one AFTER INSERT trigger
+-- also appends the queue counts, whose table that file makes in the same transaction.
 
 -- (jit = off on these functions: the planner knows nothing of a transition table's size, and on
 -- PostgreSQL 15 its guess crossed jit_above_cost: 50 ms of JIT compilation per statement.)
