@@ -25,6 +25,13 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def abba(rounds: int, runs: list[tuple[str, str | None]]) -> Iterator[tuple[str, str | None]]:
+    """`runs` (name, checkout; None: this one) once each per round, in ABBA order: neither always runs first,
+    and whichever runs second meets the first one's checkpoint and autovacuum."""
+    for n in range(rounds):
+        yield from runs if n % 2 == 0 else runs[::-1]
+
+
 @contextlib.contextmanager
 def postgres(url: str | None) -> Iterator[str]:
     if url:

@@ -14,7 +14,7 @@ import psycopg
 
 from imagend.db.connect import apply_schema
 
-from _common import daemon, fresh_database, parser, postgres, wait_until
+from _common import abba, daemon, fresh_database, parser, postgres, wait_until
 
 
 def run(server: str, rows: int, src: str | None) -> tuple[float, float]:
@@ -45,9 +45,8 @@ def main() -> None:
     runs: dict[str, list[tuple[float, float]]] = {}
     order = [("this checkout", None)] + ([(args.baseline_src, args.baseline_src)] if args.baseline_src else [])
     with postgres(args.database_url) as server:
-        for n in range(args.rounds):  # ABBA: neither always runs first
-            for name, src in order if n % 2 == 0 else order[::-1]:
-                runs.setdefault(name, []).append(run(server, args.rows, src))
+        for name, src in abba(args.rounds, order):
+            runs.setdefault(name, []).append(run(server, args.rows, src))
     print(f"bad rows, {args.rows} naming an unknown backend, then {args.rows} good ones, one daemon, "
           f"median of {args.rounds}")
     for name, figures in runs.items():

@@ -14,7 +14,7 @@ import statistics
 from pickup_latency import measure
 from queue_drain import drain_imagend
 
-from _common import parser, percentile, postgres
+from _common import abba, parser, percentile, postgres
 
 
 def main() -> None:
@@ -32,14 +32,11 @@ def main() -> None:
     # work too, rows/s wanders with it, CPU time much less.
     costs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
     with postgres(args.database_url) as server:
-        for n in range(args.rounds):
-            # ABBA order: whichever runs second meets the first one's checkpoint and autovacuum.
-            order = [("before", args.baseline_src), ("after", args.after_src)]
-            for name, src in order if n % 2 == 0 else order[::-1]:
-                cost: dict[str, float] = {}
-                drains[name].append(drain_imagend(server, args.rows, src=src, cpu=cost))
-                costs[name].append(cost)
-                pickups[name] += measure(server, args.inserts, 50.0, src=src)
+        for name, src in abba(args.rounds, [("before", args.baseline_src), ("after", args.after_src)]):
+            cost: dict[str, float] = {}
+            drains[name].append(drain_imagend(server, args.rows, src=src, cpu=cost))
+            costs[name].append(cost)
+            pickups[name] += measure(server, args.inserts, 50.0, src=src)
     after = args.after_src or "this checkout"
     print(f"before/after ({args.baseline_src} vs {after}), {args.rounds} interleaved rounds, "
           f"{args.rows} rows drained, {args.inserts} pickups per round")

@@ -19,7 +19,7 @@ import psycopg
 
 from imagend.db.connect import apply_schema
 
-from _common import daemon, fresh_database
+from _common import abba, daemon, fresh_database
 from fleet import own_postgres
 
 
@@ -61,14 +61,12 @@ def main() -> None:
     server_us: dict[str, list[float]] = {"before": [], "after": []}
     round_trip_ms: dict[str, list[float]] = {"before": [], "after": []}
     with own_postgres() as server:
-        for n in range(args.rounds):
-            order = [("before", args.baseline_src), ("after", args.after_src)]
-            for name, src in order if n % 2 == 0 else order[::-1]:
-                us, ms, waiting = one_round(server, src, args.seconds, args.gap_ms)
-                server_us[name].append(us)
-                round_trip_ms[name].append(ms)
-                if waiting:
-                    print(f"  ({name}, round {n + 1}: {waiting} rows still waiting: the daemon fell behind)")
+        for name, src in abba(args.rounds, [("before", args.baseline_src), ("after", args.after_src)]):
+            us, ms, waiting = one_round(server, src, args.seconds, args.gap_ms)
+            server_us[name].append(us)
+            round_trip_ms[name].append(ms)
+            if waiting:
+                print(f"  ({name}, round {len(server_us[name])}: {waiting} rows still waiting: the daemon fell behind)")
     print(f"a producer's single-row INSERT ({args.baseline_src} vs {args.after_src or 'this checkout'}), "
           f"{args.rounds} ABBA rounds of {args.seconds:g} s, one idle daemon, PostgreSQL 15:")
     for name in ("before", "after"):

@@ -18,7 +18,7 @@ import psycopg
 
 from imagend.db.connect import apply_schema
 
-from _common import daemon, fresh_database, parser, percentile, postgres
+from _common import abba, daemon, fresh_database, parser, percentile, postgres
 
 OBSERVER = """
 CREATE OR REPLACE FUNCTION bench_observed_pickup() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -79,13 +79,11 @@ def main() -> None:
     medians: dict[str, list[float]] = {"before": [], "after": []}
     inserts_ms: dict[str, list[float]] = {"before": [], "after": []}
     with postgres(args.database_url) as server:
-        for n in range(args.rounds):
-            order = [("before", args.baseline_src), ("after", args.after_src)]
-            for name, src in order if n % 2 == 0 else order[::-1]:
-                values, insert_ms = one_round(server, src, args.inserts, args.gap_ms)
-                latencies[name] += values
-                inserts_ms[name] += insert_ms
-                medians[name].append(statistics.median(values))
+        for name, src in abba(args.rounds, [("before", args.baseline_src), ("after", args.after_src)]):
+            values, insert_ms = one_round(server, src, args.inserts, args.gap_ms)
+            latencies[name] += values
+            inserts_ms[name] += insert_ms
+            medians[name].append(statistics.median(values))
     print(f"pickup as a producer sees it ({args.baseline_src} vs {args.after_src or 'this checkout'}), "
           f"{args.rounds} ABBA rounds of {args.inserts} inserts {args.gap_ms:g} ms apart, ms:")
     for name in ("before", "after"):
